@@ -1,0 +1,347 @@
+"""The filesystem tick bus: the one module that moves tick files between state folders.
+
+A tick's state *is* the folder it is in (see `paths.Folder`):
+
+    tmp/ --deliver--> inbox/ --claim--> claimed/ --complete--> done/
+                        ^                  |  \\--dead_letter--> dlq/
+                        +----requeue/fail--+
+                        +------reap--------+   (the claim's owner died)
+
+Every transition that changes a tick's content writes the new content under `tmp/`, fsyncs it, publishes
+it into the target folder, fsyncs that folder, then removes the old copy. A crash between the publish
+and the removal leaves two copies; `reap_stale` keeps the further one, so a tick is never lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from maestro_py.clock import Clock, SystemClock, iso
+from maestro_py.errors import InboxFull, TickInvalid
+from maestro_py.events import EventLog
+from maestro_py.fsio import dump_json, fsync_dir, write_tmp
+from maestro_py.owner import Owner
+from maestro_py.paths import Folder, Layout
+from maestro_py.tick import MAX_TICK_BYTES, Tick, parse_tick
+
+REASON_SUFFIX = ".reason.json"
+CLAIM_SEP = "@"  # claimed/<id>@<owner-token>.json
+
+
+@dataclass
+class Claim:
+    """A tick this process holds in `claimed/`."""
+
+    tick: Tick
+    path: Path
+
+    @property
+    def attempt(self) -> int:
+        """The number of the attempt being made now (1-based)."""
+        return self.tick.attempts + 1
+
+
+class Bus:
+    """Delivery, claiming and settling of ticks under one agent root."""
+
+    def __init__(self, layout: Layout, *, clock: Clock | None = None, events: EventLog | None = None,
+                 owner: Owner | None = None, max_inbox: int = 1000, max_reaps: int = 3) -> None:
+        self.layout = layout
+        self.clock = clock or SystemClock()
+        self.events = events or EventLog(layout, clock=self.clock)
+        self.owner = owner or Owner.current()
+        self.max_inbox = max_inbox
+        self.max_reaps = max_reaps
+        self.tmp = layout.folder(Folder.TMP)
+        self.inbox = layout.folder(Folder.INBOX)
+        self.claimed = layout.folder(Folder.CLAIMED)
+        self.done = layout.folder(Folder.DONE)
+        self.dlq = layout.folder(Folder.DLQ)
+
+    # -- delivery ---------------------------------------------------------
+    def enqueue(self, cadence: str, *, source: str = "cli", payload: dict[str, Any] | None = None,
+                delay: float = 0.0) -> Tick:
+        """Create and deliver a new tick, refusing when the inbox is at capacity."""
+        depth = self.depth(Folder.INBOX)
+        if depth >= self.max_inbox:
+            self.events.emit("enqueue_refused", level="warn", cadence=cadence, reason="inbox_full", depth=depth)
+            raise InboxFull(depth, self.max_inbox)
+        now = self.clock.now()
+        not_before = now + timedelta(seconds=delay) if delay > 0 else None
+        tick = Tick.new(cadence, now=now, source=source, payload=payload, not_before=not_before)
+        tick.record("enqueued", at=now, reason=None, source=source)
+        self.deliver(tick)
+        return tick
+
+    def deliver(self, tick: Tick) -> Path:
+        """Publish a new tick into `inbox/`; never overwrites an existing file."""
+        target = self.inbox / tick.filename
+        self._publish(tick, target, overwrite=False)
+        self.events.emit("enqueued", id=tick.id, cadence=tick.cadence, source=tick.source,
+                         not_before=tick.not_before)
+        return target
+
+    # -- claiming ---------------------------------------------------------
+    def claim(self, name: str) -> Claim | None:
+        """Take `inbox/<name>` by one atomic rename; None if another consumer won or the file is bad."""
+        stem = name[:-5] if name.endswith(".json") else name
+        target = self.claimed / f"{stem}{CLAIM_SEP}{self.owner.token}.json"
+        try:
+            os.rename(self.inbox / name, target)
+        except FileNotFoundError:
+            return None  # lost the race, or it was never there
+        try:
+            tick = self._read_tick(target, stem)
+        except TickInvalid as exc:
+            self.quarantine(target, str(exc), original_name=name)
+            return None
+        except FileNotFoundError:
+            return None
+        self.events.emit("claimed", id=tick.id, cadence=tick.cadence, attempt=tick.attempts + 1)
+        return Claim(tick, target)
+
+    # -- settling ---------------------------------------------------------
+    def complete(self, claim: Claim, outcome: str = "ok", *, reason: str | None = None, **details: Any) -> None:
+        """claimed/ -> done/ with a final history entry."""
+        tick = claim.tick
+        tick.history.append(self._entry(claim.attempt, outcome, reason, details))
+        self._move(claim, self.done / tick.filename, overwrite=True)
+        self.events.emit("done", id=tick.id, cadence=tick.cadence, outcome=outcome, reason=reason, **details)
+
+    def fail(self, claim: Claim, reason: str, *, max_attempts: int, retry_at: datetime | None = None,
+             permanent: bool = False, outcome: str = "failed", **details: Any) -> str:
+        """Burn an attempt: back to `inbox/` (not before `retry_at`), or `dlq/` when exhausted or permanent.
+
+        Returns "retry" or "dlq".
+        """
+        tick = claim.tick
+        tick.attempts += 1
+        tick.history.append(self._entry(tick.attempts, outcome, reason, details))
+        if permanent or tick.attempts >= max_attempts:
+            why = reason if permanent else f"attempts exhausted ({tick.attempts}/{max_attempts}): {reason}"
+            self.dead_letter(claim, why, recorded=True)
+            return "dlq"
+        tick.not_before = iso(retry_at) if retry_at else None
+        self._move(claim, self.inbox / tick.filename, overwrite=True)
+        self.events.emit("retry", level="warn", id=tick.id, cadence=tick.cadence, attempt=tick.attempts,
+                         max_attempts=max_attempts, not_before=tick.not_before, reason=reason, **details)
+        return "retry"
+
+    def requeue(self, claim: Claim, reason: str, *, not_before: datetime | None = None, **details: Any) -> None:
+        """Back to `inbox/` without burning an attempt (drain, emergency stop, a gate that closed)."""
+        tick = claim.tick
+        tick.not_before = iso(not_before) if not_before else None
+        tick.history.append(self._entry(claim.attempt, "requeued", reason, details))
+        self._move(claim, self.inbox / tick.filename, overwrite=True)
+        self.events.emit("requeued", id=tick.id, cadence=tick.cadence, reason=reason, **details)
+
+    def dead_letter(self, claim: Claim, reason: str, *, recorded: bool = False, **details: Any) -> None:
+        """claimed/ -> dlq/ with the reason and the full history."""
+        tick = claim.tick
+        if not recorded:
+            tick.history.append(self._entry(claim.attempt, "dead_letter", reason, details))
+        data = tick.to_json()
+        data["dlq_reason"] = reason
+        data["dlq_at"] = iso(self.clock.now())
+        self._move(claim, self.dlq / tick.filename, overwrite=True, data=data)
+        self.events.emit("dlq", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
+                         attempts=tick.attempts)
+
+    # -- bad input --------------------------------------------------------
+    def quarantine(self, path: Path, reason: str, *, original_name: str | None = None) -> Path | None:
+        """Move a bad entry into `dlq/` as it is (never following a link) beside `<name>.reason.json`."""
+        name = original_name or path.name
+        target = self._free_name(self.dlq, name)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EISDIR, errno.ENOTEMPTY):
+                raise
+            return None
+        note = {"file": target.name, "from": path.parent.name, "reason": reason, "at": iso(self.clock.now())}
+        tmp = write_tmp(self.tmp, dump_json(note))
+        os.replace(tmp, self.dlq / f"{target.name}{REASON_SUFFIX}")
+        fsync_dir(self.dlq)
+        self.events.emit("quarantined", level="error", id=None, cadence=None, file=name, reason=reason)
+        return target
+
+    def inspect(self, name: str) -> Tick:
+        """Read `inbox/<name>` for the index without following links or blocking on FIFOs.
+
+        Raises TickInvalid (quarantine it) or FileNotFoundError (it vanished: ignore).
+        """
+        if not name.endswith(".json") or name.endswith(REASON_SUFFIX):
+            raise TickInvalid("not a tick file name (expected <id>.json)")
+        return self._read_tick(self.inbox / name, name[:-5])
+
+    # -- recovery ---------------------------------------------------------
+    def reap_stale(self, *, orphan_grace: float = 60.0) -> list[str]:
+        """Return ticks whose claim owner is gone to `inbox/` (or finish an interrupted move).
+
+        A tick whose owner died `max_reaps` times is dead-lettered: it is probably what kills the daemon.
+        """
+        reaped: list[str] = []
+        now = self.clock.now()
+        for entry in _scan(self.claimed):
+            stem, sep, rest = entry.name[:-5].partition(CLAIM_SEP) if entry.name.endswith(".json") else ("", "", "")
+            owner = Owner.parse(rest) if sep else None
+            if owner is not None:
+                if owner == self.owner or owner.is_alive():
+                    continue
+            else:
+                try:
+                    age = now.timestamp() - entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    continue
+                if age < orphan_grace:
+                    continue  # an unknown writer may still be mid-move
+            path = Path(entry.path)
+            if not stem:
+                self.quarantine(path, "unexpected file in claimed/")
+                continue
+            if any((folder / f"{stem}.json").exists() for folder in (self.done, self.dlq, self.inbox)):
+                _unlink(path)  # the move had already published the next state; drop the stale copy
+                continue
+            try:
+                tick = self._read_tick(path, stem)
+            except TickInvalid as exc:
+                self.quarantine(path, f"stale claim unreadable: {exc}", original_name=f"{stem}.json")
+                continue
+            except FileNotFoundError:
+                continue
+            claim = Claim(tick, path)
+            tick.reaps += 1
+            dead_owner = owner.pid if owner else None
+            if tick.reaps >= self.max_reaps:
+                self.dead_letter(claim, f"its owner died {tick.reaps} times while holding it", owner_pid=dead_owner)
+            else:
+                tick.history.append(self._entry(claim.attempt, "reaped", "claim owner is gone",
+                                                {"owner_pid": dead_owner}))
+                self._move(claim, self.inbox / tick.filename, overwrite=True)
+                self.events.emit("reaped", level="warn", id=tick.id, cadence=tick.cadence, owner_pid=dead_owner)
+            reaped.append(tick.id)
+        return reaped
+
+    def sweep_tmp(self, *, grace: float = 3600.0) -> int:
+        """Remove leftovers of crashed writers from `tmp/` once older than `grace` seconds."""
+        removed = 0
+        cutoff = self.clock.now().timestamp() - grace
+        for entry in _scan(self.tmp):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if st.st_mtime < cutoff and not stat.S_ISDIR(st.st_mode):
+                _unlink(Path(entry.path))
+                removed += 1
+        if removed:
+            self.events.emit("tmp_swept", level="warn", removed=removed)
+        return removed
+
+    # -- inspection -------------------------------------------------------
+    def depth(self, folder: Folder) -> int:
+        """How many ticks a folder holds (quarantine notes not counted)."""
+        return sum(1 for e in _scan(self.layout.folder(folder)) if not e.name.endswith(REASON_SUFFIX))
+
+    def depths(self) -> dict[str, int]:
+        """Depth of every state folder."""
+        return {folder.value: self.depth(folder) for folder in Folder}
+
+    # -- internals --------------------------------------------------------
+    def _entry(self, attempt: int, outcome: str, reason: str | None, details: dict[str, Any]) -> dict[str, Any]:
+        entry: dict[str, Any] = {"attempt": attempt, "at": iso(self.clock.now()), "outcome": outcome,
+                                 "reason": reason}
+        entry.update({k: v for k, v in details.items() if v is not None})
+        return self.events.redactor.data(entry)
+
+    def _move(self, claim: Claim, target: Path, *, overwrite: bool, data: dict[str, Any] | None = None) -> None:
+        """Publish the tick's new content at `target`, then drop the claimed copy."""
+        self._publish(claim.tick, target, overwrite=overwrite, data=data)
+        _unlink(claim.path)
+
+    def _publish(self, tick: Tick, target: Path, *, overwrite: bool, data: dict[str, Any] | None = None) -> None:
+        payload = tick.to_bytes() if data is None else (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode()
+        tmp = write_tmp(self.tmp, payload)
+        try:
+            if overwrite:
+                os.replace(tmp, target)
+            else:
+                os.link(tmp, target)  # EEXIST instead of overwriting, as Maildir does
+                os.unlink(tmp)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        fsync_dir(target.parent)
+
+    def _read_tick(self, path: Path, stem: str) -> Tick:
+        """Open without following links or blocking, check it is a small regular file, parse it."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise TickInvalid("is a symbolic link (never followed)") from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise TickInvalid("unreadable (permission denied)") from None
+            if exc.errno == errno.ENXIO:
+                raise TickInvalid("is a socket or device, not a regular file") from None
+            raise TickInvalid(f"cannot open: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise TickInvalid("is a directory, not a regular file")
+            if stat.S_ISFIFO(st.st_mode):
+                raise TickInvalid("is a FIFO, not a regular file")
+            if not stat.S_ISREG(st.st_mode):
+                raise TickInvalid("is not a regular file")
+            if st.st_size > MAX_TICK_BYTES:
+                raise TickInvalid(f"file is larger than {MAX_TICK_BYTES} bytes ({st.st_size})")
+            chunks = []
+            remaining = MAX_TICK_BYTES + 1
+            while remaining > 0:
+                chunk = os.read(fd, min(remaining, 65536))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
+            data = b"".join(chunks)
+        except OSError as exc:
+            raise TickInvalid(f"cannot read: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        fallback = datetime.fromtimestamp(st.st_mtime).astimezone()
+        return parse_tick(data, stem=stem, fallback_time=fallback)
+
+    @staticmethod
+    def _free_name(folder: Path, name: str) -> Path:
+        target = folder / name
+        n = 1
+        while os.path.lexists(target) or os.path.lexists(f"{target}{REASON_SUFFIX}"):
+            target = folder / f"{name}.{n}"
+            n += 1
+        return target
+
+
+def _scan(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except FileNotFoundError:
+        return []
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,57 @@
+"""Errors the daemon and the CLI branch on; each carries the data needed to act on it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+class MaestroError(Exception):
+    """Base class: a domain error with a one-line message fit for an operator."""
+
+
+class TickInvalid(MaestroError):
+    """A tick file that cannot be accepted; the message is the quarantine reason."""
+
+
+class InboxFull(MaestroError):
+    """The inbox holds `MAESTRO_MAX_INBOX` ticks already."""
+
+    def __init__(self, depth: int, limit: int) -> None:
+        super().__init__(f"inbox is full ({depth} ticks, MAESTRO_MAX_INBOX={limit}); try again later")
+        self.depth = depth
+        self.limit = limit
+
+
+class AlreadyRunning(MaestroError):
+    """Another daemon owns this agent root."""
+
+    def __init__(self, pid: int | None, root: str) -> None:
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(f"another maestro daemon ({who}) already owns {root}")
+        self.pid = pid
+
+
+class ConfigError(MaestroError):
+    """A setting or the registry is invalid; the message names the file or variable, key and problem."""
+
+
+class SpawnError(MaestroError):
+    """A sub-session could not be started (binary missing, not executable, argument list too long)."""
+
+
+class CircuitOpen(MaestroError):
+    """A cadence's breaker refuses spawns until `until`."""
+
+    def __init__(self, cadence: str, until: datetime | None) -> None:
+        super().__init__(f"circuit for {cadence} is open until {until}")
+        self.cadence = cadence
+        self.until = until
+
+
+class BudgetExhausted(MaestroError):
+    """A budget scope cannot cover the next reservation before `resets_at`."""
+
+    def __init__(self, scope: str, resets_at: datetime) -> None:
+        super().__init__(f"budget {scope} exhausted until {resets_at}")
+        self.scope = scope
+        self.resets_at = resets_at

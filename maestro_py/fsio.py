@@ -1,0 +1,63 @@
+"""Durable file primitives: write under tmp, fsync, publish by rename or link, fsync the directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_tmp(tmp_dir: Path, data: bytes, *, mode: int = 0o600) -> Path:
+    """Write `data` to a fresh, uniquely named file under `tmp_dir` and fsync it."""
+    path = tmp_dir / f"{uuid.uuid4().hex}.tmp"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+    os.close(fd)
+    return path
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, tmp_dir: Path | None = None) -> None:
+    """Replace `path` with `data` atomically and durably (readers see old or new, never half)."""
+    tmp = write_tmp(tmp_dir or path.parent, data, mode=mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any, *, tmp_dir: Path | None = None) -> None:
+    """`atomic_write` of a JSON document (sorted keys, trailing newline)."""
+    atomic_write(path, dump_json(obj), tmp_dir=tmp_dir)
+
+
+def dump_json(obj: Any) -> bytes:
+    """The project's JSON file encoding."""
+    return (json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode()
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,160 @@
+"""The in-memory view of `inbox/`: FIFO per cadence, delayed ticks by due time.
+
+A claim must not cost more with a bigger backlog, so the daemon never re-lists and sorts the inbox to
+pick the next tick. Each file is read once, when it is first seen (a watchdog event, or a rescan when
+the folder's mtime changed); after that, picking the next tick is a heap operation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from maestro_py.bus import REASON_SUFFIX, Bus
+from maestro_py.errors import TickInvalid
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the index keeps of one queued tick."""
+
+    name: str
+    cadence: str
+    due: float | None  # epoch seconds of not_before, None = now
+    fingerprint: str   # hash of the payload: equal payloads are duplicates for overlap handling
+
+
+class InboxIndex:
+    """Which queued ticks are runnable, in FIFO order by id, per cadence."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._known: dict[str, Entry] = {}
+        self._ready: dict[str, list[str]] = {}            # cadence -> heap of names
+        self._delayed: list[tuple[float, str]] = []       # heap of (due, name)
+        self._fingerprints: dict[str, Counter[str]] = {}  # cadence -> payload hash -> count
+        self._scanned_mtime: int | None = None
+        self._now = 0.0  # time of the last promote()
+        self.quarantined = 0
+
+    # -- discovery --------------------------------------------------------
+    def refresh(self, *, force: bool = False) -> int:
+        """Rescan `inbox/` if it changed since the last scan; returns how many new ticks were seen."""
+        try:
+            mtime = os.stat(self.bus.inbox).st_mtime_ns
+        except FileNotFoundError:
+            return 0
+        if not force and mtime == self._scanned_mtime:
+            return 0
+        self._scanned_mtime = mtime
+        with os.scandir(self.bus.inbox) as it:
+            present = {e.name for e in it}
+        for gone in self._known.keys() - present:
+            self._forget(gone)
+        added = 0
+        for name in sorted(present - self._known.keys()):
+            added += self.notice(name)
+        return added
+
+    def notice(self, name: str) -> int:
+        """Learn about one file in `inbox/` (from a watchdog event or a scan); 1 if it is a new tick."""
+        if name in self._known or name.endswith(REASON_SUFFIX):
+            return 0
+        try:
+            tick = self.bus.inspect(name)
+        except FileNotFoundError:
+            return 0
+        except TickInvalid as exc:
+            if self.bus.quarantine(self.bus.inbox / name, str(exc)) is not None:
+                self.quarantined += 1
+            return 0
+        due = tick.not_before_dt.timestamp() if tick.not_before else None
+        self.add(Entry(name, tick.cadence, due, payload_fingerprint(tick.payload)))
+        return 1
+
+    def add(self, entry: Entry) -> None:
+        """Index a tick the caller knows is in `inbox/` (e.g. one it has just requeued)."""
+        self._forget(entry.name)
+        self._known[entry.name] = entry
+        self._fingerprints.setdefault(entry.cadence, Counter())[entry.fingerprint] += 1
+        if entry.due is None:
+            heapq.heappush(self._ready.setdefault(entry.cadence, []), entry.name)
+        else:
+            heapq.heappush(self._delayed, (entry.due, entry.name))
+
+    def discard(self, name: str) -> None:
+        """Forget a tick (claimed, or vanished)."""
+        self._forget(name)
+
+    # -- picking ----------------------------------------------------------
+    def promote(self, now: datetime) -> None:
+        """Move delayed ticks whose time has come into their cadence's ready queue."""
+        t = self._now = now.timestamp()
+        while self._delayed and self._delayed[0][0] <= t:
+            due, name = heapq.heappop(self._delayed)
+            entry = self._known.get(name)
+            if entry is not None and entry.due == due:
+                heapq.heappush(self._ready.setdefault(entry.cadence, []), name)
+
+    def heads(self) -> Iterator[Entry]:
+        """The oldest runnable tick of each cadence, oldest first overall (call `promote` first)."""
+        heads: list[Entry] = []
+        for cadence, heap in list(self._ready.items()):
+            entry = self._head(cadence, heap)
+            if entry is not None:
+                heads.append(entry)
+        heads.sort(key=lambda e: e.name)
+        return iter(heads)
+
+    def queued(self, cadence: str) -> int:
+        """Ticks of `cadence` in the inbox (runnable or delayed)."""
+        return sum(self._fingerprints.get(cadence, Counter()).values())
+
+    def duplicates(self, cadence: str, fingerprint: str) -> int:
+        """Queued ticks of `cadence` with this payload fingerprint."""
+        return self._fingerprints.get(cadence, Counter())[fingerprint]
+
+    def next_due(self) -> float | None:
+        """Epoch seconds of the earliest delayed tick, if any."""
+        while self._delayed:
+            due, name = self._delayed[0]
+            entry = self._known.get(name)
+            if entry is not None and entry.due == due:
+                return due
+            heapq.heappop(self._delayed)
+        return None
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    # -- internals --------------------------------------------------------
+    def _head(self, cadence: str, heap: list[str]) -> Entry | None:
+        """Skip lazily deleted names at the top of a cadence's heap."""
+        while heap:
+            entry = self._known.get(heap[0])
+            # A name can sit in a heap after it was claimed, or requeued with a later not_before.
+            if entry is not None and entry.cadence == cadence and (entry.due is None or entry.due <= self._now):
+                return entry
+            heapq.heappop(heap)
+        del self._ready[cadence]
+        return None
+
+    def _forget(self, name: str) -> None:
+        entry = self._known.pop(name, None)
+        if entry is not None:
+            counts = self._fingerprints[entry.cadence]
+            counts[entry.fingerprint] -= 1
+            if counts[entry.fingerprint] <= 0:
+                del counts[entry.fingerprint]
+
+
+def payload_fingerprint(payload: object) -> str:
+    """A stable hash of a payload (key order does not matter)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]

@@ -1,0 +1,110 @@
+"""Every path under an agent root, named once (nothing else builds bus paths)."""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+
+class Folder(str, enum.Enum):
+    """The bus's state folders: a tick's state *is* the folder it lives in."""
+
+    TMP = "tmp"
+    INBOX = "inbox"
+    CLAIMED = "claimed"
+    DONE = "done"
+    DLQ = "dlq"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The file layout of one agent root."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def resolve(cls, root: str | os.PathLike[str] | None = None) -> "Layout":
+        """`--root`, else `MAESTRO_AGENT_ROOT`, else the current directory."""
+        chosen = root or os.environ.get("MAESTRO_AGENT_ROOT") or os.getcwd()
+        return cls(Path(chosen).expanduser().resolve())
+
+    # -- configuration ----------------------------------------------------
+    @property
+    def env_file(self) -> Path:
+        return self.root / ".env"
+
+    @property
+    def registry_file(self) -> Path:
+        return self.root / "cadences.toml"
+
+    @property
+    def cadences_dir(self) -> Path:
+        return self.root / "cadences"
+
+    def prompt_file(self, cadence: str) -> Path:
+        return self.cadences_dir / f"{cadence}.md"
+
+    # -- state ------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def bus_dir(self) -> Path:
+        return self.state_dir / "cadence-bus"
+
+    def folder(self, which: Folder) -> Path:
+        return self.bus_dir / which.value
+
+    @property
+    def circuit_file(self) -> Path:
+        return self.bus_dir / "circuit-open.json"
+
+    @property
+    def consumer_file(self) -> Path:
+        return self.bus_dir / "consumer.json"
+
+    @property
+    def stop_file(self) -> Path:
+        return self.bus_dir / "STOP"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.bus_dir / "daemon.lock"
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.state_dir / "cost-ledger.jsonl"
+
+    # -- logs -------------------------------------------------------------
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.logs_dir / "cadence-bus"
+
+    def event_log(self, day: datetime) -> Path:
+        return self.events_dir / f"bus-{day:%Y-%m-%d}.jsonl"
+
+    @property
+    def subsessions_dir(self) -> Path:
+        return self.events_dir / "subsessions"
+
+    def subsession_logs(self, day: datetime, cadence: str, stamp: str) -> tuple[Path, Path]:
+        """(stdout, stderr) log paths for one sub-session."""
+        base = self.subsessions_dir / f"{day:%Y-%m-%d}-{cadence}-{stamp}"
+        return Path(f"{base}.stdout.log"), Path(f"{base}.stderr.log")
+
+    def ensure(self) -> None:
+        """Create every runtime folder (idempotent)."""
+        for which in Folder:
+            self.folder(which).mkdir(parents=True, exist_ok=True)
+        self.subsessions_dir.mkdir(parents=True, exist_ok=True)

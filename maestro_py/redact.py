@@ -1,0 +1,47 @@
+"""Keep secrets out of every file the daemon writes (events, ledger, status, tick history)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
+MASK = "[REDACTED]"
+# Anthropic keys and OAuth tokens have a recognisable prefix; catch them even when not in the env.
+_KEY_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]{6,}")
+
+
+class Redactor:
+    """Replaces known secret values (and anything shaped like an Anthropic key) with a mask."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        # Short values (placeholders, "x") would mask ordinary words; real secrets are long.
+        self._values = sorted(
+            {env[name] for name in SECRET_VARS if len(env.get(name, "")) >= 8}, key=len, reverse=True
+        )
+
+    def text(self, value: str) -> str:
+        """`value` with every secret masked."""
+        for secret in self._values:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return _KEY_PATTERN.sub(MASK, value)
+
+    def data(self, value: Any) -> Any:
+        """A JSON-like structure with every string masked."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(str(k)): self.data(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.data(v) for v in value]
+        return value
+
+    def bytes(self, value: bytes) -> bytes:
+        """Raw output with every secret masked (used on sub-session logs after exit)."""
+        for secret in self._values:
+            value = value.replace(secret.encode(), MASK.encode())
+        return re.sub(_KEY_PATTERN.pattern.encode(), MASK.encode(), value)

@@ -1,0 +1,184 @@
+"""The tick: one scheduled run of a cadence, stored as one JSON file named `<id>.json`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from maestro_py.clock import iso, parse_iso
+from maestro_py.errors import TickInvalid
+
+CADENCE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+TICK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_TICK_BYTES = 1024 * 1024
+MAX_PAYLOAD_DEPTH = 32
+
+_seq = itertools.count()
+
+
+def new_id(now: datetime) -> str:
+    """An id that sorts by enqueue time and is unique across processes (time, pid, sequence, random)."""
+    stamp = now.strftime("%Y%m%dT%H%M%S%f")
+    return f"{stamp}Z-{os.getpid():07d}-{next(_seq) % 10000:04d}{secrets.token_hex(2)}"
+
+
+@dataclass
+class HistoryEntry:
+    """One recorded step in a tick's life."""
+
+    attempt: int
+    at: str
+    outcome: str
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"attempt": self.attempt, "at": self.at, "outcome": self.outcome, "reason": self.reason}
+        out.update(self.details)
+        return out
+
+
+@dataclass
+class Tick:
+    """A unit of scheduled work and its history."""
+
+    id: str
+    cadence: str
+    source: str
+    enqueued_at: str
+    attempts: int = 0
+    not_before: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    reaps: int = 0
+
+    @classmethod
+    def new(
+        cls, cadence: str, *, now: datetime, source: str = "cli", payload: dict[str, Any] | None = None,
+        not_before: datetime | None = None,
+    ) -> "Tick":
+        """A fresh tick (validated)."""
+        tick = cls(
+            id=new_id(now), cadence=cadence, source=source, enqueued_at=iso(now),
+            payload=payload or {}, not_before=iso(not_before) if not_before else None,
+        )
+        tick.validate()
+        return tick
+
+    # -- history ----------------------------------------------------------
+    def record(self, outcome: str, *, at: datetime, reason: str | None = None, **details: Any) -> None:
+        """Append one history entry for the current attempt number."""
+        entry = HistoryEntry(self.attempts, iso(at), outcome, reason, details)
+        self.history.append(entry.to_json())
+
+    @property
+    def not_before_dt(self) -> datetime | None:
+        return parse_iso(self.not_before) if self.not_before else None
+
+    @property
+    def filename(self) -> str:
+        return f"{self.id}.json"
+
+    # -- encoding ---------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id, "cadence": self.cadence, "source": self.source, "enqueued_at": self.enqueued_at,
+            "attempts": self.attempts, "not_before": self.not_before, "payload": self.payload,
+            "history": self.history,
+        }
+        if self.reaps:
+            out["reaps"] = self.reaps
+        return out
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_json(), ensure_ascii=False, indent=1) + "\n").encode()
+
+    def validate(self) -> None:
+        """Raise TickInvalid naming the first problem found."""
+        if not isinstance(self.cadence, str) or not CADENCE_RE.match(self.cadence):
+            raise TickInvalid(f"cadence {self.cadence!r} does not match {CADENCE_RE.pattern}")
+        if not isinstance(self.id, str) or not TICK_ID_RE.match(self.id):
+            raise TickInvalid(f"id {self.id!r} is not a valid tick id")
+        if not isinstance(self.source, str) or len(self.source) > 200:
+            raise TickInvalid("source must be a string of at most 200 characters")
+        if not isinstance(self.attempts, int) or isinstance(self.attempts, bool) or self.attempts < 0:
+            raise TickInvalid("attempts must be a non-negative integer")
+        if not isinstance(self.reaps, int) or isinstance(self.reaps, bool) or self.reaps < 0:
+            raise TickInvalid("reaps must be a non-negative integer")
+        if not isinstance(self.payload, dict):
+            raise TickInvalid("payload must be a JSON object")
+        if not isinstance(self.history, list) or not all(isinstance(h, dict) for h in self.history):
+            raise TickInvalid("history must be a list of objects")
+        for name in ("enqueued_at", "not_before"):
+            value = getattr(self, name)
+            if value is None and name == "not_before":
+                continue
+            if not isinstance(value, str):
+                raise TickInvalid(f"{name} must be an ISO 8601 string")
+            try:
+                parse_iso(value)
+            except ValueError:
+                raise TickInvalid(f"{name} {value!r} is not an ISO 8601 timestamp") from None
+
+
+def parse_tick(data: bytes, *, stem: str, fallback_time: datetime) -> Tick:
+    """Decode a tick file's bytes; lenient on missing optional fields, strict on types.
+
+    Ticks dropped by hand or by shell scripts may carry only `cadence`: the id then comes from the file
+    name and `enqueued_at` from the file's mtime.
+    """
+    if len(data) > MAX_TICK_BYTES:
+        raise TickInvalid(f"file is larger than {MAX_TICK_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TickInvalid(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if "\x00" in text:
+        raise TickInvalid("contains a NUL character")
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise TickInvalid("JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise TickInvalid(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise TickInvalid(f"not a JSON object (got {type(obj).__name__})")
+    if "cadence" not in obj:
+        raise TickInvalid("missing required field 'cadence'")
+    if _depth(obj.get("payload")) > MAX_PAYLOAD_DEPTH:
+        raise TickInvalid(f"payload nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+    if not TICK_ID_RE.match(stem):
+        raise TickInvalid(f"file name {stem!r} is not a valid tick id")
+    tick_id = obj.get("id", stem)
+    if tick_id != stem:
+        raise TickInvalid(f"id {tick_id!r} does not match the file name {stem!r}")
+    tick = Tick(
+        id=tick_id,
+        cadence=obj["cadence"],
+        source=obj.get("source", "file"),
+        enqueued_at=obj.get("enqueued_at") or iso(fallback_time),
+        attempts=obj.get("attempts", 0),
+        not_before=obj.get("not_before"),
+        payload=obj.get("payload") if obj.get("payload") is not None else {},
+        history=obj.get("history") if obj.get("history") is not None else [],
+        reaps=obj.get("reaps", 0),
+    )
+    tick.validate()
+    return tick
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    """Nesting depth of a JSON value, stopping early once past the limit."""
+    if level > MAX_PAYLOAD_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level

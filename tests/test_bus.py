@@ -1,0 +1,269 @@
+"""Bus semantics on real files: delivery, claim, settle, reap, quarantine, capacity."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from maestro_py.bus import Bus
+from maestro_py.errors import InboxFull
+from maestro_py.events import EventLog
+from maestro_py.index import InboxIndex
+from maestro_py.owner import Owner
+from maestro_py.paths import Folder, Layout
+from tests.helpers import events, names, read_json, tick_ids
+
+
+def claim_next(bus: Bus, index: InboxIndex):
+    index.refresh(force=True)
+    index.promote(bus.clock.now())
+    for head in index.heads():
+        index.discard(head.name)
+        claim = bus.claim(head.name)
+        if claim is not None:
+            return claim
+    return None
+
+
+def test_enqueue_writes_one_complete_tick(bus: Bus, layout: Layout) -> None:
+    tick = bus.enqueue("inbox-processor", source="cron", payload={"k": 1})
+    path = layout.folder(Folder.INBOX) / f"{tick.id}.json"
+    data = read_json(path)
+    assert data["id"] == tick.id and data["cadence"] == "inbox-processor"
+    assert data["source"] == "cron" and data["payload"] == {"k": 1}
+    assert data["attempts"] == 0 and data["not_before"] is None
+    assert data["enqueued_at"].endswith("Z")
+    assert data["history"][0]["outcome"] == "enqueued"
+    assert names(layout, Folder.TMP) == []
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_ids_sort_by_enqueue_time_and_are_unique(bus: Bus, clock) -> None:
+    ids = []
+    for _ in range(50):
+        ids.append(bus.enqueue("a").id)
+        clock.advance(0.001)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 50
+
+
+def test_claim_is_fifo_and_moves_to_claimed_with_owner(bus: Bus, layout: Layout, clock) -> None:
+    first = bus.enqueue("a")
+    clock.advance(1)
+    second = bus.enqueue("b")
+    index = InboxIndex(bus)
+    claim = claim_next(bus, index)
+    assert claim is not None and claim.tick.id == first.id
+    assert claim.path.name == f"{first.id}@{bus.owner.token}.json"
+    assert tick_ids(layout, Folder.INBOX) == [second.id]
+
+
+def test_complete_moves_to_done_with_history(bus: Bus, layout: Layout) -> None:
+    tick = bus.enqueue("a")
+    claim = claim_next(bus, InboxIndex(bus))
+    bus.complete(claim, "ok", duration_ms=12)
+    assert tick_ids(layout, Folder.DONE) == [tick.id]
+    assert names(layout, Folder.CLAIMED) == []
+    done = read_json(layout.folder(Folder.DONE) / f"{tick.id}.json")
+    assert done["history"][-1]["outcome"] == "ok"
+    assert done["history"][-1]["attempt"] == 1
+    assert done["history"][-1]["duration_ms"] == 12
+
+
+def test_fail_retries_with_not_before_then_dead_letters(bus: Bus, layout: Layout, clock) -> None:
+    tick = bus.enqueue("a")
+    index = InboxIndex(bus)
+    claim = claim_next(bus, index)
+    assert bus.fail(claim, "boom", max_attempts=2, retry_at=clock.now() + timedelta(seconds=30)) == "retry"
+    queued = read_json(layout.folder(Folder.INBOX) / f"{tick.id}.json")
+    assert queued["attempts"] == 1 and queued["not_before"] is not None
+    # Not runnable before its time.
+    assert claim_next(bus, index) is None
+    clock.advance(31)
+    claim = claim_next(bus, index)
+    assert claim is not None and claim.attempt == 2
+    assert bus.fail(claim, "boom again", max_attempts=2) == "dlq"
+    dead = read_json(layout.folder(Folder.DLQ) / f"{tick.id}.json")
+    assert dead["attempts"] == 2
+    assert "attempts exhausted (2/2)" in dead["dlq_reason"]
+    assert [h["outcome"] for h in dead["history"]] == ["enqueued", "failed", "failed"]
+
+
+def test_permanent_failure_goes_straight_to_dlq(bus: Bus, layout: Layout) -> None:
+    tick = bus.enqueue("a")
+    claim = claim_next(bus, InboxIndex(bus))
+    assert bus.fail(claim, "400 bad request", max_attempts=5, permanent=True) == "dlq"
+    assert tick_ids(layout, Folder.DLQ) == [tick.id]
+
+
+def test_requeue_does_not_burn_an_attempt(bus: Bus, layout: Layout) -> None:
+    tick = bus.enqueue("a")
+    claim = claim_next(bus, InboxIndex(bus))
+    bus.requeue(claim, "drain")
+    data = read_json(layout.folder(Folder.INBOX) / f"{tick.id}.json")
+    assert data["attempts"] == 0
+    assert data["history"][-1]["outcome"] == "requeued"
+
+
+def test_reap_returns_claims_of_dead_owners_only(layout: Layout, clock) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ghost = Owner(dead.pid, 1)  # a pid with a start time that no live process has
+    theirs = Bus(layout, clock=clock, owner=ghost)
+    mine = Bus(layout, clock=clock)
+    lost = theirs.enqueue("a")
+    kept = theirs.enqueue("b")
+    index = InboxIndex(theirs)
+    claim_next(theirs, index)
+    alive = Bus(layout, clock=clock, owner=Owner.current())
+    claim_next(alive, index)  # claimed by a live owner (this process)
+    mine.owner = Owner(os.getppid(), Owner.of(os.getppid()).started_cs)  # a different live process
+    assert mine.reap_stale() == [lost.id]
+    assert tick_ids(layout, Folder.INBOX) == [lost.id]
+    assert tick_ids(layout, Folder.CLAIMED) == [kept.id]
+    data = read_json(layout.folder(Folder.INBOX) / f"{lost.id}.json")
+    assert data["reaps"] == 1 and data["attempts"] == 0
+    assert data["history"][-1]["outcome"] == "reaped"
+
+
+def test_reaping_a_poison_tick_three_times_dead_letters_it(layout: Layout, clock) -> None:
+    ghost = Owner(999_999, 1)
+    bus = Bus(layout, clock=clock, owner=ghost, max_reaps=3)
+    tick = bus.enqueue("a")
+    reaper = Bus(layout, clock=clock)
+    for _ in range(3):
+        claim_next(bus, InboxIndex(bus))
+        reaper.reap_stale()
+    assert tick_ids(layout, Folder.DLQ) == [tick.id]
+    assert "owner died 3 times" in read_json(layout.folder(Folder.DLQ) / f"{tick.id}.json")["dlq_reason"]
+
+
+def test_reap_finishes_an_interrupted_move_without_duplicating(layout: Layout, clock) -> None:
+    ghost = Owner(999_999, 1)
+    bus = Bus(layout, clock=clock, owner=ghost)
+    tick = bus.enqueue("a")
+    claim = claim_next(bus, InboxIndex(bus))
+    # Simulate a crash after done/ was published but before the claimed copy was removed.
+    saved = claim.path.read_bytes()
+    bus.complete(claim)
+    claim.path.write_bytes(saved)
+    Bus(layout, clock=clock).reap_stale()
+    assert tick_ids(layout, Folder.DONE) == [tick.id]
+    assert names(layout, Folder.CLAIMED) == [] and names(layout, Folder.INBOX) == []
+
+
+def test_enqueue_at_capacity_refuses_and_leaves_nothing(layout: Layout, clock) -> None:
+    bus = Bus(layout, clock=clock, max_inbox=3)
+    for _ in range(3):
+        bus.enqueue("a")
+    before = names(layout, Folder.INBOX)
+    with pytest.raises(InboxFull):
+        bus.enqueue("a")
+    assert names(layout, Folder.INBOX) == before
+    assert names(layout, Folder.TMP) == []
+
+
+def test_sweep_tmp_removes_only_old_leftovers(bus: Bus, layout: Layout, clock) -> None:
+    old = layout.folder(Folder.TMP) / "old.tmp"
+    new = layout.folder(Folder.TMP) / "new.tmp"
+    old.write_text("x")
+    new.write_text("y")
+    past = clock.now().timestamp() - 7200
+    os.utime(old, (past, past))
+    os.utime(new, (clock.now().timestamp(), clock.now().timestamp()))
+    assert bus.sweep_tmp(grace=3600) == 1
+    assert names(layout, Folder.TMP) == ["new.tmp"]
+
+
+def test_events_are_json_lines_with_required_fields(bus: Bus, layout: Layout) -> None:
+    tick = bus.enqueue("a")
+    claim = claim_next(bus, InboxIndex(bus))
+    bus.complete(claim)
+    stages = [(e["stage"], e["id"]) for e in events(layout)]
+    assert stages == [("enqueued", tick.id), ("claimed", tick.id), ("done", tick.id)]
+    for event in events(layout):
+        assert {"ts", "level", "stage", "id", "cadence"} <= event.keys()
+
+
+# -- races and crashes ------------------------------------------------------
+
+RACER = textwrap.dedent(
+    """
+    import sys, json
+    from maestro_py.bus import Bus
+    from maestro_py.index import InboxIndex
+    from maestro_py.paths import Layout
+    bus = Bus(Layout(sys.argv[1]))
+    index = InboxIndex(bus)
+    got = []
+    import time
+    while True:
+        index.refresh(force=True)
+        index.promote(bus.clock.now())
+        heads = list(index.heads())
+        if not heads:
+            break
+        for head in heads:
+            index.discard(head.name)
+            claim = bus.claim(head.name)
+            if claim is not None:
+                got.append(claim.tick.id)
+    print(json.dumps(got))
+    """
+)
+
+
+def test_two_processes_racing_claim_each_tick_exactly_once(layout: Layout, clock) -> None:
+    bus = Bus(layout, clock=clock, max_inbox=10_000)
+    cadences = ["a", "b", "c", "d"]
+    ids = {bus.enqueue(cadences[i % 4]).id for i in range(2000)}
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(layout.root)], stdout=subprocess.PIPE,
+                              cwd=Path(__file__).parent.parent) for _ in range(2)]
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    claimed = results[0] + results[1]
+    assert len(claimed) == 2000
+    assert set(claimed) == ids
+    assert results[0] and results[1], "both racers should have won some claims"
+    assert len(tick_ids(layout, Folder.CLAIMED)) == 2000
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from maestro_py.bus import Bus
+    from maestro_py.paths import Layout
+    bus = Bus(Layout(sys.argv[1]), max_inbox=10**9)
+    print("ready", flush=True)
+    while True:
+        bus.enqueue("writer", payload={"blob": "x" * 20000})
+    """
+)
+
+
+def test_writer_killed_mid_write_leaves_nothing_half_visible(layout: Layout) -> None:
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(layout.root)], stdout=subprocess.PIPE,
+                                cwd=Path(__file__).parent.parent)
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(0.15)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    inbox = list(layout.folder(Folder.INBOX).iterdir())
+    assert inbox, "the writer should have delivered some ticks"
+    for path in inbox:
+        data = json.loads(path.read_text())  # every visible tick is complete
+        assert data["payload"]["blob"] == "x" * 20000
+    # Half-written files may remain only in tmp/, and the sweep removes them after the grace period.
+    bus = Bus(layout)
+    bus.sweep_tmp(grace=-1)
+    assert names(layout, Folder.TMP) == []
