@@ -1,0 +1,240 @@
+"""The `maestro` command: a thin click layer over the library; domain errors become one-line messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from maestro_py.bus import Bus
+from maestro_py.clock import SystemClock, iso
+from maestro_py.config import Settings, load_env
+from maestro_py.errors import AlreadyRunning, ConfigError, InboxFull, MaestroError
+from maestro_py.fsio import atomic_write_json
+from maestro_py.paths import Folder, Layout
+from maestro_py.registry import Registry, RegistryError
+from maestro_py.status import liveness, read_status
+from maestro_py.tick import CADENCE_RE
+
+EX_USAGE = 2
+EX_TEMPFAIL = 75
+
+
+class CliError(click.ClickException):
+    """A failure reported as one line with a chosen exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class MaestroGroup(click.Group):
+    """Prints every error as one line (`maestro: …`) instead of click's usage block."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name or "maestro", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.UsageError as exc:
+            click.echo(f"maestro: {exc.format_message()}", err=True)
+            sys.exit(EX_USAGE)
+        except click.ClickException as exc:
+            click.echo(f"maestro: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("maestro: aborted", err=True)
+            sys.exit(130)
+        except MaestroError as exc:
+            click.echo(f"maestro: {exc}", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class Context:
+    """What every command needs: the layout and the merged environment."""
+
+    def __init__(self, root: str | None) -> None:
+        self.layout = Layout.resolve(root)
+        self.env = load_env(self.layout)
+
+    def settings(self) -> Settings:
+        try:
+            return Settings.from_env(self.env)
+        except ConfigError as exc:
+            raise CliError(str(exc), EX_USAGE) from None
+
+    def registry(self) -> Registry:
+        try:
+            return Registry.load(self.layout)
+        except RegistryError as exc:
+            raise CliError(str(exc), EX_USAGE) from None
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(cls=MaestroGroup)
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Agent root (default: $MAESTRO_AGENT_ROOT, else the current directory).")
+@click.version_option(package_name="maestro_py", prog_name="maestro")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None) -> None:
+    """maestro: run scheduled AI work (cadences) safely from a filesystem tick bus."""
+    ctx.obj = Context(root)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="maestro")
+
+
+# -- init -------------------------------------------------------------------
+
+@cli.command()
+@pass_ctx
+def init(c: Context) -> None:
+    """Create the agent root's layout, `.env` and a sample cadence (idempotent)."""
+    lay = c.layout
+    lay.root.mkdir(parents=True, exist_ok=True)
+    lay.ensure()
+    created: list[str] = []
+    templates = Path(__file__).parent / "templates"
+    if not lay.env_file.exists():
+        example = lay.root / ".env.example"
+        text = example.read_text() if example.is_file() else (templates / "env.example").read_text()
+        lay.env_file.write_text(text)
+        lay.env_file.chmod(0o600)
+        created.append(".env")
+    lay.cadences_dir.mkdir(exist_ok=True)
+    sample = lay.prompt_file("hello")
+    if not any(lay.cadences_dir.glob("*.md")):
+        sample.write_text((templates / "hello.md").read_text())
+        created.append(str(sample.relative_to(lay.root)))
+    click.echo(f"initialised {lay.root}" + (f" (created {', '.join(created)})" if created else " (already set up)"))
+
+
+# -- enqueue ----------------------------------------------------------------
+
+@cli.command()
+@click.argument("cadence")
+@click.option("--source", default="cli", show_default=True, help="Who enqueued it (cron, launchd, systemd…).")
+@click.option("--payload", default=None, help="A JSON object handed to the run.")
+@click.option("--delay", type=float, default=0.0, help="Seconds before the tick may run.")
+@click.option("--force", is_flag=True, help="Enqueue even if the cadence is unknown.")
+@pass_ctx
+def enqueue(c: Context, cadence: str, source: str, payload: str | None, delay: float, force: bool) -> None:
+    """Drop one tick for CADENCE into the inbox and print its id."""
+    if not CADENCE_RE.match(cadence):
+        raise CliError(f"invalid cadence name {cadence!r} (expected {CADENCE_RE.pattern})", EX_USAGE)
+    data: dict[str, Any] = {}
+    if payload is not None:
+        try:
+            data = json.loads(payload)
+        except ValueError as exc:
+            raise CliError(f"--payload is not valid JSON: {exc}", EX_USAGE) from None
+        if not isinstance(data, dict):
+            raise CliError("--payload must be a JSON object", EX_USAGE)
+    if delay < 0 or delay != delay:
+        raise CliError("--delay must be >= 0 seconds", EX_USAGE)
+    if len(source) > 200:
+        raise CliError("--source is longer than 200 characters", EX_USAGE)
+    if not force and not c.registry().knows(cadence):
+        raise CliError(f"unknown cadence {cadence!r}: no entry in cadences.toml and no cadences/{cadence}.md "
+                       "(use --force to enqueue anyway)", EX_USAGE)
+    settings = c.settings()
+    c.layout.ensure()
+    bus = Bus(c.layout, max_inbox=settings.max_inbox)
+    try:
+        tick = bus.enqueue(cadence, source=source, payload=data, delay=delay)
+    except InboxFull as exc:
+        raise CliError(str(exc), EX_TEMPFAIL) from None
+    click.echo(tick.id)
+
+
+# -- run --------------------------------------------------------------------
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Process everything runnable now, wait for its sub-sessions, exit.")
+@click.option("--no-watch", is_flag=True, help="Poll only (no filesystem notifications).")
+@pass_ctx
+def run(c: Context, once: bool, no_watch: bool) -> None:
+    """Run the daemon: claim ticks and run them until stopped (SIGTERM drains, a second ends at once)."""
+    from maestro_py.daemon import Daemon
+
+    settings = c.settings()
+    c.registry()  # report an invalid registry before taking the lock
+    c.layout.ensure()
+    try:
+        daemon = Daemon(c.layout, settings, c.env, watch=not no_watch)
+        code = daemon.run(once=once)
+    except AlreadyRunning as exc:
+        raise CliError(str(exc), 1) from None
+    except RegistryError as exc:
+        raise CliError(str(exc), EX_USAGE) from None
+    if code:
+        raise CliError("daemon exited with an error", code)
+
+
+# -- stop / resume ------------------------------------------------------------
+
+@cli.command()
+@click.option("--reason", default="operator emergency stop", show_default=True)
+@pass_ctx
+def stop(c: Context, reason: str) -> None:
+    """Emergency stop: the daemon spawns nothing and ends running sub-sessions (their ticks are requeued)."""
+    c.layout.ensure()
+    doc = {"reason": reason, "at": iso(SystemClock().now()), "by_pid": os.getpid()}
+    atomic_write_json(c.layout.stop_file, doc, tmp_dir=c.layout.folder(Folder.TMP))
+    click.echo(f"emergency stop set ({c.layout.stop_file}); `maestro resume` clears it")
+
+
+@cli.command()
+@pass_ctx
+def resume(c: Context) -> None:
+    """Clear an emergency stop."""
+    try:
+        c.layout.stop_file.unlink()
+        click.echo("emergency stop cleared")
+    except FileNotFoundError:
+        click.echo("no emergency stop was set")
+
+
+# -- status -----------------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def status(c: Context, as_json: bool) -> None:
+    """Show whether the daemon is alive, queue depths, live sub-sessions and counters."""
+    doc = read_status(c.layout)
+    now = SystemClock().now()
+    live = liveness(c.layout, doc, now)
+    depths = Bus(c.layout).depths() if c.layout.bus_dir.exists() else {f.value: 0 for f in Folder}
+    out = {
+        "root": str(c.layout.root),
+        "daemon": live,
+        "queues": depths,
+        "emergency_stop": c.layout.stop_file.exists(),
+        "status": doc,
+    }
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    state = "alive" if live["alive"] else "not running"
+    age = f", heartbeat {live['heartbeat_age_s']}s ago" if live["heartbeat_age_s"] is not None else ""
+    click.echo(f"daemon: {state}" + (f" (pid {live['pid']}{age})" if live["pid"] else ""))
+    click.echo("queues: " + "  ".join(f"{k}={v}" for k, v in depths.items() if k != "tmp"))
+    if out["emergency_stop"]:
+        click.echo(f"EMERGENCY STOP is set ({c.layout.stop_file}); `maestro resume` clears it")
+    if doc:
+        for run_ in doc.get("live_subsessions", []):
+            click.echo(f"running: {run_['cadence']} tick {run_['tick']} pid {run_['pid']} since {run_['started']}")
+        counters = {k: v for k, v in (doc.get("counters") or {}).items() if v}
+        if counters:
+            click.echo("counters: " + "  ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    click.echo(f"ledger: {c.layout.ledger_file}")
+    click.echo(f"events: {c.layout.events_dir}/bus-YYYY-MM-DD.jsonl   per-run logs: {c.layout.subsessions_dir}")

@@ -1,0 +1,469 @@
+"""The daemon loop: reap -> claim -> gate -> run -> settle, one iteration per `step()`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+from maestro_py import handlers, launch, proctree
+from maestro_py.bus import Bus, Claim
+from maestro_py.clock import Clock, SystemClock, iso
+from maestro_py.config import Settings
+from maestro_py.errors import SpawnError
+from maestro_py.events import EventLog
+from maestro_py.index import Entry, InboxIndex
+from maestro_py.ledger import Ledger
+from maestro_py.lock import DaemonLock
+from maestro_py.owner import Owner
+from maestro_py.paths import Layout
+from maestro_py.redact import Redactor
+from maestro_py.registry import Cadence, Registry, RegistryError
+from maestro_py.runner import ProcessSpawner, RunOutcome, SpawnSpec, Spawner, SubSession
+from maestro_py.status import new_counters, read_status, write_status
+from maestro_py.wakeup import Wakeup
+
+log = logging.getLogger("maestro")
+
+INLINE_BATCH = 16  # inline ticks per iteration before the loop looks at its other duties again
+STATUS_EVERY = 0.25  # seconds between consumer.json rewrites while busy
+
+
+@dataclass
+class Running:
+    """A sub-session the daemon started and has not settled yet."""
+
+    claim: Claim
+    session: SubSession
+    cadence: Cadence
+    started_at: datetime
+    stdout_log: str
+    stderr_log: str
+    end_reason: str | None = None  # set when the daemon ends it (drain, emergency stop): requeue, no attempt burnt
+
+
+@dataclass
+class Daemon:
+    """Claims ticks from the bus and runs them inline or as `claude --print` sub-sessions."""
+
+    layout: Layout
+    settings: Settings
+    env: dict[str, str]
+    clock: Clock = field(default_factory=SystemClock)
+    spawner: Spawner | None = None
+    watch: bool = True
+
+    def __post_init__(self) -> None:
+        self.redactor = Redactor(self.env)
+        self.events = EventLog(self.layout, clock=self.clock, redactor=self.redactor)
+        self.owner = Owner.current()
+        self.bus = Bus(self.layout, clock=self.clock, events=self.events, owner=self.owner,
+                       max_inbox=self.settings.max_inbox, max_reaps=self.settings.max_reaps)
+        self.index = InboxIndex(self.bus)
+        self.ledger = Ledger(self.layout.ledger_file, self.redactor)
+        self.wakeup = Wakeup(self.bus.inbox, self.layout.bus_dir, watch=self.watch)
+        if self.spawner is None:
+            self.spawner = ProcessSpawner(on_exit=self.wakeup.set, redactor=self.redactor)
+        self.registry = Registry.load(self.layout)  # invalid at start-up: the caller reports it
+        self._registry_mtime = _mtime(self.layout.registry_file)
+        self.running: dict[str, Running] = {}
+        self.counters: Counter[str] = new_counters()
+        self.started_at = self.clock.now()
+        self.stopping = False     # first SIGTERM/SIGINT: drain
+        self.forced = False       # second signal: end everything now
+        self._stop_deadline: float | None = None
+        self._next_reap = 0.0
+        self._next_scan = 0.0
+        self._last_status = 0.0
+        self._emergency: str | None = None
+        self._watching = False
+
+    # -- lifecycle --------------------------------------------------------
+    def run(self, *, once: bool = False) -> int:
+        """Run until stopped (or, with `once`, until nothing runnable is left); returns the exit code."""
+        lock = DaemonLock(self.layout.lock_file, self.layout.root)
+        lock.acquire()
+        try:
+            self.layout.ensure()
+            proctree.become_subreaper()  # orphaned tool processes come back to us, so none survives
+            previous = self._install_signals()
+            self._watching = self.wakeup.start()
+            self.events.emit("daemon_started", pid=os.getpid(), once=once, watchdog=self._watching,
+                             root=str(self.layout.root))
+            try:
+                while True:
+                    progressed = self.step()
+                    if self.stopping and not self.running:
+                        break
+                    if once and not progressed and not self.running:
+                        break
+                    if not progressed:
+                        self.wakeup.wait(self._sleep_for())
+            finally:
+                self._restore_signals(previous)
+                self.wakeup.close()
+                self._write_status(force=True, state="stopped")
+                self.events.emit("daemon_stopped", pid=os.getpid(), counters=dict(self.counters))
+        finally:
+            lock.release()
+        return 0
+
+    def step(self) -> bool:
+        """One iteration of the loop; True if it did work (claimed or settled something)."""
+        now_mono = self.clock.monotonic()
+        progressed = self._settle_finished()
+        self._reload_registry()
+        self._check_emergency_stop()
+        self._handle_stopping(now_mono)
+        if now_mono >= self._next_reap:
+            self._next_reap = now_mono + self.settings.reap_seconds
+            self._reap()
+        self._discover(now_mono)
+        if not self.stopping:
+            progressed |= self._dispatch()
+        self._write_status()
+        return progressed
+
+    # -- discovery --------------------------------------------------------
+    def _discover(self, now_mono: float) -> None:
+        for name in self.wakeup.drain_names():
+            self.index.notice(name)
+        if now_mono >= self._next_scan or not self._watching:
+            self._next_scan = now_mono + self.settings.poll_ms / 1000
+            self.index.refresh()
+        self.counters["quarantined"] = self.index.quarantined
+        self.index.promote(self.clock.now())
+
+    def _reap(self) -> None:
+        reaped = self.bus.reap_stale()
+        self.counters["reaped"] += len(reaped)
+        if reaped:
+            self.index.refresh(force=True)
+        self.bus.sweep_tmp(grace=self.settings.tmp_grace)
+        tracked = {r.session.pid for r in self.running.values()}
+        for pid in proctree.reap_adopted(tracked):
+            self.events.emit("orphan_killed", level="warn", pid=pid)
+
+    # -- dispatch ---------------------------------------------------------
+    def _dispatch(self) -> bool:
+        """Claim and start what the gates allow; inline work up to a batch, at most one spawn."""
+        inline_left = INLINE_BATCH
+        spawned = False
+        progressed = False
+        while inline_left > 0:
+            entry = self._next_entry(spawned)
+            if entry is None:
+                break
+            self.index.discard(entry.name)
+            claim = self.bus.claim(entry.name)
+            self.counters["quarantined"] = self.index.quarantined
+            if claim is None:
+                continue
+            self.counters["claimed"] += 1
+            progressed = True
+            cadence = self.registry.get(claim.tick.cadence)
+            if cadence is None:
+                self.bus.dead_letter(claim, f"unknown cadence {claim.tick.cadence!r}: no registry entry "
+                                            f"and no prompt file cadences/{claim.tick.cadence}.md")
+                self.counters["dlq"] += 1
+                continue
+            if cadence.mode == "escalate" or (cadence.mode == "guarded" and self._guard_says_escalate(claim, cadence)):
+                spawned = self._spawn(claim, cadence) or spawned
+            elif cadence.mode == "inline":
+                inline_left -= 1
+                self._run_inline(claim, cadence)
+            else:
+                inline_left -= 1
+        if progressed:
+            self.wakeup.set()  # more may be runnable: look again before sleeping
+        return progressed
+
+    def _next_entry(self, spawned: bool) -> Entry | None:
+        """The oldest runnable tick whose cadence may run now; gated heads wait in `inbox/`."""
+        for entry in self.index.heads():
+            cadence = self.registry.get(entry.cadence)
+            if cadence is None or cadence.mode == "inline":
+                return entry
+            refusal = self._gate(cadence, spawned)
+            if refusal is None:
+                return entry
+            self.counters[refusal] += 1
+        return None
+
+    def _gate(self, cadence: Cadence, spawned: bool) -> str | None:
+        """Why a tick that may need a sub-session cannot be claimed now (None: it can)."""
+        if self._emergency is not None:
+            return "skipped_emergency_stop"
+        if spawned:
+            return "skipped_pacing"
+        if len(self.running) >= 1:
+            return "skipped_live_cap"
+        return None
+
+    # -- inline work ------------------------------------------------------
+    def _run_inline(self, claim: Claim, cadence: Cadence) -> None:
+        spec = cadence.handler or "noop"
+        started = time.monotonic()
+        result = handlers.call(spec, claim.tick.to_json(), root=self.layout.root, env=self.env,
+                               timeout=self._timeout(cadence), kind="handler")
+        duration_ms = round((time.monotonic() - started) * 1000)
+        self.counters["inline"] += 1
+        if result.ok and result.error is None:
+            self.bus.complete(claim, "ok", mode="inline", detail=result.detail, duration_ms=duration_ms)
+            self.counters["succeeded"] += 1
+        else:
+            self._fail(claim, cadence, result.error or result.detail or "handler failed", mode="inline",
+                       duration_ms=duration_ms)
+
+    def _guard_says_escalate(self, claim: Claim, cadence: Cadence) -> bool:
+        result = handlers.call(cadence.guard or "noop", claim.tick.to_json(), root=self.layout.root,
+                               env=self.env, timeout=self._timeout(cadence), kind="guard")
+        if result.error is not None:
+            self._fail(claim, cadence, f"guard failed: {result.error}", mode="guarded")
+            return False
+        if not result.ok:
+            self.counters["guard_skipped"] += 1
+            self.counters["inline"] += 1
+            self.bus.complete(claim, "nothing_to_do", mode="guarded", detail=result.detail)
+            return False
+        return True
+
+    # -- sub-sessions -----------------------------------------------------
+    def _spawn(self, claim: Claim, cadence: Cadence) -> bool:
+        tick = claim.tick
+        now = self.clock.now()
+        local = now.astimezone()
+        stamp = f"{local:%H%M%S}-a{claim.attempt}-{tick.id[-6:]}"
+        stdout_log, stderr_log = self.layout.subsession_logs(local, tick.cadence, stamp)
+        try:
+            if cadence.prompt is None or not cadence.prompt.is_file():
+                raise FileNotFoundError(f"prompt file {cadence.prompt} is missing")
+            spec = SpawnSpec(
+                argv=launch.argv(launch.resolve_claude(self.env), model=cadence.model, extra=cadence.claude_args,
+                                 max_budget_usd=cadence.max_budget_usd),
+                env=launch.child_env(self.env, self.layout.root),
+                cwd=self.layout.root,
+                stdin=launch.prompt(cadence.prompt, tick),
+                stdout_log=stdout_log,
+                stderr_log=stderr_log,
+                timeout=self._timeout(cadence),
+                grace=self.settings.kill_grace,
+            )
+            session = self.spawner.spawn(spec)
+        except (SpawnError, OSError) as exc:
+            self.counters["spawn_failures"] += 1
+            self._fail(claim, cadence, f"spawn failed: {exc}", mode="escalate")
+            return False
+        self.counters["escalated"] += 1
+        self.running[tick.id] = Running(claim, session, cadence, now, str(stdout_log), str(stderr_log))
+        self.events.emit("spawned", id=tick.id, cadence=tick.cadence, attempt=claim.attempt, pid=session.pid,
+                         stdout_log=str(stdout_log), stderr_log=str(stderr_log))
+        return True
+
+    def _settle_finished(self) -> bool:
+        settled = False
+        for tick_id, run in list(self.running.items()):
+            outcome = run.session.poll()
+            if outcome is None:
+                continue
+            del self.running[tick_id]
+            self._settle(run, outcome)
+            settled = True
+        return settled
+
+    def _settle(self, run: Running, outcome: RunOutcome) -> None:
+        claim, tick = run.claim, run.claim.tick
+        result = outcome.result
+        usage = result.usage.to_row() if result is not None else _unknown_usage()
+        details: dict[str, Any] = {
+            "mode": "escalate", "exit_code": outcome.exit_code, "signal": outcome.signal,
+            "duration_ms": outcome.duration_ms, "timed_out": outcome.timed_out,
+            "api_error_status": result.api_error_status if result else None,
+            "cost_usd": usage.get("cost_usd"), "session_id": result.session_id if result else None,
+        }
+        self.ledger.append({
+            "ts": iso(self.clock.now()), "tick": tick.id, "cadence": tick.cadence, "attempt": claim.attempt,
+            "exit_code": outcome.exit_code, "signal": outcome.signal, "duration_ms": outcome.duration_ms,
+            "ok": outcome.ok, "session_id": details["session_id"], **usage,
+        })
+        if outcome.timed_out:
+            self.counters["timeouts"] += 1
+        if run.end_reason is not None and not outcome.ok:
+            self.bus.requeue(claim, run.end_reason, **details)
+            self.counters["requeued"] += 1
+            self.index.notice(tick.filename)
+        elif outcome.ok:
+            self.bus.complete(claim, "ok", **details)
+            self.counters["succeeded"] += 1
+        else:
+            self._fail(claim, run.cadence, _failure_reason(outcome), tail=outcome.tail, **details)
+
+    def _fail(self, claim: Claim, cadence: Cadence, reason: str, **details: Any) -> None:
+        self.counters["failed"] += 1
+        max_attempts = cadence.max_attempts or self.settings.max_attempts
+        where = self.bus.fail(claim, reason, max_attempts=max_attempts, **details)
+        if where == "dlq":
+            self.counters["dlq"] += 1
+        else:
+            self.counters["retries"] += 1
+            self.index.notice(claim.tick.filename)
+
+    def _timeout(self, cadence: Cadence) -> float:
+        return cadence.timeout_seconds or self.settings.spawn_timeout
+
+    # -- stopping ---------------------------------------------------------
+    def request_stop(self) -> None:
+        """First call drains (stop claiming, let sub-sessions finish); a second ends them now."""
+        if self.stopping:
+            self.forced = True
+        self.stopping = True
+        self.wakeup.set()
+
+    def _handle_stopping(self, now_mono: float) -> None:
+        if not self.stopping:
+            return
+        if self._stop_deadline is None:
+            self._stop_deadline = now_mono + self.settings.stop_grace
+            self.events.emit("draining", live=len(self.running), grace_s=self.settings.stop_grace)
+        if self.forced or now_mono >= self._stop_deadline:
+            self._end_all("daemon stopping", grace=0.0 if self.forced else self.settings.kill_grace)
+
+    def _check_emergency_stop(self) -> None:
+        reason = _read_stop(self.layout.stop_file)
+        if reason != self._emergency:
+            self._emergency = reason
+            if reason is None:
+                self.events.emit("emergency_stop_cleared", level="warn")
+            else:
+                self.events.emit("emergency_stop", level="error", reason=reason, live=len(self.running))
+        if self._emergency is not None:
+            self._end_all(f"emergency stop: {self._emergency}", grace=self.settings.kill_grace)
+
+    def _end_all(self, reason: str, *, grace: float) -> None:
+        for run in self.running.values():
+            if run.end_reason is None or grace == 0.0:
+                run.end_reason = run.end_reason or reason
+                if grace == 0.0:
+                    run.session.kill()
+                else:
+                    run.session.stop(grace)
+
+    def _install_signals(self) -> dict[int, Any]:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.request_stop()  # only sets flags and writes to the wake-up pipe
+
+        previous: dict[int, Any] = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread (tests drive step() directly)
+                pass
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, Any]) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    # -- timing and status ------------------------------------------------
+    def _sleep_for(self) -> float:
+        wait = self.settings.poll_ms / 1000
+        if self.stopping and self._stop_deadline is not None:
+            wait = min(wait, max(0.0, self._stop_deadline - self.clock.monotonic()))
+        due = self.index.next_due()
+        if due is not None:
+            wait = min(wait, max(0.0, due - self.clock.now().timestamp()) + 0.001)
+        return max(wait, 0.0)
+
+    def _reload_registry(self) -> None:
+        mtime = _mtime(self.layout.registry_file)
+        if mtime == self._registry_mtime:
+            return
+        self._registry_mtime = mtime
+        try:
+            self.registry = Registry.load(self.layout)
+            self.events.emit("registry_reloaded")
+        except RegistryError as exc:
+            self.events.emit("registry_invalid", level="error", error=str(exc), keeping="previous registry")
+
+    def _write_status(self, *, force: bool = False, state: str | None = None) -> None:
+        now_mono = self.clock.monotonic()
+        if not force and now_mono - self._last_status < STATUS_EVERY:
+            return
+        self._last_status = now_mono
+        now = self.clock.now()
+        doc = {
+            "pid": os.getpid(),
+            "owner": self.owner.token,
+            "root": str(self.layout.root),
+            "state": state or ("draining" if self.stopping else "emergency_stop" if self._emergency else "running"),
+            "started_at": iso(self.started_at),
+            "heartbeat": iso(now),
+            "watchdog": self._watching,
+            "emergency_stop": self._emergency,
+            "live_subsessions": [
+                {"pid": r.session.pid, "tick": tid, "cadence": r.claim.tick.cadence, "attempt": r.claim.attempt,
+                 "started": iso(r.started_at), "stdout_log": r.stdout_log}
+                for tid, r in self.running.items()
+            ],
+            "queued": len(self.index),
+            "counters": dict(self.counters),
+        }
+        try:
+            write_status(self.layout, doc, self.redactor)
+        except OSError as exc:
+            self.events.emit("status_write_failed", level="error", error=str(exc))
+
+
+def _failure_reason(outcome: RunOutcome) -> str:
+    if outcome.timed_out:
+        return "timed out"
+    result = outcome.result
+    if result is not None and result.is_error:
+        status = f" (HTTP {result.api_error_status})" if result.api_error_status else ""
+        return f"claude reported an error{status}: {(result.text or '').strip()[:500]}"
+    if outcome.signal:
+        return f"killed by signal {outcome.signal}"
+    if result is None:
+        return f"exit {outcome.exit_code} with no parsable result"
+    return f"exit {outcome.exit_code}"
+
+
+def _unknown_usage() -> dict[str, Any]:
+    from maestro_py.metering import Usage
+
+    return Usage.unknown().to_row()
+
+
+def _read_stop(path: Any) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "STOP file present (unreadable)"
+    try:
+        import json
+
+        doc = json.loads(text)
+        return str(doc.get("reason") or "STOP file present") if isinstance(doc, dict) else text or "STOP file present"
+    except ValueError:
+        return text[:200] or "STOP file present"
+
+
+def _mtime(path: Any) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def read_running_status(layout: Layout) -> dict[str, Any] | None:
+    """Convenience for the CLI."""
+    return read_status(layout)

@@ -1,0 +1,44 @@
+"""The cost ledger: one JSON line per sub-session, the source of truth for spend."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from maestro_py.redact import Redactor
+
+
+class Ledger:
+    """Append-only `state/cost-ledger.jsonl`; unmeasured figures are null, never 0."""
+
+    def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
+        self.path = path
+        self.redactor = redactor or Redactor()
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one row durably (one write on O_APPEND, then fsync)."""
+        line = (json.dumps(self.redactor.data(row), ensure_ascii=False, default=str) + "\n").encode()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every parsable row, oldest first (a torn last line from a crash is skipped)."""
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(row, dict):
+                        yield row
+        except FileNotFoundError:
+            return

@@ -1,0 +1,178 @@
+"""Read what a sub-session cost from the CLI's `--output-format json` result object (pure parsing, no I/O)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# modelUsage key -> our field name. The CLI reports per-model counts in camelCase.
+_MODEL_KEYS: dict[str, str] = {
+    "inputTokens": "input_tokens",
+    "outputTokens": "output_tokens",
+    "cacheReadInputTokens": "cache_read_tokens",
+    "cacheCreationInputTokens": "cache_creation_tokens",
+}
+TOKEN_FIELDS: tuple[str, ...] = tuple(_MODEL_KEYS.values())
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens and dollars one sub-session consumed; None means "not reported", never "zero"."""
+
+    cost_usd: float | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_read_tokens: int | None
+    cache_creation_tokens: int | None
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def total_tokens(self) -> int | None:
+        """Sum of the four token counts, or None if any of them is unknown (a partial sum would undercount)."""
+        counts = [getattr(self, name) for name in TOKEN_FIELDS]
+        if any(c is None for c in counts):
+            return None
+        return sum(counts)
+
+    @property
+    def measured(self) -> bool:
+        """True when the CLI reported a cost or any token count (including a reported zero)."""
+        return self.cost_usd is not None or any(getattr(self, name) is not None for name in TOKEN_FIELDS)
+
+    @classmethod
+    def unknown(cls) -> Usage:
+        """Usage of a run whose result could not be read."""
+        return cls(None, None, None, None, None, {})
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat, JSON-ready dict for the ledger."""
+        return {
+            "cost_usd": self.cost_usd,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_creation_tokens": self.cache_creation_tokens,
+            "total_tokens": self.total_tokens,
+            "per_model": {model: dict(row) for model, row in self.per_model.items()},
+        }
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """The fields of the CLI's result object that the daemon acts on, plus the raw object."""
+
+    subtype: str | None
+    is_error: bool | None
+    api_error_status: int | None
+    text: str | None
+    session_id: str | None
+    usage: Usage
+    raw: dict[str, Any]
+
+
+def parse_result(stdout: bytes) -> CliResult | None:
+    """The CLI result found in `stdout`, or None if there is none (then usage is unknown, not zero)."""
+    obj = find_result_object(stdout)
+    if obj is None:
+        return None
+    return CliResult(
+        subtype=_str(obj.get("subtype")),
+        is_error=obj.get("is_error") if isinstance(obj.get("is_error"), bool) else None,
+        api_error_status=_int(obj.get("api_error_status")),
+        text=_text(obj),
+        session_id=_str(obj.get("session_id")),
+        usage=usage_from_result(obj),
+        raw=obj,
+    )
+
+
+def find_result_object(stdout: bytes) -> dict[str, Any] | None:
+    """The last `{"type":"result",...}` object in `stdout` (json mode, stream-json lines, or junk before it)."""
+    text = stdout.decode("utf-8", errors="replace")
+    lines = text.splitlines()
+    # stream-json (or junk printed before the object): the result is the last line that is one.
+    for line in reversed(lines):
+        line = line.strip()
+        if line.startswith("{") and (obj := _result_or_none(line)) is not None:
+            return obj
+    # A pretty-printed object spans lines: try the whole text, then from each line that opens an object.
+    if (obj := _result_or_none(text)) is not None:
+        return obj
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("{") and (obj := _result_or_none("\n".join(lines[i:]))) is not None:
+            return obj
+    return None
+
+
+def usage_from_result(obj: dict[str, Any]) -> Usage:
+    """Usage summed over `modelUsage`; top-level `usage` is ignored (all zeros under the non-streaming fallback)."""
+    cost = _float(obj.get("total_cost_usd"))
+    model_usage = obj.get("modelUsage")
+    if not isinstance(model_usage, dict):
+        # Absent (or not an object): the CLI said nothing about tokens, so they are unknown.
+        return Usage(cost, None, None, None, None, {})
+    per_model: dict[str, dict[str, Any]] = {}
+    totals: dict[str, int | None] = {name: 0 for name in TOKEN_FIELDS}
+    for model, entry in model_usage.items():
+        entry = entry if isinstance(entry, dict) else {}
+        row: dict[str, Any] = {name: _int(entry.get(key)) for key, name in _MODEL_KEYS.items()}
+        row["cost_usd"] = _float(entry.get("costUSD"))
+        per_model[str(model)] = row
+        for name in TOKEN_FIELDS:
+            # One unreadable count makes the total unknown rather than silently smaller.
+            current = totals[name]
+            totals[name] = None if current is None or row[name] is None else current + row[name]
+    # An empty modelUsage is a report too: the CLI billed nothing (every API error looks like this).
+    return Usage(
+        cost_usd=cost,
+        input_tokens=totals["input_tokens"],
+        output_tokens=totals["output_tokens"],
+        cache_read_tokens=totals["cache_read_tokens"],
+        cache_creation_tokens=totals["cache_creation_tokens"],
+        per_model=per_model,
+    )
+
+
+def _result_or_none(text: str) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(obj, dict) and obj.get("type") == "result":
+        return obj
+    return None
+
+
+def _text(obj: dict[str, Any]) -> str | None:
+    result = obj.get("result")
+    if isinstance(result, str):
+        return result
+    # error_max_turns / error_max_budget_usd / error_during_execution carry "errors" and no "result".
+    errors = obj.get("errors")
+    if isinstance(errors, list) and errors:
+        return "; ".join(e if isinstance(e, str) else json.dumps(e) for e in errors)
+    return None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int(value: Any) -> int | None:
+    # bool is an int subclass, and JSON true is not a count.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and value >= 0 else None

@@ -1,0 +1,214 @@
+"""OS process-tree operations: identity, snapshots, ending trees, reaping adopted orphans.
+
+This is the only module that signals processes. It never reaps a process it was not asked to reap:
+`end_tree` waits by watching, not by `waitpid`, so a `subprocess.Popen` that owns a child still gets
+that child's real exit status.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+import psutil
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+# psutil's create_time comes from /proc boot-relative ticks; two reads of one process agree far closer than this.
+CREATE_TIME_TOLERANCE = 0.01
+# After SIGKILL a process normally vanishes in milliseconds; this only bounds a stuck (D-state) one.
+KILL_WAIT = 2.0
+_POLL = 0.02
+
+PhaseHook = Callable[[str, list[int]], None]
+
+
+def identity(pid: int | None = None) -> tuple[int, float]:
+    """(pid, create_time) of `pid` (default: this process): survives pid reuse, unlike a bare pid."""
+    proc = psutil.Process(os.getpid() if pid is None else pid)
+    return proc.pid, proc.create_time()
+
+
+def is_alive(pid: int, create_time: float) -> bool:
+    """True if the process `pid` started at `create_time` is still running (not a zombie, not a reused pid)."""
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > CREATE_TIME_TOLERANCE:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        # It exists and we cannot look closer: treat as alive so a live owner's claim is never stolen.
+        return True
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants reparent to this process instead of init (Linux only); True on success."""
+    libc = _libc()
+    if libc is None:
+        return False
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def is_subreaper() -> bool:
+    """True if this process is a child subreaper (Linux only)."""
+    libc = _libc()
+    if libc is None:
+        return False
+    flag = ctypes.c_int(0)
+    # PR_GET_CHILD_SUBREAPER writes into an int*; pass its address as the unsigned long argument.
+    if libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(flag), 0, 0, 0) != 0:
+        return False
+    return flag.value != 0
+
+
+def snapshot(pid: int) -> list[psutil.Process]:
+    """The process `pid` followed by all its current descendants; [] if it is gone."""
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return []
+    return [root, *_descendants(root)]
+
+
+def descendants(proc: int | psutil.Process) -> list[psutil.Process]:
+    """All current descendants of a pid or process (not itself); [] if it is gone or its pid was reused."""
+    if isinstance(proc, psutil.Process):
+        return _descendants(proc)
+    return snapshot(proc)[1:]
+
+
+def is_running(proc: psutil.Process) -> bool:
+    """True if `proc` (same pid and start time) exists and is not a zombie."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def end_tree(procs: Iterable[psutil.Process], grace: float, *, on_phase: PhaseHook | None = None) -> list[int]:
+    """SIGTERM `procs`, wait up to `grace` s, SIGKILL survivors (and their new children); return the SIGKILLed pids.
+
+    `on_phase(phase, pids)` is called with "term" and then "kill" and the pids actually signalled.
+    """
+    targets = _unique(procs)
+    termed = [p for p in targets if _send(p, signal.SIGTERM)]
+    if termed and on_phase is not None:
+        on_phase("term", [p.pid for p in termed])
+    survivors = wait_gone(termed, grace)
+    if not survivors:
+        return []
+    # Children forked during the grace period were never in the list; they go down with their parents.
+    survivors = _unique([*survivors, *(c for p in survivors for c in _descendants(p))])
+    killed = [p for p in survivors if _send(p, signal.SIGKILL)]
+    if killed and on_phase is not None:
+        on_phase("kill", [p.pid for p in killed])
+    wait_gone(killed, KILL_WAIT)
+    return [p.pid for p in killed]
+
+
+def kill_now(procs: Iterable[psutil.Process]) -> list[int]:
+    """SIGKILL every process in `procs` that still runs; return the pids signalled (does not wait)."""
+    return [p.pid for p in _unique(procs) if _send(p, signal.SIGKILL)]
+
+
+def wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to `timeout` s until every process has exited (a zombie counts); return the ones still running.
+
+    Polls instead of `psutil.wait_procs`, which calls waitpid on our own children and so would steal
+    their exit status from the `subprocess.Popen` that owns them.
+    """
+    deadline = time.monotonic() + max(0.0, timeout)
+    pending = [p for p in procs if is_running(p)]
+    while pending and time.monotonic() < deadline:
+        time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
+        pending = [p for p in pending if is_running(p)]
+    return pending
+
+
+def reap_adopted(tracked: set[int]) -> list[int]:
+    """SIGKILL and reap every child of this process not in `tracked` (orphans adopted as subreaper); return their pids.
+
+    Only the daemon calls this, and `tracked` must hold every child it started itself (all live
+    sub-sessions): any other direct child is an orphan a sub-session left behind.
+    """
+    try:
+        me = psutil.Process()
+        children = me.children()
+    except psutil.Error:
+        return []
+    adopted = [c for c in children if c.pid not in tracked]
+    if not adopted:
+        return []
+    # Their own descendants stay children of theirs until they die, so take the whole trees now.
+    trees = _unique([*adopted, *(d for c in adopted for d in _descendants(c))])
+    kill_now(trees)
+    wait_gone(trees, KILL_WAIT)
+    for child in adopted:
+        _reap(child.pid)
+    # Grandchildren orphaned by the kill were reparented to us in the meantime: reap those too.
+    for late in _children_not_in(me, tracked):
+        _send(late, signal.SIGKILL)
+        wait_gone([late], KILL_WAIT)
+        _reap(late.pid)
+    return sorted({c.pid for c in adopted})
+
+
+def _children_not_in(me: psutil.Process, tracked: set[int]) -> list[psutil.Process]:
+    try:
+        return [c for c in me.children() if c.pid not in tracked]
+    except psutil.Error:
+        return []
+
+
+def _reap(pid: int) -> None:
+    # WNOHANG: a child that is somehow still running must not block the daemon loop.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _descendants(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def _send(proc: psutil.Process, sig: int) -> bool:
+    """Signal `proc` unless it is gone or its pid was reused; True if the signal was delivered."""
+    try:
+        if not is_running(proc):
+            return False
+        proc.send_signal(sig)
+        return True
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _unique(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    seen: dict[int, psutil.Process] = {}
+    for proc in procs:
+        seen.setdefault(proc.pid, proc)
+    return list(seen.values())
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        # Declare the types: variadic prctl reads full unsigned longs, and default int promotion may not.
+        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        libc.prctl.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc

@@ -1,0 +1,386 @@
+"""The cadence registry: tables in `cadences.toml` plus implicit cadences from `cadences/<name>.md`.
+
+Decisions the format leaves open:
+- `[defaults]` takes every key except `mode`, `prompt`, `handler`, `guard` and `schedule`: what a cadence
+  runs and when is its own business, and a default for those would silently change every cadence.
+  Defaults apply to table cadences and to implicit (prompt-file-only) ones; a cadence's own value replaces
+  the default wholesale (lists such as `claude_args` are not concatenated).
+- Without `mode`: a `guard` implies "guarded", a `handler` implies "inline" (even when a prompt file
+  exists, so the handler is never silently ignored), otherwise a prompt file means "escalate".
+- Keys that cannot take effect are errors, like unknown keys: `handler` outside inline, `guard` outside
+  guarded, and `prompt`/`model`/`claude_args`/`max_budget_usd` on an inline cadence.
+- escalate/guarded need the prompt file to exist at load time; the path is stored resolved.
+- `defaults` is reserved and is never a cadence name; `get()` refuses names outside CADENCE_NAME_RE.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import handlers
+from .errors import ConfigError
+from .paths import Layout
+
+# \Z, not $: "$" also matches before a trailing newline, and names become file names.
+CADENCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
+MODES = ("escalate", "inline", "guarded")
+OVERLAPS = ("skip", "buffer_one", "allow")
+DEFAULTS_TABLE = "defaults"
+PER_CADENCE_ONLY = frozenset({"mode", "prompt", "handler", "guard", "schedule"})
+SESSION_ONLY = ("prompt", "model", "claude_args", "max_budget_usd")
+
+
+class RegistryError(ConfigError):
+    """cadences.toml is unusable; the message names the file, the table/key and the problem in one line."""
+
+    def __init__(self, path: Path, problem: str, *, table: str | None = None, key: str | None = None) -> None:
+        self.path = path
+        self.table = table
+        self.key = key
+        self.problem = problem
+        where = f" [{_label(table)}]" if table is not None else ""
+        if key is not None:
+            where += f" {_label(key)}:"
+        super().__init__(f"{path}:{where} {problem}")
+
+
+def _label(name: str) -> str:
+    # Quoted TOML keys may hold newlines; the message must stay one line.
+    return name if name.isprintable() else repr(name)
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """One cadence with its defaults applied."""
+
+    name: str
+    mode: str  # "escalate" | "inline" | "guarded"
+    prompt: Path | None  # absolute, resolved (escalate/guarded)
+    handler: str | None
+    guard: str | None
+    timeout_seconds: float | None  # None = daemon default
+    max_attempts: int | None
+    model: str | None
+    claude_args: tuple[str, ...]
+    schedule: str | None
+    overlap: str
+    max_budget_usd: float | None
+    budget_tokens_daily: int | None
+    budget_usd_daily: float | None
+    reserve_tokens: int | None
+    reserve_usd: float | None
+    budget_exempt: bool
+    backoff_seconds: tuple[float, ...] | None
+    configured: bool  # True if it has a table in cadences.toml
+
+
+# -- value checks ---------------------------------------------------------------
+
+_NO_VALUE = object()
+
+
+class _Bad(Exception):
+    def __init__(self, problem: str, value: Any = _NO_VALUE) -> None:
+        super().__init__(problem)
+        self.problem = problem if value is _NO_VALUE else f"{problem}, got {_show(value)}"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def _is_number(value: Any) -> bool:
+    # TOML booleans are Python bools, which are ints: `timeout_seconds = true` must not mean 1.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(*, above: float | None = None, at_least: float | None = None) -> Callable[[Any], float]:
+    wanted = f"a number > {above:g}" if above is not None else f"a number >= {at_least:g}"
+
+    def check(value: Any) -> float:
+        if not _is_number(value) or (above is not None and value <= above) or (
+            at_least is not None and value < at_least
+        ):
+            raise _Bad(f"must be {wanted}", value)
+        return float(value)
+
+    return check
+
+
+def _integer(*, at_least: int, wording: str) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < at_least:
+            raise _Bad(f"must be {wording}", value)
+        return value
+
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise _Bad("must be one of " + ", ".join(f'"{o}"' for o in options), value)
+        return str(value)
+
+    return check
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad("must be a non-empty string", value)
+    return value
+
+
+def _runnable(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Bad('must be a string: "noop", "module:function" or a command', value)
+    try:
+        handlers.parse(value)
+    except ValueError as exc:
+        raise _Bad(str(exc), value) from None
+    return value.strip()
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _Bad("must be a list of strings", value)
+    return tuple(value)
+
+
+def _schedule(value: Any) -> str:
+    if not isinstance(value, str) or len(value.split()) != 5:
+        raise _Bad("must be a 5-field cron expression (minute hour day-of-month month day-of-week)", value)
+    return " ".join(value.split())
+
+
+def _delays(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list) or not value or not all(_is_number(v) and v >= 0 for v in value):
+        raise _Bad("must be a non-empty list of numbers >= 0", value)
+    return tuple(float(v) for v in value)
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad("must be true or false", value)
+    return value
+
+
+_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "mode": _choice(MODES),
+    "prompt": _text,
+    "handler": _runnable,
+    "guard": _runnable,
+    "timeout_seconds": _number(above=0),
+    "max_attempts": _integer(at_least=1, wording="an integer >= 1"),
+    "model": _text,
+    "claude_args": _strings,
+    "schedule": _schedule,
+    "overlap": _choice(OVERLAPS),
+    "max_budget_usd": _number(above=0),
+    "budget_tokens_daily": _integer(at_least=1, wording="an integer > 0"),
+    "budget_usd_daily": _number(above=0),
+    "reserve_tokens": _integer(at_least=0, wording="an integer >= 0"),
+    "reserve_usd": _number(at_least=0),
+    "budget_exempt": _flag,
+    "backoff_seconds": _delays,
+}
+
+
+# -- loading ----------------------------------------------------------------------
+
+
+class Registry:
+    """The cadences of one agent root: cadences.toml tables plus prompt files under cadences/."""
+
+    def __init__(
+        self, layout: Layout, path: Path, cadences: Mapping[str, Cadence], defaults: Mapping[str, Any]
+    ) -> None:
+        self.layout = layout
+        self.path = path
+        self._root = layout.root.resolve()
+        self._cadences = dict(cadences)
+        self._defaults = dict(defaults)
+
+    @classmethod
+    def load(cls, layout: Layout) -> "Registry":
+        """Read and validate cadences.toml (a missing file is an empty registry)."""
+        path = layout.registry_file
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return cls(layout, path, {}, {})
+        except OSError as exc:
+            raise RegistryError(path, f"cannot read: {exc.strerror or exc}") from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise RegistryError(path, f"not valid UTF-8 (byte {exc.start})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise RegistryError(path, f"invalid TOML: {exc}") from None
+
+        for name, table in data.items():
+            if not isinstance(table, dict):
+                problem = f"top-level keys must be tables ([defaults] or [<cadence>]), got {_show(table)}"
+                raise RegistryError(path, problem, key=name)
+        defaults: dict[str, Any] = {}
+        if DEFAULTS_TABLE in data:
+            defaults = _check_table(path, DEFAULTS_TABLE, data[DEFAULTS_TABLE], defaults_table=True)
+        cadences: dict[str, Cadence] = {}
+        for name, table in data.items():
+            if name == DEFAULTS_TABLE:
+                continue
+            if not CADENCE_NAME_RE.match(name):
+                raise RegistryError(path, f"cadence name must match {CADENCE_NAME_RE.pattern}", table=name)
+            own = _check_table(path, name, table, defaults_table=False)
+            cadences[name] = _build(layout, path, name, own, defaults)
+        return cls(layout, path, cadences, defaults)
+
+    def get(self, name: str) -> Cadence | None:
+        """The configured cadence, else an implicit escalate one if cadences/<name>.md exists, else None."""
+        if name in self._cadences:
+            return self._cadences[name]
+        if name == DEFAULTS_TABLE or not CADENCE_NAME_RE.match(name):
+            return None
+        prompt = self._implicit_prompt(name)
+        if prompt is None:
+            return None
+        return _cadence(name, "escalate", prompt, self._defaults, configured=False)
+
+    def names(self) -> list[str]:
+        """Every known cadence: configured ones plus those with a prompt file, sorted."""
+        found = set(self._cadences)
+        try:
+            entries = list(self.layout.cadences_dir.iterdir())
+        except OSError:
+            entries = []
+        for entry in entries:
+            if entry.suffix == ".md" and self.get(entry.stem) is not None:
+                found.add(entry.stem)
+        return sorted(found)
+
+    def knows(self, name: str) -> bool:
+        """Whether `name` is a cadence this registry can run."""
+        return self.get(name) is not None
+
+    def _implicit_prompt(self, name: str) -> Path | None:
+        # Checked on every call: dropping a prompt file in cadences/ must not need a registry reload.
+        try:
+            resolved = self.layout.prompt_file(name).resolve()
+        except (OSError, RuntimeError):
+            return None
+        if not resolved.is_relative_to(self._root) or not resolved.is_file():
+            return None  # a symlink out of the root is not a cadence
+        return resolved
+
+
+def _check_table(path: Path, table: str, raw: dict[str, Any], *, defaults_table: bool) -> dict[str, Any]:
+    """Validate and convert every key of one table."""
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        check = _FIELDS.get(key)
+        if check is None:
+            raise RegistryError(path, _unknown(table, key, value), table=table, key=key)
+        if defaults_table and key in PER_CADENCE_ONLY:
+            raise RegistryError(path, "not allowed in [defaults]; set it per cadence", table=table, key=key)
+        try:
+            values[key] = check(value)
+        except _Bad as bad:
+            raise RegistryError(path, bad.problem, table=table, key=key) from None
+    return values
+
+
+def _unknown(table: str, key: str, value: Any) -> str:
+    if isinstance(value, dict):
+        # [inbox.processor] is TOML for a table "processor" inside "inbox", not a cadence name.
+        return f'unknown key (for a cadence named "{table}.{key}", quote it: ["{table}.{key}"])'
+    close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+    return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
+
+
+def _build(layout: Layout, path: Path, name: str, own: dict[str, Any], defaults: dict[str, Any]) -> Cadence:
+    """Settle a table's mode, check that its keys fit that mode, and resolve its prompt."""
+
+    def fail(problem: str, key: str | None = None) -> RegistryError:
+        return RegistryError(path, problem, table=name, key=key)
+
+    default_prompt = layout.prompt_file(name)
+    mode = own.get("mode")
+    if mode is None:
+        if "guard" in own:
+            mode = "guarded"
+        elif "handler" in own:
+            mode = "inline"
+        elif "prompt" in own or default_prompt.exists() or default_prompt.is_symlink():
+            mode = "escalate"
+        else:
+            raise fail(f'nothing to run: add cadences/{name}.md, or set a handler for mode = "inline"')
+
+    if "handler" in own and mode != "inline":
+        raise fail(f'only used when mode = "inline" (mode is "{mode}")', "handler")
+    if "guard" in own and mode != "guarded":
+        raise fail(f'only used when mode = "guarded" (mode is "{mode}")', "guard")
+    if mode == "inline" and "handler" not in own:
+        raise fail('mode = "inline" needs a handler', "mode")
+    if mode == "guarded" and "guard" not in own:
+        raise fail('mode = "guarded" needs a guard', "mode")
+
+    prompt: Path | None = None
+    if mode == "inline":
+        for key in SESSION_ONLY:
+            if key in own:
+                raise fail('only used by escalate and guarded cadences (mode is "inline")', key)
+    else:
+        prompt = _resolve_prompt(layout, own.get("prompt"), default_prompt, fail)
+    return _cadence(name, mode, prompt, {**defaults, **own}, configured=True)
+
+
+def _resolve_prompt(
+    layout: Layout, given: str | None, default: Path, fail: Callable[[str, str | None], RegistryError]
+) -> Path:
+    """The prompt's resolved path; it must be a file inside the root, after following symlinks."""
+    root = layout.root.resolve()
+    shown = given if given is not None else str(default.relative_to(layout.root))
+    candidate = layout.root / given if given is not None else default  # an absolute `given` replaces root
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError) as exc:  # symlink loop
+        raise fail(f"cannot resolve {shown!r}: {exc}", "prompt") from None
+    if not resolved.is_relative_to(root):
+        raise fail(f"must stay inside the agent root {root}, but {shown!r} resolves to {resolved}", "prompt")
+    if not resolved.is_file():
+        raise fail(f"file not found: {shown!r} ({resolved})", "prompt")
+    return resolved
+
+
+def _cadence(
+    name: str, mode: str, prompt: Path | None, values: Mapping[str, Any], *, configured: bool
+) -> Cadence:
+    return Cadence(
+        name=name,
+        mode=mode,
+        prompt=prompt,
+        handler=values.get("handler"),
+        guard=values.get("guard"),
+        timeout_seconds=values.get("timeout_seconds"),
+        max_attempts=values.get("max_attempts"),
+        model=values.get("model"),
+        claude_args=values.get("claude_args", ()),
+        schedule=values.get("schedule"),
+        overlap=values.get("overlap", "skip"),
+        max_budget_usd=values.get("max_budget_usd"),
+        budget_tokens_daily=values.get("budget_tokens_daily"),
+        budget_usd_daily=values.get("budget_usd_daily"),
+        reserve_tokens=values.get("reserve_tokens"),
+        reserve_usd=values.get("reserve_usd"),
+        budget_exempt=values.get("budget_exempt", False),
+        backoff_seconds=values.get("backoff_seconds"),
+        configured=configured,
+    )

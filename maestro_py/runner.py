@@ -1,0 +1,457 @@
+"""Spawn and supervise `claude --print` sub-sessions; the only module that starts processes for work."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import psutil
+
+from maestro_py import proctree
+from maestro_py.errors import SpawnError
+from maestro_py.metering import CliResult, parse_result
+from maestro_py.redact import Redactor
+
+TAIL_BYTES = 4096
+# How often the watcher re-reads the child's descendants. The CLI's Bash tool escapes into its own
+# session, so a process-group kill misses it; only a remembered pid lets us end it after the CLI dies.
+REFRESH_INTERVAL = 0.5
+# Exit detection latency; a stop() request wakes the watcher at once regardless.
+_POLL = 0.05
+_LOG_FLAGS = os.O_CREAT | os.O_WRONLY | os.O_APPEND
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    """Everything needed to start one sub-session."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    stdin: bytes
+    stdout_log: Path
+    stderr_log: Path
+    timeout: float
+    grace: float
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How one sub-session ended and what it reported."""
+
+    pid: int
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    stopped: bool
+    duration_ms: int
+    result: CliResult | None
+    tail: str
+    killed_pids: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True only for a clean exit with a parsed, non-error result."""
+        return self.exit_code == 0 and self.result is not None and self.result.is_error is False
+
+
+class SubSession(Protocol):
+    """Handle of one running child."""
+
+    pid: int
+
+    def poll(self) -> RunOutcome | None:
+        """The outcome if the run has finished (logs processed), else None; never blocks."""
+
+    def wait(self, timeout: float | None = None) -> RunOutcome | None:
+        """Block until the outcome is ready or `timeout` s pass (then None)."""
+
+    def stop(self, grace: float | None = None) -> None:
+        """Begin ending the whole tree (SIGTERM, SIGKILL after `grace`); returns at once."""
+
+    def kill(self) -> None:
+        """SIGKILL the whole tree now."""
+
+
+class Spawner(Protocol):
+    """Starts sub-sessions; the daemon's only way to run work."""
+
+    def spawn(self, spec: SpawnSpec) -> SubSession:
+        """Start `spec` and return its handle; raises SpawnError if it cannot start."""
+
+
+class ProcessSpawner:
+    """The real spawner: one OS process per sub-session, watched by one thread."""
+
+    def __init__(self, on_exit: Callable[[], None] | None = None, redactor: Redactor | None = None) -> None:
+        self._on_exit = on_exit
+        self._redactor = redactor or Redactor()
+        self._lock = threading.Lock()
+        self._live: dict[int, ProcessSession] = {}
+
+    def spawn(self, spec: SpawnSpec) -> ProcessSession:
+        """Start `spec`; raises SpawnError with a one-line reason if a log cannot be opened or exec fails."""
+        if not spec.argv:
+            raise SpawnError("cannot start a sub-session: empty argv")
+        out_fd, err_fd, offsets = _open_logs(spec)
+        try:
+            with _prompt_file(spec.stdin) as prompt:
+                try:
+                    popen = subprocess.Popen(
+                        spec.argv,
+                        env=spec.env,
+                        cwd=spec.cwd,
+                        stdin=prompt,
+                        stdout=out_fd,
+                        stderr=err_fd,
+                        close_fds=True,
+                        # Own session: a Ctrl-C on the daemon's terminal must not reach it; the daemon decides.
+                        start_new_session=True,
+                    )
+                except OSError as exc:
+                    raise SpawnError(_exec_reason(spec, exc)) from exc
+        except BaseException:
+            _close_fds(out_fd, err_fd)
+            for path in _log_paths(spec):
+                _delete_if_empty(path)
+            raise
+        # The child holds its own copies; ours would only keep the files open.
+        _close_fds(out_fd, err_fd)
+        redactors = [self._redactor, Redactor(spec.env)]
+        session = ProcessSession(popen, spec, offsets, redactors, self._finished)
+        with self._lock:
+            self._live[session.pid] = session
+        session._start()
+        return session
+
+    def live_pids(self) -> set[int]:
+        """Pids of children not yet reaped: the live cap counts them and `reap_adopted` must spare them."""
+        with self._lock:
+            return set(self._live)
+
+    def _finished(self, session: ProcessSession) -> None:
+        with self._lock:
+            self._live.pop(session.pid, None)
+        if self._on_exit is not None:
+            self._on_exit()
+
+
+class ProcessSession:
+    """A running `claude` child and the thread that supervises it (timeout, stop, orphans, logs)."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        spec: SpawnSpec,
+        offsets: dict[Path, int],
+        redactors: list[Redactor],
+        finished: Callable[[ProcessSession], None],
+    ) -> None:
+        self.pid = popen.pid
+        self._popen = popen
+        self._spec = spec
+        self._offsets = offsets
+        self._redactors = redactors
+        self._finished = finished
+        self._started = time.monotonic()
+        self._ended: float | None = None
+        self._root: psutil.Process | None = _process(popen.pid)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._done = threading.Event()
+        self._outcome: RunOutcome | None = None
+        self._stop_grace: float | None = None  # set once by the first stop()/kill()
+        self._remembered: dict[int, psutil.Process] = {}
+        self._killed: set[int] = set()
+        self._root_killed = False  # kill() signalled the root itself
+        self._thread = threading.Thread(target=self._watch, name=f"maestro-watch-{self.pid}", daemon=True)
+
+    def poll(self) -> RunOutcome | None:
+        """The outcome if the run has finished (logs processed), else None; never blocks."""
+        return self._outcome if self._done.is_set() else None
+
+    def wait(self, timeout: float | None = None) -> RunOutcome | None:
+        """Block until the outcome is ready or `timeout` s pass (then None)."""
+        self._done.wait(timeout)
+        return self.poll()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Begin ending the whole tree (SIGTERM, SIGKILL after `grace`); returns at once. Idempotent."""
+        with self._lock:
+            if self._done.is_set() or self._stop_grace is not None:
+                return
+            self._stop_grace = self._spec.grace if grace is None else max(0.0, grace)
+        self._wake.set()
+
+    def kill(self) -> None:
+        """SIGKILL the whole tree now, from the calling thread. Idempotent."""
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._stop_grace = 0.0
+            procs = self._tree()
+        # The watcher may be inside a grace wait: signal here so "now" means now.
+        pids = proctree.kill_now(procs)
+        with self._lock:
+            self._root_killed = self._root_killed or self.pid in pids
+        self._note_killed(pids)
+        self._wake.set()
+
+    # -- watcher thread ---------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._thread.start()
+
+    def _watch(self) -> None:
+        timed_out = stopped = False
+        try:
+            timed_out, stopped = self._supervise()
+        except BaseException:
+            # Never leave a child running unsupervised: the daemon would lose count of it.
+            self._abandon()
+            raise
+        finally:
+            # Whatever failed above, waiters must get an outcome and the spawner must forget the pid.
+            try:
+                self._outcome = self._build_outcome(timed_out, stopped)
+            except Exception:
+                self._outcome = self._bare_outcome(timed_out, stopped)
+                raise
+            finally:
+                self._done.set()
+                self._finished(self)
+
+    def _supervise(self) -> tuple[bool, bool]:
+        """Run until the child exits; end its tree on timeout or stop(); then end orphans it left."""
+        deadline = self._started + self._spec.timeout
+        next_refresh = 0.0
+        timed_out = stopped = False
+        while self._popen.poll() is None:
+            with self._lock:
+                grace = self._stop_grace
+            now = time.monotonic()
+            if grace is not None:
+                stopped = True
+                self._end(grace)
+                break
+            if now >= deadline:
+                timed_out = True
+                self._end(self._spec.grace)
+                break
+            if now >= next_refresh:
+                self._refresh()
+                next_refresh = now + REFRESH_INTERVAL
+            self._wake.wait(min(_POLL, max(0.0, deadline - now)))
+        else:
+            # kill() from another thread may have ended it before this loop noticed the request.
+            with self._lock:
+                stopped = self._root_killed
+        self._popen.wait()
+        self._ended = time.monotonic()
+        self._end_orphans()
+        return timed_out, stopped
+
+    def _refresh(self) -> None:
+        found = proctree.descendants(self.pid)
+        with self._lock:
+            # Forget exited ones so a long run that spawns many short tools stays small.
+            live = {pid: p for pid, p in self._remembered.items() if proctree.is_running(p)}
+            for proc in found:
+                known = live.get(proc.pid)
+                if known is None or not proctree.is_running(known):
+                    live[proc.pid] = proc
+            self._remembered = live
+
+    def _tree(self) -> list[psutil.Process]:
+        """Root, current descendants and remembered ones (which may have escaped); caller holds the lock."""
+        procs = proctree.snapshot(self.pid) if self._root is not None and proctree.is_running(self._root) else []
+        # A fresh psutil.Process for the root could be a reused pid after it was reaped; use the original.
+        procs = [self._root if p.pid == self.pid and self._root is not None else p for p in procs]
+        return [*procs, *self._escaped()]
+
+    def _escaped(self) -> list[psutil.Process]:
+        """Remembered descendants still running, with their own current descendants; caller holds the lock."""
+        alive = [p for p in self._remembered.values() if proctree.is_running(p)]
+        # Once the CLI is gone, a tool's children hang off the tool, not off the CLI.
+        return [*alive, *(d for p in alive for d in proctree.descendants(p))]
+
+    def _end(self, grace: float) -> None:
+        with self._lock:
+            procs = self._tree()
+        proctree.end_tree(procs, grace, on_phase=lambda _phase, pids: self._note_killed(pids))
+
+    def _end_orphans(self) -> None:
+        """After the CLI exits, anything it left running (remembered descendants) is an orphan: end it."""
+        with self._lock:
+            leftovers = self._escaped()
+        if leftovers:
+            proctree.end_tree(leftovers, self._spec.grace, on_phase=lambda _phase, pids: self._note_killed(pids))
+
+    def _abandon(self) -> None:
+        try:
+            with self._lock:
+                procs = self._tree()
+            self._note_killed(proctree.kill_now(procs))
+            self._popen.wait(timeout=proctree.KILL_WAIT)
+        except Exception:
+            pass
+
+    def _note_killed(self, pids: list[int]) -> None:
+        with self._lock:
+            self._killed.update(p for p in pids if p != self.pid)
+
+    # -- outcome ----------------------------------------------------------------------------------
+
+    def _build_outcome(self, timed_out: bool, stopped: bool) -> RunOutcome:
+        stdout = self._settle_log(self._spec.stdout_log)
+        stderr = stdout if self._spec.stderr_log == self._spec.stdout_log else self._settle_log(self._spec.stderr_log)
+        for path in _log_paths(self._spec):
+            _delete_if_empty(path)
+        tail_source = stderr if stderr.strip() else stdout
+        tail = self._redact_text(tail_source[-TAIL_BYTES:].decode("utf-8", errors="replace"))
+        return replace(self._bare_outcome(timed_out, stopped), result=parse_result(stdout), tail=tail)
+
+    def _bare_outcome(self, timed_out: bool, stopped: bool) -> RunOutcome:
+        """The outcome from process facts alone (no logs read)."""
+        returncode = self._popen.returncode
+        ended = self._ended if self._ended is not None else time.monotonic()
+        with self._lock:
+            killed = sorted(self._killed)
+        return RunOutcome(
+            pid=self.pid,
+            exit_code=returncode if returncode is not None and returncode >= 0 else None,
+            signal=-returncode if returncode is not None and returncode < 0 else None,
+            timed_out=timed_out,
+            stopped=stopped and not timed_out,
+            duration_ms=int((ended - self._started) * 1000),
+            result=None,
+            tail="",
+            killed_pids=killed,
+        )
+
+    def _settle_log(self, path: Path) -> bytes:
+        """Redact `path` in place if it holds a secret; return the (redacted) bytes this run wrote."""
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return b""
+        clean = self._redact_bytes(data)
+        if clean != data:
+            try:
+                _replace(path, clean)
+            except OSError:
+                pass
+        # Bytes before the spawn-time size belong to earlier runs appended to the same log.
+        return self._redact_bytes(data[self._offsets.get(path, 0):])
+
+    def _redact_bytes(self, data: bytes) -> bytes:
+        for redactor in self._redactors:
+            data = redactor.bytes(data)
+        return data
+
+    def _redact_text(self, text: str) -> str:
+        for redactor in self._redactors:
+            text = redactor.text(text)
+        return text
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _log_paths(spec: SpawnSpec) -> list[Path]:
+    return [spec.stdout_log] if spec.stderr_log == spec.stdout_log else [spec.stdout_log, spec.stderr_log]
+
+
+def _open_logs(spec: SpawnSpec) -> tuple[int, int, dict[Path, int]]:
+    """Open both logs append-only, mode 0600; also return each one's size now (where this run starts)."""
+    fds: list[int] = []
+    offsets: dict[Path, int] = {}
+    try:
+        for path in _log_paths(spec):
+            fd = os.open(path, _LOG_FLAGS, 0o600)
+            fds.append(fd)
+            # The mode argument only applies on creation; an older, wider file must not leak secrets.
+            try:
+                os.fchmod(fd, 0o600)
+            except OSError:
+                pass
+            offsets[path] = os.fstat(fd).st_size
+    except OSError as exc:
+        _close_fds(*fds)
+        raise SpawnError(f"cannot open sub-session log {exc.filename}: {exc.strerror}") from exc
+    return fds[0], fds[-1], offsets
+
+
+def _prompt_file(data: bytes) -> BinaryIO:
+    """An unlinked temp file holding the prompt, positioned at its start."""
+    # A file, not a pipe: no writer thread, no 128 KiB argv limit, and the CLI sees EOF at once
+    # instead of waiting 3 s on an open empty pipe.
+    try:
+        prompt = tempfile.TemporaryFile()
+        try:
+            prompt.write(data)
+            prompt.flush()
+            prompt.seek(0)
+        except BaseException:
+            prompt.close()
+            raise
+    except OSError as exc:
+        raise SpawnError(f"cannot stage the prompt in a temp file: {exc.strerror or exc}") from exc
+    return prompt
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in set(fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _exec_reason(spec: SpawnSpec, exc: OSError) -> str:
+    program = spec.argv[0]
+    if exc.errno == errno.E2BIG:
+        size = sum(len(a.encode()) + 1 for a in spec.argv)
+        return f"cannot start {program}: argument list too long ({size} bytes); pass the prompt on stdin"
+    if exc.errno == errno.ENOENT and exc.filename is not None and str(exc.filename) == str(spec.cwd):
+        return f"cannot start {program}: working directory {spec.cwd} does not exist"
+    if exc.errno == errno.ENOENT:
+        return f"cannot start {program}: no such file (is the claude CLI installed and on PATH?)"
+    if exc.errno == errno.EACCES:
+        return f"cannot start {program}: permission denied (not executable?)"
+    return f"cannot start {program}: {exc.strerror or exc}"
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Rewrite `path` atomically (tmp file + rename), mode 0600, so a crash never leaves half a log."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.redact")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _delete_if_empty(path: Path) -> None:
+    try:
+        if path.stat().st_size == 0:
+            path.unlink()
+    except OSError:
+        pass
+

@@ -1,0 +1,61 @@
+"""`consumer.json`: what the daemon is doing, rewritten atomically each loop, and how to read it back."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from maestro_py.clock import iso, parse_iso
+from maestro_py.fsio import atomic_write_json
+from maestro_py.lock import holder
+from maestro_py.owner import Owner
+from maestro_py.paths import Folder, Layout
+from maestro_py.redact import Redactor
+
+COUNTERS = (
+    "claimed", "inline", "escalated", "guard_skipped", "succeeded", "failed", "retries", "dlq",
+    "quarantined", "requeued", "reaped", "spawn_failures", "timeouts", "skipped_emergency_stop",
+)
+
+
+def write_status(layout: Layout, doc: dict[str, Any], redactor: Redactor) -> None:
+    """Replace consumer.json atomically."""
+    atomic_write_json(layout.consumer_file, redactor.data(doc), tmp_dir=layout.folder(Folder.TMP))
+
+
+def read_status(layout: Layout) -> dict[str, Any] | None:
+    """The last status document, or None when there is none (or it is unreadable)."""
+    try:
+        doc = json.loads(layout.consumer_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def liveness(layout: Layout, doc: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
+    """Is the daemon alive: the lock's holder, its pid and start time, and the heartbeat's age."""
+    out: dict[str, Any] = {"alive": False, "pid": None, "heartbeat_age_s": None}
+    lock_pid = holder(layout.lock_file)
+    if doc:
+        out["pid"] = doc.get("pid")
+        try:
+            out["heartbeat_age_s"] = round((now - parse_iso(doc["heartbeat"])).total_seconds(), 3)
+        except (KeyError, TypeError, ValueError):
+            pass
+        owner = Owner.parse(str(doc.get("owner", "")))
+        out["alive"] = bool(owner and owner.is_alive() and lock_pid == owner.pid)
+    elif lock_pid:
+        out.update(alive=True, pid=lock_pid)
+    return out
+
+
+def new_counters() -> Counter[str]:
+    """A counter with every known name present (so status always shows them, even at zero)."""
+    return Counter({name: 0 for name in COUNTERS})
+
+
+def stamp(now: datetime) -> str:
+    """Timestamp format used in the status document."""
+    return iso(now)

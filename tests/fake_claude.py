@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""A stand-in for `claude --print --output-format json`, driven by FAKE_CLAUDE_* environment variables.
+
+FAKE_CLAUDE_MODE: ok | api_error | sleep | orphan | echo_env | echo_stdin | garbage | stderr
+Other knobs:
+  FAKE_CLAUDE_STATUS        api_error: api_error_status (empty: null)
+  FAKE_CLAUDE_SLEEP         sleep: seconds before the ok result; orphan: seconds before exiting (default: forever)
+  FAKE_CLAUDE_PIDFILE       orphan: where the detached grandchild's pid is written
+  FAKE_CLAUDE_TOOL          orphan: the detached command, as a JSON list (default ["sleep", "300"])
+  FAKE_CLAUDE_ENV_KEYS      echo_env: comma-separated variable names to report
+  FAKE_CLAUDE_BYTES         stderr: how many bytes to write (default 10000)
+  FAKE_CLAUDE_CUT           ok: report top-level usage as zeros (the non-streaming fallback's shape)
+  FAKE_CLAUDE_SIGLOG        if set, SIGTERM is caught and logged here instead of ending the process
+  FAKE_CLAUDE_READYFILE     written once stdin is read and signal handlers are installed
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+SESSION_ID = str(uuid.uuid4())
+
+
+def result(text: str, *, is_error: bool = False, status: int | None = None, billed: bool = True) -> dict:
+    """A result object shaped like the real CLI's json output."""
+    cut = os.environ.get("FAKE_CLAUDE_CUT") == "1"
+    tokens_in, tokens_out = (1234, 56) if billed else (0, 0)
+    obj: dict = {
+        "type": "result",
+        "subtype": "success",
+        "is_error": is_error,
+        "duration_ms": 111,
+        "duration_api_ms": 95,
+        "num_turns": 1,
+        "result": text,
+        "session_id": SESSION_ID,
+        "total_cost_usd": 0.00757 if billed else 0,
+        "usage": {
+            "input_tokens": 0 if cut else tokens_in,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 0 if cut else tokens_out,
+            "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
+            "service_tier": "standard",
+        },
+        "modelUsage": {},
+        "permission_denials": [],
+        "uuid": str(uuid.uuid4()),
+    }
+    if is_error:
+        obj["api_error_status"] = status
+    if billed:
+        obj["modelUsage"] = {
+            "claude-opus-4-8": {
+                "inputTokens": tokens_in,
+                "outputTokens": tokens_out,
+                "cacheReadInputTokens": 0,
+                "cacheCreationInputTokens": 0,
+                "webSearchRequests": 0,
+                "costUSD": 0.00757,
+                "contextWindow": 200000,
+                "maxOutputTokens": 32000,
+            }
+        }
+    return obj
+
+
+def emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def on_term(_signum: int, _frame: object) -> None:
+    with open(os.environ["FAKE_CLAUDE_SIGLOG"], "a") as fh:
+        fh.write("TERM\n")
+
+
+def main() -> int:
+    # Like the real CLI with no argv prompt: consume stdin to EOF before doing anything.
+    data = sys.stdin.buffer.read()
+    if os.environ.get("FAKE_CLAUDE_SIGLOG"):
+        signal.signal(signal.SIGTERM, on_term)
+    if os.environ.get("FAKE_CLAUDE_READYFILE"):
+        write_atomic(os.environ["FAKE_CLAUDE_READYFILE"], str(os.getpid()))
+    mode = os.environ.get("FAKE_CLAUDE_MODE", "ok")
+
+    if mode == "ok":
+        emit(result("hi there"))
+        return 0
+    if mode == "api_error":
+        raw = os.environ.get("FAKE_CLAUDE_STATUS", "")
+        status = int(raw) if raw else None
+        emit(result(f"API Error: {status} Internal server error (fake)", is_error=True, status=status, billed=False))
+        return 1
+    if mode == "sleep":
+        # Sleep in slices so a caught SIGTERM (FAKE_CLAUDE_SIGLOG) does not end the wait early.
+        end = time.monotonic() + float(os.environ.get("FAKE_CLAUDE_SLEEP", "1"))
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+        emit(result("slept"))
+        return 0
+    if mode == "orphan":
+        # The real CLI's Bash tool runs in its own session, so a process-group kill misses it.
+        command = json.loads(os.environ.get("FAKE_CLAUDE_TOOL", '["sleep", "300"]'))
+        tool = subprocess.Popen(
+            ["setsid", *command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        write_atomic(os.environ["FAKE_CLAUDE_PIDFILE"], str(tool.pid))
+        raw = os.environ.get("FAKE_CLAUDE_SLEEP")
+        if raw is None:
+            while True:
+                time.sleep(3600)
+        time.sleep(float(raw))
+        emit(result("left a tool running"))
+        # os._exit: do not let Popen's bookkeeping wait for the tool at interpreter shutdown.
+        sys.stdout.flush()
+        os._exit(0)
+    if mode == "echo_env":
+        keys = [k for k in os.environ.get("FAKE_CLAUDE_ENV_KEYS", "").split(",") if k]
+        emit(result(json.dumps({k: os.environ.get(k) for k in keys})))
+        return 0
+    if mode == "echo_stdin":
+        emit(result(json.dumps({"len": len(data), "sha256": hashlib.sha256(data).hexdigest()})))
+        return 0
+    if mode == "garbage":
+        sys.stdout.write("this is not json\n{also not json\n")
+        return 0
+    if mode == "stderr":
+        n = int(os.environ.get("FAKE_CLAUDE_BYTES", "10000"))
+        # Distinct content per position so a test can check exactly which bytes the tail holds.
+        payload = "".join(chr(ord("a") + i % 26) for i in range(n))
+        sys.stderr.write(payload)
+        sys.stderr.flush()
+        return 2
+    sys.stderr.write(f"fake_claude: unknown FAKE_CLAUDE_MODE {mode!r}\n")
+    return 64
+
+
+if __name__ == "__main__":
+    sys.exit(main())

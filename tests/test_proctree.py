@@ -1,0 +1,177 @@
+"""Process-tree operations against real processes and real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from maestro_py import proctree
+
+FAKE = Path(__file__).with_name("fake_claude.py")
+REPO = Path(__file__).resolve().parent.parent
+
+# Ignores SIGTERM, says so on stdout once the handler is in place, then sleeps.
+STUBBORN = "import signal,sys,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+
+
+def gone(pid: int) -> bool:
+    """Dead or a zombie (init may not have reaped it yet)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_for(predicate, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_identity_and_is_alive() -> None:
+    pid, created = proctree.identity()
+    assert pid == os.getpid()
+    assert proctree.is_alive(pid, created)
+    assert not proctree.is_alive(pid, created - 5)  # same pid, different start: a reused pid
+
+
+def test_is_alive_false_for_exited_and_zombie() -> None:
+    child = subprocess.Popen(["true"])
+    _, created = proctree.identity(child.pid)
+    wait_for(lambda: gone(child.pid))
+    assert not proctree.is_alive(child.pid, created)  # a zombie is not an owner
+    child.wait()
+    assert not proctree.is_alive(child.pid, created)
+    assert not proctree.is_alive(2**22 + 12345, 0.0)
+
+
+def test_snapshot_lists_root_then_descendants() -> None:
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
+    try:
+        wait_for(lambda: len(proctree.snapshot(child.pid)) == 3)
+        procs = proctree.snapshot(child.pid)
+        assert procs[0].pid == child.pid
+        assert {p.name() for p in procs[1:]} == {"sleep"}
+    finally:
+        proctree.end_tree(proctree.snapshot(child.pid), 0.5)
+        child.wait()
+    assert proctree.snapshot(child.pid) == []
+
+
+def test_end_tree_keeps_the_exit_status_for_popen() -> None:
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
+    wait_for(lambda: len(proctree.snapshot(child.pid)) == 3)
+    procs = proctree.snapshot(child.pid)
+    phases: list[tuple[str, list[int]]] = []
+    assert proctree.end_tree(procs, 1.0, on_phase=lambda ph, pids: phases.append((ph, pids))) == []
+    assert all(gone(p.pid) for p in procs)
+    # end_tree must not reap: Popen still sees the real cause of death.
+    assert child.wait(timeout=2) == -signal.SIGTERM
+    assert [ph for ph, _ in phases] == ["term"]
+    assert sorted(phases[0][1]) == sorted(p.pid for p in procs)
+
+
+def test_end_tree_kills_what_ignores_sigterm() -> None:
+    child = subprocess.Popen([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+    phases: list[str] = []
+    started = time.monotonic()
+    killed = proctree.end_tree(proctree.snapshot(child.pid), 0.3, on_phase=lambda ph, _pids: phases.append(ph))
+    assert time.monotonic() - started >= 0.3
+    assert killed == [child.pid]
+    assert phases == ["term", "kill"]
+    assert child.wait(timeout=2) == -signal.SIGKILL
+    child.stdout.close()
+
+
+def test_end_tree_tolerates_already_dead_processes() -> None:
+    child = subprocess.Popen(["true"])
+    procs = proctree.snapshot(child.pid)
+    child.wait()
+    assert proctree.end_tree(procs, 0.1) == []
+    assert proctree.end_tree([], 0.1) == []
+
+
+def test_kill_now_and_wait_gone() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    procs = proctree.snapshot(child.pid)
+    assert proctree.kill_now(procs) == [child.pid]
+    assert proctree.wait_gone(procs, 2.0) == []
+    assert child.wait(timeout=2) == -signal.SIGKILL
+    assert proctree.kill_now(procs) == []  # reaped: nothing left to signal
+
+
+# Runs in its own interpreter: becoming a subreaper and reaping children must never touch pytest itself.
+SUBREAPER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, subprocess, sys, time
+    import psutil
+    from maestro_py import proctree
+
+    fake, pidfile = sys.argv[1], sys.argv[2]
+    out = {"before": proctree.is_subreaper(), "became": proctree.become_subreaper(),
+           "after": proctree.is_subreaper()}
+    # A child the daemon tracks (a live sub-session): must be spared.
+    tracked = subprocess.Popen(["sleep", "30"])
+    env = dict(os.environ, FAKE_CLAUDE_MODE="orphan", FAKE_CLAUDE_PIDFILE=pidfile, FAKE_CLAUDE_SLEEP="0")
+    cli = subprocess.run([fake], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=10)
+    orphan = int(open(pidfile).read())
+    out["cli_rc"] = cli.returncode
+    out["orphan_ppid"] = psutil.Process(orphan).ppid()
+    out["me"] = os.getpid()
+    # Also an untracked child that already exited: its zombie must be reaped.
+    zombie = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 3
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    zpid = zombie.pid
+    zombie.returncode = 0  # stop Popen's finaliser from waiting on it: reap_adopted owns it now
+    out["reaped"] = proctree.reap_adopted({tracked.pid})
+    out["orphan"] = orphan
+    out["zombie"] = zpid
+    out["orphan_exists"] = psutil.pid_exists(orphan)
+    out["zombie_exists"] = psutil.pid_exists(zpid)
+    out["tracked_alive"] = tracked.poll() is None
+    tracked.kill()
+    tracked.wait()
+    out["children_left"] = [c.pid for c in psutil.Process().children()]
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_CHILD_SUBREAPER is Linux-only")
+def test_subreaper_adopts_and_reap_adopted_kills_orphans(tmp_path: Path) -> None:
+    pidfile = tmp_path / "orphan.pid"
+    proc = subprocess.run(
+        [sys.executable, "-c", SUBREAPER_SCRIPT, str(FAKE), str(pidfile)],
+        cwd=REPO, capture_output=True, timeout=20, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["became"] is True and out["after"] is True
+    assert out["cli_rc"] == 0
+    # The detached tool outlived the CLI and was reparented to the subreaper, not to init.
+    assert out["orphan_ppid"] == out["me"]
+    assert sorted(out["reaped"]) == sorted([out["orphan"], out["zombie"]])
+    assert not out["orphan_exists"] and not out["zombie_exists"]
+    assert out["tracked_alive"] is True
+    assert out["children_left"] == []
+
+
+def test_become_subreaper_in_a_child_only() -> None:
+    # Never in the pytest process: it would change where every other test's orphans go.
+    code = "from maestro_py import proctree; print(proctree.become_subreaper(), proctree.is_subreaper())"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=10)
+    expected = "True True" if sys.platform.startswith("linux") else "False False"
+    assert proc.stdout.strip() == expected, proc.stderr
