@@ -12,6 +12,8 @@ Other knobs:
   FAKE_CLAUDE_CUT           ok: report top-level usage as zeros (the non-streaming fallback's shape)
   FAKE_CLAUDE_SIGLOG        if set, SIGTERM is caught and logged here instead of ending the process
   FAKE_CLAUDE_READYFILE     written once stdin is read and signal handlers are installed
+  FAKE_CLAUDE_COUNT         a line "<pid> <mode>" is appended here per run (spawn counting)
+A directive in the prompt, [[fake_claude:MODE]] or [[fake_claude:MODE:N]], overrides FAKE_CLAUDE_MODE.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +100,17 @@ def main() -> int:
     if os.environ.get("FAKE_CLAUDE_READYFILE"):
         write_atomic(os.environ["FAKE_CLAUDE_READYFILE"], str(os.getpid()))
     mode = os.environ.get("FAKE_CLAUDE_MODE", "ok")
+    # A prompt may pick its own behaviour, so one daemon can run cadences that behave differently:
+    # [[fake_claude:MODE]] or [[fake_claude:MODE:STATUS]] / [[fake_claude:sleep:SECONDS]].
+    directive = re.search(rb"\[\[fake_claude:([a-z_]+)(?::([0-9.]+))?\]\]", data)
+    if directive:
+        mode = directive[1].decode()
+        if directive[2]:
+            key = "FAKE_CLAUDE_SLEEP" if mode in ("sleep", "orphan") else "FAKE_CLAUDE_STATUS"
+            os.environ[key] = directive[2].decode()
+    if os.environ.get("FAKE_CLAUDE_COUNT"):
+        with open(os.environ["FAKE_CLAUDE_COUNT"], "a") as fh:
+            fh.write(f"{os.getpid()} {mode}\n")
 
     if mode == "ok":
         emit(result("hi there"))
