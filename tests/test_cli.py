@@ -1,0 +1,144 @@
+"""The `maestro` CLI through click's CliRunner: one-line errors, exit codes, idempotent init."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from maestro_py.cli import cli
+from maestro_py.paths import Folder, Layout
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    for var in ("MAESTRO_AGENT_ROOT", "MAESTRO_MAX_INBOX", "MAESTRO_POLL_MS"):
+        monkeypatch.delenv(var, raising=False)
+    return CliRunner()
+
+
+@pytest.fixture
+def root(tmp_path: Path, runner: CliRunner) -> Path:
+    path = tmp_path / "agent"
+    result = runner.invoke(cli, ["--root", str(path), "init"])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def invoke(runner: CliRunner, root: Path, *args: str, env: dict[str, str] | None = None):
+    return runner.invoke(cli, ["--root", str(root), *args], env=env)
+
+
+def one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("maestro: ")
+    return lines[0]
+
+
+def test_init_creates_the_layout_and_is_idempotent(runner: CliRunner, root: Path) -> None:
+    lay = Layout(root)
+    for folder in Folder:
+        assert lay.folder(folder).is_dir()
+    assert lay.env_file.is_file() and oct(lay.env_file.stat().st_mode & 0o777) == "0o600"
+    assert lay.prompt_file("hello").is_file()
+    lay.env_file.write_text("ANTHROPIC_API_KEY=mine\n")
+    again = invoke(runner, root, "init")
+    assert again.exit_code == 0 and "already set up" in again.output
+    assert lay.env_file.read_text() == "ANTHROPIC_API_KEY=mine\n"
+
+
+def test_packaged_env_template_matches_the_top_level_example() -> None:
+    assert (REPO / ".env.example").read_text() == (REPO / "maestro_py/templates/env.example").read_text()
+
+
+def test_enqueue_prints_the_tick_id(runner: CliRunner, root: Path) -> None:
+    result = invoke(runner, root, "enqueue", "hello", "--source", "cron", "--payload", '{"a": 1}')
+    assert result.exit_code == 0
+    tick_id = result.stdout.strip()
+    data = json.loads((Layout(root).folder(Folder.INBOX) / f"{tick_id}.json").read_text())
+    assert data["source"] == "cron" and data["payload"] == {"a": 1}
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["enqueue", "Bad/Name"], "invalid cadence name"),
+    (["enqueue", "hello", "--payload", "{nope"], "--payload is not valid JSON"),
+    (["enqueue", "hello", "--payload", "[1]"], "must be a JSON object"),
+    (["enqueue", "hello", "--delay", "-1"], "--delay must be >= 0"),
+    (["enqueue", "hello", "--delay", "soon"], "'soon' is not a valid float"),
+    (["enqueue", "nobody"], "unknown cadence 'nobody'"),
+    (["enqueue"], "Missing argument"),
+    (["frobnicate"], "No such command"),
+])
+def test_bad_arguments_get_one_line_and_exit_2(runner: CliRunner, root: Path, args: list[str], fragment: str) -> None:
+    result = invoke(runner, root, *args)
+    assert result.exit_code == 2
+    assert fragment in one_line_error(result)
+    assert list(Layout(root).folder(Folder.INBOX).iterdir()) == []
+
+
+def test_force_enqueues_an_unknown_cadence(runner: CliRunner, root: Path) -> None:
+    assert invoke(runner, root, "enqueue", "nobody", "--force").exit_code == 0
+
+
+def test_enqueue_at_capacity_exits_75_and_leaves_nothing(runner: CliRunner, root: Path) -> None:
+    env = {"MAESTRO_MAX_INBOX": "2"}
+    for _ in range(2):
+        assert invoke(runner, root, "enqueue", "hello", env=env).exit_code == 0
+    lay = Layout(root)
+    before = sorted(p.name for p in lay.folder(Folder.INBOX).iterdir())
+    result = invoke(runner, root, "enqueue", "hello", env=env)
+    assert result.exit_code == 75
+    assert "inbox is full" in one_line_error(result)
+    assert sorted(p.name for p in lay.folder(Folder.INBOX).iterdir()) == before
+    assert list(lay.folder(Folder.TMP).iterdir()) == []
+
+
+def test_bad_setting_names_the_variable(runner: CliRunner, root: Path) -> None:
+    result = invoke(runner, root, "enqueue", "hello", env={"MAESTRO_MAX_INBOX": "lots"})
+    assert result.exit_code == 2
+    assert "MAESTRO_MAX_INBOX='lots'" in one_line_error(result)
+
+
+def test_env_file_is_loaded_and_real_environment_wins(runner: CliRunner, root: Path) -> None:
+    (root / ".env").write_text("MAESTRO_MAX_INBOX=1\n")
+    assert invoke(runner, root, "enqueue", "hello").exit_code == 0
+    assert invoke(runner, root, "enqueue", "hello").exit_code == 75
+    assert invoke(runner, root, "enqueue", "hello", env={"MAESTRO_MAX_INBOX": "5"}).exit_code == 0
+
+
+def test_invalid_registry_names_file_key_and_problem(runner: CliRunner, root: Path) -> None:
+    (root / "cadences.toml").write_text("[hello]\ntimeout_seconds = 'abc'\n")
+    result = invoke(runner, root, "enqueue", "hello")
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert "cadences.toml" in line and "timeout_seconds" in line
+
+
+def test_root_from_environment(runner: CliRunner, root: Path) -> None:
+    result = runner.invoke(cli, ["enqueue", "hello"], env={"MAESTRO_AGENT_ROOT": str(root)})
+    assert result.exit_code == 0
+    assert len(list(Layout(root).folder(Folder.INBOX).iterdir())) == 1
+
+
+def test_stop_and_resume_manage_the_stop_file(runner: CliRunner, root: Path) -> None:
+    lay = Layout(root)
+    assert invoke(runner, root, "stop", "--reason", "spend spike").exit_code == 0
+    assert json.loads(lay.stop_file.read_text())["reason"] == "spend spike"
+    status = json.loads(invoke(runner, root, "status", "--json").stdout)
+    assert status["emergency_stop"] is True
+    assert invoke(runner, root, "resume").exit_code == 0
+    assert not lay.stop_file.exists()
+
+
+def test_status_without_a_daemon(runner: CliRunner, root: Path) -> None:
+    invoke(runner, root, "enqueue", "hello")
+    out = json.loads(invoke(runner, root, "status", "--json").stdout)
+    assert out["daemon"]["alive"] is False
+    assert out["queues"]["inbox"] == 1
+    text = invoke(runner, root, "status").stdout
+    assert "daemon: not running" in text and "inbox=1" in text

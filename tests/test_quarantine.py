@@ -1,0 +1,150 @@
+"""Bad input in `inbox/` is quarantined with a reason while good ticks around it keep flowing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from maestro_py.bus import Bus
+from maestro_py.index import InboxIndex
+from maestro_py.paths import Folder, Layout
+from tests.helpers import events, names, read_json, tick_ids
+
+GOOD = {"cadence": "good", "payload": {}}
+
+
+def _write(name: str, data: bytes) -> Callable[[Path], None]:
+    return lambda inbox: (inbox / name).write_bytes(data)
+
+
+def _symlink(inbox: Path) -> None:
+    os.symlink("/etc/passwd", inbox / "passwd.json")
+
+
+def _fifo(inbox: Path) -> None:
+    os.mkfifo(inbox / "fifo.json")
+
+
+def _directory(inbox: Path) -> None:
+    (inbox / "dir.json").mkdir()
+    (inbox / "dir.json" / "inner").write_text("x")
+
+
+def _huge(inbox: Path) -> None:
+    (inbox / "huge.json").write_bytes(b'{"cadence": "good", "pad": "' + b"x" * (1024 * 1024 + 10) + b'"}')
+
+
+BAD: dict[str, tuple[Callable[[Path], None], str]] = {
+    "garbage bytes": (_write("garbage.json", b"\xff\xfe\x00\x01binary"), "not valid UTF-8"),
+    "truncated json": (_write("trunc.json", b'{"cadence": "go'), "not valid JSON"),
+    "not an object": (_write("list.json", b"[1, 2, 3]"), "not a JSON object"),
+    "no cadence": (_write("nocad.json", b'{"payload": {}}'), "missing required field 'cadence'"),
+    "traversal cadence": (_write("trav.json", b'{"cadence": "../../etc"}'), "does not match"),
+    "unicode cadence": (_write("uni.json", json.dumps({"cadence": "caf\u00e9"}).encode()), "does not match"),
+    "uppercase cadence": (_write("upper.json", b'{"cadence": "Inbox"}'), "does not match"),
+    "wrong payload type": (_write("ptype.json", b'{"cadence": "good", "payload": "text"}'), "payload must be"),
+    "wrong attempts type": (_write("atype.json", b'{"cadence": "good", "attempts": "two"}'), "attempts must be"),
+    "bad timestamp": (_write("ts.json", b'{"cadence": "good", "not_before": "soon"}'), "not an ISO 8601"),
+    "nul byte": (_write("nul.json", b"{\"cadence\": \"good\", \"x\": \"\x00\"}"), "NUL"),
+    "deep nesting": (_write("deep.json", b'{"cadence": "good", "payload": ' + b'{"a":' * 100 + b"1" + b"}" * 101),
+                     "nested"),
+    "id mismatch": (_write("mismatch.json", b'{"cadence": "good", "id": "other"}'), "does not match the file name"),
+    "not json name": (_write("notes.txt", b'{"cadence": "good"}'), "not a tick file name"),
+    "huge": (_huge, "larger than"),
+    "symlink": (_symlink, "symbolic link"),
+    "fifo": (_fifo, "FIFO"),
+    "directory": (_directory, "directory"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_bad_file_is_quarantined_with_a_reason(kind: str, bus: Bus, layout: Layout) -> None:
+    make, reason = BAD[kind]
+    before = bus.enqueue("good")
+    make(layout.folder(Folder.INBOX))
+    after = bus.enqueue("good")
+    index = InboxIndex(bus)
+    index.refresh(force=True)
+    index.promote(bus.clock.now())
+    claimed = []
+    for _ in range(2):
+        (head,) = list(index.heads())
+        index.discard(head.name)
+        claimed.append(bus.claim(head.name).tick.id)
+    assert claimed == [before.id, after.id]
+    assert names(layout, Folder.INBOX) == []
+    notes = [n for n in names(layout, Folder.DLQ) if n.endswith(".reason.json")]
+    assert len(notes) == 1
+    note = read_json(layout.folder(Folder.DLQ) / notes[0])
+    assert reason in note["reason"]
+    quarantined = layout.folder(Folder.DLQ) / note["file"]
+    assert os.path.lexists(quarantined)
+    assert [e["reason"] for e in events(layout) if e["stage"] == "quarantined"] == [note["reason"]]
+
+
+def test_symlink_target_is_never_read_or_moved(bus: Bus, layout: Layout, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps(GOOD))
+    os.symlink(outside, layout.folder(Folder.INBOX) / "link.json")
+    InboxIndex(bus).refresh(force=True)
+    assert outside.read_text() == json.dumps(GOOD)  # untouched, still where it was
+    assert os.path.islink(layout.folder(Folder.DLQ) / "link.json")
+
+
+def test_unreadable_file_is_quarantined(bus: Bus, layout: Layout) -> None:
+    path = layout.folder(Folder.INBOX) / "locked.json"
+    path.write_text(json.dumps(GOOD))
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        pytest.skip("running as root: permission bits do not stop reads")
+    InboxIndex(bus).refresh(force=True)
+    assert "permission denied" in read_json(layout.folder(Folder.DLQ) / "locked.json.reason.json")["reason"]
+
+
+def test_hand_written_minimal_tick_is_accepted(bus: Bus, layout: Layout) -> None:
+    (layout.folder(Folder.INBOX) / "from-cron-42.json").write_text('{"cadence": "good"}')
+    index = InboxIndex(bus)
+    index.refresh(force=True)
+    index.promote(bus.clock.now())
+    (head,) = list(index.heads())
+    claim = bus.claim(head.name)
+    assert claim.tick.id == "from-cron-42" and claim.tick.source == "file" and claim.tick.attempts == 0
+
+
+def test_quarantine_never_overwrites_an_earlier_one(bus: Bus, layout: Layout) -> None:
+    inbox = layout.folder(Folder.INBOX)
+    for _ in range(3):
+        (inbox / "bad.json").write_text("nope")
+        InboxIndex(bus).refresh(force=True)
+    assert sorted(n for n in names(layout, Folder.DLQ) if not n.endswith(".reason.json")) == [
+        "bad.json", "bad.json.1", "bad.json.2"]
+
+
+def test_claim_cost_does_not_grow_with_the_backlog(bus: Bus, layout: Layout) -> None:
+    # Behavioural guard (not a timing): picking the next tick reads no other file.
+    bus.max_inbox = 10_000
+    for _ in range(300):
+        bus.enqueue("good")
+    index = InboxIndex(bus)
+    index.refresh(force=True)
+    reads = 0
+    original = bus.inspect
+
+    def counting(name: str):
+        nonlocal reads
+        reads += 1
+        return original(name)
+
+    bus.inspect = counting  # type: ignore[method-assign]
+    index.promote(bus.clock.now())
+    for _ in range(100):
+        (head,) = list(index.heads())
+        index.discard(head.name)
+        assert bus.claim(head.name) is not None
+    index.refresh()  # the folder changed: a rescan lists it but reads no known file again
+    assert reads == 0
+    assert len(tick_ids(layout, Folder.CLAIMED)) == 100
