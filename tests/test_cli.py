@@ -142,3 +142,11 @@ def test_status_without_a_daemon(runner: CliRunner, root: Path) -> None:
     assert out["queues"]["inbox"] == 1
     text = invoke(runner, root, "status").stdout
     assert "daemon: not running" in text and "inbox=1" in text
+
+
+def test_readme_documents_every_setting() -> None:
+    from maestro_py.config import VARS
+
+    readme = (REPO / "README.md").read_text()
+    missing = [name for name in VARS if f"`{name}`" not in readme]
+    assert missing == []
