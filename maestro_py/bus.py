@@ -134,11 +134,12 @@ class Bus:
                          max_attempts=max_attempts, not_before=tick.not_before, reason=reason, **details)
         return "retry"
 
-    def requeue(self, claim: Claim, reason: str, *, not_before: datetime | None = None, **details: Any) -> None:
-        """Back to `inbox/` without burning an attempt (drain, emergency stop, a gate that closed)."""
+    def requeue(self, claim: Claim, reason: str, *, not_before: datetime | None = None, outcome: str = "requeued",
+                **details: Any) -> None:
+        """Back to `inbox/` without burning an attempt (drain, emergency stop, a systemic failure)."""
         tick = claim.tick
         tick.not_before = iso(not_before) if not_before else None
-        tick.history.append(self._entry(claim.attempt, "requeued", reason, details))
+        tick.history.append(self._entry(claim.attempt, outcome, reason, details))
         self._move(claim, self.inbox / tick.filename, overwrite=True)
         self.events.emit("requeued", id=tick.id, cadence=tick.cadence, reason=reason, **details)
 

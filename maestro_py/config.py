@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from dotenv import dotenv_values
 
+from maestro_py.backoff import parse_backoff
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout
 
@@ -52,11 +53,9 @@ def _bool(text: str) -> bool:
     raise ValueError("must be 1/true/yes or 0/false/no")
 
 
-def _seconds_list(text: str) -> tuple[float, ...]:
-    values = tuple(_non_negative(part) for part in text.split(",") if part.strip())
-    if not values:
-        raise ValueError("must be a comma-separated list of seconds, e.g. 0,30,120")
-    return values
+def _backoff(text: str) -> str:
+    parse_backoff(text)  # validate now; the daemon builds the strategy
+    return text.strip()
 
 
 @dataclass(frozen=True)
@@ -82,6 +81,12 @@ VARS: dict[str, Var] = {
         Var("MAESTRO_REAP_SECONDS", "30", _positive, "How often stale claims and tmp leftovers are swept."),
         Var("MAESTRO_TMP_GRACE_SECONDS", "3600", _non_negative, "Age after which a crashed writer's `tmp/` file is removed."),
         Var("MAESTRO_MAX_REAPS", "3", _positive_int, "A tick whose claim owner died this often goes to `dlq/`."),
+        Var("MAESTRO_BACKOFF_SECONDS", "0,30,120", _backoff,
+            "Per-cadence wait after the Nth consecutive failure (last repeats), or `exp:BASE:CAP` (full jitter)."),
+        Var("MAESTRO_CIRCUIT_THRESHOLD", "3", _positive_int, "Consecutive failures that open a cadence's circuit."),
+        Var("MAESTRO_CIRCUIT_OPEN_SECONDS", "1800", _positive, "How long a circuit stays open before one probe."),
+        Var("MAESTRO_CIRCUIT_MAX_OPEN_SECONDS", "21600", _positive, "Cap on the open period (doubled after each failed probe)."),
+        Var("MAESTRO_MAX_LIVE_SUBSESSIONS", "1", _positive_int, "Live `claude` sub-sessions at once (counted from real processes)."),
         Var("MAESTRO_PREFER_SUBSCRIPTION_AUTH", "false", _bool, "Strip ANTHROPIC_API_KEY from sub-sessions (use the CLI's login)."),
         Var("CLAUDE_BIN", "PATH, then usual install places", str, "The `claude` executable."),
         Var("CLAUDE_CODE_MAX_RETRIES", "2", str, "Set in sub-sessions unless already set (the CLI's own default retries for ~3 min)."),
@@ -104,6 +109,11 @@ class Settings:
     tmp_grace: float
     max_reaps: int
     prefer_subscription: bool
+    backoff: str
+    circuit_threshold: int
+    circuit_open_seconds: float
+    circuit_max_open_seconds: float
+    max_live: int
 
     _SOURCES = {
         "poll_ms": "MAESTRO_POLL_MS",
@@ -116,6 +126,11 @@ class Settings:
         "tmp_grace": "MAESTRO_TMP_GRACE_SECONDS",
         "max_reaps": "MAESTRO_MAX_REAPS",
         "prefer_subscription": "MAESTRO_PREFER_SUBSCRIPTION_AUTH",
+        "backoff": "MAESTRO_BACKOFF_SECONDS",
+        "circuit_threshold": "MAESTRO_CIRCUIT_THRESHOLD",
+        "circuit_open_seconds": "MAESTRO_CIRCUIT_OPEN_SECONDS",
+        "circuit_max_open_seconds": "MAESTRO_CIRCUIT_MAX_OPEN_SECONDS",
+        "max_live": "MAESTRO_MAX_LIVE_SUBSESSIONS",
     }
 
     @classmethod
@@ -134,4 +149,5 @@ class Settings:
 
 def _why(exc: ValueError) -> str:
     text = str(exc)
-    return text if text.startswith("must") else "not a valid value"
+    # int()/float() say "invalid literal…" / "could not convert…": say what is expected instead.
+    return "not a valid value" if text.startswith(("invalid literal", "could not convert")) else text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+
+import psutil
 import signal
 import time
 from collections import Counter
@@ -12,17 +14,21 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from maestro_py import handlers, launch, proctree
+from maestro_py import handlers, launch, overlap, proctree
+from maestro_py.backoff import Backoff, parse_backoff, schedule
+from maestro_py.breaker import AUTH_HALT, Breakers, CircuitFile, State
 from maestro_py.bus import Bus, Claim
 from maestro_py.clock import Clock, SystemClock, iso
-from maestro_py.config import Settings
+from maestro_py.config import Settings, load_env
 from maestro_py.errors import SpawnError
 from maestro_py.events import EventLog
-from maestro_py.index import Entry, InboxIndex
+from maestro_py.gates import Gates
+from maestro_py.index import Entry, InboxIndex, payload_fingerprint
 from maestro_py.ledger import Ledger
 from maestro_py.lock import DaemonLock
 from maestro_py.owner import Owner
-from maestro_py.paths import Layout
+from maestro_py.paths import Folder, Layout
+from maestro_py.policy import HANDLING, FailureClass, classify
 from maestro_py.redact import Redactor
 from maestro_py.registry import Cadence, Registry, RegistryError
 from maestro_py.runner import ProcessSpawner, RunOutcome, SpawnSpec, Spawner, SubSession
@@ -45,6 +51,7 @@ class Running:
     started_at: datetime
     stdout_log: str
     stderr_log: str
+    fingerprint: str
     end_reason: str | None = None  # set when the daemon ends it (drain, emergency stop): requeue, no attempt burnt
 
 
@@ -72,6 +79,14 @@ class Daemon:
             self.spawner = ProcessSpawner(on_exit=self.wakeup.set, redactor=self.redactor)
         self.registry = Registry.load(self.layout)  # invalid at start-up: the caller reports it
         self._registry_mtime = _mtime(self.layout.registry_file)
+        self.breakers = Breakers(threshold=self.settings.circuit_threshold,
+                                 open_seconds=self.settings.circuit_open_seconds,
+                                 max_open_seconds=self.settings.circuit_max_open_seconds)
+        self.circuit_file = CircuitFile(self.layout.circuit_file, self.layout.folder(Folder.TMP))
+        self.backoff = Backoff(parse_backoff(self.settings.backoff))
+        self.gates = Gates(self.breakers, self.backoff, self.settings.max_live, self._live_count)
+        self._env_mtime = _mtime(self.layout.env_file)
+        self._credential = launch.credential_fingerprint(self.env)
         self.running: dict[str, Running] = {}
         self.counters: Counter[str] = new_counters()
         self.started_at = self.clock.now()
@@ -93,6 +108,7 @@ class Daemon:
             self.layout.ensure()
             proctree.become_subreaper()  # orphaned tool processes come back to us, so none survives
             previous = self._install_signals()
+            self._restore_circuits()
             self._watching = self.wakeup.start()
             self.events.emit("daemon_started", pid=os.getpid(), once=once, watchdog=self._watching,
                              root=str(self.layout.root))
@@ -104,6 +120,7 @@ class Daemon:
                     if once and not progressed and not self.running:
                         break
                     if not progressed:
+                        self._write_status(force=True)  # what an operator reads while we sleep is current
                         self.wakeup.wait(self._sleep_for())
             finally:
                 self._restore_signals(previous)
@@ -119,6 +136,8 @@ class Daemon:
         now_mono = self.clock.monotonic()
         progressed = self._settle_finished()
         self._reload_registry()
+        self._reload_env()
+        self._sync_circuits()
         self._check_emergency_stop()
         self._handle_stopping(now_mono)
         if now_mono >= self._next_reap:
@@ -153,9 +172,9 @@ class Daemon:
     # -- dispatch ---------------------------------------------------------
     def _dispatch(self) -> bool:
         """Claim and start what the gates allow; inline work up to a batch, at most one spawn."""
+        progressed = self._coalesce()
         inline_left = INLINE_BATCH
         spawned = False
-        progressed = False
         while inline_left > 0:
             entry = self._next_entry(spawned)
             if entry is None:
@@ -175,36 +194,64 @@ class Daemon:
                 continue
             if cadence.mode == "escalate" or (cadence.mode == "guarded" and self._guard_says_escalate(claim, cadence)):
                 spawned = self._spawn(claim, cadence) or spawned
-            elif cadence.mode == "inline":
-                inline_left -= 1
-                self._run_inline(claim, cadence)
             else:
                 inline_left -= 1
+                if cadence.mode == "inline":
+                    self._run_inline(claim, cadence)
         if progressed:
             self.wakeup.set()  # more may be runnable: look again before sleeping
         return progressed
 
+    def _coalesce(self) -> bool:
+        """Settle queued duplicates per the cadences' overlap policy (a burst costs one run)."""
+        merged = False
+        for cadence_name in {e.cadence for e in self.index.heads()}:
+            cadence = self.registry.get(cadence_name)
+            if cadence is None or cadence.mode == "inline":
+                continue
+            running = {r.fingerprint: tid for tid, r in self.running.items() if r.claim.tick.cadence == cadence_name}
+            for entry, target in overlap.surplus(self.index, cadence_name, cadence.overlap, running):
+                self.index.discard(entry.name)
+                claim = self.bus.claim(entry.name)
+                if claim is None:
+                    continue
+                self.bus.complete(claim, "skipped_overlap", reason=f"merged into {target}", merged_into=target)
+                self.counters["skipped_overlap"] += 1
+                merged = True
+        return merged
+
     def _next_entry(self, spawned: bool) -> Entry | None:
         """The oldest runnable tick whose cadence may run now; gated heads wait in `inbox/`."""
+        now = self.clock.now()
         for entry in self.index.heads():
             cadence = self.registry.get(entry.cadence)
             if cadence is None or cadence.mode == "inline":
                 return entry
-            refusal = self._gate(cadence, spawned)
+            refusal = self._overlap_refusal(cadence) or self.gates.refusal(cadence.name, now, spawned_this_step=spawned)
             if refusal is None:
                 return entry
             self.counters[refusal] += 1
         return None
 
-    def _gate(self, cadence: Cadence, spawned: bool) -> str | None:
-        """Why a tick that may need a sub-session cannot be claimed now (None: it can)."""
-        if self._emergency is not None:
-            return "skipped_emergency_stop"
-        if spawned:
-            return "skipped_pacing"
-        if len(self.running) >= 1:
-            return "skipped_live_cap"
+    def _overlap_refusal(self, cadence: Cadence) -> str | None:
+        """Unless `overlap = "allow"`, a cadence runs one sub-session at a time."""
+        if cadence.overlap != "allow" and any(r.claim.tick.cadence == cadence.name for r in self.running.values()):
+            return "skipped_overlap_wait"
         return None
+
+    def _live_count(self) -> int:
+        """Live sub-sessions, counted from real processes too, so a leaked child still counts (fails closed)."""
+        pids = {r.session.pid for r in self.running.values()}
+        try:
+            for child in psutil.Process().children():
+                try:
+                    if child.status() != psutil.STATUS_ZOMBIE and "--print" in child.cmdline():
+                        pids.add(child.pid)
+                except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                    continue
+        except psutil.Error:
+            return self.settings.max_live  # cannot tell: refuse
+        return len(pids)
 
     # -- inline work ------------------------------------------------------
     def _run_inline(self, claim: Claim, cadence: Cadence) -> None:
@@ -258,10 +305,12 @@ class Daemon:
             session = self.spawner.spawn(spec)
         except (SpawnError, OSError) as exc:
             self.counters["spawn_failures"] += 1
-            self._fail(claim, cadence, f"spawn failed: {exc}", mode="escalate")
+            self._failed_run(claim, cadence, FailureClass.SPAWN, f"spawn failed: {exc}", mode="escalate")
             return False
+        self.breakers.on_spawn(cadence.name)
         self.counters["escalated"] += 1
-        self.running[tick.id] = Running(claim, session, cadence, now, str(stdout_log), str(stderr_log))
+        self.running[tick.id] = Running(claim, session, cadence, now, str(stdout_log), str(stderr_log),
+                                        payload_fingerprint(tick.payload))
         self.events.emit("spawned", id=tick.id, cadence=tick.cadence, attempt=claim.attempt, pid=session.pid,
                          stdout_log=str(stdout_log), stderr_log=str(stderr_log))
         return True
@@ -301,8 +350,49 @@ class Daemon:
         elif outcome.ok:
             self.bus.complete(claim, "ok", **details)
             self.counters["succeeded"] += 1
+            self.gates.credentials_verified = True
+            self.backoff.record_success(tick.cadence)
+            if self.breakers.record_success(tick.cadence):
+                self.events.emit("circuit_closed", cadence=tick.cadence)
+                self._save_circuits()
         else:
-            self._fail(claim, run.cadence, _failure_reason(outcome), tail=outcome.tail, **details)
+            self._failed_run(claim, run.cadence, classify(outcome), _failure_reason(outcome),
+                             tail=outcome.tail, **details)
+
+    def _failed_run(self, claim: Claim, cadence: Cadence, cls: FailureClass, reason: str, **details: Any) -> None:
+        """Route a failed sub-session by its class (see policy.HANDLING)."""
+        handling = HANDLING[cls]
+        tick = claim.tick
+        now = self.clock.now()
+        details["failure_class"] = cls.value
+        if handling.halts_all:
+            self.breakers.halt_auth(now, reason, self._credential)
+            self.gates.credentials_verified = False
+            self._save_circuits()
+            self.events.emit("auth_halt", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
+                             fix="replace the key in .env, or set MAESTRO_PREFER_SUBSCRIPTION_AUTH=1; "
+                                 "then `maestro circuit reset --all` (or just edit .env)")
+        retry_at = None
+        if handling.trips_breaker:
+            wait = schedule(cadence.backoff_seconds) if cadence.backoff_seconds else None
+            retry_at = self.backoff.record_failure(tick.cadence, now, wait)
+            before = self.breakers.circuits.get(tick.cadence)
+            was_open = before is not None and before.state is not State.CLOSED
+            circuit = self.breakers.record_failure(tick.cadence, now, reason)
+            if circuit.state is State.OPEN:
+                retry_at = max(retry_at, circuit.open_until) if circuit.open_until else retry_at
+                self.events.emit("circuit_opened" if not was_open else "circuit_reopened", level="error",
+                                 cadence=tick.cadence, failures=circuit.failures,
+                                 open_until=iso(circuit.open_until) if circuit.open_until else None, reason=reason)
+                self._save_circuits()
+        if not handling.burns_attempt:
+            self.bus.requeue(claim, f"{reason} ({cls.value} failure: attempt not counted)",
+                             outcome=f"failed_{cls.value}", **details)
+            self.counters["failed"] += 1
+            self.counters["requeued"] += 1
+            self.index.notice(tick.filename)
+            return
+        self._fail(claim, cadence, reason, retry_at=retry_at, permanent=handling.dead_letter, **details)
 
     def _fail(self, claim: Claim, cadence: Cadence, reason: str, **details: Any) -> None:
         self.counters["failed"] += 1
@@ -316,6 +406,59 @@ class Daemon:
 
     def _timeout(self, cadence: Cadence) -> float:
         return cadence.timeout_seconds or self.settings.spawn_timeout
+
+    # -- circuits and credentials ------------------------------------------
+    def _restore_circuits(self) -> None:
+        """Breakers survive restarts: a crash-looping daemon must not get fresh ones each time."""
+        try:
+            self.breakers.load_doc(self.circuit_file.load())
+        except (ValueError, KeyError, TypeError) as exc:
+            self.events.emit("circuit_file_invalid", level="error", error=str(exc), action="starting with all closed")
+        self.circuit_file.written_mtime = self.circuit_file.mtime()
+        if self.breakers.credentials_changed(self._credential):
+            self.events.emit("auth_halt_lifted", level="warn", reason="credentials changed")
+            self._save_circuits()
+        for name, circuit in self.breakers.open_circuits().items():
+            self.events.emit("circuit_restored", level="warn", cadence=name, state=circuit.state.value,
+                             open_until=iso(circuit.open_until) if circuit.open_until else None)
+
+    def _sync_circuits(self) -> None:
+        """Pick up `maestro circuit reset/open` made while the daemon runs (it edits the file)."""
+        if self.circuit_file.mtime() == self.circuit_file.written_mtime:
+            return
+        try:
+            doc = self.circuit_file.load()
+        except ValueError as exc:
+            self.events.emit("circuit_file_invalid", level="error", error=str(exc), action="keeping current state")
+            self.circuit_file.written_mtime = self.circuit_file.mtime()
+            return
+        self.breakers.load_doc(doc)
+        self.circuit_file.written_mtime = self.circuit_file.mtime()
+        self.events.emit("circuits_reloaded", open=sorted(self.breakers.open_circuits()))
+
+    def _save_circuits(self) -> None:
+        try:
+            self.circuit_file.save(self.breakers.to_doc(self.clock.now()))
+        except OSError as exc:
+            self.events.emit("circuit_write_failed", level="error", error=str(exc))
+
+    def _reload_env(self) -> None:
+        """A changed `.env` (a new key, say) is picked up without a restart and lifts the auth halt."""
+        mtime = _mtime(self.layout.env_file)
+        if mtime == self._env_mtime:
+            return
+        self._env_mtime = mtime
+        self.env = load_env(self.layout)
+        self.redactor = Redactor(self.env)
+        self.events.redactor = self.redactor
+        self.ledger.redactor = self.redactor
+        credential = launch.credential_fingerprint(self.env)
+        if credential != self._credential:
+            self._credential = credential
+            self.gates.credentials_verified = False
+            if self.breakers.credentials_changed(credential):
+                self.events.emit("auth_halt_lifted", level="warn", reason=".env credentials changed")
+                self._save_circuits()
 
     # -- stopping ---------------------------------------------------------
     def request_stop(self) -> None:
@@ -337,7 +480,7 @@ class Daemon:
     def _check_emergency_stop(self) -> None:
         reason = _read_stop(self.layout.stop_file)
         if reason != self._emergency:
-            self._emergency = reason
+            self._emergency = self.gates.emergency = reason
             if reason is None:
                 self.events.emit("emergency_stop_cleared", level="warn")
             else:

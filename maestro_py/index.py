@@ -120,6 +120,16 @@ class InboxIndex:
         """Queued ticks of `cadence` with this payload fingerprint."""
         return self._fingerprints.get(cadence, Counter())[fingerprint]
 
+    def ready_entries(self, cadence: str) -> list[Entry]:
+        """Every runnable tick of `cadence`, oldest first (a scan of that cadence's queue only)."""
+        names = sorted(set(self._ready.get(cadence, [])))
+        entries = [self._known.get(n) for n in names]
+        return [e for e in entries if e is not None and e.cadence == cadence and (e.due is None or e.due <= self._now)]
+
+    def has_duplicates(self, cadence: str) -> bool:
+        """True if two queued ticks of `cadence` carry the same payload."""
+        return any(n > 1 for n in self._fingerprints.get(cadence, Counter()).values())
+
     def next_due(self) -> float | None:
         """Epoch seconds of the earliest delayed tick, if any."""
         while self._delayed:

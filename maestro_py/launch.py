@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -89,3 +90,15 @@ def prompt(prompt_file: Path, tick: Tick) -> bytes:
         context["payload"] = tick.payload
     block = json.dumps(context, indent=2, ensure_ascii=False)
     return f"{text.rstrip()}\n\n---\nmaestro tick:\n```json\n{block}\n```\n".encode()
+
+
+CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN",
+                   "MAESTRO_PREFER_SUBSCRIPTION_AUTH", "ANTHROPIC_BASE_URL")
+
+
+def credential_fingerprint(env: Mapping[str, str]) -> str:
+    """A short digest of whatever decides how sub-sessions authenticate (never the secret itself)."""
+    digest = hashlib.sha256()
+    for name in CREDENTIAL_VARS:
+        digest.update(f"{name}={env.get(name, '')}\0".encode())
+    return digest.hexdigest()[:16]

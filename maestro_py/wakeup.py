@@ -11,20 +11,33 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 
+# Files in the bus folder whose change the loop must see at once (consumer.json, which the loop
+# itself rewrites, must not wake it, or an idle daemon would spin).
+CONTROL_FILES = frozenset({"STOP", "circuit-open.json"})
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, wakeup: "Wakeup", inbox: Path) -> None:
         self.wakeup = wakeup
         self.inbox = str(inbox)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
+        if event.event_type in ("opened", "closed_no_write", "closed"):
             return
-        # A tick appears in inbox/ by rename (moved, dest_path) or by create; note its name.
+        wake = False
         for raw in (getattr(event, "dest_path", ""), event.src_path):
+            if not raw:
+                continue
             path = Path(raw if isinstance(raw, str) else raw.decode(errors="replace"))
-            if raw and str(path.parent) == self.inbox and event.event_type in ("created", "moved"):
-                self.wakeup.names.put(path.name)
-        self.wakeup.set()
+            if str(path.parent) == self.inbox:
+                wake = True
+                # A tick appears in inbox/ by rename (moved, dest_path) or by create; note its name.
+                if event.event_type in ("created", "moved"):
+                    self.wakeup.names.put(path.name)
+            elif path.name in CONTROL_FILES:
+                wake = True
+        if wake:
+            self.wakeup.set()
 
 
 class Wakeup:

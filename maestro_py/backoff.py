@@ -1,0 +1,77 @@
+"""Per-cadence backoff: after a failure a cadence is not spawned again before `next_allowed_at`.
+
+The waits are tenacity wait strategies driven by the count of consecutive failures, so the schedule
+(`0,30,120`: one entry per failure, the last repeating) and exponential full jitter with a cap
+(`exp:30:1800`) are both tenacity's maths, not ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+import tenacity
+
+Wait = Callable[[tenacity.RetryCallState], float]
+
+
+class _Schedule(tenacity.wait.wait_base):
+    """wait N seconds after the Nth consecutive failure, repeating the last entry."""
+
+    def __init__(self, seconds: tuple[float, ...]) -> None:
+        self.seconds = seconds
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        return self.seconds[min(retry_state.attempt_number, len(self.seconds)) - 1]
+
+
+def parse_backoff(text: str) -> Wait:
+    """`0,30,120` (a schedule) or `exp:BASE:CAP` (exponential, full jitter, capped); ValueError if neither."""
+    text = text.strip()
+    if text.startswith("exp"):
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError("must look like exp:BASE:CAP, e.g. exp:30:1800")
+        base, cap = float(parts[1]), float(parts[2])
+        if not (base > 0 and cap >= base):
+            raise ValueError("exp:BASE:CAP needs BASE > 0 and CAP >= BASE")
+        return tenacity.wait_random_exponential(multiplier=base, max=cap)
+    values = tuple(float(part) for part in text.split(",") if part.strip())
+    if not values or any(v < 0 or v != v for v in values):
+        raise ValueError("must be comma-separated seconds >= 0 (e.g. 0,30,120) or exp:BASE:CAP")
+    return _Schedule(values)
+
+
+def schedule(seconds: tuple[float, ...]) -> Wait:
+    """A fixed schedule from a cadence's `backoff_seconds`."""
+    return _Schedule(seconds)
+
+
+@dataclass
+class Backoff:
+    """Consecutive failures and the earliest next spawn, per cadence."""
+
+    wait: Wait
+    failures: dict[str, int] = field(default_factory=dict)
+    next_allowed: dict[str, datetime] = field(default_factory=dict)
+
+    def record_failure(self, cadence: str, now: datetime, wait: Wait | None = None) -> datetime:
+        """Count a failure and return when the cadence may spawn again."""
+        n = self.failures.get(cadence, 0) + 1
+        self.failures[cadence] = n
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+        state.attempt_number = n
+        at = now + timedelta(seconds=(wait or self.wait)(state))
+        self.next_allowed[cadence] = at
+        return at
+
+    def record_success(self, cadence: str) -> None:
+        """A success ends the cadence's backoff."""
+        self.failures.pop(cadence, None)
+        self.next_allowed.pop(cadence, None)
+
+    def holds(self, cadence: str, now: datetime) -> datetime | None:
+        """When the cadence may spawn again, if that is still in the future."""
+        at = self.next_allowed.get(cadence)
+        return at if at is not None and at > now else None

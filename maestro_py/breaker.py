@@ -1,0 +1,219 @@
+"""Circuit breakers per cadence, and the global auth halt, as an explicit state machine.
+
+    CLOSED --(threshold consecutive failures)--> OPEN
+    OPEN --(open_until passes)--> HALF_OPEN
+    HALF_OPEN --(exactly one probe spawn succeeds)--> CLOSED
+    HALF_OPEN --(the probe fails)--> OPEN, for twice as long (capped)
+
+`AUTH_HALT` is a reserved circuit (not a valid cadence name) that refuses every spawn until the
+credentials change or an operator resets it. No I/O here except `CircuitFile`, which persists the
+state to `circuit-open.json` so a daemon restarted by launchd/systemd keeps its breakers.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from maestro_py.clock import iso, parse_iso
+from maestro_py.fsio import atomic_write_json
+
+AUTH_HALT = "_auth"
+
+
+class State(str, enum.Enum):
+    """Breaker states."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass
+class Circuit:
+    """One breaker's state."""
+
+    name: str
+    state: State = State.CLOSED
+    failures: int = 0
+    opened_at: datetime | None = None
+    open_until: datetime | None = None   # None while OPEN: until reset (auth halt, manual without --for)
+    open_seconds: float = 0.0
+    last_error: str | None = None
+    probe_in_flight: bool = False
+    manual: bool = False
+    credential: str | None = None        # auth halt: fingerprint of the credentials that failed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value, "failures": self.failures,
+            "opened_at": iso(self.opened_at) if self.opened_at else None,
+            "open_until": iso(self.open_until) if self.open_until else None,
+            "open_seconds": self.open_seconds, "last_error": self.last_error,
+            "manual": self.manual, "credential": self.credential,
+        }
+
+    @classmethod
+    def from_json(cls, name: str, doc: dict[str, Any]) -> "Circuit":
+        return cls(
+            name=name, state=State(doc.get("state", "open")), failures=int(doc.get("failures", 0)),
+            opened_at=parse_iso(doc["opened_at"]) if doc.get("opened_at") else None,
+            open_until=parse_iso(doc["open_until"]) if doc.get("open_until") else None,
+            open_seconds=float(doc.get("open_seconds") or 0), last_error=doc.get("last_error"),
+            manual=bool(doc.get("manual")), credential=doc.get("credential"),
+        )
+
+
+@dataclass
+class Breakers:
+    """All circuits; the daemon asks `refusal()` before a spawn and reports every outcome."""
+
+    threshold: int = 3
+    open_seconds: float = 1800.0
+    max_open_seconds: float = 6 * 3600.0
+    circuits: dict[str, Circuit] = field(default_factory=dict)
+
+    # -- questions --------------------------------------------------------
+    def refusal(self, cadence: str, now: datetime) -> Circuit | None:
+        """The circuit that refuses a spawn for `cadence` now, or None if it may spawn."""
+        halt = self.circuits.get(AUTH_HALT)
+        if halt is not None and halt.state is State.OPEN:
+            return halt
+        circuit = self.circuits.get(cadence)
+        if circuit is None or circuit.state is State.CLOSED:
+            return None
+        if circuit.state is State.OPEN and circuit.open_until is not None and now >= circuit.open_until:
+            self._change(circuit, State.HALF_OPEN)  # the open period is over: one probe may go
+        if circuit.state is State.HALF_OPEN and not circuit.probe_in_flight:
+            return None
+        return circuit
+
+    def open_circuits(self) -> dict[str, Circuit]:
+        """Circuits that are not closed."""
+        return {n: c for n, c in self.circuits.items() if c.state is not State.CLOSED}
+
+    # -- events -----------------------------------------------------------
+    def on_spawn(self, cadence: str) -> None:
+        """A spawn was allowed: in HALF_OPEN it is the one probe."""
+        circuit = self.circuits.get(cadence)
+        if circuit is not None and circuit.state is State.HALF_OPEN:
+            circuit.probe_in_flight = True
+
+    def record_success(self, cadence: str) -> bool:
+        """A run succeeded: the cadence's circuit closes. True if that changed anything worth saving."""
+        circuit = self.circuits.pop(cadence, None)
+        return circuit is not None and circuit.state is not State.CLOSED
+
+    def record_failure(self, cadence: str, now: datetime, error: str) -> Circuit:
+        """A run failed: count it; open (or re-open, doubled) when due."""
+        circuit = self.circuits.setdefault(cadence, Circuit(cadence))
+        circuit.last_error = error[:500]
+        circuit.failures += 1
+        if circuit.state is State.HALF_OPEN:
+            # The probe failed: open again for twice as long, up to the cap.
+            self._open(circuit, now, min(max(circuit.open_seconds, self.open_seconds) * 2, self.max_open_seconds))
+        elif circuit.state is State.CLOSED and circuit.failures >= self.threshold:
+            self._open(circuit, now, self.open_seconds)
+        return circuit
+
+    def halt_auth(self, now: datetime, error: str, credential: str) -> Circuit:
+        """Stop all spawning until the credentials change (or a reset)."""
+        halt = Circuit(AUTH_HALT, failures=1, last_error=error[:500], credential=credential)
+        self._open(halt, now, None)
+        self.circuits[AUTH_HALT] = halt
+        return halt
+
+    def credentials_changed(self, credential: str) -> bool:
+        """Lift the auth halt if the credentials differ from the ones that failed."""
+        halt = self.circuits.get(AUTH_HALT)
+        if halt is not None and halt.credential != credential:
+            del self.circuits[AUTH_HALT]
+            return True
+        return False
+
+    def open_manually(self, cadence: str, now: datetime, seconds: float | None) -> Circuit:
+        """An operator opens a circuit (for `seconds`, or until reset)."""
+        circuit = self.circuits.setdefault(cadence, Circuit(cadence))
+        circuit.manual = True
+        circuit.last_error = "opened by operator"
+        self._open(circuit, now, seconds)
+        return circuit
+
+    def reset(self, cadence: str | None = None) -> list[str]:
+        """Close one circuit (or all, including the auth halt); returns the names closed."""
+        names = list(self.circuits) if cadence is None else [cadence] if cadence in self.circuits else []
+        for name in names:
+            del self.circuits[name]
+        return names
+
+    # -- internals --------------------------------------------------------
+    def _open(self, circuit: Circuit, now: datetime, seconds: float | None) -> None:
+        self._change(circuit, State.OPEN)
+        circuit.opened_at = now
+        circuit.open_seconds = seconds or 0.0
+        circuit.open_until = now + timedelta(seconds=seconds) if seconds else None
+
+    @staticmethod
+    def _change(circuit: Circuit, state: State) -> None:
+        # The single mutator of `state`: every transition passes here.
+        circuit.state = state
+        circuit.probe_in_flight = False
+
+    # -- persistence ------------------------------------------------------
+    def to_doc(self, now: datetime) -> dict[str, Any] | None:
+        """The `circuit-open.json` document, or None when nothing is open."""
+        open_ = self.open_circuits()
+        if not open_:
+            return None
+        return {"generated": iso(now), "open": {name: c.to_json() for name, c in sorted(open_.items())}}
+
+    def load_doc(self, doc: dict[str, Any] | None) -> None:
+        """Replace the open circuits with those of a document (closed-but-counting ones are kept)."""
+        counting = {n: c for n, c in self.circuits.items() if c.state is State.CLOSED}
+        self.circuits = counting
+        for name, entry in ((doc or {}).get("open") or {}).items():
+            if isinstance(entry, dict):
+                self.circuits[name] = Circuit.from_json(name, entry)
+
+
+class CircuitFile:
+    """`state/cadence-bus/circuit-open.json`: written atomically, removed when nothing is open."""
+
+    def __init__(self, path: Path, tmp_dir: Path) -> None:
+        self.path = path
+        self.tmp_dir = tmp_dir
+        self.written_mtime: float | None = None
+
+    def load(self) -> dict[str, Any] | None:
+        """The document, or None if absent; ValueError if it is not valid JSON."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        doc = json.loads(text)
+        if not isinstance(doc, dict):
+            raise ValueError("circuit-open.json is not a JSON object")
+        return doc
+
+    def save(self, doc: dict[str, Any] | None) -> None:
+        """Write `doc`, or remove the file when it is None."""
+        if doc is None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        else:
+            atomic_write_json(self.path, doc, tmp_dir=self.tmp_dir)
+        self.written_mtime = self.mtime()
+
+    def mtime(self) -> float | None:
+        """The file's mtime (None when absent): lets the daemon notice an operator's edit."""
+        try:
+            return self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None

@@ -1,0 +1,68 @@
+"""Failure classes: what a failed sub-session means, and how each class is handled (data, in one place)."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from maestro_py.runner import RunOutcome
+
+
+class FailureClass(str, enum.Enum):
+    """Why a run failed, as far as the daemon can tell."""
+
+    AUTH = "auth"              # 401, 403, "Not logged in": every cadence would fail the same way
+    RATE = "rate"              # 429, 529: the API is pushing back
+    TRANSIENT = "transient"    # 5xx, connection error, timeout, killed
+    PERMANENT = "permanent"    # 400, 404, 413: the same prompt will fail again
+    UNKNOWN = "unknown"        # no parsable result
+    SPAWN = "spawn"            # the CLI could not be started at all
+
+
+@dataclass(frozen=True)
+class Handling:
+    """What the daemon does with a failure of one class."""
+
+    burns_attempt: bool   # False: the tick is requeued as it was (the failure is not the tick's fault)
+    dead_letter: bool     # True: straight to dlq/, no retry
+    trips_breaker: bool   # counts toward the cadence's circuit breaker and backoff
+    halts_all: bool       # opens the global auth halt: nothing spawns until credentials change
+
+
+HANDLING: dict[FailureClass, Handling] = {
+    FailureClass.AUTH: Handling(burns_attempt=False, dead_letter=False, trips_breaker=False, halts_all=True),
+    FailureClass.RATE: Handling(burns_attempt=True, dead_letter=False, trips_breaker=True, halts_all=False),
+    FailureClass.TRANSIENT: Handling(burns_attempt=True, dead_letter=False, trips_breaker=True, halts_all=False),
+    FailureClass.PERMANENT: Handling(burns_attempt=True, dead_letter=True, trips_breaker=True, halts_all=False),
+    FailureClass.UNKNOWN: Handling(burns_attempt=True, dead_letter=False, trips_breaker=True, halts_all=False),
+    FailureClass.SPAWN: Handling(burns_attempt=True, dead_letter=False, trips_breaker=True, halts_all=False),
+}
+
+_BY_STATUS: dict[int, FailureClass] = {
+    401: FailureClass.AUTH, 403: FailureClass.AUTH,
+    429: FailureClass.RATE, 529: FailureClass.RATE,
+    400: FailureClass.PERMANENT, 404: FailureClass.PERMANENT, 413: FailureClass.PERMANENT,
+}
+# The CLI's own words when it has no usable credential (it then reports api_error_status null or 401).
+_AUTH_TEXT = re.compile(r"Not logged in|Invalid API key|Failed to authenticate|OAuth token", re.IGNORECASE)
+
+
+def classify(outcome: RunOutcome) -> FailureClass:
+    """The failure class of a run that did not succeed."""
+    result = outcome.result
+    if outcome.timed_out or outcome.signal is not None:
+        return FailureClass.TRANSIENT
+    if result is None:
+        return FailureClass.UNKNOWN
+    status = result.api_error_status
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    if result.text and _AUTH_TEXT.search(result.text):
+        return FailureClass.AUTH
+    if status is not None and status >= 500:
+        return FailureClass.TRANSIENT
+    if result.subtype in ("error_max_budget_usd", "error_max_turns"):
+        return FailureClass.PERMANENT  # the same run would hit the same cap again
+    # is_error with no status: a connection error or timeout inside the CLI.
+    return FailureClass.TRANSIENT
