@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -183,6 +184,75 @@ class Bus:
         if not name.endswith(".json") or name.endswith(REASON_SUFFIX):
             raise TickInvalid("not a tick file name (expected <id>.json)")
         return self._read_tick(self.inbox / name, name[:-5])
+
+    # -- dead letters -----------------------------------------------------
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Everything in `dlq/`, oldest first: dead-lettered ticks and quarantined files with their reasons."""
+        out: list[dict[str, Any]] = []
+        for entry in sorted(_scan(self.dlq), key=lambda e: e.name):
+            name = entry.name
+            if name.endswith(REASON_SUFFIX):
+                continue
+            note_path = self.dlq / f"{name}{REASON_SUFFIX}"
+            if os.path.lexists(note_path):
+                try:
+                    note = json.loads(note_path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    note = {}
+                out.append({"id": name, "kind": "quarantined", "cadence": None, "attempts": None,
+                            "reason": note.get("reason"), "at": note.get("at")})
+                continue
+            try:
+                tick = self._read_tick(Path(entry.path), name[:-5])
+                raw = json.loads(Path(entry.path).read_text(encoding="utf-8"))
+            except (TickInvalid, OSError, ValueError) as exc:
+                out.append({"id": name, "kind": "unreadable", "cadence": None, "attempts": None,
+                            "reason": str(exc), "at": None})
+                continue
+            out.append({"id": tick.id, "kind": "tick", "cadence": tick.cadence, "attempts": tick.attempts,
+                        "reason": raw.get("dlq_reason"), "at": raw.get("dlq_at")})
+        return out
+
+    def replay(self, tick_id: str, *, reset_attempts: bool = False, by: str = "operator") -> Tick:
+        """dlq/ -> inbox/ with an audit entry; TickInvalid if it is not a replayable tick."""
+        path = self.dlq / f"{tick_id}.json"
+        if os.path.lexists(f"{path}{REASON_SUFFIX}") or not os.path.lexists(path):
+            raise TickInvalid(f"{tick_id} is not a dead-lettered tick (quarantined files are fixed by hand)")
+        tick = self._read_tick(path, tick_id)
+        before = tick.attempts
+        if reset_attempts:
+            tick.attempts = 0
+        tick.not_before = None
+        tick.history.append(self._entry(tick.attempts, "replayed", f"replayed from dlq by {by}",
+                                        {"attempts_before": before, "reset_attempts": reset_attempts}))
+        self._publish(tick, self.inbox / tick.filename, overwrite=False)
+        _unlink(path)
+        self.events.emit("replayed", id=tick.id, cadence=tick.cadence, reset_attempts=reset_attempts)
+        return tick
+
+    def purge_dead_letters(self, *, older_than_days: float | None = None) -> list[str]:
+        """Delete dead letters (and quarantine notes) older than N days, or all; returns the names."""
+        cutoff = None if older_than_days is None else self.clock.now().timestamp() - older_than_days * 86400
+        removed: list[str] = []
+        for entry in _scan(self.dlq):
+            if entry.name.endswith(REASON_SUFFIX):
+                continue
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if cutoff is not None and mtime >= cutoff:
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _unlink(path)
+            _unlink(self.dlq / f"{entry.name}{REASON_SUFFIX}")
+            removed.append(entry.name)
+        if removed:
+            self.events.emit("dlq_purged", level="warn", count=len(removed), older_than_days=older_than_days)
+        return sorted(removed)
 
     # -- recovery ---------------------------------------------------------
     def reap_stale(self, *, orphan_grace: float = 60.0) -> list[str]:

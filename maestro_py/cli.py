@@ -10,10 +10,11 @@ from typing import Any
 
 import click
 
+from maestro_py.breaker import AUTH_HALT, Breakers, CircuitFile
 from maestro_py.bus import Bus
 from maestro_py.clock import SystemClock, iso
 from maestro_py.config import Settings, load_env
-from maestro_py.errors import AlreadyRunning, ConfigError, InboxFull, MaestroError
+from maestro_py.errors import AlreadyRunning, ConfigError, InboxFull, MaestroError, TickInvalid
 from maestro_py.fsio import atomic_write_json
 from maestro_py.paths import Folder, Layout
 from maestro_py.registry import Registry, RegistryError
@@ -214,11 +215,14 @@ def status(c: Context, as_json: bool) -> None:
     now = SystemClock().now()
     live = liveness(c.layout, doc, now)
     depths = Bus(c.layout).depths() if c.layout.bus_dir.exists() else {f.value: 0 for f in Folder}
+    breakers, _ = _circuits(c)
     out = {
         "root": str(c.layout.root),
         "daemon": live,
         "queues": depths,
         "emergency_stop": c.layout.stop_file.exists(),
+        "auth_halt": AUTH_HALT in breakers.open_circuits(),
+        "circuits": {n: circ.to_json() for n, circ in sorted(breakers.open_circuits().items())},
         "status": doc,
     }
     if as_json:
@@ -230,6 +234,13 @@ def status(c: Context, as_json: bool) -> None:
     click.echo("queues: " + "  ".join(f"{k}={v}" for k, v in depths.items() if k != "tmp"))
     if out["emergency_stop"]:
         click.echo(f"EMERGENCY STOP is set ({c.layout.stop_file}); `maestro resume` clears it")
+    if out["auth_halt"]:
+        halt = out["circuits"][AUTH_HALT]
+        click.echo(f"AUTH HALT: no sub-session will spawn ({halt['last_error']}); fix the key in .env or set "
+                   "MAESTRO_PREFER_SUBSCRIPTION_AUTH=1, or `maestro circuit reset --all`")
+    for name, circ in out["circuits"].items():
+        if name != AUTH_HALT:
+            click.echo(f"circuit {name}: {circ['state']} until {circ['open_until'] or 'reset'} ({circ['last_error']})")
     if doc:
         for run_ in doc.get("live_subsessions", []):
             click.echo(f"running: {run_['cadence']} tick {run_['tick']} pid {run_['pid']} since {run_['started']}")
@@ -238,3 +249,142 @@ def status(c: Context, as_json: bool) -> None:
             click.echo("counters: " + "  ".join(f"{k}={v}" for k, v in sorted(counters.items())))
     click.echo(f"ledger: {c.layout.ledger_file}")
     click.echo(f"events: {c.layout.events_dir}/bus-YYYY-MM-DD.jsonl   per-run logs: {c.layout.subsessions_dir}")
+
+
+# -- circuit ------------------------------------------------------------------
+
+def _circuits(c: Context) -> tuple[Breakers, CircuitFile]:
+    file = CircuitFile(c.layout.circuit_file, c.layout.folder(Folder.TMP))
+    breakers = Breakers()
+    try:
+        breakers.load_doc(file.load())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CliError(f"{c.layout.circuit_file} is not valid: {exc}") from None
+    return breakers, file
+
+
+@cli.group()
+def circuit() -> None:
+    """Inspect and operate the per-cadence circuit breakers and the auth halt."""
+
+
+@circuit.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def circuit_list(c: Context, as_json: bool) -> None:
+    """Open and half-open circuits (the auth halt shows as `_auth`)."""
+    breakers, _ = _circuits(c)
+    open_ = {name: circ.to_json() for name, circ in sorted(breakers.open_circuits().items())}
+    if as_json:
+        click.echo(json.dumps(open_, indent=2))
+        return
+    if not open_:
+        click.echo("no open circuits")
+    for name, doc in open_.items():
+        label = "AUTH HALT (all spawning stopped)" if name == AUTH_HALT else name
+        until = doc["open_until"] or "until reset" + (" or credentials change" if name == AUTH_HALT else "")
+        click.echo(f"{label}: {doc['state']} until {until}; failures={doc['failures']}; last error: {doc['last_error']}")
+
+
+@circuit.command("reset")
+@click.argument("cadence", required=False)
+@click.option("--all", "all_", is_flag=True, help="Close every circuit and lift the auth halt.")
+@pass_ctx
+def circuit_reset(c: Context, cadence: str | None, all_: bool) -> None:
+    """Close CADENCE's circuit (or all of them with --all)."""
+    if bool(cadence) == all_:
+        raise CliError("give a CADENCE or --all (not both)", EX_USAGE)
+    breakers, file = _circuits(c)
+    closed = breakers.reset(None if all_ else cadence)
+    c.layout.ensure()
+    file.save(breakers.to_doc(SystemClock().now()))
+    click.echo(f"closed: {', '.join(closed)}" if closed else "nothing was open")
+
+
+@circuit.command("open")
+@click.argument("cadence")
+@click.option("--for", "seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds to stay open (default: until reset).")
+@pass_ctx
+def circuit_open(c: Context, cadence: str, seconds: float | None) -> None:
+    """Open CADENCE's circuit by hand: its ticks wait in the inbox without burning attempts."""
+    if not CADENCE_RE.match(cadence):
+        raise CliError(f"invalid cadence name {cadence!r}", EX_USAGE)
+    breakers, file = _circuits(c)
+    circ = breakers.open_manually(cadence, SystemClock().now(), seconds)
+    c.layout.ensure()
+    file.save(breakers.to_doc(SystemClock().now()))
+    until = iso(circ.open_until) if circ.open_until else "reset"
+    click.echo(f"{cadence}: open until {until}")
+
+
+# -- dlq ----------------------------------------------------------------------
+
+@cli.group()
+def dlq() -> None:
+    """Inspect, replay and purge dead letters."""
+
+
+@dlq.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def dlq_list(c: Context, as_json: bool) -> None:
+    """Every dead letter with its reason."""
+    items = Bus(c.layout).dead_letters() if c.layout.bus_dir.exists() else []
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("dlq is empty")
+    for item in items:
+        what = item["cadence"] or item["kind"]
+        click.echo(f"{item['id']}  {what}  attempts={item['attempts']}  {item['reason']}")
+
+
+@dlq.command("show")
+@click.argument("tick_id")
+@pass_ctx
+def dlq_show(c: Context, tick_id: str) -> None:
+    """Print one dead letter (its full history)."""
+    folder = c.layout.folder(Folder.DLQ)
+    for name in (f"{tick_id}.json", tick_id):
+        path = folder / name
+        if "/" not in name and path.is_file() and not path.is_symlink():
+            click.echo(path.read_text(encoding="utf-8", errors="replace").rstrip())
+            note = folder / f"{name}.reason.json"
+            if note.is_file():
+                click.echo(note.read_text(encoding="utf-8").rstrip())
+            return
+    raise CliError(f"no dead letter {tick_id!r} in {folder}")
+
+
+@dlq.command("replay")
+@click.argument("tick_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Replay every dead-lettered tick.")
+@click.option("--reset-attempts", is_flag=True, help="Give the ticks a fresh retry budget.")
+@pass_ctx
+def dlq_replay(c: Context, tick_ids: tuple[str, ...], all_: bool, reset_attempts: bool) -> None:
+    """Move ticks back to the inbox, with an audit entry in their history."""
+    if bool(tick_ids) == all_:
+        raise CliError("give tick ids or --all (not both)", EX_USAGE)
+    bus = Bus(c.layout, max_inbox=10**9)
+    ids = [i["id"] for i in bus.dead_letters() if i["kind"] == "tick"] if all_ else list(tick_ids)
+    failed = 0
+    for tick_id in ids:
+        try:
+            bus.replay(tick_id, reset_attempts=reset_attempts)
+            click.echo(f"replayed {tick_id}")
+        except (TickInvalid, FileNotFoundError, FileExistsError) as exc:
+            failed += 1
+            click.echo(f"maestro: cannot replay {tick_id}: {exc}", err=True)
+    if failed:
+        raise CliError(f"{failed} of {len(ids)} could not be replayed")
+
+
+@dlq.command("purge")
+@click.option("--older-than", "days", type=click.FloatRange(min=0), default=None, help="Only those older than DAYS.")
+@pass_ctx
+def dlq_purge(c: Context, days: float | None) -> None:
+    """Delete dead letters (all, or those older than --older-than DAYS)."""
+    removed = Bus(c.layout).purge_dead_letters(older_than_days=days)
+    click.echo(f"purged {len(removed)} dead letter(s)")

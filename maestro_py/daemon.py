@@ -108,7 +108,7 @@ class Daemon:
             self.layout.ensure()
             proctree.become_subreaper()  # orphaned tool processes come back to us, so none survives
             previous = self._install_signals()
-            self._restore_circuits()
+            self.restore_circuits()
             self._watching = self.wakeup.start()
             self.events.emit("daemon_started", pid=os.getpid(), once=once, watchdog=self._watching,
                              root=str(self.layout.root))
@@ -408,7 +408,7 @@ class Daemon:
         return cadence.timeout_seconds or self.settings.spawn_timeout
 
     # -- circuits and credentials ------------------------------------------
-    def _restore_circuits(self) -> None:
+    def restore_circuits(self) -> None:
         """Breakers survive restarts: a crash-looping daemon must not get fresh ones each time."""
         try:
             self.breakers.load_doc(self.circuit_file.load())

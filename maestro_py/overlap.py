@@ -28,7 +28,9 @@ def surplus(index: InboxIndex, cadence: str, policy: str, running: dict[str, str
     out: list[tuple[Entry, str]] = []
     for fingerprint, entries in groups.items():
         live = running.get(fingerprint)
-        keep = 1 if (policy == "buffer_one" or live is None) else 0
+        # How many equal ticks may stay queued: skip keeps the one that will run (none if one runs
+        # already); buffer_one keeps one more than skip.
+        keep = (0 if live else 1) + (1 if policy == "buffer_one" else 0)
         target = entries[0].name[:-5] if keep else live
         out.extend((entry, target) for entry in entries[keep:])
     return out

@@ -1,0 +1,348 @@
+"""The reliability layer as a state machine: a real bus and daemon loop, a fake spawner, a fake clock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maestro_py.breaker import AUTH_HALT
+from maestro_py.bus import Bus
+from maestro_py.clock import FakeClock
+from maestro_py.config import Settings
+from maestro_py.daemon import Daemon
+from maestro_py.paths import Folder, Layout
+from tests.fakes import FakeSpawner, settings_env
+from tests.helpers import events, read_json, tick_ids
+
+
+def make_daemon(layout: Layout, clock: FakeClock, spawner: FakeSpawner, **env: object) -> Daemon:
+    full = settings_env(**env)
+    daemon = Daemon(layout, Settings.from_env(full), full, clock=clock, spawner=spawner, watch=False)
+    daemon.restore_circuits()
+    return daemon
+
+
+def agent(layout: Layout, prompts: dict[str, str], registry: str = "") -> None:
+    layout.cadences_dir.mkdir(exist_ok=True)
+    for name, text in prompts.items():
+        layout.prompt_file(name).write_text(text)
+    (layout.root / "cadences.toml").write_text(registry)
+
+
+def enqueue(layout: Layout, clock: FakeClock, cadence: str, n: int = 1, payload: dict | None = None,
+            *, same: bool = False) -> list[str]:
+    """n ticks; distinct payloads unless `same` or `payload` (equal payloads are merged by overlap=skip)."""
+    bus = Bus(layout, clock=clock, max_inbox=10_000)
+    ids = []
+    for i in range(n):
+        body = payload if payload is not None else ({} if same else {"n": i})
+        ids.append(bus.enqueue(cadence, payload=body).id)
+        clock.advance(0.001)
+    return ids
+
+
+def run_steps(daemon: Daemon, n: int = 30) -> None:
+    for _ in range(n):
+        daemon.step()
+
+
+def attempts(layout: Layout, tick_id: str) -> int:
+    return read_json(layout.folder(Folder.INBOX) / f"{tick_id}.json")["attempts"]
+
+
+def test_circuit_opens_after_threshold_and_spawns_stop_climbing(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"flaky": "[[fake:500]]"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_CIRCUIT_THRESHOLD=3)
+    ids = enqueue(layout, clock, "flaky", 5)
+    for _ in range(10):
+        run_steps(daemon, 5)
+        clock.advance(60)  # an hour of trying would not change it: the circuit holds for 1800 s
+    assert spawner.count == 3
+    doc = read_json(layout.circuit_file)
+    assert doc["open"]["flaky"]["state"] == "open" and doc["open"]["flaky"]["failures"] == 3
+    assert "500" in doc["open"]["flaky"]["last_error"]
+    assert daemon.counters["skipped_circuit_open"] > 0
+    # Ticks that never ran kept their full retry budget.
+    untouched = [i for i in ids if i in tick_ids(layout, Folder.INBOX) and attempts(layout, i) == 0]
+    assert len(untouched) >= 4 - 1
+    assert any(e["stage"] == "circuit_opened" for e in events(layout))
+
+
+def test_backoff_holds_ticks_without_burning_attempts(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"flaky": "[[fake:500]]"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_BACKOFF_SECONDS="60,300", MAESTRO_CIRCUIT_THRESHOLD=99)
+    first, second = enqueue(layout, clock, "flaky", 2)
+    run_steps(daemon)
+    assert spawner.count == 1
+    assert daemon.counters["skipped_backoff"] > 0
+    assert attempts(layout, second) == 0 and attempts(layout, first) == 1
+    clock.advance(59)
+    run_steps(daemon)
+    assert spawner.count == 1
+    clock.advance(2)
+    run_steps(daemon, 1)
+    assert spawner.count == 2  # 60 s after the first failure, the next one may go
+    clock.advance(200)
+    run_steps(daemon)
+    assert spawner.count == 2  # the second failure holds the cadence for 300 s
+
+
+def test_half_open_lets_exactly_one_probe_through(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"flaky": "[[fake:500]]"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_CIRCUIT_THRESHOLD=2, MAESTRO_CIRCUIT_OPEN_SECONDS=100,
+                         MAESTRO_MAX_LIVE_SUBSESSIONS=5, MAESTRO_MAX_ATTEMPTS=50)
+    registry = "[flaky]\noverlap = 'allow'\n"
+    (layout.root / "cadences.toml").write_text(registry)
+    daemon.registry = daemon.registry.load(layout)
+    enqueue(layout, clock, "flaky", 6)
+    run_steps(daemon)
+    assert spawner.count == 2
+    layout.prompt_file("flaky").write_text("[[fake:hang]]")
+    clock.advance(101)
+    run_steps(daemon)
+    assert spawner.count == 3 and len(spawner.live()) == 1  # one probe, and only one
+    spawner.live()[0].finish("500")
+    run_steps(daemon)
+    circuit = read_json(layout.circuit_file)["open"]["flaky"]
+    assert circuit["state"] == "open" and circuit["open_seconds"] == 200  # doubled
+    clock.advance(201)
+    run_steps(daemon)
+    assert spawner.count == 4
+    spawner.live()[0].finish("ok")
+    run_steps(daemon)
+    assert not layout.circuit_file.exists()  # closed: the file is removed when nothing is open
+    assert spawner.count > 4  # the rest flow again
+
+
+def test_breaker_state_survives_a_restart(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"flaky": "[[fake:500]]"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_CIRCUIT_THRESHOLD=2)
+    enqueue(layout, clock, "flaky", 4)
+    run_steps(daemon)
+    assert spawner.count == 2
+    restarted = make_daemon(layout, clock, spawner, MAESTRO_CIRCUIT_THRESHOLD=2)
+    run_steps(restarted)
+    assert spawner.count == 2
+    assert restarted.counters["skipped_circuit_open"] > 0
+
+
+def test_auth_failure_halts_all_spawning_after_one_run(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"memo": "[[fake:401]]", "brief": "write"},
+          "[beat]\nmode = 'inline'\nhandler = 'noop'\n")
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=4)
+    memo = enqueue(layout, clock, "memo", 3)
+    brief = enqueue(layout, clock, "brief", 3)
+    beat = enqueue(layout, clock, "beat", 2)
+    for _ in range(5):
+        run_steps(daemon, 10)
+        clock.advance(3600)
+    assert spawner.count == 1  # one bad key costs exactly one sub-session
+    assert sorted(tick_ids(layout, Folder.DONE)) == sorted(beat)  # inline work still runs
+    assert attempts(layout, memo[0]) == 0  # not the tick's fault: no attempt burnt
+    halt = read_json(layout.circuit_file)["open"][AUTH_HALT]
+    assert halt["open_until"] is None and "Not logged in" in halt["last_error"]
+    assert "sk-ant" not in layout.circuit_file.read_text()
+    assert daemon.counters["skipped_auth_halt"] > 0
+    # A new key in .env lifts the halt without a restart.
+    (layout.root / ".env").write_text("ANTHROPIC_API_KEY=sk-ant-test-NEWKEY-abcdefghijklmnop\nCLAUDE_BIN=/bin/true\n")
+    daemon.env.pop("ANTHROPIC_API_KEY")  # the daemon's environment came from .env in real life
+    layout.prompt_file("memo").write_text("fixed")
+    run_steps(daemon)
+    assert spawner.count > 1
+    assert not layout.circuit_file.exists()
+    del brief
+
+
+def test_auth_halt_is_lifted_by_reset_all(layout: Layout, clock: FakeClock) -> None:
+    from click.testing import CliRunner
+
+    from maestro_py.cli import cli
+
+    agent(layout, {"memo": "[[fake:401]]"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    enqueue(layout, clock, "memo", 2)
+    run_steps(daemon)
+    assert spawner.count == 1
+    out = CliRunner().invoke(cli, ["--root", str(layout.root), "circuit", "list"])
+    assert "AUTH HALT" in out.stdout
+    assert CliRunner().invoke(cli, ["--root", str(layout.root), "circuit", "reset", "--all"]).exit_code == 0
+    layout.prompt_file("memo").write_text("fine now")
+    run_steps(daemon)
+    assert spawner.count == 3  # the requeued tick and the second one
+
+
+def test_permanent_failure_goes_straight_to_dlq(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"bad": "[[fake:400]]"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    (tick,) = enqueue(layout, clock, "bad")
+    run_steps(daemon)
+    assert spawner.count == 1
+    dead = read_json(layout.folder(Folder.DLQ) / f"{tick}.json")
+    assert dead["attempts"] == 1 and "400" in dead["dlq_reason"]
+    assert dead["history"][-1]["failure_class"] == "permanent"
+
+
+def test_live_cap_fails_closed_with_twenty_ticks_queued(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"fan": "[[fake:hang]]"}, "[fan]\noverlap = 'allow'\n")
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=4)
+    daemon.gates.credentials_verified = True
+    ids = enqueue(layout, clock, "fan", 20)
+    run_steps(daemon, 50)
+    assert spawner.count == 4 and len(daemon.running) == 4
+    assert daemon.counters["skipped_live_cap"] > 0
+    queued = tick_ids(layout, Folder.INBOX)
+    assert len(queued) == 16 and all(attempts(layout, i) == 0 for i in queued)
+    spawner.live()[0].finish("ok")
+    run_steps(daemon)
+    assert spawner.count == 5  # one slot freed, one more spawned
+    del ids
+
+
+def test_a_leaked_claude_child_counts_toward_the_cap(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"memo": "write"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=1, MAESTRO_REAP_SECONDS=3600)
+    daemon.step()  # the start-up sweep (which would kill an untracked child) is behind us
+    leaked = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "--print"])
+    try:
+        enqueue(layout, clock, "memo")
+        run_steps(daemon)
+        assert spawner.count == 0
+        assert daemon.counters["skipped_live_cap"] > 0
+    finally:
+        leaked.kill()
+        leaked.wait()
+    run_steps(daemon)
+    assert spawner.count == 1
+
+
+def test_only_one_spawn_until_the_credentials_are_proven(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"fan": "[[fake:hang]]"}, "[fan]\noverlap = 'allow'\n")
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=4)
+    enqueue(layout, clock, "fan", 6)
+    run_steps(daemon)
+    assert spawner.count == 1 and daemon.counters["skipped_auth_probe"] > 0
+    spawner.live()[0].finish("ok")
+    run_steps(daemon)
+    assert spawner.count == 5
+
+
+def test_pacing_spawns_at_most_one_per_iteration(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"fan": "[[fake:hang]]"}, "[fan]\noverlap = 'allow'\n")
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=10)
+    daemon.gates.credentials_verified = True
+    enqueue(layout, clock, "fan", 5)
+    for expected in range(1, 6):
+        daemon.step()
+        assert spawner.count == expected
+
+
+def test_skip_coalesces_a_burst_into_one_run(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"storm": "[[fake:hang]]"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    ids = enqueue(layout, clock, "storm", 20, same=True)
+    run_steps(daemon)
+    assert spawner.count == 1
+    spawner.live()[0].finish("ok")
+    run_steps(daemon)
+    assert spawner.count == 1
+    assert sorted(tick_ids(layout, Folder.DONE)) == sorted(ids)
+    merged = [read_json(layout.folder(Folder.DONE) / f"{i}.json")["history"][-1] for i in ids[1:]]
+    assert all(h["outcome"] == "skipped_overlap" and h["merged_into"] == ids[0] for h in merged)
+    assert daemon.counters["skipped_overlap"] == 19
+
+
+def test_ticks_with_their_own_payload_are_never_merged(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"mail": "[[fake:ok]]"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    enqueue(layout, clock, "mail", 3)
+    run_steps(daemon, 20)
+    assert spawner.count == 3
+    assert daemon.counters["skipped_overlap"] == 0
+
+
+def test_buffer_one_keeps_one_waiting_behind_a_running_tick(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"sync": "[[fake:hang]]"}, "[sync]\noverlap = 'buffer_one'\n")
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    ids = enqueue(layout, clock, "sync", 5, same=True)
+    run_steps(daemon)
+    assert spawner.count == 1
+    assert tick_ids(layout, Folder.INBOX) == [ids[1]]  # one buffered, three merged into it
+    spawner.live()[0].finish("ok")
+    run_steps(daemon)
+    assert spawner.count == 2
+
+
+def test_dlq_tools_list_show_replay_purge(layout: Layout, clock: FakeClock) -> None:
+    from click.testing import CliRunner
+
+    from maestro_py.cli import cli
+
+    agent(layout, {"bad": "[[fake:400]]"})
+    daemon = make_daemon(layout, clock, FakeSpawner())
+    (tick,) = enqueue(layout, clock, "bad")
+    run_steps(daemon)
+    root = ["--root", str(layout.root)]
+    runner = CliRunner()
+    listed = json.loads(runner.invoke(cli, [*root, "dlq", "list", "--json"]).stdout)
+    assert [(i["id"], i["cadence"]) for i in listed] == [(tick, "bad")]
+    assert tick in runner.invoke(cli, [*root, "dlq", "show", tick]).stdout
+    out = runner.invoke(cli, [*root, "dlq", "replay", tick, "--reset-attempts"])
+    assert out.exit_code == 0, out.output
+    data = read_json(layout.folder(Folder.INBOX) / f"{tick}.json")
+    assert data["attempts"] == 0 and data["history"][-1]["outcome"] == "replayed"
+    assert runner.invoke(cli, [*root, "dlq", "replay", "nope"]).exit_code == 1
+    run_steps(daemon)
+    assert runner.invoke(cli, [*root, "dlq", "purge", "--older-than", "1"]).stdout.startswith("purged 0")
+    assert runner.invoke(cli, [*root, "dlq", "purge"]).stdout.startswith("purged 1")
+    assert list(layout.folder(Folder.DLQ).iterdir()) == []
+
+
+def test_circuit_cli_open_and_reset(layout: Layout, clock: FakeClock) -> None:
+    from click.testing import CliRunner
+
+    from maestro_py.cli import cli
+
+    root = ["--root", str(layout.root)]
+    runner = CliRunner()
+    assert runner.invoke(cli, [*root, "circuit", "open", "memo"]).exit_code == 0
+    listed = json.loads(runner.invoke(cli, [*root, "circuit", "list", "--json"]).stdout)
+    assert listed["memo"]["state"] == "open" and listed["memo"]["manual"] is True
+    agent(layout, {"memo": "write"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    enqueue(layout, clock, "memo")
+    run_steps(daemon)
+    assert spawner.count == 0
+    assert runner.invoke(cli, [*root, "circuit", "reset", "memo"]).exit_code == 0
+    run_steps(daemon)
+    assert spawner.count == 1
+    bad = runner.invoke(cli, [*root, "circuit", "reset"])
+    assert bad.exit_code == 2 and "CADENCE or --all" in bad.stderr
+
+
+@pytest.mark.parametrize("value", ["abc", "exp:0:10", "-1,2"])
+def test_bad_backoff_setting_is_a_clear_error(value: str) -> None:
+    from maestro_py.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="MAESTRO_BACKOFF_SECONDS"):
+        Settings.from_env({"MAESTRO_BACKOFF_SECONDS": value})
+
+
