@@ -388,3 +388,7 @@ def dlq_purge(c: Context, days: float | None) -> None:
     """Delete dead letters (all, or those older than --older-than DAYS)."""
     removed = Bus(c.layout).purge_dead_letters(older_than_days=days)
     click.echo(f"purged {len(removed)} dead letter(s)")
+
+
+# Operations commands (doctor, service, logs, prune) live in their own modules and register on `cli`.
+from maestro_py import cli_service, cli_doctor  # noqa: E402,F401

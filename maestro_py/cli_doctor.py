@@ -1,0 +1,1 @@
+"""`maestro doctor`, `maestro logs`, `maestro prune` (placeholder until the operations work lands)."""

@@ -1,0 +1,1 @@
+"""`maestro service …` (placeholder until the operations work lands)."""
