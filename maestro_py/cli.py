@@ -392,3 +392,45 @@ def dlq_purge(c: Context, days: float | None) -> None:
 
 # Operations commands (doctor, service, logs, prune) live in their own modules and register on `cli`.
 from maestro_py import cli_service, cli_doctor  # noqa: E402,F401
+
+
+# -- budget -------------------------------------------------------------------
+
+def budget_summary(c: Context) -> list[dict[str, Any]]:
+    """The budget as the daemon sees it: limits from settings and registry, spent from the ledger,
+    reservations from the running daemon's status file."""
+    from maestro_py.budget import Estimate, cadence_limits
+    from maestro_py.ledger import Ledger
+
+    now = SystemClock().now()
+    governor = c.settings().governor(cadence_limits(c.registry()))
+    governor.load(Ledger(c.layout.ledger_file).rows(), now)
+    doc = read_status(c.layout)
+    if doc and liveness(c.layout, doc, now)["alive"]:
+        for item in doc.get("reservations", []):
+            governor.reserve(item["tick"], item["cadence"], Estimate(item["tokens"], item["usd"], "live"))
+    return governor.summary(now)
+
+
+def _fmt(value: Any, unit: str) -> str:
+    if value is None:
+        return "unlimited"
+    return f"${value:.4f}" if unit == "usd" else f"{value:,}"
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def budget(c: Context, as_json: bool) -> None:
+    """Per window and scope: total, spent, reserved, remaining, runs, top cadences, reset time."""
+    rows = budget_summary(c)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['scope']} {row['window']} (resets {row['resets_at']}): {row['runs']} runs")
+        for unit in ("tokens", "usd"):
+            click.echo(f"  {unit:<6} total {_fmt(row['total'][unit], unit)}  spent {_fmt(row['spent'][unit], unit)}"
+                       f"  reserved {_fmt(row['reserved'][unit], unit)}  remaining {_fmt(row['remaining'][unit], unit)}")
+        if row["top_cadences"]:
+            click.echo("  top: " + ", ".join(f"{t['cadence']} ${t['usd']:.4f}" for t in row["top_cadences"]))

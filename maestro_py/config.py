@@ -10,6 +10,7 @@ from typing import Any, Callable
 from dotenv import dotenv_values
 
 from maestro_py.backoff import parse_backoff
+from maestro_py.budget import Estimate, Governor, Limit
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout
 
@@ -53,6 +54,18 @@ def _bool(text: str) -> bool:
     raise ValueError("must be 1/true/yes or 0/false/no")
 
 
+def _optional_int(text: str) -> int | None:
+    if text.strip().lower() in ("", "unlimited", "none"):
+        return None
+    return _positive_int(text)
+
+
+def _optional_float(text: str) -> float | None:
+    if text.strip().lower() in ("", "unlimited", "none"):
+        return None
+    return _positive(text)
+
+
 def _backoff(text: str) -> str:
     parse_backoff(text)  # validate now; the daemon builds the strategy
     return text.strip()
@@ -87,6 +100,12 @@ VARS: dict[str, Var] = {
         Var("MAESTRO_CIRCUIT_OPEN_SECONDS", "1800", _positive, "How long a circuit stays open before one probe."),
         Var("MAESTRO_CIRCUIT_MAX_OPEN_SECONDS", "21600", _positive, "Cap on the open period (doubled after each failed probe)."),
         Var("MAESTRO_MAX_LIVE_SUBSESSIONS", "1", _positive_int, "Live `claude` sub-sessions at once (counted from real processes)."),
+        Var("MAESTRO_DAILY_TOKEN_BUDGET", "unlimited", _optional_int, "Tokens per day (local midnight), all cadences."),
+        Var("MAESTRO_DAILY_USD_BUDGET", "unlimited", _optional_float, "Dollars per day (local midnight), all cadences."),
+        Var("MAESTRO_HOURLY_TOKEN_BUDGET", "unlimited", _optional_int, "Tokens per clock hour, all cadences."),
+        Var("MAESTRO_HOURLY_USD_BUDGET", "unlimited", _optional_float, "Dollars per clock hour, all cadences."),
+        Var("MAESTRO_RESERVE_TOKENS", "20000", _positive, "Reservation for a cadence's first run (no history, no `reserve_tokens`)."),
+        Var("MAESTRO_RESERVE_USD", "0.25", _non_negative, "Reservation in dollars for a cadence's first run."),
         Var("MAESTRO_PREFER_SUBSCRIPTION_AUTH", "false", _bool, "Strip ANTHROPIC_API_KEY from sub-sessions (use the CLI's login)."),
         Var("CLAUDE_BIN", "PATH, then usual install places", str, "The `claude` executable."),
         Var("CLAUDE_CODE_MAX_RETRIES", "2", str, "Set in sub-sessions unless already set (the CLI's own default retries for ~3 min)."),
@@ -114,6 +133,12 @@ class Settings:
     circuit_open_seconds: float
     circuit_max_open_seconds: float
     max_live: int
+    daily_tokens: int | None
+    daily_usd: float | None
+    hourly_tokens: int | None
+    hourly_usd: float | None
+    reserve_tokens: float
+    reserve_usd: float
 
     _SOURCES = {
         "poll_ms": "MAESTRO_POLL_MS",
@@ -131,7 +156,22 @@ class Settings:
         "circuit_open_seconds": "MAESTRO_CIRCUIT_OPEN_SECONDS",
         "circuit_max_open_seconds": "MAESTRO_CIRCUIT_MAX_OPEN_SECONDS",
         "max_live": "MAESTRO_MAX_LIVE_SUBSESSIONS",
+        "daily_tokens": "MAESTRO_DAILY_TOKEN_BUDGET",
+        "daily_usd": "MAESTRO_DAILY_USD_BUDGET",
+        "hourly_tokens": "MAESTRO_HOURLY_TOKEN_BUDGET",
+        "hourly_usd": "MAESTRO_HOURLY_USD_BUDGET",
+        "reserve_tokens": "MAESTRO_RESERVE_TOKENS",
+        "reserve_usd": "MAESTRO_RESERVE_USD",
     }
+
+    def governor(self, cadence_limits: dict[str, Limit] | None = None) -> Governor:
+        """A budget governor with these limits (cadence limits come from the registry)."""
+        return Governor(
+            global_limits={"daily": Limit(self.daily_tokens, self.daily_usd),
+                           "hourly": Limit(self.hourly_tokens, self.hourly_usd)},
+            cadence_limits=cadence_limits or {},
+            default_estimate=Estimate(self.reserve_tokens, self.reserve_usd, "default"),
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":

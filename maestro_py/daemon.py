@@ -17,6 +17,7 @@ from typing import Any
 from maestro_py import handlers, launch, overlap, proctree
 from maestro_py.backoff import Backoff, parse_backoff, schedule
 from maestro_py.breaker import AUTH_HALT, Breakers, CircuitFile, State
+from maestro_py.budget import Estimate, cadence_limits
 from maestro_py.bus import Bus, Claim
 from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.config import Settings, load_env
@@ -52,6 +53,7 @@ class Running:
     stdout_log: str
     stderr_log: str
     fingerprint: str
+    estimate: Estimate
     end_reason: str | None = None  # set when the daemon ends it (drain, emergency stop): requeue, no attempt burnt
 
 
@@ -87,6 +89,8 @@ class Daemon:
         self.gates = Gates(self.breakers, self.backoff, self.settings.max_live, self._live_count)
         self._env_mtime = _mtime(self.layout.env_file)
         self._credential = launch.credential_fingerprint(self.env)
+        self.governor = self.settings.governor(cadence_limits(self.registry))
+        self.governor.load(self.ledger.rows(), self.clock.now())
         self.running: dict[str, Running] = {}
         self.counters: Counter[str] = new_counters()
         self.started_at = self.clock.now()
@@ -227,11 +231,27 @@ class Daemon:
             cadence = self.registry.get(entry.cadence)
             if cadence is None or cadence.mode == "inline":
                 return entry
-            refusal = self._overlap_refusal(cadence) or self.gates.refusal(cadence.name, now, spawned_this_step=spawned)
+            refusal = (self._overlap_refusal(cadence)
+                       or self.gates.refusal(cadence.name, now, spawned_this_step=spawned)
+                       or self._budget_refusal(cadence, now))
             if refusal is None:
                 return entry
             self.counters[refusal] += 1
         return None
+
+    def _estimate(self, cadence: Cadence) -> Estimate:
+        return self.governor.estimate(cadence.name, cadence.reserve_tokens, cadence.reserve_usd)
+
+    def _budget_refusal(self, cadence: Cadence, now: datetime) -> str | None:
+        """Fail closed on spend: no spawn unless every applicable budget covers the reservation."""
+        refused = self.governor.refusal(cadence.name, self._estimate(cadence), now)
+        if refused is None:
+            return None
+        scope, window, resets_at = refused
+        if self.governor.first_report(scope, window, now):
+            self.events.emit("budget_exhausted", level="warn", cadence=cadence.name, scope=scope, window=window,
+                             resets_at=iso(resets_at), estimate_tokens=round(self._estimate(cadence).tokens))
+        return "deferred_budget"
 
     def _overlap_refusal(self, cadence: Cadence) -> str | None:
         """Unless `overlap = "allow"`, a cadence runs one sub-session at a time."""
@@ -309,8 +329,10 @@ class Daemon:
             return False
         self.breakers.on_spawn(cadence.name)
         self.counters["escalated"] += 1
+        estimate = self._estimate(cadence)
+        self.governor.reserve(tick.id, cadence.name, estimate)
         self.running[tick.id] = Running(claim, session, cadence, now, str(stdout_log), str(stderr_log),
-                                        payload_fingerprint(tick.payload))
+                                        payload_fingerprint(tick.payload), estimate)
         self.events.emit("spawned", id=tick.id, cadence=tick.cadence, attempt=claim.attempt, pid=session.pid,
                          stdout_log=str(stdout_log), stderr_log=str(stderr_log))
         return True
@@ -336,11 +358,26 @@ class Daemon:
             "api_error_status": result.api_error_status if result else None,
             "cost_usd": usage.get("cost_usd"), "session_id": result.session_id if result else None,
         }
-        self.ledger.append({
+        measured = usage.get("cost_usd") is not None or usage.get("total_tokens") is not None
+        held = self.governor.release(tick.id) or run.estimate
+        if measured:
+            charged_tokens, charged_usd = usage.get("total_tokens") or 0, usage.get("cost_usd") or 0.0
+        elif run.cadence.budget_exempt:
+            charged_tokens, charged_usd = 0, 0.0
+        else:  # unknown spend never reads as free: the run keeps its reservation as spent
+            charged_tokens, charged_usd = round(held.tokens), held.usd
+        row = {
             "ts": iso(self.clock.now()), "tick": tick.id, "cadence": tick.cadence, "attempt": claim.attempt,
             "exit_code": outcome.exit_code, "signal": outcome.signal, "duration_ms": outcome.duration_ms,
-            "ok": outcome.ok, "session_id": details["session_id"], **usage,
-        })
+            "ok": outcome.ok, "session_id": details["session_id"], **usage, "metered": measured,
+            "reserved_tokens": round(held.tokens), "reserved_usd": round(held.usd, 6),
+            "charged_tokens": charged_tokens, "charged_usd": charged_usd,
+        }
+        try:
+            self.ledger.append(row)
+        except OSError as exc:
+            self.events.emit("ledger_write_failed", level="error", id=tick.id, error=str(exc))
+        self.governor.charge(row, self.clock.now())
         if outcome.timed_out:
             self.counters["timeouts"] += 1
         if run.end_reason is not None and not outcome.ok:
@@ -531,6 +568,7 @@ class Daemon:
         self._registry_mtime = mtime
         try:
             self.registry = Registry.load(self.layout)
+            self.governor.cadence_limits = cadence_limits(self.registry)
             self.events.emit("registry_reloaded")
         except RegistryError as exc:
             self.events.emit("registry_invalid", level="error", error=str(exc), keeping="previous registry")
@@ -557,6 +595,9 @@ class Daemon:
             ],
             "queued": len(self.index),
             "counters": dict(self.counters),
+            "budget": self.governor.summary(now),
+            "reservations": [{"tick": tid, "cadence": cad, "tokens": est.tokens, "usd": est.usd, "basis": est.basis}
+                             for tid, (cad, est) in self.governor.reservations.items()],
         }
         try:
             write_status(self.layout, doc, self.redactor)

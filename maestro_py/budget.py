@@ -1,0 +1,232 @@
+"""The budget governor: token and dollar limits per window, reserve before spawn, settle after.
+
+Spent is always derived from the cost ledger (the source of truth), so a restart never resets it and
+nothing is counted twice. A run holds a reservation (its estimate) while it is live; concurrent runs each
+hold theirs, so a fan-out cannot overshoot a limit by more than one run's estimate error. A run whose usage
+was not measured is charged its reservation (unless its cadence is `budget_exempt`): unknown spend never
+reads as free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from maestro_py.clock import iso, parse_iso
+
+RECENT_RUNS = 5  # how many metered runs of a cadence its estimate averages
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A ceiling on tokens and/or dollars (None = unlimited on that axis)."""
+
+    tokens: int | None = None
+    usd: float | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.tokens is None and self.usd is None
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one run counts against the budget."""
+
+    ts: datetime
+    cadence: str
+    tokens: float
+    usd: float
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A reservation: what a run is expected to cost, and where the figure came from."""
+
+    tokens: float
+    usd: float
+    basis: str  # "configured", "recent average of N runs", "default"
+
+
+def window_bounds(window: str, now: datetime) -> tuple[datetime, datetime]:
+    """(start, reset) of the daily (local midnight) or hourly window containing `now`."""
+    local = now.astimezone()
+    if window == "hourly":
+        start = local.replace(minute=0, second=0, microsecond=0)
+        return start, start + timedelta(hours=1)
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, (start + timedelta(days=1, hours=2)).replace(hour=0)  # DST-safe next midnight
+
+
+def charge_of(row: Mapping[str, Any]) -> Charge | None:
+    """A ledger row's charge (its `charged_*` figures, else its metered ones); None if unusable."""
+    try:
+        ts = parse_iso(str(row["ts"]))
+    except (KeyError, ValueError):
+        return None
+    tokens = row.get("charged_tokens", row.get("total_tokens"))
+    usd = row.get("charged_usd", row.get("cost_usd"))
+    return Charge(ts, str(row.get("cadence", "")), float(tokens or 0), float(usd or 0))
+
+
+@dataclass
+class Governor:
+    """Limits, the current windows' charges, and live reservations."""
+
+    global_limits: dict[str, Limit]                      # window -> limit ("daily", "hourly")
+    cadence_limits: dict[str, Limit] = field(default_factory=dict)  # cadence -> daily limit
+    default_estimate: Estimate = Estimate(20_000, 0.25, "default")
+    charges: list[Charge] = field(default_factory=list)  # the current daily window's charges
+    history: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # cadence -> metered runs
+    reservations: dict[str, tuple[str, Estimate]] = field(default_factory=dict)  # tick id -> (cadence, est)
+    announced: set[tuple[str, str]] = field(default_factory=set)  # (scope, window start) already reported
+    _day_start: datetime | None = None
+
+    # -- loading ----------------------------------------------------------
+    def load(self, rows: Iterable[Mapping[str, Any]], now: datetime) -> None:
+        """Rebuild the current window's charges and each cadence's recent runs from the ledger."""
+        start, _ = window_bounds("daily", now)
+        self._day_start = start
+        self.charges = []
+        self.history = {}
+        for row in rows:
+            self._note_history(row)
+            charge = charge_of(row)
+            if charge is not None and charge.ts >= start:
+                self.charges.append(charge)
+
+    def _roll(self, now: datetime) -> None:
+        start, _ = window_bounds("daily", now)
+        if self._day_start != start:
+            self._day_start = start
+            self.charges = [c for c in self.charges if c.ts >= start]
+
+    def _note_history(self, row: Mapping[str, Any]) -> None:
+        tokens, usd = row.get("total_tokens"), row.get("cost_usd")
+        if tokens is None or usd is None or not row.get("cadence") or not row.get("ok", True):
+            return
+        runs = self.history.setdefault(str(row["cadence"]), [])
+        runs.append((float(tokens), float(usd)))
+        del runs[:-RECENT_RUNS]
+
+    # -- estimating -------------------------------------------------------
+    def estimate(self, cadence: str, reserve_tokens: int | None = None, reserve_usd: float | None = None) -> Estimate:
+        """Configured reserve, else the cadence's recent metered average, else the default."""
+        if reserve_tokens is not None or reserve_usd is not None:
+            return Estimate(float(reserve_tokens if reserve_tokens is not None else self.default_estimate.tokens),
+                            float(reserve_usd if reserve_usd is not None else self.default_estimate.usd),
+                            "configured")
+        runs = self.history.get(cadence)
+        if runs:
+            n = len(runs)
+            return Estimate(sum(t for t, _ in runs) / n, sum(u for _, u in runs) / n, f"recent average of {n} runs")
+        return self.default_estimate
+
+    # -- the gate ---------------------------------------------------------
+    def scopes(self, cadence: str) -> list[tuple[str, str, Limit]]:
+        """(scope name, window, limit) of every limit that applies to `cadence`."""
+        out = [("global", window, limit) for window, limit in self.global_limits.items() if not limit.unlimited]
+        own = self.cadence_limits.get(cadence)
+        if own is not None and not own.unlimited:
+            out.append((f"cadence:{cadence}", "daily", own))
+        return out
+
+    def refusal(self, cadence: str, estimate: Estimate, now: datetime) -> tuple[str, str, datetime] | None:
+        """(scope, window, resets_at) of the first budget that cannot cover `estimate`; None if all can."""
+        self._roll(now)
+        for scope, window, limit in self.scopes(cadence):
+            spent_t, spent_u = self.spent(scope, window, now)
+            held_t, held_u = self.reserved(scope)
+            if limit.tokens is not None and limit.tokens - spent_t - held_t < estimate.tokens:
+                return scope, window, window_bounds(window, now)[1]
+            if limit.usd is not None and limit.usd - spent_u - held_u < estimate.usd:
+                return scope, window, window_bounds(window, now)[1]
+        return None
+
+    def first_report(self, scope: str, window: str, now: datetime) -> bool:
+        """True once per scope and window: `budget_exhausted` is logged once, not once per loop."""
+        key = (f"{scope}/{window}", iso(window_bounds(window, now)[0]))
+        if key in self.announced:
+            return False
+        self.announced.add(key)
+        return True
+
+    # -- reserve and settle -----------------------------------------------
+    def reserve(self, tick_id: str, cadence: str, estimate: Estimate) -> None:
+        """Hold `estimate` for a run that is about to spawn."""
+        self.reservations[tick_id] = (cadence, estimate)
+
+    def release(self, tick_id: str) -> Estimate | None:
+        """Drop a run's reservation (it has been settled)."""
+        held = self.reservations.pop(tick_id, None)
+        return held[1] if held else None
+
+    def charge(self, row: Mapping[str, Any], now: datetime) -> None:
+        """Count a ledger row that has just been written."""
+        self._roll(now)
+        self._note_history(row)
+        charge = charge_of(row)
+        if charge is not None and self._day_start is not None and charge.ts >= self._day_start:
+            self.charges.append(charge)
+
+    # -- figures ----------------------------------------------------------
+    def spent(self, scope: str, window: str, now: datetime) -> tuple[float, float]:
+        """(tokens, usd) charged in the window for the scope."""
+        start, _ = window_bounds(window, now)
+        cadence = scope.split(":", 1)[1] if scope.startswith("cadence:") else None
+        tokens = usd = 0.0
+        for c in self.charges:
+            if c.ts >= start and (cadence is None or c.cadence == cadence):
+                tokens += c.tokens
+                usd += c.usd
+        return tokens, usd
+
+    def reserved(self, scope: str) -> tuple[float, float]:
+        """(tokens, usd) held by live runs in the scope."""
+        cadence = scope.split(":", 1)[1] if scope.startswith("cadence:") else None
+        held = [e for c, e in self.reservations.values() if cadence is None or c == cadence]
+        return sum(e.tokens for e in held), sum(e.usd for e in held)
+
+    def summary(self, now: datetime) -> list[dict[str, Any]]:
+        """Per scope and window: total, spent, reserved, remaining, runs, top cadences, reset time."""
+        self._roll(now)
+        out = []
+        scopes = [("global", w, lim) for w, lim in self.global_limits.items()]
+        scopes += [(f"cadence:{c}", "daily", lim) for c, lim in sorted(self.cadence_limits.items())]
+        for scope, window, limit in scopes:
+            if limit.unlimited and (scope, window) != ("global", "daily"):
+                continue  # the global daily line is always shown: it is the spend report
+            start, resets = window_bounds(window, now)
+            spent_t, spent_u = self.spent(scope, window, now)
+            held_t, held_u = self.reserved(scope)
+            cadence = scope.split(":", 1)[1] if scope.startswith("cadence:") else None
+            in_window = [c for c in self.charges if c.ts >= start and (cadence is None or c.cadence == cadence)]
+            by_cadence: dict[str, float] = {}
+            for c in in_window:
+                by_cadence[c.cadence] = by_cadence.get(c.cadence, 0.0) + c.usd
+            top = sorted(by_cadence.items(), key=lambda kv: -kv[1])[:5]
+            out.append({
+                "scope": scope, "window": window, "window_start": iso(start), "resets_at": iso(resets),
+                "total": {"tokens": limit.tokens, "usd": limit.usd},
+                "spent": {"tokens": round(spent_t), "usd": round(spent_u, 6)},
+                "reserved": {"tokens": round(held_t), "usd": round(held_u, 6)},
+                "remaining": {
+                    "tokens": None if limit.tokens is None else round(limit.tokens - spent_t - held_t),
+                    "usd": None if limit.usd is None else round(limit.usd - spent_u - held_u, 6),
+                },
+                "runs": len(in_window),
+                "top_cadences": [{"cadence": c, "usd": round(u, 6)} for c, u in top],
+            })
+        return out
+
+
+def cadence_limits(registry: Any) -> dict[str, Limit]:
+    """Per-cadence daily limits from the registry (`budget_tokens_daily`, `budget_usd_daily`)."""
+    out: dict[str, Limit] = {}
+    for name in registry.names():
+        cadence = registry.get(name)
+        if cadence is not None and (cadence.budget_tokens_daily is not None or cadence.budget_usd_daily is not None):
+            out[name] = Limit(cadence.budget_tokens_daily, cadence.budget_usd_daily)
+    return out

@@ -1,0 +1,165 @@
+"""The budget governor: reserve before spawn, settle from the ledger, halt at the limit, fail closed."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+from click.testing import CliRunner
+
+from maestro_py.budget import Estimate, Governor, Limit, window_bounds
+from maestro_py.cli import cli
+from maestro_py.clock import FakeClock
+from maestro_py.paths import Folder, Layout
+from tests.fakes import FakeSpawner
+from tests.helpers import events, read_json, tick_ids
+from tests.test_reliability import agent, attempts, enqueue, make_daemon, run_steps
+
+RUN_TOKENS = 1234 + 56  # what the fake (and the loopback API) meter per run
+
+
+def ledger_rows(layout: Layout) -> list[dict]:
+    return [json.loads(line) for line in layout.ledger_file.read_text().splitlines()]
+
+
+def test_token_budget_lets_two_runs_settle_and_the_third_wait(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"memo": "[[fake:ok]]"}, "[memo]\noverlap = 'allow'\nreserve_tokens = 1500\n")
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_DAILY_TOKEN_BUDGET=3000)
+    ids = enqueue(layout, clock, "memo", 3)
+    run_steps(daemon, 40)
+    assert spawner.count == 2
+    assert tick_ids(layout, Folder.INBOX) == [ids[2]] and attempts(layout, ids[2]) == 0
+    assert daemon.counters["deferred_budget"] > 0
+    exhausted = [e for e in events(layout) if e["stage"] == "budget_exhausted"]
+    assert len(exhausted) == 1 and exhausted[0]["scope"] == "global"
+    (daily,) = [r for r in daemon.governor.summary(clock.now()) if r["window"] == "daily"]
+    assert daily["spent"]["tokens"] == 2 * RUN_TOKENS and daily["remaining"]["tokens"] == 3000 - 2 * RUN_TOKENS
+    # The next window lets it run.
+    _, reset = window_bounds("daily", clock.now())
+    clock.advance((reset - clock.now()).total_seconds() + 1)
+    run_steps(daemon, 5)
+    assert spawner.count == 3
+
+
+def test_fan_out_stops_at_the_budget_with_overshoot_within_one_reservation(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"fan": "[[fake:hang]]"}, "[fan]\noverlap = 'allow'\n")
+    spawner = FakeSpawner()
+    limit = 5 * RUN_TOKENS
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=4,
+                         MAESTRO_DAILY_TOKEN_BUDGET=limit, MAESTRO_RESERVE_TOKENS=1000)
+    daemon.gates.credentials_verified = True
+    enqueue(layout, clock, "fan", 20)
+    for _ in range(40):
+        run_steps(daemon, 3)
+        for session in spawner.live()[:1]:
+            session.finish("ok")
+    run_steps(daemon, 5)
+    spent = sum(r["charged_tokens"] for r in ledger_rows(layout))
+    assert spawner.count < 20
+    overshoot = spent - limit
+    assert overshoot <= RUN_TOKENS  # at most one run's estimate error
+    assert daemon.counters["deferred_budget"] > 0
+    assert len(tick_ids(layout, Folder.INBOX)) == 20 - spawner.count
+
+
+def test_restart_mid_window_does_not_reset_spent(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"memo": "[[fake:ok]]"}, "[memo]\noverlap = 'allow'\nreserve_tokens = 1000\n")
+    first = make_daemon(layout, clock, FakeSpawner(), MAESTRO_DAILY_TOKEN_BUDGET=3000)
+    enqueue(layout, clock, "memo", 2)
+    run_steps(first)
+    spawner = FakeSpawner()
+    second = make_daemon(layout, clock, spawner, MAESTRO_DAILY_TOKEN_BUDGET=3000)
+    enqueue(layout, clock, "memo", 1)
+    run_steps(second)
+    assert spawner.count == 0  # 2 × 1290 already spent today, per the ledger
+    assert second.counters["deferred_budget"] > 0
+
+
+def test_unmetered_run_keeps_its_reservation_as_spent(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"blind": "[[fake:garbage]]"},
+          "[blind]\noverlap = 'allow'\nreserve_tokens = 2000\nmax_attempts = 1\n")
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_DAILY_TOKEN_BUDGET=3000)
+    enqueue(layout, clock, "blind", 2)
+    run_steps(daemon)
+    assert spawner.count == 1  # 2000 charged for the unmeasured run: 1000 left < 2000 reserved
+    (row,) = ledger_rows(layout)
+    assert row["input_tokens"] is None and row["cost_usd"] is None and row["metered"] is False
+    assert row["charged_tokens"] == 2000
+
+
+def test_budget_exempt_cadence_is_not_charged_for_unmetered_runs(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"blind": "[[fake:garbage]]"},
+          "[blind]\noverlap = 'allow'\nreserve_tokens = 2000\nmax_attempts = 1\nbudget_exempt = true\n")
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_DAILY_TOKEN_BUDGET=3000)
+    enqueue(layout, clock, "blind", 2)
+    run_steps(daemon)
+    assert spawner.count == 2
+    assert all(r["charged_tokens"] == 0 and r["input_tokens"] is None for r in ledger_rows(layout))
+
+
+def test_usd_budget_and_per_cadence_budget(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"memo": "[[fake:ok]]", "brief": "[[fake:ok]]"},
+          "[memo]\noverlap = 'allow'\nbudget_usd_daily = 0.02\nreserve_usd = 0.008\n"
+          "[brief]\noverlap = 'allow'\nreserve_usd = 0.008\n")
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_DAILY_USD_BUDGET=1.0)
+    enqueue(layout, clock, "memo", 4)
+    enqueue(layout, clock, "brief", 4)
+    run_steps(daemon, 60)
+    rows = ledger_rows(layout)
+    memo_runs = [r for r in rows if r["cadence"] == "memo"]
+    assert len(memo_runs) == 2  # 2 × $0.00757 spent; $0.0049 left < $0.008 reserved
+    assert len([r for r in rows if r["cadence"] == "brief"]) == 4  # its neighbour's limit does not stop it
+    scopes = {(r["scope"], r["window"]) for r in daemon.governor.summary(clock.now())}
+    assert ("cadence:memo", "daily") in scopes
+
+
+def test_max_budget_usd_is_passed_to_the_cli(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"memo": "[[fake:ok]]"}, "[memo]\nmax_budget_usd = 0.5\n")
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    enqueue(layout, clock, "memo")
+    run_steps(daemon)
+    argv = spawner.sessions[0].spec.argv
+    assert argv[argv.index("--max-budget-usd") + 1] == "0.5"
+
+
+def test_estimate_prefers_configured_then_recent_average_then_default() -> None:
+    gov = Governor({"daily": Limit()}, default_estimate=Estimate(500, 0.1, "default"))
+    assert gov.estimate("a").basis == "default"
+    now = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
+    gov.load([{"ts": "2026-11-23T10:00:00Z", "cadence": "a", "total_tokens": 100, "cost_usd": 0.01, "ok": True},
+              {"ts": "2026-11-23T11:00:00Z", "cadence": "a", "total_tokens": 300, "cost_usd": 0.03, "ok": True}],
+             now)
+    assert (gov.estimate("a").tokens, gov.estimate("a").usd) == (200, 0.02)
+    assert gov.estimate("a", reserve_tokens=7).tokens == 7
+
+
+def test_hourly_window_resets_on_the_hour() -> None:
+    now = datetime(2026, 11, 23, 12, 30, tzinfo=timezone.utc)
+    start, reset = window_bounds("hourly", now)
+    assert reset - start == timedelta(hours=1) and start <= now < reset
+
+
+def test_budget_command_reports_total_spent_remaining(layout: Layout, clock: FakeClock) -> None:
+    agent(layout, {"memo": "[[fake:ok]]"}, "[memo]\noverlap = 'allow'\n")
+    daemon = make_daemon(layout, clock, FakeSpawner(), MAESTRO_DAILY_TOKEN_BUDGET=100000)
+    enqueue(layout, clock, "memo", 2)
+    run_steps(daemon)
+    # The ledger rows carry the fake clock's date: point the CLI's clock-free view at rows of "today".
+    rows = ledger_rows(layout)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    layout.ledger_file.write_text("".join(json.dumps({**r, "ts": now}) + "\n" for r in rows))
+    out = CliRunner().invoke(cli, ["--root", str(layout.root), "budget", "--json"],
+                             env={"MAESTRO_DAILY_TOKEN_BUDGET": "100000"})
+    assert out.exit_code == 0, out.output
+    (daily,) = [r for r in json.loads(out.stdout) if r["window"] == "daily"]
+    assert daily["total"]["tokens"] == 100000 and daily["spent"]["tokens"] == 2 * RUN_TOKENS
+    assert daily["remaining"]["tokens"] == 100000 - 2 * RUN_TOKENS and daily["runs"] == 2
+    assert daily["top_cadences"][0]["cadence"] == "memo"
+    text = CliRunner().invoke(cli, ["--root", str(layout.root), "budget"]).stdout
+    assert "global daily" in text and "spent" in text
+    assert read_json(layout.consumer_file)["budget"]
