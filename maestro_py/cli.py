@@ -223,6 +223,7 @@ def status(c: Context, as_json: bool) -> None:
         "emergency_stop": c.layout.stop_file.exists(),
         "auth_halt": AUTH_HALT in breakers.open_circuits(),
         "circuits": {n: circ.to_json() for n, circ in sorted(breakers.open_circuits().items())},
+        "budget": budget_summary(c),
         "status": doc,
     }
     if as_json:
@@ -247,6 +248,11 @@ def status(c: Context, as_json: bool) -> None:
         counters = {k: v for k, v in (doc.get("counters") or {}).items() if v}
         if counters:
             click.echo("counters: " + "  ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    for row in out["budget"]:
+        spent, total, left = row["spent"], row["total"], row["remaining"]
+        click.echo(f"budget {row['scope']} {row['window']}: spent {spent['tokens']:,} tokens / ${spent['usd']:.4f}"
+                   f" of {_fmt(total['tokens'], 'tokens')} / {_fmt(total['usd'], 'usd')}; remaining "
+                   f"{_fmt(left['tokens'], 'tokens')} / {_fmt(left['usd'], 'usd')}; resets {row['resets_at']}")
     click.echo(f"ledger: {c.layout.ledger_file}")
     click.echo(f"events: {c.layout.events_dir}/bus-YYYY-MM-DD.jsonl   per-run logs: {c.layout.subsessions_dir}")
 
