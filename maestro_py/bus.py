@@ -60,6 +60,7 @@ class Bus:
         self.owner = owner or Owner.current()
         self.max_inbox = max_inbox
         self.max_reaps = max_reaps
+        self.quarantined = 0  # bad entries moved to dlq/ by this process
         self.tmp = layout.folder(Folder.TMP)
         self.inbox = layout.folder(Folder.INBOX)
         self.claimed = layout.folder(Folder.CLAIMED)
@@ -173,6 +174,7 @@ class Bus:
         tmp = write_tmp(self.tmp, dump_json(note))
         os.replace(tmp, self.dlq / f"{target.name}{REASON_SUFFIX}")
         fsync_dir(self.dlq)
+        self.quarantined += 1
         self.events.emit("quarantined", level="error", id=None, cadence=None, file=name, reason=reason)
         return target
 
@@ -255,17 +257,20 @@ class Bus:
         return sorted(removed)
 
     # -- recovery ---------------------------------------------------------
-    def reap_stale(self, *, orphan_grace: float = 60.0) -> list[str]:
+    def reap_stale(self, *, orphan_grace: float = 60.0, active: set[str] | None = None) -> list[str]:
         """Return ticks whose claim owner is gone to `inbox/` (or finish an interrupted move).
 
         A tick whose owner died `max_reaps` times is dead-lettered: it is probably what kills the daemon.
+        With `active` (the ids this process is working on), this process's own other claims count as
+        stale too: a disk error interrupted their settling, and they must not wait for a restart.
         """
         reaped: list[str] = []
         now = self.clock.now()
         for entry in _scan(self.claimed):
             stem, sep, rest = entry.name[:-5].partition(CLAIM_SEP) if entry.name.endswith(".json") else ("", "", "")
             owner = Owner.parse(rest) if sep else None
-            if owner is not None:
+            interrupted = owner == self.owner and active is not None and stem not in active
+            if owner is not None and not interrupted:
                 if owner == self.owner or owner.is_alive():
                     continue
             else:
@@ -290,6 +295,10 @@ class Bus:
             except FileNotFoundError:
                 continue
             claim = Claim(tick, path)
+            if interrupted:
+                self.requeue(claim, "settling was interrupted by an I/O error; requeued")
+                reaped.append(tick.id)
+                continue
             tick.reaps += 1
             dead_owner = owner.pid if owner else None
             if tick.reaps >= self.max_reaps:

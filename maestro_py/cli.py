@@ -164,8 +164,13 @@ def enqueue(c: Context, cadence: str, source: str, payload: str | None, delay: f
 @pass_ctx
 def run(c: Context, once: bool, no_watch: bool) -> None:
     """Run the daemon: claim ticks and run them until stopped (SIGTERM drains, a second ends at once)."""
+    import logging
+
     from maestro_py.daemon import Daemon
 
+    # The daemon's own stderr (launchd's StandardErrorPath, journald) says what the event log cannot
+    # when the disk under it is full or read-only.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s maestro: %(message)s", stream=sys.stderr)
     settings = c.settings()
     c.registry()  # report an invalid registry before taking the lock
     c.layout.ensure()

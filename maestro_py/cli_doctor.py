@@ -1,1 +1,96 @@
-"""`maestro doctor`, `maestro logs`, `maestro prune` (placeholder until the operations work lands)."""
+"""`maestro doctor`, `maestro logs` and `maestro prune`: thin click commands over doctor, logview, retention."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from maestro_py import doctor, logview, retention
+from maestro_py.cli import EX_USAGE, CliError, Context, cli, pass_ctx
+from maestro_py.clock import SystemClock
+from maestro_py.errors import ConfigError
+from maestro_py.status import read_status
+
+
+@cli.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--offline", is_flag=True, help="Skip the API request that checks the key.")
+@pass_ctx
+@click.pass_context
+def doctor_cmd(ctx: click.Context, c: Context, as_json: bool, offline: bool) -> None:
+    """Check the setup and the running daemon; exit 1 if any check fails."""
+    checks = doctor.run_checks(doctor.Probe(c.layout, c.env, offline=offline))
+    bad = doctor.failed(checks)
+    if as_json:
+        click.echo(json.dumps({"root": str(c.layout.root), "ok": not bad,
+                               "checks": [check.to_json() for check in checks]}, indent=2))
+    else:
+        for check in checks:
+            click.echo(check.line())
+        counts = Counter(check.level.value for check in checks)
+        click.echo(f"doctor: {counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail")
+    if bad:
+        ctx.exit(1)
+
+
+@cli.command("logs")
+@click.option("--cadence", default=None, help="Only this cadence's events.")
+@click.option("--id", "tick_id", default=None, help="Only this tick's events.")
+@click.option("--level", type=click.Choice(["info", "warn", "error"]), default=None,
+              help="This level and above (info < warn < error).")
+@click.option("-n", "--lines", "count", type=click.IntRange(min=0), default=50, show_default=True,
+              help="How many of the last matching events.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events (across midnight) until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON lines.")
+@pass_ctx
+def logs_cmd(c: Context, cadence: str | None, tick_id: str | None, level: str | None, count: int,
+             follow: bool, as_json: bool) -> None:
+    """Show the event log, one line per event (`ts level stage cadence id key=value…`)."""
+    flt = logview.Filter(cadence=cadence, tick_id=tick_id, level=level)
+
+    def out(event: logview.Event) -> None:
+        click.echo(event.raw if as_json else logview.format_event(event))
+
+    if not follow:
+        for event in logview.last(c.layout, flt, count):
+            out(event)
+        return
+    try:
+        logview.follow(c.layout, flt, out, n=count)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how --follow ends
+
+
+@cli.command("prune")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed and rotated; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def prune_cmd(c: Context, dry_run: bool, as_json: bool) -> None:
+    """Remove old done ticks and per-run logs; rotate last months' event logs and ledger rows."""
+    try:
+        settings = retention.RetentionSettings.from_env(c.env)
+    except ConfigError as exc:
+        raise CliError(str(exc), EX_USAGE) from None
+    report = retention.prune(c.layout, now=SystemClock().now(), retention_days=settings.retention_days,
+                             max_mb=settings.max_mb, protect=live_logs(c), dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(report.to_json(c.layout.root), indent=2))
+    else:
+        for line in report.lines(c.layout.root):
+            click.echo(line)
+    if report.errors:
+        raise CliError(f"{len(report.errors)} error(s) while pruning: {report.errors[0]}")
+
+
+def live_logs(c: Context) -> set[Path]:
+    """The per-run logs of the sub-sessions the daemon reports as running (never pruned)."""
+    doc = read_status(c.layout) or {}
+    out: set[Path] = set()
+    for run in doc.get("live_subsessions") or []:
+        log = run.get("stdout_log") if isinstance(run, dict) else None
+        if isinstance(log, str) and log:
+            out |= {Path(log), Path(log.replace(".stdout.log", ".stderr.log"))}
+    return out

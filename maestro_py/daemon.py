@@ -54,7 +54,8 @@ class Running:
     stderr_log: str
     fingerprint: str
     estimate: Estimate
-    end_reason: str | None = None  # set when the daemon ends it (drain, emergency stop): requeue, no attempt burnt
+    end_reason: str | None = None
+    ledgered: bool = False  # set when the daemon ends it (drain, emergency stop): requeue, no attempt burnt
 
 
 @dataclass
@@ -118,7 +119,11 @@ class Daemon:
                              root=str(self.layout.root))
             try:
                 while True:
-                    progressed = self.step()
+                    try:
+                        progressed = self.step()
+                    except OSError as exc:
+                        self._io_error(exc)
+                        progressed = False
                     if self.stopping and not self.running:
                         break
                     if once and not progressed and not self.running:
@@ -160,11 +165,11 @@ class Daemon:
         if now_mono >= self._next_scan or not self._watching:
             self._next_scan = now_mono + self.settings.poll_ms / 1000
             self.index.refresh()
-        self.counters["quarantined"] = self.index.quarantined
+        self.counters["quarantined"] = self.bus.quarantined
         self.index.promote(self.clock.now())
 
     def _reap(self) -> None:
-        reaped = self.bus.reap_stale()
+        reaped = self.bus.reap_stale(active=set(self.running))
         self.counters["reaped"] += len(reaped)
         if reaped:
             self.index.refresh(force=True)
@@ -185,7 +190,7 @@ class Daemon:
                 break
             self.index.discard(entry.name)
             claim = self.bus.claim(entry.name)
-            self.counters["quarantined"] = self.index.quarantined
+            self.counters["quarantined"] = self.bus.quarantined
             if claim is None:
                 continue
             self.counters["claimed"] += 1
@@ -337,14 +342,24 @@ class Daemon:
                          stdout_log=str(stdout_log), stderr_log=str(stderr_log))
         return True
 
+    def _io_error(self, exc: OSError) -> None:
+        """A full disk or a read-only folder: say so clearly, lose nothing, and try again shortly."""
+        self.counters["io_errors"] += 1
+        self.events.emit("io_error", level="error", error=f"{type(exc).__name__}: {exc}",
+                         action="nothing is lost: the step is retried; interrupted claims are requeued")
+        log.error("maestro: I/O error (%s); retrying in %.1fs", exc, self.settings.poll_ms / 1000)
+        self._next_reap = 0.0  # requeue claims whose settling was cut short
+        self.index = InboxIndex(self.bus)  # rebuilt from the folder: the failed step may have half-updated it
+        self.wakeup.wait(self.settings.poll_ms / 1000)
+
     def _settle_finished(self) -> bool:
         settled = False
         for tick_id, run in list(self.running.items()):
             outcome = run.session.poll()
             if outcome is None:
                 continue
+            self._settle(run, outcome)  # an OSError leaves the run here, to be settled again
             del self.running[tick_id]
-            self._settle(run, outcome)
             settled = True
         return settled
 
@@ -373,11 +388,10 @@ class Daemon:
             "reserved_tokens": round(held.tokens), "reserved_usd": round(held.usd, 6),
             "charged_tokens": charged_tokens, "charged_usd": charged_usd,
         }
-        try:
+        if not run.ledgered:  # a settle retried after an I/O error must not count the spend twice
             self.ledger.append(row)
-        except OSError as exc:
-            self.events.emit("ledger_write_failed", level="error", id=tick.id, error=str(exc))
-        self.governor.charge(row, self.clock.now())
+            run.ledgered = True
+            self.governor.charge(row, self.clock.now())
         if outcome.timed_out:
             self.counters["timeouts"] += 1
         if run.end_reason is not None and not outcome.ok:

@@ -16,7 +16,7 @@ from maestro_py.redact import Redactor
 
 COUNTERS = (
     "claimed", "inline", "escalated", "guard_skipped", "succeeded", "failed", "retries", "dlq",
-    "quarantined", "requeued", "reaped", "spawn_failures", "timeouts", "skipped_emergency_stop",
+    "quarantined", "requeued", "reaped", "spawn_failures", "timeouts", "io_errors", "skipped_emergency_stop",
 )
 
 

@@ -1,0 +1,422 @@
+"""`maestro doctor`: small independent checks, each returning one `Check` (ok / warn / fail + a detail).
+
+Everything a check touches is injected through `Probe` (env, layout, clock, the HTTP call, the
+subprocess call, disk usage), so tests run them against real files without the network.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from maestro_py import launch, retention
+from maestro_py.breaker import AUTH_HALT, Breakers, CircuitFile
+from maestro_py.bus import CLAIM_SEP, Bus
+from maestro_py.clock import Clock, SystemClock
+from maestro_py.config import VARS, Settings
+from maestro_py.errors import ConfigError, SpawnError
+from maestro_py.lock import holder
+from maestro_py.owner import Owner
+from maestro_py.paths import Folder, Layout
+from maestro_py.redact import Redactor
+from maestro_py.registry import Registry, RegistryError
+from maestro_py.status import liveness, read_status
+
+DEFAULT_API = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+PING_MODEL = "claude-haiku-4-5"
+API_TIMEOUT = 8.0
+VERSION_TIMEOUT = 10.0
+MB = 1024 * 1024
+DISK_FAIL = 100 * MB
+DISK_WARN = 1024 * MB
+SUBSCRIPTION_FIX = "prefer subscription auth with MAESTRO_PREFER_SUBSCRIPTION_AUTH=1 (then run `claude` once to log in)"
+
+# (url, headers, body, timeout) -> (HTTP status, response body); raises OSError when there is no answer.
+HttpPost = Callable[[str, Mapping[str, str], bytes, float], tuple[int, bytes]]
+# (argv, env, cwd, timeout) -> (exit code, stdout, stderr); raises subprocess.TimeoutExpired / OSError.
+RunCommand = Callable[[list[str], Mapping[str, str], Path, float], tuple[int, str, str]]
+
+
+class Level(str, enum.Enum):
+    """How bad a finding is; any FAIL makes `maestro doctor` exit 1."""
+
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: a check's name, its level and a one-line detail."""
+
+    name: str
+    level: Level
+    detail: str
+
+    def line(self) -> str:
+        """The human-readable line `maestro doctor` prints."""
+        return f"{self.level.value:<4}  {self.name:<11} {self.detail}"
+
+    def to_json(self) -> dict[str, str]:
+        """The check as `--json` prints it."""
+        return {"name": self.name, "level": self.level.value, "detail": self.detail}
+
+
+def urllib_post(url: str, headers: Mapping[str, str], body: bytes, timeout: float) -> tuple[int, bytes]:
+    """POST with urllib; an HTTP error status is returned, not raised (no answer raises OSError)."""
+    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+    host = urlsplit(url).hostname or ""
+    # A loopback endpoint (the demo's fake, a local gateway) must never be sent through a proxy.
+    handlers = [urllib.request.ProxyHandler({})] if host in ("127.0.0.1", "localhost", "::1") else []
+    opener = urllib.request.build_opener(*handlers)
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.status, response.read(65536)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read(65536)
+
+
+def run_command(argv: list[str], env: Mapping[str, str], cwd: Path, timeout: float) -> tuple[int, str, str]:
+    """Run a short command and capture its output."""
+    proc = subprocess.run(argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=timeout, check=False)
+    return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+
+
+@dataclass
+class Probe:
+    """What the checks may look at: the root, the daemon's environment, time and the outside world."""
+
+    layout: Layout
+    env: Mapping[str, str]
+    clock: Clock = field(default_factory=SystemClock)
+    http_post: HttpPost = urllib_post
+    run: RunCommand = run_command
+    disk_usage: Callable[[Path], Any] = shutil.disk_usage
+    offline: bool = False
+
+    def now(self) -> datetime:
+        """The current time from the injected clock."""
+        return self.clock.now()
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+def check_env_file(p: Probe) -> Check:
+    """`.env` present (and not readable by others, as it holds the key)."""
+    path = p.layout.env_file
+    if not path.is_file():
+        return Check("env", Level.WARN, f"{path} is missing: settings come from the environment only "
+                                        "(`maestro init` creates it)")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        return Check("env", Level.WARN, f"{path} is mode {mode:o}: others can read the key (chmod 600 it)")
+    return Check("env", Level.OK, f"{path} present")
+
+
+def check_settings(p: Probe) -> Check:
+    """Every MAESTRO_* setting parses."""
+    try:
+        Settings.from_env(p.env)
+        retention.RetentionSettings.from_env(p.env)
+    except ConfigError as exc:
+        return Check("settings", Level.FAIL, str(exc))
+    return Check("settings", Level.OK, "all settings valid")
+
+
+def check_registry(p: Probe) -> Check:
+    """cadences.toml loads."""
+    try:
+        registry = Registry.load(p.layout)
+    except RegistryError as exc:
+        return Check("registry", Level.FAIL, str(exc))
+    names = registry.names()
+    if not names:
+        return Check("registry", Level.WARN, "no cadences: add cadences/<name>.md or a table to cadences.toml")
+    shown = ", ".join(names[:8]) + (f" … (+{len(names) - 8})" if len(names) > 8 else "")
+    return Check("registry", Level.OK, f"{len(names)} cadence(s): {shown}")
+
+
+def check_prompts(p: Probe) -> Check:
+    """Every cadence's prompt file is there and readable as UTF-8 (prompts are read at spawn time)."""
+    try:
+        registry = Registry.load(p.layout)
+    except RegistryError:
+        return Check("prompts", Level.WARN, "skipped: the registry is invalid")
+    bad: list[str] = []
+    empty: list[str] = []
+    count = 0
+    for name in registry.names():
+        cadence = registry.get(name)
+        if cadence is None or cadence.prompt is None:
+            continue
+        count += 1
+        try:
+            if not cadence.prompt.read_text(encoding="utf-8").strip():
+                empty.append(name)
+        except (OSError, UnicodeDecodeError) as exc:
+            bad.append(f"{name} ({cadence.prompt}: {getattr(exc, 'strerror', None) or exc})")
+    if bad:
+        return Check("prompts", Level.FAIL, "unreadable prompt: " + "; ".join(bad))
+    if empty:
+        return Check("prompts", Level.WARN, "empty prompt: " + ", ".join(empty))
+    return Check("prompts", Level.OK, f"{count} prompt file(s) readable")
+
+
+# -- claude and the credential ------------------------------------------------------------------
+
+def check_claude(p: Probe) -> Check:
+    """The `claude` executable is found and answers `--version` with the daemon's child environment."""
+    try:
+        claude = launch.resolve_claude(p.env)
+    except SpawnError as exc:
+        return Check("claude", Level.FAIL, str(exc))
+    env = launch.child_env(p.env, p.layout.root)
+    cwd = p.layout.root if p.layout.root.is_dir() else Path.cwd()
+    try:
+        code, out, err = p.run([claude, "--version"], env, cwd, VERSION_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return Check("claude", Level.FAIL, f"{claude} --version did not answer within {VERSION_TIMEOUT:g} s")
+    except OSError as exc:
+        return Check("claude", Level.FAIL, f"cannot run {claude}: {exc.strerror or exc}")
+    if code != 0:
+        last = (err.strip() or out.strip()).splitlines()[-1:] or ["no output"]
+        return Check("claude", Level.FAIL, f"{claude} --version exited {code}: {last[0][:200]}")
+    version = out.strip().splitlines()[0] if out.strip() else "unknown version"
+    return Check("claude", Level.OK, f"{claude} ({version})")
+
+
+def check_credential(p: Probe) -> Check:
+    """One 1-token request proves the API key works (unless subscription auth is preferred)."""
+    key = (p.env.get("ANTHROPIC_API_KEY") or "").strip()
+    if launch.strips_api_key(p.env) or not key:
+        return _subscription(p)
+    if p.offline:
+        return Check("credential", Level.WARN, "skipped (--offline)")
+    base = (p.env.get("ANTHROPIC_BASE_URL") or "").strip() or DEFAULT_API
+    url = base.rstrip("/") + "/v1/messages"
+    headers = {"x-api-key": key, "anthropic-version": API_VERSION, "content-type": "application/json"}
+    body = json.dumps({"model": PING_MODEL, "max_tokens": 1,
+                       "messages": [{"role": "user", "content": "ping"}]}).encode()
+    try:
+        status, answer = p.http_post(url, headers, body, API_TIMEOUT)
+    except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
+        reason = getattr(exc, "reason", None) or exc
+        return Check("credential", Level.WARN, f"cannot reach {url}: {reason} (the key was not checked)")
+    if status == 200:
+        return Check("credential", Level.OK, f"API key accepted by {base} (1-token request, HTTP 200)")
+    message = _api_message(answer)
+    if status == 401:
+        return Check("credential", Level.FAIL,
+                     f"API key rejected by {base} (HTTP 401{': ' + message if message else ''}); fix: replace "
+                     f"ANTHROPIC_API_KEY in {p.layout.env_file}, or {SUBSCRIPTION_FIX}")
+    return Check("credential", Level.WARN, f"HTTP {status} from {url}{': ' + message if message else ''}")
+
+
+def _subscription(p: Probe) -> Check:
+    preferred = p.env.get("MAESTRO_PREFER_SUBSCRIPTION_AUTH", "").strip().lower() in ("1", "true", "yes", "on")
+    why = "MAESTRO_PREFER_SUBSCRIPTION_AUTH is set" if preferred else "no usable ANTHROPIC_API_KEY"
+    for var in ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN"):
+        if (p.env.get(var) or "").strip():
+            return Check("credential", Level.OK, f"subscription auth ({why}) with {var} (not verified)")
+    home = Path(p.env.get("HOME") or "~").expanduser()
+    if (home / ".claude" / ".credentials.json").is_file():
+        return Check("credential", Level.OK, f"subscription auth ({why}): a login is stored in {home}/.claude "
+                                             "(not verified)")
+    return Check("credential", Level.WARN, f"subscription auth ({why}): run `claude` once to log in")
+
+
+def _api_message(answer: bytes) -> str:
+    try:
+        doc = json.loads(answer)
+        return str(doc["error"]["message"])[:200]
+    except (ValueError, KeyError, TypeError):
+        return answer.decode(errors="replace").strip().replace("\n", " ")[:200]
+
+
+# -- the running system -------------------------------------------------------------------------
+
+def check_writable(p: Probe) -> Check:
+    """The daemon can create files where it writes: the bus's tmp/, state/ (ledger) and the logs."""
+    lay = p.layout
+    problems: list[str] = []
+    missing: list[str] = []
+    for folder in (lay.folder(Folder.TMP), lay.state_dir, lay.logs_dir):
+        if not folder.is_dir():
+            missing.append(str(folder))
+            continue
+        try:
+            fd, name = tempfile.mkstemp(prefix=".doctor-", dir=folder)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            problems.append(f"{folder}: {exc.strerror or exc}")
+    if problems:
+        return Check("writable", Level.FAIL, "cannot write in " + "; ".join(problems))
+    if missing:
+        return Check("writable", Level.WARN, "missing (`maestro init` or `maestro run` creates them): "
+                                             + ", ".join(missing))
+    return Check("writable", Level.OK, "state/cadence-bus/tmp, state and logs are writable")
+
+
+def stale_after(env: Mapping[str, str]) -> float:
+    """Heartbeat age beyond which a daemon holding the lock is considered stuck: 3 × poll + 30 s."""
+    try:
+        poll_s = Settings.from_env(env).poll_ms / 1000
+    except ConfigError:
+        poll_s = int(VARS["MAESTRO_POLL_MS"].default) / 1000
+    return 3 * max(poll_s, 1.0) + 30
+
+
+def check_daemon(p: Probe) -> Check:
+    """The daemon holds the lock and its heartbeat is fresh."""
+    live = liveness(p.layout, read_status(p.layout), p.now())
+    lock_pid = holder(p.layout.lock_file)
+    if lock_pid is None:
+        return Check("daemon", Level.WARN, "not running (start `maestro run`, or install the service)")
+    age = live["heartbeat_age_s"]
+    limit = stale_after(p.env)
+    if age is None:
+        return Check("daemon", Level.WARN, f"pid {lock_pid} holds the lock but has written no status yet")
+    if age > limit:
+        return Check("daemon", Level.FAIL, f"pid {lock_pid} holds the lock but its heartbeat is {age:.0f} s old "
+                                           f"(limit {limit:.0f} s): the loop looks stuck")
+    if not live["alive"]:
+        return Check("daemon", Level.WARN, f"pid {lock_pid} holds the lock but the status names pid {live['pid']} "
+                                           "(just restarted?)")
+    return Check("daemon", Level.OK, f"running: pid {lock_pid}, heartbeat {age:.1f} s ago")
+
+
+def check_claims(p: Probe) -> Check:
+    """Claims whose owner process is gone (the daemon requeues them at start-up and every reap)."""
+    try:
+        names = [e.name for e in os.scandir(p.layout.folder(Folder.CLAIMED))]
+    except FileNotFoundError:
+        names = []
+    stale = 0
+    for name in names:
+        stem = name[:-5] if name.endswith(".json") else name
+        owner = Owner.parse(stem.rpartition(CLAIM_SEP)[2]) if CLAIM_SEP in stem else None
+        if owner is None or not owner.is_alive():
+            stale += 1
+    if stale:
+        return Check("claims", Level.WARN, f"{stale} of {len(names)} claim(s) held by a dead process: a running "
+                                           "daemon requeues them within MAESTRO_REAP_SECONDS")
+    return Check("claims", Level.OK, f"{len(names)} claim(s), no stale ones")
+
+
+def check_dlq(p: Probe) -> Check:
+    """Dead letters waiting for an operator."""
+    count = Bus(p.layout).depth(Folder.DLQ)
+    if count:
+        return Check("dlq", Level.WARN, f"{count} dead letter(s): `maestro dlq list`")
+    return Check("dlq", Level.OK, "empty")
+
+
+def check_stop(p: Probe) -> Check:
+    """The emergency stop is not set."""
+    if not p.layout.stop_file.exists():
+        return Check("stop", Level.OK, "no emergency stop")
+    try:
+        reason = json.loads(p.layout.stop_file.read_text(encoding="utf-8")).get("reason", "")
+    except (OSError, ValueError, AttributeError):
+        reason = ""
+    return Check("stop", Level.WARN, f"emergency stop is set{f' ({reason})' if reason else ''}: nothing spawns "
+                                     "until `maestro resume`")
+
+
+def check_circuits(p: Probe) -> list[Check]:
+    """The auth halt (fail) and open per-cadence circuits (warn)."""
+    breakers = Breakers()
+    try:
+        breakers.load_doc(CircuitFile(p.layout.circuit_file, p.layout.folder(Folder.TMP)).load())
+    except (ValueError, KeyError, TypeError) as exc:
+        return [Check("circuits", Level.FAIL, f"{p.layout.circuit_file} is not valid: {exc}")]
+    open_ = breakers.open_circuits()
+    out: list[Check] = []
+    halt = open_.pop(AUTH_HALT, None)
+    if halt is not None:
+        out.append(Check("auth-halt", Level.FAIL,
+                         f"no sub-session will spawn ({halt.last_error}); fix the key in .env or set "
+                         "MAESTRO_PREFER_SUBSCRIPTION_AUTH=1, then `maestro circuit reset --all`"))
+    else:
+        out.append(Check("auth-halt", Level.OK, "no auth halt"))
+    if open_:
+        shown = ", ".join(f"{n} ({c.state.value} until {c.open_until.isoformat() if c.open_until else 'reset'})"
+                          for n, c in sorted(open_.items()))
+        out.append(Check("circuits", Level.WARN, f"{len(open_)} open: {shown}; `maestro circuit list`"))
+    else:
+        out.append(Check("circuits", Level.OK, "all closed"))
+    return out
+
+
+def check_budget(p: Probe) -> Check:
+    """Budget remaining, through the optional `maestro_py.budget.summary(layout, env, now)` hook."""
+    try:
+        from maestro_py.budget import summary  # type: ignore[attr-defined]
+    except ImportError:
+        return Check("budget", Level.OK, "no budget configured")
+    scopes = summary(p.layout, p.env, p.now())
+    if isinstance(scopes, str):
+        return Check("budget", Level.OK, scopes)
+    scopes = list(scopes or [])
+    if not scopes:
+        return Check("budget", Level.OK, "no budget configured")
+    exhausted = [s for s in scopes if s.get("exhausted")]
+    shown = "; ".join(f"{s.get('scope')}: {s.get('remaining')}" for s in scopes)
+    return Check("budget", Level.WARN if exhausted else Level.OK, shown)
+
+
+def check_disk(p: Probe) -> Check:
+    """Free space on the root's filesystem: fail under 100 MB, warn under 1 GB."""
+    path = p.layout.root
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = p.disk_usage(path).free
+    detail = f"{free / MB:,.0f} MB free on {path}"
+    if free < DISK_FAIL:
+        return Check("disk", Level.FAIL, detail + " (below 100 MB: ticks, logs and the ledger may fail to write)")
+    if free < DISK_WARN:
+        return Check("disk", Level.WARN, detail + " (below 1 GB)")
+    return Check("disk", Level.OK, detail)
+
+
+CHECKS: tuple[Callable[[Probe], Check | list[Check]], ...] = (
+    check_env_file, check_settings, check_registry, check_prompts, check_claude, check_credential,
+    check_writable, check_daemon, check_claims, check_dlq, check_stop, check_circuits, check_budget, check_disk,
+)
+
+
+def run_checks(probe: Probe, checks: tuple[Callable[[Probe], Check | list[Check]], ...] = CHECKS) -> list[Check]:
+    """Run every check (a crashing check becomes a fail) and mask secrets in every detail."""
+    redactor = Redactor(probe.env)
+    out: list[Check] = []
+    for check in checks:
+        try:
+            result = check(probe)
+        except Exception as exc:  # noqa: BLE001 - the doctor must report, not crash
+            name = check.__name__.removeprefix("check_")
+            result = Check(name, Level.FAIL, f"check crashed: {type(exc).__name__}: {exc}")
+        for item in result if isinstance(result, list) else [result]:
+            detail = " ".join(redactor.text(item.detail).split())  # one line, no secret
+            out.append(Check(item.name, item.level, detail))
+    return out
+
+
+def failed(checks: list[Check]) -> bool:
+    """True if any check failed."""
+    return any(c.level is Level.FAIL for c in checks)
