@@ -326,6 +326,7 @@ class Daemon:
                 stderr_log=stderr_log,
                 timeout=self._timeout(cadence),
                 grace=self.settings.kill_grace,
+                interrupt_first=min(3.0, max(0.5, self.settings.kill_grace)),
             )
             session = self.spawner.spawn(spec)
         except (SpawnError, OSError) as exc:
@@ -394,11 +395,13 @@ class Daemon:
             self.governor.charge(row, self.clock.now())
         if outcome.timed_out:
             self.counters["timeouts"] += 1
-        if run.end_reason is not None and not outcome.ok:
+        if run.end_reason is not None:
+            # The daemon ended it (drain, emergency stop): requeue even if the CLI printed a success
+            # after the signal, since its work was cut short.
             self.bus.requeue(claim, run.end_reason, **details)
             self.counters["requeued"] += 1
             self.index.notice(tick.filename)
-        elif outcome.ok:
+        elif outcome.ok and not outcome.timed_out:
             self.bus.complete(claim, "ok", **details)
             self.counters["succeeded"] += 1
             self.gates.credentials_verified = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import tempfile
 import threading
@@ -41,6 +42,10 @@ class SpawnSpec:
     stderr_log: Path
     timeout: float
     grace: float
+    # Seconds to wait after a SIGINT to the CLI alone before the tree gets SIGTERM (0: no SIGINT).
+    # The real CLI answers SIGINT by killing its own tools and exiting at once with an
+    # `error_during_execution` result; after SIGTERM it may make one more billed request first.
+    interrupt_first: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -284,6 +289,12 @@ class ProcessSession:
         return [*alive, *(d for p in alive for d in proctree.descendants(p))]
 
     def _end(self, grace: float) -> None:
+        if self._spec.interrupt_first > 0 and self._popen.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGINT)
+                self._popen.wait(timeout=self._spec.interrupt_first)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
         with self._lock:
             procs = self._tree()
         proctree.end_tree(procs, grace, on_phase=lambda _phase, pids: self._note_killed(pids))
