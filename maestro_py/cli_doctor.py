@@ -9,9 +9,8 @@ from pathlib import Path
 import click
 
 from maestro_py import doctor, logview, retention
-from maestro_py.cli import EX_USAGE, CliError, Context, cli, pass_ctx
+from maestro_py.cli import CliError, Context, cli, pass_ctx
 from maestro_py.clock import SystemClock
-from maestro_py.errors import ConfigError
 from maestro_py.status import read_status
 
 
@@ -70,12 +69,9 @@ def logs_cmd(c: Context, cadence: str | None, tick_id: str | None, level: str | 
 @pass_ctx
 def prune_cmd(c: Context, dry_run: bool, as_json: bool) -> None:
     """Remove old done ticks and per-run logs; rotate last months' event logs and ledger rows."""
-    try:
-        settings = retention.RetentionSettings.from_env(c.env)
-    except ConfigError as exc:
-        raise CliError(str(exc), EX_USAGE) from None
+    settings = c.settings()
     report = retention.prune(c.layout, now=SystemClock().now(), retention_days=settings.retention_days,
-                             max_mb=settings.max_mb, protect=live_logs(c), dry_run=dry_run)
+                             max_mb=settings.logs_max_mb, protect=live_logs(c), dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(report.to_json(c.layout.root), indent=2))
     else:

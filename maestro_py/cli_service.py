@@ -39,9 +39,11 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Interpreter written into the files (default: this one, sys.executable)."),
         click.option("--deploy-root", type=click.Path(file_okay=False), default=None,
                      help="Agent root written into the files (default: --root)."),
-        click.option("--name", default=None, help="Agent name in labels and unit names (default: the root's folder name)."),
-        click.option("--watchdog-sec", type=click.IntRange(min=0), default=svc.DEFAULT_WATCHDOG_SEC, show_default=True,
-                     help="systemd WatchdogSec= (0: none)."),
+        click.option("--name", default=None,
+                     help="Agent name in labels and unit names (default: the root's folder name)."),
+        click.option("--watchdog-sec", type=click.IntRange(min=0), default=None,
+                     help="systemd WatchdogSec= (0: none; default: 60, or more if an inline handler or guard "
+                          "may run longer)."),
         click.option("--stop-timeout", type=click.IntRange(min=1), default=None,
                      help="Seconds to wait for a clean stop (default: stop grace + kill grace + 15)."),
         click.option("--run-as", default=None, help="systemd system units: User= (default: the root's owner)."),
@@ -68,16 +70,18 @@ class Target:
         self.dest = (Path(opts["dest"]).expanduser().absolute() if self.custom_dest
                      else svc.default_dest(self.manager, self.user, home, os.environ))
         self.real_root = c.layout.root
-        root = Path(os.path.abspath(opts["deploy_root"])) if opts["deploy_root"] else c.layout.root
+        root = Path(os.path.abspath(os.path.expanduser(opts["deploy_root"]))) if opts["deploy_root"] else c.layout.root
         settings = c.settings()
+        registry = c.registry()
+        watchdog = opts["watchdog_sec"]
         try:
             spec = svc.ServiceSpec(
                 root=root,
                 python=_interpreter(opts["python"]),
                 name=opts["name"] if opts["name"] is not None else svc.agent_name(root.name),
-                schedules=svc.schedules(c.registry()),
+                schedules=svc.schedules(registry),
                 stop_timeout=opts["stop_timeout"] or svc.stop_timeout(settings.stop_grace, settings.kill_grace),
-                watchdog_sec=opts["watchdog_sec"],
+                watchdog_sec=svc.watchdog_sec(registry, settings.spawn_timeout) if watchdog is None else watchdog,
                 user=self.user,
                 run_as=None if self.manager == svc.LAUNCHD or self.user else opts["run_as"] or _owner(c.layout.root),
             )

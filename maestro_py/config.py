@@ -40,7 +40,7 @@ def _non_negative(text: str) -> float:
 
 def _positive(text: str) -> float:
     value = float(text)
-    if not value > 0:
+    if not 0 < value < float("inf"):
         raise ValueError("must be a number > 0")
     return value
 
@@ -106,6 +106,8 @@ VARS: dict[str, Var] = {
         Var("MAESTRO_HOURLY_USD_BUDGET", "unlimited", _optional_float, "Dollars per clock hour, all cadences."),
         Var("MAESTRO_RESERVE_TOKENS", "20000", _positive, "Reservation for a cadence's first run (no history, no `reserve_tokens`)."),
         Var("MAESTRO_RESERVE_USD", "0.25", _non_negative, "Reservation in dollars for a cadence's first run."),
+        Var("MAESTRO_RETENTION_DAYS", "14", _positive, "Age after which `done/` ticks and per-run logs are pruned."),
+        Var("MAESTRO_LOGS_MAX_MB", "500", _positive, "Cap (MiB) on `done/` ticks + per-run logs together; oldest pruned first."),
         Var("MAESTRO_PREFER_SUBSCRIPTION_AUTH", "false", _bool, "Strip ANTHROPIC_API_KEY from sub-sessions (use the CLI's login)."),
         Var("CLAUDE_BIN", "PATH, then usual install places", str, "The `claude` executable."),
         Var("CLAUDE_CODE_MAX_RETRIES", "2", str, "Set in sub-sessions unless already set (the CLI's own default retries for ~3 min)."),
@@ -139,6 +141,8 @@ class Settings:
     hourly_usd: float | None
     reserve_tokens: float
     reserve_usd: float
+    retention_days: float
+    logs_max_mb: float
 
     _SOURCES = {
         "poll_ms": "MAESTRO_POLL_MS",
@@ -162,6 +166,8 @@ class Settings:
         "hourly_usd": "MAESTRO_HOURLY_USD_BUDGET",
         "reserve_tokens": "MAESTRO_RESERVE_TOKENS",
         "reserve_usd": "MAESTRO_RESERVE_USD",
+        "retention_days": "MAESTRO_RETENTION_DAYS",
+        "logs_max_mb": "MAESTRO_LOGS_MAX_MB",
     }
 
     def governor(self, cadence_limits: dict[str, Limit] | None = None) -> Governor:

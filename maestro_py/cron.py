@@ -213,7 +213,10 @@ def _flush(run: list[int], show: Callable[[int], str]) -> list[str]:
 # -- launchd ------------------------------------------------------------------------
 
 
-def to_calendar_intervals(expr: str | CronSchedule, limit: int = LAUNCHD_LIMIT) -> dict[str, int] | list[dict[str, int]]:
+Interval = dict[str, int]
+
+
+def to_calendar_intervals(expr: str | CronSchedule, limit: int = LAUNCHD_LIMIT) -> Interval | list[Interval]:
     """launchd StartCalendarInterval: one dict, or a list of dicts (their union)."""
     s = parse(expr) if isinstance(expr, str) else expr
     if s.days is not None and s.weekdays is not None and not s.either_day:

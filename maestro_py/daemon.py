@@ -11,12 +11,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from maestro_py import handlers, launch, overlap, proctree
+from maestro_py import handlers, launch, overlap, proctree, retention
 from maestro_py.backoff import Backoff, parse_backoff, schedule
-from maestro_py.breaker import AUTH_HALT, Breakers, CircuitFile, State
+from maestro_py.breaker import Breakers, CircuitFile, State
 from maestro_py.budget import Estimate, cadence_limits
 from maestro_py.bus import Bus, Claim
 from maestro_py.clock import Clock, SystemClock, iso
@@ -31,6 +32,7 @@ from maestro_py.owner import Owner
 from maestro_py.paths import Folder, Layout
 from maestro_py.policy import HANDLING, FailureClass, classify
 from maestro_py.redact import Redactor
+from maestro_py.notify import Notifier, scrub, status_line
 from maestro_py.registry import Cadence, Registry, RegistryError
 from maestro_py.runner import ProcessSpawner, RunOutcome, SpawnSpec, Spawner, SubSession
 from maestro_py.status import new_counters, read_status, write_status
@@ -70,6 +72,8 @@ class Daemon:
     watch: bool = True
 
     def __post_init__(self) -> None:
+        self.notifier = Notifier.from_env(self.env, monotonic=self.clock.monotonic)
+        scrub(self.env)  # sub-sessions and handlers must not inherit NOTIFY_SOCKET/WATCHDOG_*
         self.redactor = Redactor(self.env)
         self.events = EventLog(self.layout, clock=self.clock, redactor=self.redactor)
         self.owner = Owner.current()
@@ -99,6 +103,7 @@ class Daemon:
         self.forced = False       # second signal: end everything now
         self._stop_deadline: float | None = None
         self._next_reap = 0.0
+        self._next_prune = 0.0
         self._next_scan = 0.0
         self._last_status = 0.0
         self._emergency: str | None = None
@@ -117,6 +122,8 @@ class Daemon:
             self._watching = self.wakeup.start()
             self.events.emit("daemon_started", pid=os.getpid(), once=once, watchdog=self._watching,
                              root=str(self.layout.root))
+            scrub(os.environ)  # _reload_env rebuilds self.env from os.environ
+            self.notifier.ready(status_line(state="running", queued=len(self.index), live=len(self.running)))
             try:
                 while True:
                     try:
@@ -134,7 +141,9 @@ class Daemon:
             finally:
                 self._restore_signals(previous)
                 self.wakeup.close()
+                self.notifier.stopping()  # no-op if the drain already said so
                 self._write_status(force=True, state="stopped")
+                self.notifier.close()
                 self.events.emit("daemon_stopped", pid=os.getpid(), counters=dict(self.counters))
         finally:
             lock.release()
@@ -143,6 +152,7 @@ class Daemon:
     def step(self) -> bool:
         """One iteration of the loop; True if it did work (claimed or settled something)."""
         now_mono = self.clock.monotonic()
+        self.notifier.keepalive(now_mono)
         progressed = self._settle_finished()
         self._reload_registry()
         self._reload_env()
@@ -152,6 +162,9 @@ class Daemon:
         if now_mono >= self._next_reap:
             self._next_reap = now_mono + self.settings.reap_seconds
             self._reap()
+        if now_mono >= self._next_prune:
+            self._next_prune = now_mono + retention.PRUNE_EVERY_SECONDS
+            self._prune()
         self._discover(now_mono)
         if not self.stopping:
             progressed |= self._dispatch()
@@ -177,6 +190,14 @@ class Daemon:
         tracked = {r.session.pid for r in self.running.values()}
         for pid in proctree.reap_adopted(tracked):
             self.events.emit("orphan_killed", level="warn", pid=pid)
+
+    def _prune(self) -> None:
+        """Retention: old done ticks and per-run logs; last months' event logs and ledger rows to monthly files."""
+        protect = {Path(p) for r in self.running.values() for p in (r.stdout_log, r.stderr_log)}
+        report = retention.prune(self.layout, now=self.clock.now(), retention_days=self.settings.retention_days,
+                                 max_mb=self.settings.logs_max_mb, protect=protect, dry_run=False)
+        if report.changed:
+            self.events.emit("pruned", level="warn" if report.errors else "info", **report.summary())
 
     # -- dispatch ---------------------------------------------------------
     def _dispatch(self) -> bool:
@@ -281,6 +302,7 @@ class Daemon:
     # -- inline work ------------------------------------------------------
     def _run_inline(self, claim: Claim, cadence: Cadence) -> None:
         spec = cadence.handler or "noop"
+        self.notifier.ping(self.clock.monotonic())  # the call may block the loop up to its timeout
         started = time.monotonic()
         result = handlers.call(spec, claim.tick.to_json(), root=self.layout.root, env=self.env,
                                timeout=self._timeout(cadence), kind="handler")
@@ -294,6 +316,7 @@ class Daemon:
                        duration_ms=duration_ms)
 
     def _guard_says_escalate(self, claim: Claim, cadence: Cadence) -> bool:
+        self.notifier.ping(self.clock.monotonic())  # the guard may block the loop up to its timeout
         result = handlers.call(cadence.guard or "noop", claim.tick.to_json(), root=self.layout.root,
                                env=self.env, timeout=self._timeout(cadence), kind="guard")
         if result.error is not None:
@@ -503,6 +526,7 @@ class Daemon:
             return
         self._env_mtime = mtime
         self.env = load_env(self.layout)
+        scrub(self.env)
         self.redactor = Redactor(self.env)
         self.events.redactor = self.redactor
         self.ledger.redactor = self.redactor
@@ -528,6 +552,7 @@ class Daemon:
         if self._stop_deadline is None:
             self._stop_deadline = now_mono + self.settings.stop_grace
             self.events.emit("draining", live=len(self.running), grace_s=self.settings.stop_grace)
+            self.notifier.stopping(status_line(state="draining", queued=len(self.index), live=len(self.running)))
         if self.forced or now_mono >= self._stop_deadline:
             self._end_all("daemon stopping", grace=0.0 if self.forced else self.settings.kill_grace)
 
@@ -576,6 +601,9 @@ class Daemon:
         due = self.index.next_due()
         if due is not None:
             wait = min(wait, max(0.0, due - self.clock.now().timestamp()) + 0.001)
+        ping_in = self.notifier.seconds_until_ping(self.clock.monotonic())
+        if ping_in is not None:
+            wait = min(wait, ping_in)
         return max(wait, 0.0)
 
     def _reload_registry(self) -> None:
@@ -616,6 +644,7 @@ class Daemon:
             "reservations": [{"tick": tid, "cadence": cad, "tokens": est.tokens, "usd": est.usd, "basis": est.basis}
                              for tid, (cad, est) in self.governor.reservations.items()],
         }
+        self.notifier.status(status_line(state=doc["state"], queued=doc["queued"], live=len(self.running)))
         try:
             write_status(self.layout, doc, self.redactor)
         except OSError as exc:

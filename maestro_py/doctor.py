@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from maestro_py import launch, retention
+from maestro_py import launch
 from maestro_py.breaker import AUTH_HALT, Breakers, CircuitFile
 from maestro_py.bus import CLAIM_SEP, Bus
 from maestro_py.clock import Clock, SystemClock
 from maestro_py.config import VARS, Settings
 from maestro_py.errors import ConfigError, SpawnError
+from maestro_py.ledger import Ledger
 from maestro_py.lock import holder
 from maestro_py.owner import Owner
 from maestro_py.paths import Folder, Layout
@@ -132,7 +133,6 @@ def check_settings(p: Probe) -> Check:
     """Every MAESTRO_* setting parses."""
     try:
         Settings.from_env(p.env)
-        retention.RetentionSettings.from_env(p.env)
     except ConfigError as exc:
         return Check("settings", Level.FAIL, str(exc))
     return Check("settings", Level.OK, "all settings valid")
@@ -365,20 +365,45 @@ def check_circuits(p: Probe) -> list[Check]:
 
 
 def check_budget(p: Probe) -> Check:
-    """Budget remaining, through the optional `maestro_py.budget.summary(layout, env, now)` hook."""
+    """Budget left per limited scope, as the daemon counts it (the ledger plus live reservations)."""
     try:
-        from maestro_py.budget import summary  # type: ignore[attr-defined]
+        from maestro_py.budget import Estimate, cadence_limits
     except ImportError:
         return Check("budget", Level.OK, "no budget configured")
-    scopes = summary(p.layout, p.env, p.now())
-    if isinstance(scopes, str):
-        return Check("budget", Level.OK, scopes)
-    scopes = list(scopes or [])
-    if not scopes:
+    try:
+        settings = Settings.from_env(p.env)
+    except ConfigError:
+        return Check("budget", Level.WARN, "skipped: a setting is invalid (see settings)")
+    try:
+        limits = cadence_limits(Registry.load(p.layout))
+    except RegistryError:
+        limits = {}
+    now = p.now()
+    governor = settings.governor(limits)
+    governor.load(Ledger(p.layout.ledger_file).rows(), now)
+    doc = read_status(p.layout)
+    if doc and liveness(p.layout, doc, now)["alive"]:
+        for item in doc.get("reservations") or []:
+            governor.reserve(item["tick"], item["cadence"], Estimate(item["tokens"], item["usd"], "live"))
+    rows = [r for r in governor.summary(now) if any(v is not None for v in r["total"].values())]
+    if not rows:
         return Check("budget", Level.OK, "no budget configured")
-    exhausted = [s for s in scopes if s.get("exhausted")]
-    shown = "; ".join(f"{s.get('scope')}: {s.get('remaining')}" for s in scopes)
-    return Check("budget", Level.WARN if exhausted else Level.OK, shown)
+    floor = {"tokens": settings.reserve_tokens, "usd": settings.reserve_usd}
+    shown: list[str] = []
+    short: list[str] = []
+    for row in rows:
+        left = {unit: value for unit, value in row["remaining"].items() if value is not None}
+        label = f"{row['scope']} {row['window']}"
+        shown.append(f"{label}: " + " / ".join(_amount(unit, value) for unit, value in left.items()) + " left")
+        if any(value < floor[unit] for unit, value in left.items()):
+            short.append(f"{label} cannot cover another run until {row['resets_at']}")
+    if short:
+        return Check("budget", Level.WARN, "; ".join(short))
+    return Check("budget", Level.OK, "; ".join(shown))
+
+
+def _amount(unit: str, value: float) -> str:
+    return f"${value:.4f}" if unit == "usd" else f"{value:,.0f} tokens"
 
 
 def check_disk(p: Probe) -> Check:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -19,15 +20,22 @@ class Ledger:
         self.redactor = redactor or Redactor()
 
     def append(self, row: dict[str, Any]) -> None:
-        """Write one row durably (one write on O_APPEND, then fsync)."""
+        """Write one row durably under the ledger's flock (retention rewrites the file under the same lock)."""
         line = (json.dumps(self.redactor.data(row), ensure_ascii=False, default=str) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        while True:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # Retention may have replaced the file while we waited: write to the one the path names now.
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    os.write(fd, line)
+                    os.fsync(fd)
+                    return
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """Every parsable row, oldest first (a torn last line from a crash is skipped)."""

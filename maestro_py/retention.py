@@ -16,24 +16,19 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from maestro_py.clock import parse_iso
-from maestro_py.errors import ConfigError
 from maestro_py.fsio import atomic_write, fsync_dir
 from maestro_py.paths import Folder, Layout
 
-DEFAULT_RETENTION_DAYS = "14"
-DEFAULT_LOGS_MAX_MB = "500"
 PRUNE_EVERY_SECONDS = 3600.0   # how often the daemon prunes
 RECENT_SECONDS = 60.0          # files modified this recently are never pruned (a writer may still be busy)
 TMP_GRACE_SECONDS = 3600.0     # a crashed merge's leftover `.bus-*.tmp` is removed after this
@@ -43,35 +38,6 @@ _DAILY_RE = re.compile(r"^bus-(\d{4}-\d{2})-\d{2}\.jsonl\Z")
 _RUN_LOG_RE = re.compile(r"\.(stdout|stderr)\.log\Z")
 
 
-# -- settings -----------------------------------------------------------------------------------
-
-def positive_number(text: str) -> float:
-    """Parse a finite number > 0 (the two retention settings)."""
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError("must be a number > 0")
-    return value
-
-
-@dataclass(frozen=True)
-class RetentionSettings:
-    """`MAESTRO_RETENTION_DAYS` and `MAESTRO_LOGS_MAX_MB`."""
-
-    retention_days: float
-    max_mb: float
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "RetentionSettings":
-        """Parse both settings, defaulting what is unset or empty; ConfigError names a bad one."""
-        values: list[float] = []
-        for name, default in (("MAESTRO_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
-                              ("MAESTRO_LOGS_MAX_MB", DEFAULT_LOGS_MAX_MB)):
-            raw = env.get(name, "").strip() or default
-            try:
-                values.append(positive_number(raw))
-            except ValueError:
-                raise ConfigError(f"{name}={raw!r}: must be a number > 0") from None
-        return cls(*values)
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -244,7 +210,19 @@ def _prune_files(layout: Layout, now: datetime, retention_days: float, protect: 
 # -- event log rotation -------------------------------------------------------------------------
 
 def _rotate_events(layout: Layout, month: str, now: datetime, report: PruneReport) -> None:
-    folder = layout.events_dir
+    try:
+        fd = os.open(layout.events_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        # `maestro prune` by hand and the daemon's hourly prune must not merge the same month at once.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _rotate_events_locked(layout.events_dir, month, now, report)
+    finally:
+        os.close(fd)
+
+
+def _rotate_events_locked(folder: Path, month: str, now: datetime, report: PruneReport) -> None:
     by_month: dict[str, list[Path]] = {}
     for entry in _scan(folder):
         match = _DAILY_RE.match(entry.name)
