@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from maestro_py.clock import Clock, SystemClock, iso
@@ -23,6 +24,7 @@ class EventLog:
         self.clock = clock or SystemClock()
         self.redactor = redactor or Redactor()
         self.failures = 0  # appends that failed (disk full…); the daemon keeps running
+        self._open: tuple[Path, int] | None = None  # the day's file stays open between events
 
     def emit(self, stage: str, *, level: str = "info", id: str | None = None, cadence: str | None = None,
              **details: Any) -> dict[str, Any]:
@@ -34,12 +36,29 @@ class EventLog:
         line = (json.dumps(event, ensure_ascii=False, default=str) + "\n").encode()
         path = self.layout.event_log(now.astimezone())
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            os.write(self._fd(path), line)
         except OSError:
             self.failures += 1
+            self.close()  # reopen next time (the folder may have been removed or remounted)
         return event
+
+    def _fd(self, path: Path) -> int:
+        if self._open is not None and self._open[0] == path:
+            return self._open[1]
+        self.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._open = (path, fd)
+        return fd
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the open log file (the next event reopens it)."""
+        if self._open is not None:
+            try:
+                os.close(self._open[1])
+            except OSError:
+                pass
+            self._open = None

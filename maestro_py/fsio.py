@@ -18,15 +18,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_tmp(tmp_dir: Path, data: bytes, *, mode: int = 0o600) -> Path:
-    """Write `data` to a fresh, uniquely named file under `tmp_dir` and fsync it."""
+def write_tmp(tmp_dir: Path, data: bytes, *, mode: int = 0o600, durable: bool = True) -> Path:
+    """Write `data` to a fresh, uniquely named file under `tmp_dir` (and fsync it, if `durable`)."""
     path = tmp_dir / f"{uuid.uuid4().hex}.tmp"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(path)
@@ -35,20 +36,24 @@ def write_tmp(tmp_dir: Path, data: bytes, *, mode: int = 0o600) -> Path:
     return path
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, tmp_dir: Path | None = None) -> None:
-    """Replace `path` with `data` atomically and durably (readers see old or new, never half)."""
-    tmp = write_tmp(tmp_dir or path.parent, data, mode=mode)
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, tmp_dir: Path | None = None,
+                 durable: bool = True) -> None:
+    """Replace `path` with `data` atomically (readers see old or new, never half), and durably unless
+    `durable=False` (for files rewritten every second, such as the status file, where losing the
+    latest version to a power cut costs nothing)."""
+    tmp = write_tmp(tmp_dir or path.parent, data, mode=mode, durable=durable)
     try:
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, obj: Any, *, tmp_dir: Path | None = None) -> None:
-    """`atomic_write` of a JSON document (sorted keys, trailing newline)."""
-    atomic_write(path, dump_json(obj), tmp_dir=tmp_dir)
+def atomic_write_json(path: Path, obj: Any, *, tmp_dir: Path | None = None, durable: bool = True) -> None:
+    """`atomic_write` of a JSON document (trailing newline)."""
+    atomic_write(path, dump_json(obj), tmp_dir=tmp_dir, durable=durable)
 
 
 def dump_json(obj: Any) -> bytes:

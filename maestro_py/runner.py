@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import subprocess
 import tempfile
@@ -149,6 +150,50 @@ class ProcessSpawner:
             self._on_exit()
 
 
+class _Waker:
+    """What the watcher sleeps on: the child's exit (a pidfd, Linux) or a stop()/kill() request.
+
+    Without a pidfd the watcher polls every `_POLL` s; with one it wakes the moment the child exits, so a
+    finished run is settled without a polling delay.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()  # set() from another thread must never write to a closed (reused) fd
+        self._fds: tuple[int, int, int] | None = None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            return
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._fds = (pidfd, read_fd, write_fd)
+
+    def set(self) -> None:
+        self._event.set()
+        with self._lock:
+            if self._fds is not None:
+                try:
+                    os.write(self._fds[2], b"!")
+                except OSError:
+                    pass
+
+    def wait(self, timeout: float) -> None:
+        if self._fds is None:
+            self._event.wait(min(_POLL, timeout))
+            return
+        if not self._event.is_set():
+            select.select(self._fds[:2], [], [], timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, None
+        for fd in fds or ():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class ProcessSession:
     """A running `claude` child and the thread that supervises it (timeout, stop, orphans, logs)."""
 
@@ -170,7 +215,7 @@ class ProcessSession:
         self._ended: float | None = None
         self._root: psutil.Process | None = _process(popen.pid)
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._wake = _Waker(popen.pid)
         self._done = threading.Event()
         self._outcome: RunOutcome | None = None
         self._stop_grace: float | None = None  # set once by the first stop()/kill()
@@ -254,13 +299,14 @@ class ProcessSession:
             if now >= next_refresh:
                 self._refresh()
                 next_refresh = now + REFRESH_INTERVAL
-            self._wake.wait(min(_POLL, max(0.0, deadline - now)))
+            self._wake.wait(min(REFRESH_INTERVAL, max(0.0, next_refresh - now), max(0.0, deadline - now)))
         else:
             # kill() from another thread may have ended it before this loop noticed the request.
             with self._lock:
                 stopped = self._root_killed
         self._popen.wait()
         self._ended = time.monotonic()
+        self._wake.close()
         self._end_orphans()
         return timed_out, stopped
 

@@ -21,8 +21,8 @@ COUNTERS = (
 
 
 def write_status(layout: Layout, doc: dict[str, Any], redactor: Redactor) -> None:
-    """Replace consumer.json atomically."""
-    atomic_write_json(layout.consumer_file, redactor.data(doc), tmp_dir=layout.folder(Folder.TMP))
+    """Replace consumer.json atomically (not fsynced: it is rewritten every loop, and only shows state)."""
+    atomic_write_json(layout.consumer_file, redactor.data(doc), tmp_dir=layout.folder(Folder.TMP), durable=False)
 
 
 def read_status(layout: Layout) -> dict[str, Any] | None:

@@ -10,6 +10,11 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+try:  # Linux (watchdog 7): the inotify emitter's move pairing
+    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+except ImportError:  # other platforms and versions: nothing to tune
+    InotifyMoveEventGrouper = None  # type: ignore[assignment,misc]
+
 
 # Files in the bus folder whose change the loop must see at once (consumer.json, which the loop
 # itself rewrites, must not wake it, or an idle daemon would spin).
@@ -56,6 +61,11 @@ class Wakeup:
         """Start watching; False (poll-only) if the platform's observer cannot start."""
         if not self.watch:
             return False
+        if InotifyMoveEventGrouper is not None:
+            # watchdog holds each IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO, and later events
+            # queue behind it: every claim (a rename out of inbox/) would delay the next tick's wake-up by up
+            # to half a second. The bus needs no move pairing (a rename in reads as delete + create).
+            InotifyMoveEventGrouper.delay = 0.0
         try:
             observer = Observer()
             handler = _Handler(self, self.inbox)
