@@ -15,10 +15,13 @@ and the removal leaves two copies; `reap_stale` keeps the further one, so a tick
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -113,8 +116,9 @@ class Bus:
     def complete(self, claim: Claim, outcome: str = "ok", *, reason: str | None = None, **details: Any) -> None:
         """claimed/ -> done/ with a final history entry."""
         tick = claim.tick
-        tick.history.append(self._entry(claim.attempt, outcome, reason, details))
-        self._move(claim, self.done / tick.filename, overwrite=True)
+        with _undo_on_error(tick):
+            tick.history.append(self._entry(claim.attempt, outcome, reason, details))
+            self._move(claim, self.done / tick.filename, overwrite=True)
         self.events.emit("done", id=tick.id, cadence=tick.cadence, outcome=outcome, reason=reason, **details)
 
     def fail(self, claim: Claim, reason: str, *, max_attempts: int, retry_at: datetime | None = None,
@@ -124,14 +128,15 @@ class Bus:
         Returns "retry" or "dlq".
         """
         tick = claim.tick
-        tick.attempts += 1
-        tick.history.append(self._entry(tick.attempts, outcome, reason, details))
-        if permanent or tick.attempts >= max_attempts:
-            why = reason if permanent else f"attempts exhausted ({tick.attempts}/{max_attempts}): {reason}"
-            self.dead_letter(claim, why, recorded=True)
-            return "dlq"
-        tick.not_before = iso(retry_at) if retry_at else None
-        self._move(claim, self.inbox / tick.filename, overwrite=True)
+        with _undo_on_error(tick):  # a settle retried after an I/O error burns the attempt once
+            tick.attempts += 1
+            tick.history.append(self._entry(tick.attempts, outcome, reason, details))
+            if permanent or tick.attempts >= max_attempts:
+                why = reason if permanent else f"attempts exhausted ({tick.attempts}/{max_attempts}): {reason}"
+                self.dead_letter(claim, why, recorded=True)
+                return "dlq"
+            tick.not_before = iso(retry_at) if retry_at else None
+            self._move(claim, self.inbox / tick.filename, overwrite=True)
         self.events.emit("retry", level="warn", id=tick.id, cadence=tick.cadence, attempt=tick.attempts,
                          max_attempts=max_attempts, not_before=tick.not_before, reason=reason, **details)
         return "retry"
@@ -140,20 +145,22 @@ class Bus:
                 **details: Any) -> None:
         """Back to `inbox/` without burning an attempt (drain, emergency stop, a systemic failure)."""
         tick = claim.tick
-        tick.not_before = iso(not_before) if not_before else None
-        tick.history.append(self._entry(claim.attempt, outcome, reason, details))
-        self._move(claim, self.inbox / tick.filename, overwrite=True)
+        with _undo_on_error(tick):
+            tick.not_before = iso(not_before) if not_before else None
+            tick.history.append(self._entry(claim.attempt, outcome, reason, details))
+            self._move(claim, self.inbox / tick.filename, overwrite=True)
         self.events.emit("requeued", id=tick.id, cadence=tick.cadence, reason=reason, **details)
 
     def dead_letter(self, claim: Claim, reason: str, *, recorded: bool = False, **details: Any) -> None:
         """claimed/ -> dlq/ with the reason and the full history."""
         tick = claim.tick
-        if not recorded:
-            tick.history.append(self._entry(claim.attempt, "dead_letter", reason, details))
-        data = tick.to_json()
-        data["dlq_reason"] = reason
-        data["dlq_at"] = iso(self.clock.now())
-        self._move(claim, self.dlq / tick.filename, overwrite=True, data=data)
+        with _undo_on_error(tick):
+            if not recorded:
+                tick.history.append(self._entry(claim.attempt, "dead_letter", reason, details))
+            data = tick.to_json()
+            data["dlq_reason"] = reason
+            data["dlq_at"] = iso(self.clock.now())
+            self._move(claim, self.dlq / tick.filename, overwrite=True, data=data)
         self.events.emit("dlq", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
                          attempts=tick.attempts)
 
@@ -161,7 +168,7 @@ class Bus:
     def quarantine(self, path: Path, reason: str, *, original_name: str | None = None) -> Path | None:
         """Move a bad entry into `dlq/` as it is (never following a link) beside `<name>.reason.json`."""
         name = original_name or path.name
-        target = self._free_name(self.dlq, name)
+        target = self._free_name(self.dlq, _dlq_name(name))
         try:
             os.rename(path, target)
         except FileNotFoundError:
@@ -170,12 +177,13 @@ class Bus:
             if exc.errno not in (errno.EXDEV, errno.EISDIR, errno.ENOTEMPTY):
                 raise
             return None
-        note = {"file": target.name, "from": path.parent.name, "reason": reason, "at": iso(self.clock.now())}
+        note = {"file": _shown(target.name), "name": _shown(name), "from": path.parent.name, "reason": reason,
+                "at": iso(self.clock.now())}
         tmp = write_tmp(self.tmp, dump_json(note))
         os.replace(tmp, self.dlq / f"{target.name}{REASON_SUFFIX}")
         fsync_dir(self.dlq)
         self.quarantined += 1
-        self.events.emit("quarantined", level="error", id=None, cadence=None, file=name, reason=reason)
+        self.events.emit("quarantined", level="error", id=None, cadence=None, file=_shown(name), reason=reason)
         return target
 
     def inspect(self, name: str) -> Tick:
@@ -273,7 +281,7 @@ class Bus:
             if owner is not None and not interrupted:
                 if owner == self.owner or owner.is_alive():
                     continue
-            else:
+            elif owner is None:  # our own interrupted claims have no other writer: no grace to wait out
                 try:
                     age = now.timestamp() - entry.stat(follow_symlinks=False).st_mtime
                 except FileNotFoundError:
@@ -410,6 +418,36 @@ class Bus:
             target = folder / f"{name}.{n}"
             n += 1
         return target
+
+
+@contextmanager
+def _undo_on_error(tick: Tick) -> Iterator[None]:
+    """If publishing the tick's next state fails (disk full, read-only), restore its in-memory fields, so
+    the settle the daemon retries records the attempt and its history entry once, not once per try."""
+    attempts, not_before, reaps, kept = tick.attempts, tick.not_before, tick.reaps, len(tick.history)
+    try:
+        yield
+    except BaseException:
+        tick.attempts, tick.not_before, tick.reaps = attempts, not_before, reaps
+        del tick.history[kept:]
+        raise
+
+
+def _shown(name: str) -> str:
+    """A file name fit for JSON: bytes that are not UTF-8 (surrogate-escaped by os) shown as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _dlq_name(name: str) -> str:
+    """Where a quarantined entry goes in dlq/: room left for `<name>.reason.json` under NAME_MAX (255 bytes),
+    and never a name that reads as a note."""
+    raw = os.fsencode(name)
+    if len(raw) > 200:
+        raw = raw[:180] + b"~" + hashlib.sha256(raw).hexdigest()[:16].encode()
+        name = os.fsdecode(raw)
+    if name.endswith(REASON_SUFFIX):
+        name += ".quarantined"
+    return name
 
 
 def _scan(folder: Path) -> list[os.DirEntry[str]]:

@@ -22,7 +22,7 @@ from maestro_py.budget import Estimate, cadence_limits
 from maestro_py.bus import Bus, Claim
 from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.config import Settings, load_env
-from maestro_py.errors import SpawnError
+from maestro_py.errors import AlreadyRunning, SpawnError
 from maestro_py.events import EventLog
 from maestro_py.gates import Gates
 from maestro_py.index import Entry, InboxIndex, payload_fingerprint
@@ -42,6 +42,7 @@ log = logging.getLogger("maestro")
 
 INLINE_BATCH = 16  # inline ticks per iteration before the loop looks at its other duties again
 STATUS_EVERY = 0.25  # seconds between consumer.json rewrites while busy
+HEARTBEAT_EVERY = 5.0  # seconds between rewrites of an unchanged consumer.json (the heartbeat)
 
 
 @dataclass
@@ -106,6 +107,8 @@ class Daemon:
         self._next_prune = 0.0
         self._next_scan = 0.0
         self._last_status = 0.0
+        self._last_doc: dict[str, Any] | None = None
+        self._last_written = 0.0
         self._emergency: str | None = None
         self._watching = False
 
@@ -113,7 +116,7 @@ class Daemon:
     def run(self, *, once: bool = False) -> int:
         """Run until stopped (or, with `once`, until nothing runnable is left); returns the exit code."""
         lock = DaemonLock(self.layout.lock_file, self.layout.root)
-        lock.acquire()
+        self._acquire(lock)
         try:
             self.layout.ensure()
             proctree.become_subreaper()  # orphaned tool processes come back to us, so none survives
@@ -148,6 +151,21 @@ class Daemon:
         finally:
             lock.release()
         return 0
+
+    def _acquire(self, lock: DaemonLock) -> None:
+        """Take the lock, or refuse naming the live owner. Two transient states are waited out (up to 2 s):
+        no pid written yet (the owner won a simultaneous start a moment ago and writes it just after its
+        flock), and an owner that is already dead (killed while starting a sub-session: the child shares
+        the flock until its exec closes the descriptor, a few ms later)."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                lock.acquire()
+                return
+            except AlreadyRunning as exc:
+                if (exc.pid is not None and _pid_alive(exc.pid)) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     def step(self) -> bool:
         """One iteration of the loop; True if it did work (claimed or settled something)."""
@@ -371,7 +389,7 @@ class Daemon:
         self.counters["io_errors"] += 1
         self.events.emit("io_error", level="error", error=f"{type(exc).__name__}: {exc}",
                          action="nothing is lost: the step is retried; interrupted claims are requeued")
-        log.error("maestro: I/O error (%s); retrying in %.1fs", exc, self.settings.poll_ms / 1000)
+        log.error("I/O error (%s); retrying in %.1fs", exc, self.settings.poll_ms / 1000)  # format adds "maestro: "
         self._next_reap = 0.0  # requeue claims whose settling was cut short
         self.index = InboxIndex(self.bus)  # rebuilt from the folder: the failed step may have half-updated it
         self.wakeup.wait(self.settings.poll_ms / 1000)
@@ -645,8 +663,14 @@ class Daemon:
                              for tid, (cad, est) in self.governor.reservations.items()],
         }
         self.notifier.status(status_line(state=doc["state"], queued=doc["queued"], live=len(self.running)))
+        # An idle daemon must cost nothing measurable: unchanged state is rewritten only to refresh the
+        # heartbeat, every HEARTBEAT_EVERY seconds.
+        content = {k: v for k, v in doc.items() if k != "heartbeat"}
+        if content == self._last_doc and now_mono - self._last_written < HEARTBEAT_EVERY:
+            return
         try:
             write_status(self.layout, doc, self.redactor)
+            self._last_doc, self._last_written = content, now_mono
         except OSError as exc:
             self.events.emit("status_write_failed", level="error", error=str(exc))
 
@@ -685,6 +709,13 @@ def _read_stop(path: Any) -> str | None:
         return str(doc.get("reason") or "STOP file present") if isinstance(doc, dict) else text or "STOP file present"
     except ValueError:
         return text[:200] or "STOP file present"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _mtime(path: Any) -> float | None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from maestro_py.bus import REASON_SUFFIX, Bus
+from maestro_py.bus import Bus
 from maestro_py.errors import TickInvalid
 
 
@@ -64,7 +64,7 @@ class InboxIndex:
 
     def notice(self, name: str) -> int:
         """Learn about one file in `inbox/` (from a watchdog event or a scan); 1 if it is a new tick."""
-        if name in self._known or name.endswith(REASON_SUFFIX):
+        if name in self._known:
             return 0
         try:
             tick = self.bus.inspect(name)

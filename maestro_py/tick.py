@@ -14,8 +14,8 @@ from typing import Any
 from maestro_py.clock import iso, parse_iso
 from maestro_py.errors import TickInvalid
 
-CADENCE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-TICK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CADENCE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")  # \Z: "$" would accept a trailing newline
+TICK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 MAX_TICK_BYTES = 1024 * 1024
 MAX_PAYLOAD_DEPTH = 32
 
@@ -125,6 +125,10 @@ class Tick:
                 parse_iso(value)
             except ValueError:
                 raise TickInvalid(f"{name} {value!r} is not an ISO 8601 timestamp") from None
+        try:
+            self.to_bytes()
+        except UnicodeEncodeError:  # JSON's "\ud800" escapes decode to lone surrogates UTF-8 cannot store
+            raise TickInvalid("contains an unpaired UTF-16 surrogate (\\ud800-\\udfff): not UTF-8") from None
 
 
 def parse_tick(data: bytes, *, stem: str, fallback_time: datetime) -> Tick:
@@ -147,6 +151,8 @@ def parse_tick(data: bytes, *, stem: str, fallback_time: datetime) -> Tick:
         raise TickInvalid("JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise TickInvalid(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python's int-to-str digit limit
+        raise TickInvalid(f"not valid JSON: {str(exc).split(';')[0]}") from None
     if not isinstance(obj, dict):
         raise TickInvalid(f"not a JSON object (got {type(obj).__name__})")
     if "cadence" not in obj:

@@ -12,7 +12,8 @@ Other knobs:
   FAKE_CLAUDE_CUT           ok: report top-level usage as zeros (the non-streaming fallback's shape)
   FAKE_CLAUDE_SIGLOG        if set, SIGTERM is caught and logged here instead of ending the process
   FAKE_CLAUDE_READYFILE     written once stdin is read and signal handlers are installed
-  FAKE_CLAUDE_COUNT         a line "<pid> <mode>" is appended here per run (spawn counting)
+  FAKE_CLAUDE_COUNT         a line "<pid> <mode>" is appended here per run (spawn counting); when the prompt
+                            carries a tick id, the line is "<pid> tick=<id> <mode>" (runs per tick)
 A directive in the prompt, [[fake_claude:MODE]] or [[fake_claude:MODE:N]], overrides FAKE_CLAUDE_MODE.
 """
 
@@ -109,8 +110,10 @@ def main() -> int:
             key = "FAKE_CLAUDE_SLEEP" if mode in ("sleep", "orphan") else "FAKE_CLAUDE_STATUS"
             os.environ[key] = directive[2].decode()
     if os.environ.get("FAKE_CLAUDE_COUNT"):
+        tick = re.search(rb'"tick_id": "([A-Za-z0-9._-]+)"', data)
+        which = f" tick={tick[1].decode()}" if tick else ""
         with open(os.environ["FAKE_CLAUDE_COUNT"], "a") as fh:
-            fh.write(f"{os.getpid()} {mode}\n")
+            fh.write(f"{os.getpid()}{which} {mode}\n")
 
     if mode == "ok":
         emit(result("hi there"))
