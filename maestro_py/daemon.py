@@ -98,6 +98,7 @@ class Daemon:
         self.governor = self.settings.governor(cadence_limits(self.registry))
         self.governor.load(self.ledger.rows(), self.clock.now())
         self.running: dict[str, Running] = {}
+        self._accounted: dict[str, datetime | None] = {}  # tick id -> retry time, while its settle is pending
         self.counters: Counter[str] = new_counters()
         self.started_at = self.clock.now()
         self.stopping = False     # first SIGTERM/SIGINT: drain
@@ -458,8 +459,28 @@ class Daemon:
         """Route a failed sub-session by its class (see policy.HANDLING)."""
         handling = HANDLING[cls]
         tick = claim.tick
-        now = self.clock.now()
         details["failure_class"] = cls.value
+        # A settle retried after an I/O error must count the failure once: the policies' verdict is kept
+        # per tick until the bus move has gone through.
+        if tick.id not in self._accounted:
+            self._accounted[tick.id] = self._account_failure(claim, cadence, cls, reason)
+        retry_at = self._accounted[tick.id]
+        if not handling.burns_attempt:
+            self.bus.requeue(claim, f"{reason} ({cls.value} failure: attempt not counted)",
+                             outcome=f"failed_{cls.value}", **details)
+            del self._accounted[tick.id]
+            self.counters["failed"] += 1
+            self.counters["requeued"] += 1
+            self.index.notice(tick.filename)
+            return
+        self._fail(claim, cadence, reason, retry_at=retry_at, permanent=handling.dead_letter, **details)
+        del self._accounted[tick.id]
+
+    def _account_failure(self, claim: Claim, cadence: Cadence, cls: FailureClass, reason: str) -> datetime | None:
+        """Tell the auth halt, backoff and breaker about one failed run; returns when it may be retried."""
+        handling = HANDLING[cls]
+        tick = claim.tick
+        now = self.clock.now()
         if handling.halts_all:
             self.breakers.halt_auth(now, reason, self._credential)
             self.gates.credentials_verified = False
@@ -467,32 +488,25 @@ class Daemon:
             self.events.emit("auth_halt", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
                              fix="replace the key in .env, or set MAESTRO_PREFER_SUBSCRIPTION_AUTH=1; "
                                  "then `maestro circuit reset --all` (or just edit .env)")
-        retry_at = None
-        if handling.trips_breaker:
-            wait = schedule(cadence.backoff_seconds) if cadence.backoff_seconds else None
-            retry_at = self.backoff.record_failure(tick.cadence, now, wait)
-            before = self.breakers.circuits.get(tick.cadence)
-            was_open = before is not None and before.state is not State.CLOSED
-            circuit = self.breakers.record_failure(tick.cadence, now, reason)
-            if circuit.state is State.OPEN:
-                retry_at = max(retry_at, circuit.open_until) if circuit.open_until else retry_at
-                self.events.emit("circuit_opened" if not was_open else "circuit_reopened", level="error",
-                                 cadence=tick.cadence, failures=circuit.failures,
-                                 open_until=iso(circuit.open_until) if circuit.open_until else None, reason=reason)
-                self._save_circuits()
-        if not handling.burns_attempt:
-            self.bus.requeue(claim, f"{reason} ({cls.value} failure: attempt not counted)",
-                             outcome=f"failed_{cls.value}", **details)
-            self.counters["failed"] += 1
-            self.counters["requeued"] += 1
-            self.index.notice(tick.filename)
-            return
-        self._fail(claim, cadence, reason, retry_at=retry_at, permanent=handling.dead_letter, **details)
+        if not handling.trips_breaker:
+            return None
+        wait = schedule(cadence.backoff_seconds) if cadence.backoff_seconds else None
+        retry_at = self.backoff.record_failure(tick.cadence, now, wait)
+        before = self.breakers.circuits.get(tick.cadence)
+        was_open = before is not None and before.state is not State.CLOSED
+        circuit = self.breakers.record_failure(tick.cadence, now, reason)
+        if circuit.state is State.OPEN:
+            retry_at = max(retry_at, circuit.open_until) if circuit.open_until else retry_at
+            self.events.emit("circuit_opened" if not was_open else "circuit_reopened", level="error",
+                             cadence=tick.cadence, failures=circuit.failures,
+                             open_until=iso(circuit.open_until) if circuit.open_until else None, reason=reason)
+            self._save_circuits()
+        return retry_at
 
     def _fail(self, claim: Claim, cadence: Cadence, reason: str, **details: Any) -> None:
-        self.counters["failed"] += 1
         max_attempts = cadence.max_attempts or self.settings.max_attempts
         where = self.bus.fail(claim, reason, max_attempts=max_attempts, **details)
+        self.counters["failed"] += 1
         if where == "dlq":
             self.counters["dlq"] += 1
         else:

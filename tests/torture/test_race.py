@@ -1,0 +1,137 @@
+"""Racing consumers: two daemons on one root never both run; two bus consumers never claim a tick twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+from maestro_py.paths import Folder
+from tests.torture.support import REPO, daemon_env, folder_ids, make_agent, new_tick, read_events, wait_for
+
+# Imports done, then both processes sleep until the same wall-clock instant and call the real CLI.
+AT_THE_SAME_MOMENT = textwrap.dedent(
+    """
+    import sys, time
+    import maestro_py.cli, maestro_py.daemon
+    go = float(sys.argv[1])
+    while time.time() < go:
+        pass
+    maestro_py.cli.cli.main(args=sys.argv[2:], prog_name="maestro")
+    """
+)
+
+
+def test_two_daemons_started_at_the_same_moment_exactly_one_runs(tmp_path: Path) -> None:
+    layout = make_agent(tmp_path / "agent", '[beat]\nmode = "inline"\nhandler = "noop"\n')
+    env = daemon_env(tmp_path)
+    rounds = 6
+    for round_ in range(rounds):
+        go = time.time() + 1.0
+        procs = [subprocess.Popen([sys.executable, "-c", AT_THE_SAME_MOMENT, str(go), "--root", str(layout.root), "run"],
+                                  env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        try:
+            wait_for(lambda: any(p.poll() is not None for p in procs), timeout=20, what="one daemon to refuse")
+            losers = [p for p in procs if p.poll() is not None]
+            assert len(losers) == 1, f"round {round_}: both exited: {[p.communicate() for p in procs]}"
+            loser = losers[0]
+            (winner,) = [p for p in procs if p is not loser]
+            err = loser.stderr.read()
+            assert loser.returncode == 1, err
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("maestro: another maestro daemon"), err
+            # It names the live owner (read from the lock file, which the winner writes just after its flock).
+            assert f"(pid {winner.pid})" in lines[0], f"round {round_}: the refusal does not name the owner: {err}"
+            time.sleep(0.3)
+            assert winner.poll() is None, "the winner must keep running"
+            wait_for(lambda: json.loads(layout.consumer_file.read_text()).get("pid") == winner.pid,
+                     what="the winner's status")
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(timeout=20)
+                p.stdout.close()
+                p.stderr.close()
+        assert winner.returncode == 0
+    started = [e["pid"] for e in read_events(layout) if e["stage"] == "daemon_started"]
+    assert len(started) == rounds, "only the winner of each round may start"
+
+
+RACER = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from maestro_py.bus import Bus
+    from maestro_py.index import InboxIndex
+    from maestro_py.paths import Layout
+    bus = Bus(Layout(sys.argv[1]))
+    index = InboxIndex(bus)
+    index.refresh(force=True)  # reads every file once (10k), before the start signal
+    go = float(sys.argv[2])
+    while time.time() < go:
+        pass
+    got, lost = [], 0
+    while True:
+        index.promote(bus.clock.now())
+        heads = list(index.heads())
+        if not heads:
+            index.refresh(force=True)
+            index.promote(bus.clock.now())
+            if not list(index.heads()):
+                break
+            continue
+        for head in heads:  # both racers walk the same FIFO order: every claim is contested
+            index.discard(head.name)
+            claim = bus.claim(head.name)
+            if claim is None:
+                lost += 1
+            else:
+                got.append(claim.tick.id)
+    print(json.dumps({"got": got, "lost": lost, "owner": bus.owner.token}))
+    """
+)
+
+
+def test_two_consumers_claim_10000_ticks_with_zero_double_claims(tmp_path: Path) -> None:
+    layout = make_agent(tmp_path / "agent", "")
+    inbox = layout.folder(Folder.INBOX)
+    ids = set()
+    for i in range(10_000):
+        tick = new_tick(f"c{i % 8}", {"n": i})
+        (inbox / tick.filename).write_bytes(tick.to_bytes())
+        ids.add(tick.id)
+    go = time.time() + 4.0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(layout.root), str(go)], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs.append(json.loads(out))
+    a, b = (set(o["got"]) for o in outs)
+    assert len(a) == len(outs[0]["got"]) and len(b) == len(outs[1]["got"])
+    assert not a & b, f"{len(a & b)} ticks claimed by both consumers"
+    assert a | b == ids, f"{len(ids - (a | b))} ticks claimed by neither"
+    assert a and b, "both consumers should have won claims"
+    assert os.listdir(inbox) == []
+    # The bus agrees: one claimed file per tick, named with the owner that reported it.
+    owners = {o["owner"]: set(o["got"]) for o in outs}
+    claimed = os.listdir(layout.folder(Folder.CLAIMED))
+    assert len(claimed) == 10_000
+    for name in claimed:
+        tick_id, owner = name[:-5].split("@")
+        assert tick_id in owners[owner]
+    assert Counter(folder_ids(layout, Folder.CLAIMED)) == Counter(ids)
+    claimed_events = Counter(e["id"] for e in read_events(layout) if e["stage"] == "claimed")
+    assert set(claimed_events.values()) == {1} and set(claimed_events) == ids
+    print(f"racing consumers: 10000 ticks, {len(a)} + {len(b)} claims, "
+          f"{outs[0]['lost'] + outs[1]['lost']} lost races, 0 double claims")
