@@ -24,5 +24,9 @@ demo: venv claude
 test: venv claude
 	$(VENV)/bin/pytest -q
 
+bench: venv claude
+	$(VENV)/bin/pip install --quiet -r bench/requirements.txt
+	$(VENV)/bin/python bench/run.py
+
 clean:
 	rm -rf $(VENV) .tools examples/agent/state examples/agent/logs

@@ -98,7 +98,9 @@ class Daemon:
         self.governor = self.settings.governor(cadence_limits(self.registry))
         self.governor.load(self.ledger.rows(), self.clock.now())
         self.running: dict[str, Running] = {}
-        self._accounted: dict[str, datetime | None] = {}  # tick id -> retry time, while its settle is pending
+        self._accounted: dict[str, datetime | None] = {}
+        self._leaked: set[int] = set()  # live `claude` children found by a process scan (a leaked one counts)
+        self._leaked_at: float | None = None  # tick id -> retry time, while its settle is pending
         self.counters: Counter[str] = new_counters()
         self.started_at = self.clock.now()
         self.stopping = False     # first SIGTERM/SIGINT: drain
@@ -307,16 +309,23 @@ class Daemon:
     def _live_count(self) -> int:
         """Live sub-sessions, counted from real processes too, so a leaked child still counts (fails closed)."""
         pids = {r.session.pid for r in self.running.values()}
-        try:
-            for child in psutil.Process().children():
-                try:
-                    if child.status() != psutil.STATUS_ZOMBIE and "--print" in child.cmdline():
-                        pids.add(child.pid)
-                except (psutil.NoSuchProcess, psutil.ZombieProcess):
-                    continue
-        except psutil.Error:
-            return self.settings.max_live  # cannot tell: refuse
-        return len(pids)
+        if len(pids) >= self.settings.max_live:
+            return len(pids)  # at the cap already: no need to look further
+        now_mono = self.clock.monotonic()
+        if self._leaked_at is None or now_mono - self._leaked_at >= 1.0:  # the process scan is cached ~1 s
+            try:
+                self._leaked = set()
+                for child in psutil.Process().children():
+                    try:
+                        if child.status() != psutil.STATUS_ZOMBIE and "--print" in child.cmdline():
+                            self._leaked.add(child.pid)
+                    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                        continue
+                self._leaked_at = now_mono
+            except psutil.Error:
+                self._leaked_at = None
+                return self.settings.max_live  # cannot tell: refuse
+        return len(pids | self._leaked)
 
     # -- inline work ------------------------------------------------------
     def _run_inline(self, claim: Claim, cadence: Cadence) -> None:

@@ -28,6 +28,7 @@ TAIL_BYTES = 4096
 REFRESH_INTERVAL = 0.5
 # Exit detection latency; a stop() request wakes the watcher at once regardless.
 _POLL = 0.05
+FIRST_REFRESH = 0.1
 _LOG_FLAGS = os.O_CREAT | os.O_WRONLY | os.O_APPEND
 
 
@@ -282,7 +283,9 @@ class ProcessSession:
     def _supervise(self) -> tuple[bool, bool]:
         """Run until the child exits; end its tree on timeout or stop(); then end orphans it left."""
         deadline = self._started + self._spec.timeout
-        next_refresh = 0.0
+        # The first tree scan waits a moment: a child that has just started has no descendants yet, and a
+        # psutil walk costs milliseconds a short run should not pay. (Timeouts and stops snapshot anyway.)
+        next_refresh = time.monotonic() + FIRST_REFRESH
         timed_out = stopped = False
         while self._popen.poll() is None:
             with self._lock:

@@ -224,6 +224,7 @@ def test_a_leaked_claude_child_counts_toward_the_cap(layout: Layout, clock: Fake
     finally:
         leaked.kill()
         leaked.wait()
+    clock.advance(2)  # the process scan is cached for a second
     run_steps(daemon)
     assert spawner.count == 1
 
