@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ class EventLog:
         self.redactor = redactor or Redactor()
         self.failures = 0  # appends that failed (disk full…); the daemon keeps running
         self._open: tuple[Path, int] | None = None  # the day's file stays open between events
+        self._day: tuple[float, float, Path] | None = None  # [start, end) of the local day, and its file
 
     def emit(self, stage: str, *, level: str = "info", id: str | None = None, cadence: str | None = None,
              **details: Any) -> dict[str, Any]:
@@ -34,13 +36,22 @@ class EventLog:
         event.update(details)
         event = self.redactor.data(event)
         line = (json.dumps(event, ensure_ascii=False, default=str) + "\n").encode()
-        path = self.layout.event_log(now.astimezone())
         try:
-            os.write(self._fd(path), line)
+            os.write(self._fd(self._path(now)), line)
         except OSError:
             self.failures += 1
             self.close()  # reopen next time (the folder may have been removed or remounted)
         return event
+
+    def _path(self, now: datetime) -> Path:
+        """Today's (local) log file; recomputed only when the day changes, as this runs for every event."""
+        t = now.timestamp()
+        if self._day is None or not self._day[0] <= t < self._day[1]:
+            local = now.astimezone()
+            start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+            end = (start + timedelta(days=1, hours=2)).replace(hour=0)  # DST-safe next midnight
+            self._day = (start.timestamp(), end.timestamp(), self.layout.event_log(local))
+        return self._day[2]
 
     def _fd(self, path: Path) -> int:
         if self._open is not None and self._open[0] == path:

@@ -267,3 +267,13 @@ def test_writer_killed_mid_write_leaves_nothing_half_visible(layout: Layout) -> 
     bus = Bus(layout)
     bus.sweep_tmp(grace=-1)
     assert names(layout, Folder.TMP) == []
+
+
+def test_event_log_moves_to_the_next_days_file_at_midnight(layout: Layout, clock) -> None:
+    log = EventLog(layout, clock=clock)
+    log.emit("one")
+    clock.advance(86400)
+    log.emit("two")
+    files = sorted(layout.events_dir.glob("bus-*.jsonl"))
+    assert len(files) == 2
+    assert [json.loads(f.read_text())["stage"] for f in files] == ["one", "two"]
