@@ -30,7 +30,7 @@ from typing import Any
 from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.events import EventLog
-from maestro_py.fsio import dump_json, fsync_dir, write_tmp
+from maestro_py.fsio import dump_json, fsync_dir, scan_dir, unlink_missing_ok, write_tmp
 from maestro_py.owner import Owner
 from maestro_py.paths import Folder, Layout
 from maestro_py.tick import MAX_TICK_BYTES, Tick, parse_tick
@@ -199,7 +199,7 @@ class Bus:
     def dead_letters(self) -> list[dict[str, Any]]:
         """Everything in `dlq/`, oldest first: dead-lettered ticks and quarantined files with their reasons."""
         out: list[dict[str, Any]] = []
-        for entry in sorted(_scan(self.dlq), key=lambda e: e.name):
+        for entry in sorted(scan_dir(self.dlq), key=lambda e: e.name):
             name = entry.name
             if name.endswith(REASON_SUFFIX):
                 continue
@@ -236,7 +236,7 @@ class Bus:
         tick.history.append(self._entry(tick.attempts, "replayed", f"replayed from dlq by {by}",
                                         {"attempts_before": before, "reset_attempts": reset_attempts}))
         self._publish(tick, self.inbox / tick.filename, overwrite=False)
-        _unlink(path)
+        unlink_missing_ok(path)
         self.events.emit("replayed", id=tick.id, cadence=tick.cadence, reset_attempts=reset_attempts)
         return tick
 
@@ -244,7 +244,7 @@ class Bus:
         """Delete dead letters (and quarantine notes) older than N days, or all; returns the names."""
         cutoff = None if older_than_days is None else self.clock.now().timestamp() - older_than_days * 86400
         removed: list[str] = []
-        for entry in _scan(self.dlq):
+        for entry in scan_dir(self.dlq):
             if entry.name.endswith(REASON_SUFFIX):
                 continue
             try:
@@ -257,8 +257,8 @@ class Bus:
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(path, ignore_errors=True)
             else:
-                _unlink(path)
-            _unlink(self.dlq / f"{entry.name}{REASON_SUFFIX}")
+                unlink_missing_ok(path)
+            unlink_missing_ok(self.dlq / f"{entry.name}{REASON_SUFFIX}")
             removed.append(entry.name)
         if removed:
             self.events.emit("dlq_purged", level="warn", count=len(removed), older_than_days=older_than_days)
@@ -274,7 +274,7 @@ class Bus:
         """
         reaped: list[str] = []
         now = self.clock.now()
-        for entry in _scan(self.claimed):
+        for entry in scan_dir(self.claimed):
             stem, sep, rest = entry.name[:-5].partition(CLAIM_SEP) if entry.name.endswith(".json") else ("", "", "")
             owner = Owner.parse(rest) if sep else None
             interrupted = owner == self.owner and active is not None and stem not in active
@@ -293,7 +293,7 @@ class Bus:
                 self.quarantine(path, "unexpected file in claimed/")
                 continue
             if any((folder / f"{stem}.json").exists() for folder in (self.done, self.dlq, self.inbox)):
-                _unlink(path)  # the move had already published the next state; drop the stale copy
+                unlink_missing_ok(path)  # the move had already published the next state; drop the stale copy
                 continue
             try:
                 tick = self._read_tick(path, stem)
@@ -323,13 +323,13 @@ class Bus:
         """Remove leftovers of crashed writers from `tmp/` once older than `grace` seconds."""
         removed = 0
         cutoff = self.clock.now().timestamp() - grace
-        for entry in _scan(self.tmp):
+        for entry in scan_dir(self.tmp):
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
             if st.st_mtime < cutoff and not stat.S_ISDIR(st.st_mode):
-                _unlink(Path(entry.path))
+                unlink_missing_ok(Path(entry.path))
                 removed += 1
         if removed:
             self.events.emit("tmp_swept", level="warn", removed=removed)
@@ -338,7 +338,7 @@ class Bus:
     # -- inspection -------------------------------------------------------
     def depth(self, folder: Folder) -> int:
         """How many ticks a folder holds (quarantine notes not counted)."""
-        return sum(1 for e in _scan(self.layout.folder(folder)) if not e.name.endswith(REASON_SUFFIX))
+        return sum(1 for e in scan_dir(self.layout.folder(folder)) if not e.name.endswith(REASON_SUFFIX))
 
     def depths(self) -> dict[str, int]:
         """Depth of every state folder."""
@@ -354,7 +354,7 @@ class Bus:
     def _move(self, claim: Claim, target: Path, *, overwrite: bool, data: dict[str, Any] | None = None) -> None:
         """Publish the tick's new content at `target`, then drop the claimed copy."""
         self._publish(claim.tick, target, overwrite=overwrite, data=data)
-        _unlink(claim.path)
+        unlink_missing_ok(claim.path)
 
     def _publish(self, tick: Tick, target: Path, *, overwrite: bool, data: dict[str, Any] | None = None) -> None:
         payload = tick.to_bytes() if data is None else (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode()
@@ -366,7 +366,7 @@ class Bus:
                 os.link(tmp, target)  # EEXIST instead of overwriting, as Maildir does
                 os.unlink(tmp)
         except BaseException:
-            _unlink(tmp)
+            unlink_missing_ok(tmp)
             raise
         fsync_dir(target.parent)
 
@@ -448,18 +448,3 @@ def _dlq_name(name: str) -> str:
     if name.endswith(REASON_SUFFIX):
         name += ".quarantined"
     return name
-
-
-def _scan(folder: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(folder) as it:
-            return list(it)
-    except FileNotFoundError:
-        return []
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -66,3 +66,20 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def unlink_missing_ok(path: Path) -> None:
+    """Remove `path`; a file that is already gone is fine (other errors are raised)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def scan_dir(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of `folder` (none if it does not exist)."""
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except FileNotFoundError:
+        return []

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from maestro_py.clock import parse_iso
-from maestro_py.fsio import atomic_write, fsync_dir
+from maestro_py.fsio import atomic_write, fsync_dir, scan_dir, unlink_missing_ok
 from maestro_py.paths import Folder, Layout
 
 PRUNE_EVERY_SECONDS = 3600.0   # how often the daemon prunes
@@ -36,8 +36,6 @@ MIB = 1024 * 1024
 
 _DAILY_RE = re.compile(r"^bus-(\d{4}-\d{2})-\d{2}\.jsonl\Z")
 _RUN_LOG_RE = re.compile(r"\.(stdout|stderr)\.log\Z")
-
-
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -163,7 +161,7 @@ class _Unit:
 def _units(layout: Layout) -> list[_Unit]:
     units: dict[str, _Unit] = {}
     for folder, pattern in ((layout.folder(Folder.DONE), None), (layout.subsessions_dir, ".log")):
-        for entry in _scan(folder):
+        for entry in scan_dir(folder):
             if pattern and not entry.name.endswith(pattern):
                 continue
             try:
@@ -224,7 +222,7 @@ def _rotate_events(layout: Layout, month: str, now: datetime, report: PruneRepor
 
 def _rotate_events_locked(folder: Path, month: str, now: datetime, report: PruneReport) -> None:
     by_month: dict[str, list[Path]] = {}
-    for entry in _scan(folder):
+    for entry in scan_dir(folder):
         match = _DAILY_RE.match(entry.name)
         if match and match[1] < month and entry.is_file(follow_symlinks=False):
             by_month.setdefault(match[1], []).append(Path(entry.path))
@@ -260,11 +258,11 @@ def _merge(archive: Path, parts: list[Path]) -> None:
                 os.fsync(out.fileno())
             os.replace(tmp, archive)
         except BaseException:
-            _unlink(tmp)
+            unlink_missing_ok(tmp)
             raise
         fsync_dir(archive.parent)
     for part in parts:
-        _unlink(part)
+        unlink_missing_ok(part)
     fsync_dir(archive.parent)
 
 
@@ -295,7 +293,7 @@ def _drop_leftover(path: Path, now: datetime, report: PruneReport) -> None:
         return
     if st.st_mtime < now.timestamp() - TMP_GRACE_SECONDS:
         if not report.dry_run:
-            _unlink(path)
+            unlink_missing_ok(path)
         report.removed.append(Removal(path, st.st_size, "tmp"))
 
 
@@ -366,23 +364,9 @@ def _row_month(line: bytes) -> str | None:
 
 # -- helpers ------------------------------------------------------------------------------------
 
-def _scan(folder: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(folder) as it:
-            return list(it)
-    except FileNotFoundError:
-        return []
-
 
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
     except FileNotFoundError:
         return 0.0
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
