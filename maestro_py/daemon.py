@@ -22,7 +22,7 @@ from maestro_py.budget import Estimate, cadence_limits
 from maestro_py.bus import Bus, Claim
 from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.config import Settings, load_env
-from maestro_py.errors import AlreadyRunning, SpawnError
+from maestro_py.errors import SpawnError
 from maestro_py.events import EventLog
 from maestro_py.gates import Gates
 from maestro_py.index import Entry, InboxIndex, payload_fingerprint
@@ -119,7 +119,7 @@ class Daemon:
     def run(self, *, once: bool = False) -> int:
         """Run until stopped (or, with `once`, until nothing runnable is left); returns the exit code."""
         lock = DaemonLock(self.layout.lock_file, self.layout.root)
-        self._acquire(lock)
+        lock.acquire()
         try:
             self.layout.ensure()
             proctree.become_subreaper()  # orphaned tool processes come back to us, so none survives
@@ -154,21 +154,6 @@ class Daemon:
         finally:
             lock.release()
         return 0
-
-    def _acquire(self, lock: DaemonLock) -> None:
-        """Take the lock, or refuse naming the live owner. Two transient states are waited out (up to 2 s):
-        no pid written yet (the owner won a simultaneous start a moment ago and writes it just after its
-        flock), and an owner that is already dead (killed while starting a sub-session: the child shares
-        the flock until its exec closes the descriptor, a few ms later)."""
-        deadline = time.monotonic() + 2.0
-        while True:
-            try:
-                lock.acquire()
-                return
-            except AlreadyRunning as exc:
-                if (exc.pid is not None and _pid_alive(exc.pid)) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(0.01)
 
     def step(self) -> bool:
         """One iteration of the loop; True if it did work (claimed or settled something)."""
@@ -732,13 +717,6 @@ def _read_stop(path: Any) -> str | None:
         return str(doc.get("reason") or "STOP file present") if isinstance(doc, dict) else text or "STOP file present"
     except ValueError:
         return text[:200] or "STOP file present"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def _mtime(path: Any) -> float | None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
+
+import psutil
 
 from maestro_py.errors import AlreadyRunning
 
@@ -17,8 +20,24 @@ class DaemonLock:
         self.root = root
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        """Take the lock or raise AlreadyRunning naming the live owner's pid."""
+    def acquire(self, *, settle: float = 2.0) -> None:
+        """Take the lock or raise AlreadyRunning naming the live owner's pid.
+
+        Two transient refusals are waited out for up to `settle` seconds: no pid written yet (the owner won
+        a simultaneous start and writes its pid just after its flock), and a holder that is already dead
+        (a daemon killed while starting a sub-session: the child shares the flock until its exec).
+        """
+        deadline = time.monotonic() + settle
+        while True:
+            try:
+                self._try_acquire()
+                return
+            except AlreadyRunning as exc:
+                if (exc.pid is not None and _alive(exc.pid)) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
+
+    def _try_acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -42,6 +61,13 @@ class DaemonLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def holder(path: Path) -> int | None:
