@@ -35,6 +35,17 @@ def build(root: Path, n: int) -> Bus:
     return bus
 
 
+def timed_claim(bus: Bus, index: InboxIndex) -> float:
+    """Seconds for one claim as the daemon makes it: the FIFO head, renamed into claimed/, read, parsed."""
+    t = time.perf_counter()
+    head = next(index.heads())
+    index.discard(head.name)
+    claim = bus.claim(head.name)
+    elapsed = time.perf_counter() - t
+    assert claim is not None
+    return elapsed
+
+
 def measure(n: int, claims: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
         bus = build(Path(tmp), n)
@@ -45,12 +56,7 @@ def measure(n: int, claims: int) -> dict[str, float]:
         index.promote(bus.clock.now())
         samples = []
         for _ in range(claims):
-            t = time.perf_counter()
-            head = next(index.heads())
-            index.discard(head.name)
-            claim = bus.claim(head.name)
-            samples.append(time.perf_counter() - t)
-            assert claim is not None
+            samples.append(timed_claim(bus, index))
         return {"backlog": n, "median_us": statistics.median(samples) * 1e6,
                 "p99_us": sorted(samples)[int(len(samples) * 0.99) - 1] * 1e6, "scan_s": scan}
 
