@@ -10,6 +10,11 @@ A tick's state *is* the folder it is in (see `paths.Folder`):
 Every transition that changes a tick's content writes the new content under `tmp/`, fsyncs it, publishes
 it into the target folder, fsyncs that folder, then removes the old copy. A crash between the publish
 and the removal leaves two copies; `reap_stale` keeps the further one, so a tick is never lost.
+
+Inside `group_commit()` (the daemon's inline batches), `complete` publishes done copies without waiting
+for the disk and keeps the claimed copies; leaving the block makes the whole group durable with one sync,
+and only then drops the claimed copies. A crash before that sync can leave a torn done copy beside its
+claimed copy: `reap_stale` checks the later copy parses before trusting it, and runs the tick again if not.
 """
 
 from __future__ import annotations
@@ -30,13 +35,27 @@ from typing import Any
 from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.events import EventLog
-from maestro_py.fsio import dump_json, fsync_dir, scan_dir, unlink_missing_ok, write_tmp
+from maestro_py.fsio import dump_json, fsync_dir, scan_dir, sync_files, unlink_missing_ok, write_tmp
 from maestro_py.owner import Owner
 from maestro_py.paths import Folder, Layout
-from maestro_py.tick import MAX_TICK_BYTES, Tick, parse_tick
+from maestro_py.tick import MAX_TICK_BYTES, Tick, encode, parse_tick
 
 REASON_SUFFIX = ".reason.json"
 CLAIM_SEP = "@"  # claimed/<id>@<owner-token>.json
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A tick as read from `inbox/`, with what identifies that version of the file (inode, size, mtime)."""
+
+    tick: Tick
+    ino: int
+    size: int
+    mtime_ns: int
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (stat.S_ISREG(st.st_mode) and st.st_ino == self.ino and st.st_size == self.size
+                and st.st_mtime_ns == self.mtime_ns)
 
 
 @dataclass
@@ -69,6 +88,7 @@ class Bus:
         self.claimed = layout.folder(Folder.CLAIMED)
         self.done = layout.folder(Folder.DONE)
         self.dlq = layout.folder(Folder.DLQ)
+        self._group: list[tuple[Claim, Path, dict[str, Any]]] | None = None  # completions awaiting their sync
 
     # -- delivery ---------------------------------------------------------
     def enqueue(self, cadence: str, *, source: str = "cli", payload: dict[str, Any] | None = None,
@@ -94,8 +114,12 @@ class Bus:
         return target
 
     # -- claiming ---------------------------------------------------------
-    def claim(self, name: str) -> Claim | None:
-        """Take `inbox/<name>` by one atomic rename; None if another consumer won or the file is bad."""
+    def claim(self, name: str, seen: Seen | None = None) -> Claim | None:
+        """Take `inbox/<name>` by one atomic rename; None if another consumer won or the file is bad.
+
+        With `seen` (the index's parse of this file), the file is not read again if it is still the same
+        version: a rename keeps the inode, and any rewrite changes the inode, size or mtime.
+        """
         stem = name[:-5] if name.endswith(".json") else name
         target = self.claimed / f"{stem}{CLAIM_SEP}{self.owner.token}.json"
         try:
@@ -103,7 +127,10 @@ class Bus:
         except FileNotFoundError:
             return None  # lost the race, or it was never there
         try:
-            tick = self._read_tick(target, stem)
+            if seen is not None and seen.matches(os.lstat(target)):
+                tick = seen.tick
+            else:
+                tick = self._read_tick(target, stem)
         except TickInvalid as exc:
             self.quarantine(target, str(exc), original_name=name)
             return None
@@ -114,12 +141,44 @@ class Bus:
 
     # -- settling ---------------------------------------------------------
     def complete(self, claim: Claim, outcome: str = "ok", *, reason: str | None = None, **details: Any) -> None:
-        """claimed/ -> done/ with a final history entry."""
+        """claimed/ -> done/ with a final history entry (durable now, or when the group commits)."""
         tick = claim.tick
+        event = {"id": tick.id, "cadence": tick.cadence, "outcome": outcome, "reason": reason, **details}
         with _undo_on_error(tick):
             tick.history.append(self._entry(claim.attempt, outcome, reason, details))
-            self._move(claim, self.done / tick.filename, overwrite=True)
-        self.events.emit("done", id=tick.id, cadence=tick.cadence, outcome=outcome, reason=reason, **details)
+            target = self.done / tick.filename
+            if self._group is not None:
+                self._publish(tick, target, overwrite=True, durable=False)
+                self._group.append((claim, target, event))
+                return
+            self._move(claim, target, overwrite=True)
+        self.events.emit("done", **event)
+
+    @contextmanager
+    def group_commit(self) -> Iterator[None]:
+        """Completions inside the block become durable together, with one sync when it ends.
+
+        Until then each completed tick has both copies, the claimed one and an unsynced done one, so a
+        crash leaves it for `reap_stale` to settle (the done copy if it is whole, else a rerun); the
+        claimed copies are dropped, and the `done` events written, only after the sync.
+        """
+        if self._group is not None:  # already inside one: the outer block commits
+            yield
+            return
+        self._group = []
+        try:
+            yield
+        finally:
+            group, self._group = self._group, None
+            self._commit(group)
+
+    def _commit(self, group: list[tuple[Claim, Path, dict[str, Any]]]) -> None:
+        if not group:
+            return
+        sync_files([target for _, target, _ in group], [self.done])
+        for claim, _, event in group:
+            unlink_missing_ok(claim.path)
+            self.events.emit("done", **event)
 
     def fail(self, claim: Claim, reason: str, *, max_attempts: int, retry_at: datetime | None = None,
              permanent: bool = False, outcome: str = "failed", **details: Any) -> str:
@@ -186,14 +245,15 @@ class Bus:
         self.events.emit("quarantined", level="error", id=None, cadence=None, file=_shown(name), reason=reason)
         return target
 
-    def inspect(self, name: str) -> Tick:
+    def inspect(self, name: str) -> Seen:
         """Read `inbox/<name>` for the index without following links or blocking on FIFOs.
 
         Raises TickInvalid (quarantine it) or FileNotFoundError (it vanished: ignore).
         """
         if not name.endswith(".json") or name.endswith(REASON_SUFFIX):
             raise TickInvalid("not a tick file name (expected <id>.json)")
-        return self._read_tick(self.inbox / name, name[:-5])
+        tick, st = self._read(self.inbox / name, name[:-5])
+        return Seen(tick, st.st_ino, st.st_size, st.st_mtime_ns)
 
     # -- dead letters -----------------------------------------------------
     def dead_letters(self) -> list[dict[str, Any]]:
@@ -292,7 +352,7 @@ class Bus:
             if not stem:
                 self.quarantine(path, "unexpected file in claimed/")
                 continue
-            if any((folder / f"{stem}.json").exists() for folder in (self.done, self.dlq, self.inbox)):
+            if self._settled_elsewhere(stem):
                 unlink_missing_ok(path)  # the move had already published the next state; drop the stale copy
                 continue
             try:
@@ -318,6 +378,30 @@ class Bus:
                 self.events.emit("reaped", level="warn", id=tick.id, cadence=tick.cadence, owner_pid=dead_owner)
             reaped.append(tick.id)
         return reaped
+
+    def _settled_elsewhere(self, stem: str) -> bool:
+        """True if a whole later copy of the tick exists (now made durable); a torn one is removed.
+
+        A group commit publishes done copies before its sync, so after a crash a done copy may be empty
+        or cut short. Only a copy that parses as this tick is trusted over the claimed one.
+        """
+        for folder in (self.done, self.dlq, self.inbox):
+            later = folder / f"{stem}.json"
+            if not os.path.lexists(later):
+                continue
+            try:
+                self._read_tick(later, stem)
+            except TickInvalid:
+                if folder is self.done:  # only a group commit writes without a sync: a torn copy is ours
+                    unlink_missing_ok(later)
+                    fsync_dir(folder)
+                    continue
+                return True  # a bad copy elsewhere is not ours to judge: the claimed copy is still dropped
+            except FileNotFoundError:
+                continue
+            sync_files([later], [folder])
+            return True
+        return False
 
     def sweep_tmp(self, *, grace: float = 3600.0) -> int:
         """Remove leftovers of crashed writers from `tmp/` once older than `grace` seconds."""
@@ -356,9 +440,10 @@ class Bus:
         self._publish(claim.tick, target, overwrite=overwrite, data=data)
         unlink_missing_ok(claim.path)
 
-    def _publish(self, tick: Tick, target: Path, *, overwrite: bool, data: dict[str, Any] | None = None) -> None:
-        payload = tick.to_bytes() if data is None else (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode()
-        tmp = write_tmp(self.tmp, payload)
+    def _publish(self, tick: Tick, target: Path, *, overwrite: bool, data: dict[str, Any] | None = None,
+                 durable: bool = True) -> None:
+        payload = tick.to_bytes() if data is None else encode(data)
+        tmp = write_tmp(self.tmp, payload, durable=durable)
         try:
             if overwrite:
                 os.replace(tmp, target)
@@ -368,10 +453,14 @@ class Bus:
         except BaseException:
             unlink_missing_ok(tmp)
             raise
-        fsync_dir(target.parent)
+        if durable:
+            fsync_dir(target.parent)
 
     def _read_tick(self, path: Path, stem: str) -> Tick:
         """Open without following links or blocking, check it is a small regular file, parse it."""
+        return self._read(path, stem)[0]
+
+    def _read(self, path: Path, stem: str) -> tuple[Tick, os.stat_result]:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -408,7 +497,7 @@ class Bus:
         finally:
             os.close(fd)
         fallback = datetime.fromtimestamp(st.st_mtime).astimezone()
-        return parse_tick(data, stem=stem, fallback_time=fallback)
+        return parse_tick(data, stem=stem, fallback_time=fallback), st
 
     @staticmethod
     def _free_name(folder: Path, name: str) -> Path:

@@ -361,7 +361,12 @@ def dlq_show(c: Context, tick_id: str) -> None:
     for name in (f"{tick_id}.json", tick_id):
         path = folder / name
         if "/" not in name and path.is_file() and not path.is_symlink():
-            click.echo(path.read_text(encoding="utf-8", errors="replace").rstrip())
+            text = path.read_text(encoding="utf-8", errors="replace")
+            try:
+                text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)  # tick files are one line
+            except ValueError:
+                pass  # a quarantined file: shown as it is
+            click.echo(text.rstrip())
             note = folder / f"{name}.reason.json"
             if note.is_file():
                 click.echo(note.read_text(encoding="utf-8").rstrip())

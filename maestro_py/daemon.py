@@ -40,7 +40,8 @@ from maestro_py.wakeup import Wakeup
 
 log = logging.getLogger("maestro")
 
-INLINE_BATCH = 16  # inline ticks per iteration before the loop looks at its other duties again
+INLINE_BATCH = 64  # inline ticks per iteration before the loop looks at its other duties again
+INLINE_WINDOW = 0.05  # seconds of inline work per iteration: a slow handler's batch commits early
 STATUS_EVERY = 0.25  # seconds between consumer.json rewrites while busy
 HEARTBEAT_EVERY = 5.0  # seconds between rewrites of an unchanged consumer.json (the heartbeat)
 
@@ -127,6 +128,7 @@ class Daemon:
             self.restore_circuits()
             self._watching = self.wakeup.start()
             self.events.emit("daemon_started", pid=os.getpid(), once=once, watchdog=self._watching,
+                             wakeup=self.wakeup.mechanism,
                              root=str(self.layout.root))
             scrub(os.environ)  # _reload_env rebuilds self.env from os.environ
             self.notifier.ready(status_line(state="running", queued=len(self.index), live=len(self.running)))
@@ -181,6 +183,9 @@ class Daemon:
     def _discover(self, now_mono: float) -> None:
         for name in self.wakeup.drain_names():
             self.index.notice(name)
+        if self.wakeup.overflowed:  # file events were lost: rescan now rather than at the next poll
+            self.wakeup.overflowed = False
+            self.index.refresh(force=True)
         if now_mono >= self._next_scan or not self._watching:
             self._next_scan = now_mono + self.settings.poll_ms / 1000
             self.index.refresh()
@@ -207,16 +212,23 @@ class Daemon:
 
     # -- dispatch ---------------------------------------------------------
     def _dispatch(self) -> bool:
-        """Claim and start what the gates allow; inline work up to a batch, at most one spawn."""
+        """Claim and start what the gates allow; inline work up to a batch, at most one spawn.
+
+        The batch's completions are one group commit: durable together, with one sync at the end.
+        """
+        with self.bus.group_commit():
+            return self._dispatch_batch()
+
+    def _dispatch_batch(self) -> bool:
         progressed = self._coalesce()
         inline_left = INLINE_BATCH
         spawned = False
-        while inline_left > 0:
+        window_ends = time.monotonic() + INLINE_WINDOW
+        while inline_left > 0 and time.monotonic() < window_ends:
             entry = self._next_entry(spawned)
             if entry is None:
                 break
-            self.index.discard(entry.name)
-            claim = self.bus.claim(entry.name)
+            claim = self.bus.claim(entry.name, self.index.take(entry.name))
             self.counters["quarantined"] = self.bus.quarantined
             if claim is None:
                 continue
@@ -247,8 +259,7 @@ class Daemon:
                 continue
             running = {r.fingerprint: tid for tid, r in self.running.items() if r.claim.tick.cadence == cadence_name}
             for entry, target in overlap.surplus(self.index, cadence_name, cadence.overlap, running):
-                self.index.discard(entry.name)
-                claim = self.bus.claim(entry.name)
+                claim = self.bus.claim(entry.name, self.index.take(entry.name))
                 if claim is None:
                     continue
                 self.bus.complete(claim, "skipped_overlap", reason=f"merged into {target}", merged_into=target)

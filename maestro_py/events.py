@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,19 +28,17 @@ class EventLog:
         self._day: tuple[float, float, Path] | None = None  # [start, end) of the local day, and its file
 
     def emit(self, stage: str, *, level: str = "info", id: str | None = None, cadence: str | None = None,
-             **details: Any) -> dict[str, Any]:
+             **details: Any) -> None:
         """Append one event; never raises (an unwritable log must not stop the work)."""
         now = self.clock.now()
         event: dict[str, Any] = {"ts": iso(now), "level": level, "stage": stage, "id": id, "cadence": cadence}
         event.update(details)
-        event = self.redactor.data(event)
-        line = (json.dumps(event, ensure_ascii=False, default=str) + "\n").encode()
+        line = (self.redactor.json_line(event) + "\n").encode()
         try:
             os.write(self._fd(self._path(now)), line)
         except OSError:
             self.failures += 1
             self.close()  # reopen next time (the folder may have been removed or remounted)
-        return event
 
     def _path(self, now: datetime) -> Path:
         """Today's (local) log file; recomputed only when the day changes, as this runs for every event."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,46 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _load_syncfs() -> "ctypes._NamedFuncPointer | None":
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # the symbols already loaded: libc on Linux
+        return libc.syncfs
+    except (OSError, AttributeError):  # not Linux (or no glibc): the per-file fallback is used
+        return None
+
+
+_SYNCFS = _load_syncfs()
+
+
+def sync_files(files: Iterable[Path], folders: Iterable[Path]) -> None:
+    """Make `files` (written without fsync) and the renames into `folders` durable, all at once.
+
+    On Linux this is one syncfs(2) of the filesystem holding them: a single journal commit and cache
+    flush for a whole batch, where one fsync per file would pay one each (group commit). Elsewhere it
+    fsyncs each file, then each folder.
+    """
+    files, folders = list(files), list(folders)
+    if not files and not folders:
+        return
+    if _SYNCFS is not None:
+        fd = os.open(folders[0] if folders else files[0], os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _SYNCFS(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs: {os.strerror(err)}")
+        finally:
+            os.close(fd)
+        return
+    for path in files:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder in folders:
+        fsync_dir(folder)
 
 
 def write_tmp(tmp_dir: Path, data: bytes, *, mode: int = 0o600, durable: bool = True) -> Path:

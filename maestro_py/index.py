@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from maestro_py.bus import Bus
+from maestro_py.bus import Bus, Seen
 from maestro_py.errors import TickInvalid
+
+PARSED_KEPT = 2048  # parsed ticks kept for their claim (~1.2 KB each), so a claim need not read the file again
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class InboxIndex:
         self._ready: dict[str, list[str]] = {}            # cadence -> heap of names
         self._delayed: list[tuple[float, str]] = []       # heap of (due, name)
         self._fingerprints: dict[str, Counter[str]] = {}  # cadence -> payload hash -> count
+        self._parsed: dict[str, Seen] = {}                # name -> the parse, for the first PARSED_KEPT
         self._scanned_mtime: int | None = None
         self._now = 0.0  # time of the last promote()
         self.quarantined = 0
@@ -67,15 +70,18 @@ class InboxIndex:
         if name in self._known:
             return 0
         try:
-            tick = self.bus.inspect(name)
+            seen = self.bus.inspect(name)
         except FileNotFoundError:
             return 0
         except TickInvalid as exc:
             if self.bus.quarantine(self.bus.inbox / name, str(exc)) is not None:
                 self.quarantined += 1
             return 0
+        tick = seen.tick
         due = tick.not_before_dt.timestamp() if tick.not_before else None
         self.add(Entry(name, tick.cadence, due, payload_fingerprint(tick.payload)))
+        if len(self._parsed) < PARSED_KEPT:
+            self._parsed[name] = seen
         return 1
 
     def add(self, entry: Entry) -> None:
@@ -91,6 +97,12 @@ class InboxIndex:
     def discard(self, name: str) -> None:
         """Forget a tick (claimed, or vanished)."""
         self._forget(name)
+
+    def take(self, name: str) -> Seen | None:
+        """Forget a tick about to be claimed; returns its parse if kept (pass it to `Bus.claim`)."""
+        seen = self._parsed.get(name)
+        self._forget(name)
+        return seen
 
     # -- picking ----------------------------------------------------------
     def promote(self, now: datetime) -> None:
@@ -156,6 +168,7 @@ class InboxIndex:
         return None
 
     def _forget(self, name: str) -> None:
+        self._parsed.pop(name, None)
         entry = self._known.pop(name, None)
         if entry is not None:
             counts = self._fingerprints[entry.cadence]

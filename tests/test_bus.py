@@ -161,6 +161,53 @@ def test_reap_finishes_an_interrupted_move_without_duplicating(layout: Layout, c
     assert names(layout, Folder.CLAIMED) == [] and names(layout, Folder.INBOX) == []
 
 
+def test_group_commit_keeps_claimed_copies_until_one_sync_makes_the_group_durable(bus: Bus, layout: Layout) -> None:
+    ticks = [bus.enqueue("a") for _ in range(3)]
+    index = InboxIndex(bus)
+    with bus.group_commit():
+        for _ in ticks:
+            bus.complete(claim_next(bus, index), "ok")
+        # Published but not yet synced: each tick still has its claimed copy, and no `done` event is out.
+        assert tick_ids(layout, Folder.DONE) == sorted(t.id for t in ticks)
+        assert len(names(layout, Folder.CLAIMED)) == 3
+        assert [e for e in events(layout) if e["stage"] == "done"] == []
+    assert names(layout, Folder.CLAIMED) == []
+    assert [e["id"] for e in events(layout) if e["stage"] == "done"] == [t.id for t in ticks]
+    assert read_json(layout.folder(Folder.DONE) / f"{ticks[0].id}.json")["history"][-1]["outcome"] == "ok"
+
+
+@pytest.mark.parametrize("torn", [b"", b'{"id": "cut sh'])
+def test_reap_reruns_a_tick_whose_unsynced_done_copy_was_torn_by_a_crash(layout: Layout, clock, torn: bytes) -> None:
+    ghost = Owner(999_999, 1)
+    bus = Bus(layout, clock=clock, owner=ghost)
+    tick = bus.enqueue("a")
+    claim = claim_next(bus, InboxIndex(bus))
+    # A power cut after a group commit published the done copy but before its sync: the copy is empty or cut.
+    (layout.folder(Folder.DONE) / f"{tick.id}.json").write_bytes(torn)
+    assert Bus(layout, clock=clock).reap_stale() == [tick.id]
+    assert tick_ids(layout, Folder.INBOX) == [tick.id] and names(layout, Folder.DONE) == []
+    assert names(layout, Folder.CLAIMED) == [] and claim.tick.id == tick.id
+    assert read_json(layout.folder(Folder.INBOX) / f"{tick.id}.json")["history"][-1]["outcome"] == "reaped"
+
+
+def test_claim_reuses_the_index_parse_only_for_the_same_version_of_the_file(bus: Bus, layout: Layout) -> None:
+    first, second = bus.enqueue("a"), bus.enqueue("a")
+    index = InboxIndex(bus)
+    index.refresh(force=True)
+    seen_first, seen_second = index.take(first.filename), index.take(second.filename)
+    assert seen_first is not None and seen_second is not None
+    # The second file is rewritten after the index read it (new inode): the claim must read it again.
+    path = layout.folder(Folder.INBOX) / second.filename
+    doc = read_json(path)
+    doc["payload"] = {"changed": True}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+    assert bus.claim(first.filename, seen_first).tick is seen_first.tick
+    claim = bus.claim(second.filename, seen_second)
+    assert claim.tick is not seen_second.tick and claim.tick.payload == {"changed": True}
+
+
 def test_enqueue_at_capacity_refuses_and_leaves_nothing(layout: Layout, clock) -> None:
     bus = Bus(layout, clock=clock, max_inbox=3)
     for _ in range(3):

@@ -304,7 +304,8 @@ def test_dlq_tools_list_show_replay_purge(layout: Layout, clock: FakeClock) -> N
     runner = CliRunner()
     listed = json.loads(runner.invoke(cli, [*root, "dlq", "list", "--json"]).stdout)
     assert [(i["id"], i["cadence"]) for i in listed] == [(tick, "bad")]
-    assert tick in runner.invoke(cli, [*root, "dlq", "show", tick]).stdout
+    shown = runner.invoke(cli, [*root, "dlq", "show", tick]).stdout
+    assert f'"id": "{tick}"' in shown and '\n  "history": [' in shown  # the one-line file, pretty-printed
     out = runner.invoke(cli, [*root, "dlq", "replay", tick, "--reset-attempts"])
     assert out.exit_code == 0, out.output
     data = read_json(layout.folder(Folder.INBOX) / f"{tick}.json")

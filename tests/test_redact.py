@@ -1,0 +1,32 @@
+"""Secrets are masked in everything the daemon writes, including when masked on encoded JSON text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maestro_py.events import EventLog
+from maestro_py.paths import Layout
+from maestro_py.redact import MASK, Redactor
+
+TOKEN = 'tok"en\\with/odd\tchars-0123456789'  # characters JSON escapes: quote, backslash, tab
+
+
+@pytest.mark.parametrize("secret", [TOKEN, "plain-secret-value-42"])
+def test_event_lines_mask_secrets_even_where_json_escapes_them(layout: Layout, clock, secret: str) -> None:
+    log = EventLog(layout, clock=clock, redactor=Redactor({"ANTHROPIC_AUTH_TOKEN": secret}))
+    log.emit("failed", id="t1", reason=f"auth failed for {secret}", nested={"k": [secret], secret: 1},
+             other="sk-ant-api03-abcdefghijkl")
+    (path,) = (layout.root / "logs" / "cadence-bus").glob("bus-*.jsonl")
+    text = path.read_text()
+    assert secret not in text and json.dumps(secret)[1:-1] not in text and "sk-ant-api03" not in text
+    event = json.loads(text)
+    assert event["reason"] == f"auth failed for {MASK}" and event["nested"] == {"k": [MASK], MASK: 1}
+    assert event["other"] == MASK
+
+
+def test_short_placeholders_are_not_masked() -> None:
+    r = Redactor({"ANTHROPIC_API_KEY": "x"})
+    assert r.text("x marks the spot") == "x marks the spot"
+    assert r.json_line({"a": "x"}) == '{"a": "x"}'
