@@ -1,11 +1,11 @@
 """Comparator programs for bench/run.py, each run as its own process so every contender pays its own start-up.
 
-    python bench/workers.py raw ROOT            the raw durable limit: our bus's per-tick file work, no logic
-    python bench/workers.py raw-batch ROOT [K]  a design bound, not what the bus does: the same moves, but the done
-                                                copy is not fsynced; instead every K ticks (16) one fsync of an
-                                                append-only settle journal and one of done/ (group commit)
+    python bench/workers.py raw ROOT [K]        the raw durable limit: our bus's per-tick file work with the
+                                                same group commit (one sync per K ticks, 64), and no logic
+    python bench/workers.py raw-per-tick ROOT   the same moves with an fsync pair per tick (the bus before
+                                                group commit, kept for comparison)
     python bench/workers.py dirq PATH [DONE]    dirq QueueSimple drain: lock + get + remove (+ a durable done
-                                                record in DONE, written as our bus writes done/, when given)
+                                                record in DONE, group-committed as our bus does, when given)
 
 The huey side needs no program here: bench/run.py writes a small module (HUEY_MODULE) and runs huey's own
 `huey_consumer` on it.
@@ -16,6 +16,13 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from maestro_py.fsio import sync_files  # noqa: E402 - one syncfs(2) call, the same primitive the bus uses
+
+GROUP = 64  # maestro_py.daemon.INLINE_BATCH
 
 
 def _fsync_dir(path: str) -> None:
@@ -26,79 +33,78 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _durable_copy(data: bytes, tmp_dir: str, target: str) -> None:
-    """What our bus does to publish a settled tick: write under tmp/, fsync, rename, fsync the folder."""
+def _copy(data: bytes, tmp_dir: str, target: str, *, durable: bool) -> None:
+    """Publish a settled tick as our bus does: write under tmp/ (fsync if durable), rename (fsync the folder)."""
     tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, target)
-    _fsync_dir(os.path.dirname(target))
+    if durable:
+        _fsync_dir(os.path.dirname(target))
 
 
-def raw(root: str) -> int:
+class _Group:
+    """Group commit as `Bus.group_commit` does it: after K settled ticks one sync, then drop the old copies."""
+
+    def __init__(self, done: str, size: int) -> None:
+        self.done, self.size = done, size
+        self.pending: list[Callable[[], object]] = []
+
+    def add(self, drop_old_copy: Callable[[], object]) -> None:
+        self.pending.append(drop_old_copy)
+        if len(self.pending) >= self.size:
+            self.commit()
+
+    def commit(self) -> None:
+        if self.pending:
+            sync_files([], [Path(self.done)])
+            for drop in self.pending:
+                drop()
+            self.pending.clear()
+
+
+def _drain(root: str, *, group: int | None) -> int:
+    bus = os.path.join(root, "state", "cadence-bus")
+    inbox, claimed, done, tmp = (os.path.join(bus, d) for d in ("inbox", "claimed", "done", "tmp"))
+    names = sorted(os.listdir(inbox))
+    batch = _Group(done, group) if group else None
+    for name in names:
+        target = os.path.join(claimed, f"{name[:-5]}@raw.json")
+        os.rename(os.path.join(inbox, name), target)
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            data = os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
+        _copy(data, tmp, os.path.join(done, name), durable=batch is None)
+        if batch is None:
+            os.unlink(target)
+        else:
+            batch.add(lambda target=target: os.unlink(target))
+    if batch is not None:
+        batch.commit()
+    print(len(names))
+    return 0
+
+
+def raw(root: str, group: int = GROUP) -> int:
     """Per tick, exactly the file operations of claim + complete in maestro_py.bus, and nothing else.
 
     claim: rename inbox/<id>.json -> claimed/<id>@owner.json, read it;
-    complete: write the done copy under tmp/ + fsync, rename into done/, fsync done/, unlink the claimed copy.
-    Two fsyncs per tick, like the bus. No JSON, no index, no event log, no status file.
+    complete: write the done copy under tmp/, rename it into done/; every `group` ticks one syncfs, then
+    unlink the claimed copies. No JSON, no index, no event log, no status file.
     """
-    bus = os.path.join(root, "state", "cadence-bus")
-    inbox, claimed, done, tmp = (os.path.join(bus, d) for d in ("inbox", "claimed", "done", "tmp"))
-    names = sorted(os.listdir(inbox))
-    for name in names:
-        target = os.path.join(claimed, f"{name[:-5]}@raw.json")
-        os.rename(os.path.join(inbox, name), target)
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            data = os.read(fd, 1 << 20)
-        finally:
-            os.close(fd)
-        _durable_copy(data, tmp, os.path.join(done, name))
-        os.unlink(target)
-    print(len(names))
-    return 0
+    return _drain(root, group=group)
 
 
-def raw_batch(root: str, batch: int = 16) -> int:
-    """What a group-commit settle could reach: per tick the same renames and copy, fsyncs paid once per batch."""
-    bus = os.path.join(root, "state", "cadence-bus")
-    inbox, claimed, done, tmp = (os.path.join(bus, d) for d in ("inbox", "claimed", "done", "tmp"))
-    journal = os.open(os.path.join(bus, "settle-journal.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    names = sorted(os.listdir(inbox))
-    pending: list[bytes] = []
-    for name in names:
-        target = os.path.join(claimed, f"{name[:-5]}@raw.json")
-        os.rename(os.path.join(inbox, name), target)
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            data = os.read(fd, 1 << 20)
-        finally:
-            os.close(fd)
-        tmp_path = os.path.join(tmp, f"{uuid.uuid4().hex}.tmp")
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp_path, os.path.join(done, name))
-        os.unlink(target)
-        pending.append(f'{{"id": "{name[:-5]}", "outcome": "ok"}}\n'.encode())
-        if len(pending) >= batch:
-            os.write(journal, b"".join(pending))
-            os.fsync(journal)
-            _fsync_dir(done)
-            pending.clear()
-    if pending:
-        os.write(journal, b"".join(pending))
-        os.fsync(journal)
-        _fsync_dir(done)
-    os.close(journal)
-    print(len(names))
-    return 0
+def raw_per_tick(root: str) -> int:
+    """The same moves, each done copy made durable on its own (fsync it, rename, fsync done/), then unlink."""
+    return _drain(root, group=None)
 
 
 def dirq(path: str, done: str | None = None) -> int:
@@ -107,15 +113,20 @@ def dirq(path: str, done: str | None = None) -> int:
 
     queue = QueueSimple(path)
     tmp = os.path.join(done, "..", "tmp") if done else None
+    batch = _Group(done, GROUP) if done else None
     count = 0
     for name in queue:
         if not queue.lock(name):
             continue
         data = queue.get(name)
-        if done is not None and tmp is not None:
-            _durable_copy(data, tmp, os.path.join(done, name.replace("/", "-")))
-        queue.remove(name)
+        if batch is not None and done is not None and tmp is not None:
+            _copy(data, tmp, os.path.join(done, name.replace("/", "-")), durable=False)
+            batch.add(lambda name=name: queue.remove(name))  # the element goes once its done record is synced
+        else:
+            queue.remove(name)
         count += 1
+    if batch is not None:
+        batch.commit()
     print(count)
     return 0
 
@@ -180,9 +191,9 @@ def stamp(tick):
 
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "raw":
-        return raw(argv[1])
-    if len(argv) >= 2 and argv[0] == "raw-batch":
-        return raw_batch(argv[1], int(argv[2]) if len(argv) > 2 else 16)
+        return raw(argv[1], int(argv[2]) if len(argv) > 2 else GROUP)
+    if len(argv) >= 2 and argv[0] == "raw-per-tick":
+        return raw_per_tick(argv[1])
     if len(argv) >= 2 and argv[0] == "dirq":
         return dirq(argv[1], argv[2] if len(argv) > 2 else None)
     print(__doc__, file=sys.stderr)
