@@ -19,7 +19,7 @@ from datetime import datetime
 from maestro_py.bus import Bus, Seen
 from maestro_py.errors import TickInvalid
 
-PARSED_KEPT = 2048  # parsed ticks kept for their claim (~1.2 KB each), so a claim need not read the file again
+PARSED_KEPT = 8192  # parsed ticks kept for their claim (~1.2 KB each: ≤ 10 MB), so a claim need not read again
 
 
 @dataclass(frozen=True)
