@@ -220,6 +220,18 @@ def test_function_timeout(root: Path, env: dict[str, str]) -> None:
     assert not result.ok and result.error is not None and result.error.startswith("timed out after 0.3s")
 
 
+def test_calls_share_one_worker_thread_until_a_call_overruns(root: Path, env: dict[str, str]) -> None:
+    write_module(root, "h_thread", "import threading\ndef run(tick):\n    return threading.get_ident()\n")
+    write_module(root, "h_stuck", "import time\ndef run(tick):\n    time.sleep(3)\n")
+    first, second = run("h_thread:run", root, env).detail, run("h_thread:run", root, env).detail
+    assert first == second  # no thread started per call
+    assert run("h_stuck:run", root, env, timeout=0.2).error.startswith("timed out")
+    started = time.monotonic()
+    after = run("h_thread:run", root, env)
+    assert after.ok and after.detail != first  # a fresh worker: the stuck one still holds the old thread
+    assert time.monotonic() - started < 2  # and the next call did not queue behind the stuck one
+
+
 def test_long_return_value_is_truncated(root: Path, env: dict[str, str]) -> None:
     write_module(root, "h_long", "def run(tick):\n    return 'x' * 5000\n")
     result = run("h_long:run", root, env)
