@@ -94,7 +94,7 @@ class Bus:
     def enqueue(self, cadence: str, *, source: str = "cli", payload: dict[str, Any] | None = None,
                 delay: float = 0.0) -> Tick:
         """Create and deliver a new tick, refusing when the inbox is at capacity."""
-        depth = self.depth(Folder.INBOX)
+        depth = self.depth(Folder.INBOX, stop_at=self.max_inbox)  # a full check, not a full count
         if depth >= self.max_inbox:
             self.events.emit("enqueue_refused", level="warn", cadence=cadence, reason="inbox_full", depth=depth)
             raise InboxFull(depth, self.max_inbox)
@@ -420,9 +420,19 @@ class Bus:
         return removed
 
     # -- inspection -------------------------------------------------------
-    def depth(self, folder: Folder) -> int:
-        """How many ticks a folder holds (quarantine notes not counted)."""
-        return sum(1 for e in scan_dir(self.layout.folder(folder)) if not e.name.endswith(REASON_SUFFIX))
+    def depth(self, folder: Folder, *, stop_at: int | None = None) -> int:
+        """How many ticks a folder holds (quarantine notes not counted); counting stops at `stop_at`."""
+        count = 0
+        try:
+            with os.scandir(self.layout.folder(folder)) as it:
+                for entry in it:
+                    if not entry.name.endswith(REASON_SUFFIX):
+                        count += 1
+                        if count == stop_at:
+                            break
+        except FileNotFoundError:
+            pass
+        return count
 
     def depths(self) -> dict[str, int]:
         """Depth of every state folder."""

@@ -62,11 +62,11 @@ class EventLog:
     def __del__(self) -> None:
         self.close()
 
-    def close(self) -> None:
+    def close(self, _close: Any = os.close) -> None:  # bound early: __del__ may run at interpreter exit
         """Close the open log file (the next event reopens it)."""
         if self._open is not None:
             try:
-                os.close(self._open[1])
+                _close(self._open[1])
             except OSError:
                 pass
             self._open = None
