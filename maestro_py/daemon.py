@@ -24,6 +24,7 @@ from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.config import Settings, load_env
 from maestro_py.errors import SpawnError
 from maestro_py.events import EventLog
+from maestro_py.fsio import DISK_ERRNOS, disk_trouble
 from maestro_py.gates import Gates
 from maestro_py.index import Entry, InboxIndex, payload_fingerprint
 from maestro_py.ledger import Ledger
@@ -59,6 +60,8 @@ class Running:
     fingerprint: str
     estimate: Estimate
     end_reason: str | None = None
+    io_errors_at_start: int = 0
+    failure: tuple[FailureClass, str] | None = None  # how a failed run was judged (kept across settle retries)
     ledgered: bool = False  # set when the daemon ends it (drain, emergency stop): requeue, no attempt burnt
 
 
@@ -377,6 +380,13 @@ class Daemon:
             )
             session = self.spawner.spawn(spec)
         except (SpawnError, OSError) as exc:
+            cause = exc if isinstance(exc, OSError) else exc.__cause__
+            if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
+                # A full or read-only disk is not the tick's fault: back it goes, attempt intact, and the
+                # loop's I/O error handling reports it and pauses.
+                self.bus.requeue(claim, f"not started: {exc} (disk trouble: attempt not counted)")
+                self.index.notice(tick.filename)
+                raise cause
             self.counters["spawn_failures"] += 1
             self._failed_run(claim, cadence, FailureClass.SPAWN, f"spawn failed: {exc}", mode="escalate")
             return False
@@ -385,7 +395,8 @@ class Daemon:
         estimate = self._estimate(cadence)
         self.governor.reserve(tick.id, cadence.name, estimate)
         self.running[tick.id] = Running(claim, session, cadence, now, str(stdout_log), str(stderr_log),
-                                        payload_fingerprint(tick.payload), estimate)
+                                        payload_fingerprint(tick.payload), estimate,
+                                        io_errors_at_start=self.counters["io_errors"])
         self.events.emit("spawned", id=tick.id, cadence=tick.cadence, attempt=claim.attempt, pid=session.pid,
                          stdout_log=str(stdout_log), stderr_log=str(stderr_log))
         return True
@@ -457,8 +468,20 @@ class Daemon:
                 self.events.emit("circuit_closed", cadence=tick.cadence)
                 self._save_circuits()
         else:
-            self._failed_run(claim, run.cadence, classify(outcome), _failure_reason(outcome),
-                             tail=outcome.tail, **details)
+            if run.failure is None:  # judged once: a settle retried after the disk recovered must agree
+                cls, reason = classify(outcome), _failure_reason(outcome)
+                trouble = self._disk_trouble_during(run) if cls is FailureClass.UNKNOWN else None
+                if trouble is not None:  # its output could not be written: the disk failed, not the tick
+                    cls, reason = FailureClass.DISK, f"{reason}; the run's log folder: {trouble}"
+                run.failure = (cls, reason)
+            self._failed_run(claim, run.cadence, *run.failure, tail=outcome.tail, **details)
+
+    def _disk_trouble_during(self, run: Running) -> str | None:
+        """Did the disk fail while `run` ran? (Checked now, and by the I/O errors the loop met meanwhile.)"""
+        trouble = disk_trouble(Path(run.stdout_log).parent)
+        if trouble is None and self.counters["io_errors"] > run.io_errors_at_start:
+            trouble = "the daemon met disk errors while it ran"
+        return trouble
 
     def _failed_run(self, claim: Claim, cadence: Cadence, cls: FailureClass, reason: str, **details: Any) -> None:
         """Route a failed sub-session by its class (see policy.HANDLING)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import uuid
@@ -18,6 +19,26 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# What a full or broken disk raises: the daemon pauses and requeues rather than blaming the tick.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+LOW_SPACE_BYTES = 1 << 20
+
+
+def disk_trouble(path: Path) -> str | None:
+    """Why files under `path` cannot be written now (read-only, out of space or inodes), or None."""
+    try:
+        st = os.statvfs(path)
+    except OSError as exc:
+        return f"cannot check the disk: {exc.strerror}"
+    if st.f_flag & os.ST_RDONLY:
+        return "its filesystem is read-only"
+    if st.f_bavail * st.f_frsize < LOW_SPACE_BYTES:
+        return "its disk is full"
+    if st.f_files and st.f_favail == 0:
+        return "its disk has no free inodes"
+    return None
 
 
 def _load_syncfs() -> "ctypes._NamedFuncPointer | None":

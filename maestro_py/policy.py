@@ -18,6 +18,7 @@ class FailureClass(str, enum.Enum):
     PERMANENT = "permanent"    # 400, 404, 413: the same prompt will fail again
     UNKNOWN = "unknown"        # no parsable result
     SPAWN = "spawn"            # the CLI could not be started at all
+    DISK = "disk"              # no parsable result while the log's disk is full or read-only: not the tick's fault
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ HANDLING: dict[FailureClass, Handling] = {
     FailureClass.PERMANENT: Handling(burns_attempt=True, dead_letter=True, trips_breaker=True, halts_all=False),
     FailureClass.UNKNOWN: Handling(burns_attempt=True, dead_letter=False, trips_breaker=True, halts_all=False),
     FailureClass.SPAWN: Handling(burns_attempt=True, dead_letter=False, trips_breaker=True, halts_all=False),
+    FailureClass.DISK: Handling(burns_attempt=False, dead_letter=False, trips_breaker=False, halts_all=False),
 }
 
 _BY_STATUS: dict[int, FailureClass] = {

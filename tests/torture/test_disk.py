@@ -192,6 +192,7 @@ def test_disk_full_under_a_running_daemon(tmp_path: Path, small_disk: Path) -> N
     for tick_id in runs:
         assert per_tick[tick_id] <= runs[tick_id], f"{tick_id}: more ledger rows than runs (counted twice)"
     failed_runs = sum(f["attempts"] for f in finals.values())
+    assert failed_runs == 0, json.dumps([f["history"] for f in finals.values() if f["attempts"]])
     print(f"disk full: filled {filled} bytes; {len(errors)} I/O errors on stderr, e.g. {errors[0]!r}; "
           f"{len(ids)} ticks done once; {sum(runs.values())} runs for {len(runs)} escalated ticks; "
           f"{failed_runs} attempts burnt by runs whose output hit the full disk; {len(rows)} ledger rows")
@@ -373,3 +374,49 @@ def test_disk_full_injected_counts_each_failed_run_once(layout: Layout, clock) -
     opened = [e for e in read_events(layout) if e["stage"] in ("circuit_opened", "circuit_reopened")]
     assert opened == [], f"the breaker opened after 2 real failures: {opened}"
     assert daemon.counters["failed"] == 2, daemon.counters  # the 500 and the 400, each once
+
+
+def test_disk_trouble_reads_a_full_and_a_read_only_disk(tmp_path: Path, small_disk: Path) -> None:
+    from maestro_py.fsio import disk_trouble
+
+    assert disk_trouble(small_disk) is None
+    fill(small_disk / "filler")
+    assert disk_trouble(small_disk) == "its disk is full"
+    os.unlink(small_disk / "filler")
+    ro = small_disk / "ro"
+    ro.mkdir()
+    assert _run("mount", "--bind", str(ro), str(ro)).returncode == 0
+    try:
+        assert _run("mount", "-o", "remount,bind,ro", str(ro)).returncode == 0
+        assert disk_trouble(ro) == "its filesystem is read-only"
+    finally:
+        _run("umount", str(ro))
+
+
+def test_a_spawn_that_hits_a_full_disk_requeues_without_burning_an_attempt(layout: Layout, clock) -> None:
+    from maestro_py.errors import SpawnError
+
+    daemon, spawner, _ = injected_world(layout, clock, ledger_full=False, threshold=3)
+    real_spawn = spawner.spawn
+    full = {"on": True}
+
+    def spawn(spec: Any) -> Any:  # what ProcessSpawner raises when a log cannot be created
+        if full["on"]:
+            raise SpawnError("cannot open sub-session log x: No space left on device") from OSError(
+                errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_spawn(spec)
+
+    spawner.spawn = spawn  # type: ignore[method-assign]
+    tick = new_tick("work", {"n": 1})
+    publish(stage([tick], layout.root.parent / "staging"), layout)
+    loop(daemon, clock, 5)
+    assert daemon.counters["io_errors"] >= 1 and daemon.counters["spawn_failures"] == 0
+    data = json.loads((layout.folder(Folder.INBOX) / f"{tick.id}.json").read_text())
+    assert data["attempts"] == 0 and "disk trouble: attempt not counted" in data["history"][-1]["reason"]
+    full["on"] = False
+    loop(daemon, clock, 3)
+    for session in spawner.live():
+        session.finish("ok")
+    loop(daemon, clock, 3)
+    done = json.loads((layout.folder(Folder.DONE) / f"{tick.id}.json").read_text())
+    assert done["attempts"] == 0 and done["history"][-1]["outcome"] == "ok"
