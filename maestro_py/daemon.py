@@ -20,23 +20,25 @@ from maestro_py.backoff import Backoff, parse_backoff, schedule
 from maestro_py.breaker import Breakers, CircuitFile, State
 from maestro_py.budget import Estimate, cadence_limits
 from maestro_py.bus import Bus, Claim
+from maestro_py.circuits import PersistedCircuits
 from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.config import Settings, load_env
 from maestro_py.errors import SpawnError
 from maestro_py.events import EventLog
 from maestro_py.fsio import DISK_ERRNOS, disk_trouble
-from maestro_py.gates import Gates
+from maestro_py.gates import Gates, read_stop_file
 from maestro_py.index import Entry, InboxIndex, payload_fingerprint
 from maestro_py.ledger import Ledger
+from maestro_py.metering import Usage
 from maestro_py.lock import DaemonLock
 from maestro_py.owner import Owner
 from maestro_py.paths import Folder, Layout
-from maestro_py.policy import HANDLING, FailureClass, classify
+from maestro_py.policy import HANDLING, FailureClass, classify, failure_reason
 from maestro_py.redact import Redactor
 from maestro_py.notify import Notifier, scrub, status_line
 from maestro_py.registry import Cadence, Registry, RegistryError
 from maestro_py.runner import ProcessSpawner, RunOutcome, SpawnSpec, Spawner, SubSession
-from maestro_py.status import new_counters, read_status, write_status
+from maestro_py.status import new_counters, write_status
 from maestro_py.wakeup import Wakeup
 
 log = logging.getLogger("maestro")
@@ -94,7 +96,9 @@ class Daemon:
         self.breakers = Breakers(threshold=self.settings.circuit_threshold,
                                  open_seconds=self.settings.circuit_open_seconds,
                                  max_open_seconds=self.settings.circuit_max_open_seconds)
-        self.circuit_file = CircuitFile(self.layout.circuit_file, self.layout.folder(Folder.TMP))
+        self.circuits = PersistedCircuits(
+            self.breakers, CircuitFile(self.layout.circuit_file, self.layout.folder(Folder.TMP)), self.events,
+            self.clock)
         self.backoff = Backoff(parse_backoff(self.settings.backoff))
         self.gates = Gates(self.breakers, self.backoff, self.settings.max_live, self._live_count)
         self._env_mtime = _mtime(self.layout.env_file)
@@ -167,7 +171,7 @@ class Daemon:
         progressed = self._settle_finished()
         self._reload_registry()
         self._reload_env()
-        self._sync_circuits()
+        self.circuits.sync()
         self._check_emergency_stop()
         self._handle_stopping(now_mono)
         if now_mono >= self._next_reap:
@@ -425,7 +429,7 @@ class Daemon:
     def _settle(self, run: Running, outcome: RunOutcome) -> None:
         claim, tick = run.claim, run.claim.tick
         result = outcome.result
-        usage = result.usage.to_row() if result is not None else _unknown_usage()
+        usage = result.usage.to_row() if result is not None else Usage.unknown().to_row()
         details: dict[str, Any] = {
             "mode": "escalate", "exit_code": outcome.exit_code, "signal": outcome.signal,
             "duration_ms": outcome.duration_ms, "timed_out": outcome.timed_out,
@@ -466,10 +470,10 @@ class Daemon:
             self.backoff.record_success(tick.cadence)
             if self.breakers.record_success(tick.cadence):
                 self.events.emit("circuit_closed", cadence=tick.cadence)
-                self._save_circuits()
+                self.circuits.save()
         else:
             if run.failure is None:  # judged once: a settle retried after the disk recovered must agree
-                cls, reason = classify(outcome), _failure_reason(outcome)
+                cls, reason = classify(outcome), failure_reason(outcome)
                 trouble = self._disk_trouble_during(run) if cls is FailureClass.UNKNOWN else None
                 if trouble is not None:  # its output could not be written: the disk failed, not the tick
                     cls, reason = FailureClass.DISK, f"{reason}; the run's log folder: {trouble}"
@@ -512,7 +516,7 @@ class Daemon:
         if handling.halts_all:
             self.breakers.halt_auth(now, reason, self._credential)
             self.gates.credentials_verified = False
-            self._save_circuits()
+            self.circuits.save()
             self.events.emit("auth_halt", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
                              fix="replace the key in .env, or set MAESTRO_PREFER_SUBSCRIPTION_AUTH=1; "
                                  "then `maestro circuit reset --all` (or just edit .env)")
@@ -528,7 +532,7 @@ class Daemon:
             self.events.emit("circuit_opened" if not was_open else "circuit_reopened", level="error",
                              cadence=tick.cadence, failures=circuit.failures,
                              open_until=iso(circuit.open_until) if circuit.open_until else None, reason=reason)
-            self._save_circuits()
+            self.circuits.save()
         return retry_at
 
     def _fail(self, claim: Claim, cadence: Cadence, reason: str, **details: Any) -> None:
@@ -546,38 +550,8 @@ class Daemon:
 
     # -- circuits and credentials ------------------------------------------
     def restore_circuits(self) -> None:
-        """Breakers survive restarts: a crash-looping daemon must not get fresh ones each time."""
-        try:
-            self.breakers.load_doc(self.circuit_file.load())
-        except (ValueError, KeyError, TypeError) as exc:
-            self.events.emit("circuit_file_invalid", level="error", error=str(exc), action="starting with all closed")
-        self.circuit_file.written_mtime = self.circuit_file.mtime()
-        if self.breakers.credentials_changed(self._credential):
-            self.events.emit("auth_halt_lifted", level="warn", reason="credentials changed")
-            self._save_circuits()
-        for name, circuit in self.breakers.open_circuits().items():
-            self.events.emit("circuit_restored", level="warn", cadence=name, state=circuit.state.value,
-                             open_until=iso(circuit.open_until) if circuit.open_until else None)
-
-    def _sync_circuits(self) -> None:
-        """Pick up `maestro circuit reset/open` made while the daemon runs (it edits the file)."""
-        if self.circuit_file.mtime() == self.circuit_file.written_mtime:
-            return
-        try:
-            doc = self.circuit_file.load()
-        except ValueError as exc:
-            self.events.emit("circuit_file_invalid", level="error", error=str(exc), action="keeping current state")
-            self.circuit_file.written_mtime = self.circuit_file.mtime()
-            return
-        self.breakers.load_doc(doc)
-        self.circuit_file.written_mtime = self.circuit_file.mtime()
-        self.events.emit("circuits_reloaded", open=sorted(self.breakers.open_circuits()))
-
-    def _save_circuits(self) -> None:
-        try:
-            self.circuit_file.save(self.breakers.to_doc(self.clock.now()))
-        except OSError as exc:
-            self.events.emit("circuit_write_failed", level="error", error=str(exc))
+        """Breakers survive restarts (see `PersistedCircuits.restore`)."""
+        self.circuits.restore(self._credential)
 
     def _reload_env(self) -> None:
         """A changed `.env` (a new key, say) is picked up without a restart and lifts the auth halt."""
@@ -594,9 +568,7 @@ class Daemon:
         if credential != self._credential:
             self._credential = credential
             self.gates.credentials_verified = False
-            if self.breakers.credentials_changed(credential):
-                self.events.emit("auth_halt_lifted", level="warn", reason=".env credentials changed")
-                self._save_circuits()
+            self.circuits.credentials_changed(credential, ".env credentials changed")
 
     # -- stopping ---------------------------------------------------------
     def request_stop(self) -> None:
@@ -617,7 +589,7 @@ class Daemon:
             self._end_all("daemon stopping", grace=0.0 if self.forced else self.settings.kill_grace)
 
     def _check_emergency_stop(self) -> None:
-        reason = _read_stop(self.layout.stop_file)
+        reason = read_stop_file(self.layout.stop_file)
         if reason != self._emergency:
             self._emergency = self.gates.emergency = reason
             if reason is None:
@@ -717,49 +689,8 @@ class Daemon:
             self.events.emit("status_write_failed", level="error", error=str(exc))
 
 
-def _failure_reason(outcome: RunOutcome) -> str:
-    if outcome.timed_out:
-        return "timed out"
-    result = outcome.result
-    if result is not None and result.is_error:
-        status = f" (HTTP {result.api_error_status})" if result.api_error_status else ""
-        return f"claude reported an error{status}: {(result.text or '').strip()[:500]}"
-    if outcome.signal:
-        return f"killed by signal {outcome.signal}"
-    if result is None:
-        return f"exit {outcome.exit_code} with no parsable result"
-    return f"exit {outcome.exit_code}"
-
-
-def _unknown_usage() -> dict[str, Any]:
-    from maestro_py.metering import Usage
-
-    return Usage.unknown().to_row()
-
-
-def _read_stop(path: Any) -> str | None:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace").strip()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return "STOP file present (unreadable)"
-    try:
-        import json
-
-        doc = json.loads(text)
-        return str(doc.get("reason") or "STOP file present") if isinstance(doc, dict) else text or "STOP file present"
-    except ValueError:
-        return text[:200] or "STOP file present"
-
-
 def _mtime(path: Any) -> float | None:
     try:
         return path.stat().st_mtime
     except OSError:
         return None
-
-
-def read_running_status(layout: Layout) -> dict[str, Any] | None:
-    """Convenience for the CLI."""
-    return read_status(layout)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from maestro_py.backoff import Backoff
 from maestro_py.breaker import AUTH_HALT, Breakers
@@ -42,3 +44,18 @@ class Gates:
             # One bad key must cost one sub-session: no second spawn until a run proves the credentials.
             return "skipped_auth_probe"
         return None
+
+
+def read_stop_file(path: Path) -> str | None:
+    """The emergency stop's reason if the STOP file exists (its JSON `reason`, or its text), else None."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "STOP file present (unreadable)"
+    try:
+        doc = json.loads(text)
+        return str(doc.get("reason") or "STOP file present") if isinstance(doc, dict) else text or "STOP file present"
+    except ValueError:
+        return text[:200] or "STOP file present"

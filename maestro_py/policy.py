@@ -68,3 +68,18 @@ def classify(outcome: RunOutcome) -> FailureClass:
         return FailureClass.PERMANENT  # the same run would hit the same cap again
     # is_error with no status: a connection error or timeout inside the CLI.
     return FailureClass.TRANSIENT
+
+
+def failure_reason(outcome: RunOutcome) -> str:
+    """One line for the tick's history: why the run failed."""
+    if outcome.timed_out:
+        return "timed out"
+    result = outcome.result
+    if result is not None and result.is_error:
+        status = f" (HTTP {result.api_error_status})" if result.api_error_status else ""
+        return f"claude reported an error{status}: {(result.text or '').strip()[:500]}"
+    if outcome.signal:
+        return f"killed by signal {outcome.signal}"
+    if result is None:
+        return f"exit {outcome.exit_code} with no parsable result"
+    return f"exit {outcome.exit_code}"
