@@ -233,9 +233,11 @@ def fifo(ex: Example, draw) -> None:
 
 def directory(ex: Example, draw) -> None:
     name = ex.name()
-    os.mkdir(ex.inbox / name)
+    staged = ex.outside.parent / "staging" / name  # built aside, renamed in whole (the daemon is quick)
+    os.mkdir(staged)
     if draw(st.booleans()):
-        (ex.inbox / name / "inner.json").write_bytes(enc(tick_json()))
+        (staged / "inner.json").write_bytes(enc(tick_json()))
+    os.rename(staged, ex.inbox / name)
     ex.quarantine.append(name)
 
 
