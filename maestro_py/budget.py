@@ -71,6 +71,16 @@ def charge_of(row: Mapping[str, Any]) -> Charge | None:
     return Charge(ts, str(row.get("cadence", "")), float(tokens or 0), float(usd or 0))
 
 
+def charge_for(usage: Mapping[str, Any], reserved: Estimate, *, exempt: bool) -> tuple[bool, int, float]:
+    """(measured?, tokens, usd) a finished run is charged: what it measurably spent; if unmeasured, its
+    reservation (unknown spend never reads as free), unless its cadence is budget-exempt."""
+    if usage.get("cost_usd") is not None or usage.get("total_tokens") is not None:
+        return True, usage.get("total_tokens") or 0, usage.get("cost_usd") or 0.0
+    if exempt:
+        return False, 0, 0.0
+    return False, round(reserved.tokens), reserved.usd
+
+
 @dataclass
 class Governor:
     """Limits, the current windows' charges, and live reservations."""

@@ -16,9 +16,9 @@ from types import FrameType
 from typing import Any
 
 from maestro_py import handlers, launch, overlap, proctree, retention
-from maestro_py.backoff import Backoff, parse_backoff, schedule
-from maestro_py.breaker import Breakers, CircuitFile, State
-from maestro_py.budget import Estimate, cadence_limits
+from maestro_py.backoff import Backoff, parse_backoff
+from maestro_py.breaker import Breakers, CircuitFile
+from maestro_py.budget import Estimate, cadence_limits, charge_for
 from maestro_py.bus import Bus, Claim
 from maestro_py.circuits import PersistedCircuits
 from maestro_py.clock import Clock, SystemClock, iso
@@ -27,6 +27,7 @@ from maestro_py.errors import SpawnError
 from maestro_py.events import EventLog
 from maestro_py.fsio import DISK_ERRNOS, disk_trouble
 from maestro_py.gates import Gates, read_stop_file
+from maestro_py.guards import Guards
 from maestro_py.index import Entry, InboxIndex, payload_fingerprint
 from maestro_py.ledger import Ledger
 from maestro_py.metering import Usage
@@ -101,6 +102,7 @@ class Daemon:
             self.clock)
         self.backoff = Backoff(parse_backoff(self.settings.backoff))
         self.gates = Gates(self.breakers, self.backoff, self.settings.max_live, self._live_count)
+        self.guards = Guards(self.breakers, self.backoff, self.gates, self.circuits, self.events, self.clock)
         self._env_mtime = _mtime(self.layout.env_file)
         self._credential = launch.credential_fingerprint(self.env)
         self.governor = self.settings.governor(cadence_limits(self.registry))
@@ -436,14 +438,8 @@ class Daemon:
             "api_error_status": result.api_error_status if result else None,
             "cost_usd": usage.get("cost_usd"), "session_id": result.session_id if result else None,
         }
-        measured = usage.get("cost_usd") is not None or usage.get("total_tokens") is not None
         held = self.governor.release(tick.id) or run.estimate
-        if measured:
-            charged_tokens, charged_usd = usage.get("total_tokens") or 0, usage.get("cost_usd") or 0.0
-        elif run.cadence.budget_exempt:
-            charged_tokens, charged_usd = 0, 0.0
-        else:  # unknown spend never reads as free: the run keeps its reservation as spent
-            charged_tokens, charged_usd = round(held.tokens), held.usd
+        measured, charged_tokens, charged_usd = charge_for(usage, held, exempt=run.cadence.budget_exempt)
         row = {
             "ts": iso(self.clock.now()), "tick": tick.id, "cadence": tick.cadence, "attempt": claim.attempt,
             "exit_code": outcome.exit_code, "signal": outcome.signal, "duration_ms": outcome.duration_ms,
@@ -466,11 +462,7 @@ class Daemon:
         elif outcome.ok and not outcome.timed_out:
             self.bus.complete(claim, "ok", **details)
             self.counters["succeeded"] += 1
-            self.gates.credentials_verified = True
-            self.backoff.record_success(tick.cadence)
-            if self.breakers.record_success(tick.cadence):
-                self.events.emit("circuit_closed", cadence=tick.cadence)
-                self.circuits.save()
+            self.guards.succeeded(tick.cadence)
         else:
             if run.failure is None:  # judged once: a settle retried after the disk recovered must agree
                 cls, reason = classify(outcome), failure_reason(outcome)
@@ -495,7 +487,7 @@ class Daemon:
         # A settle retried after an I/O error must count the failure once: the policies' verdict is kept
         # per tick until the bus move has gone through.
         if tick.id not in self._accounted:
-            self._accounted[tick.id] = self._account_failure(claim, cadence, cls, reason)
+            self._accounted[tick.id] = self.guards.failed(tick, cadence, cls, reason, self._credential)
         retry_at = self._accounted[tick.id]
         if not handling.burns_attempt:
             self.bus.requeue(claim, f"{reason} ({cls.value} failure: attempt not counted)",
@@ -507,33 +499,6 @@ class Daemon:
             return
         self._fail(claim, cadence, reason, retry_at=retry_at, permanent=handling.dead_letter, **details)
         del self._accounted[tick.id]
-
-    def _account_failure(self, claim: Claim, cadence: Cadence, cls: FailureClass, reason: str) -> datetime | None:
-        """Tell the auth halt, backoff and breaker about one failed run; returns when it may be retried."""
-        handling = HANDLING[cls]
-        tick = claim.tick
-        now = self.clock.now()
-        if handling.halts_all:
-            self.breakers.halt_auth(now, reason, self._credential)
-            self.gates.credentials_verified = False
-            self.circuits.save()
-            self.events.emit("auth_halt", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
-                             fix="replace the key in .env, or set MAESTRO_PREFER_SUBSCRIPTION_AUTH=1; "
-                                 "then `maestro circuit reset --all` (or just edit .env)")
-        if not handling.trips_breaker:
-            return None
-        wait = schedule(cadence.backoff_seconds) if cadence.backoff_seconds else None
-        retry_at = self.backoff.record_failure(tick.cadence, now, wait)
-        before = self.breakers.circuits.get(tick.cadence)
-        was_open = before is not None and before.state is not State.CLOSED
-        circuit = self.breakers.record_failure(tick.cadence, now, reason)
-        if circuit.state is State.OPEN:
-            retry_at = max(retry_at, circuit.open_until) if circuit.open_until else retry_at
-            self.events.emit("circuit_opened" if not was_open else "circuit_reopened", level="error",
-                             cadence=tick.cadence, failures=circuit.failures,
-                             open_until=iso(circuit.open_until) if circuit.open_until else None, reason=reason)
-            self.circuits.save()
-        return retry_at
 
     def _fail(self, claim: Claim, cadence: Cadence, reason: str, **details: Any) -> None:
         max_attempts = cadence.max_attempts or self.settings.max_attempts

@@ -163,3 +163,13 @@ def test_budget_command_reports_total_spent_remaining(layout: Layout, clock: Fak
     text = CliRunner().invoke(cli, ["--root", str(layout.root), "budget"]).stdout
     assert "global daily" in text and "spent" in text
     assert read_json(layout.consumer_file)["budget"]
+
+
+def test_a_run_is_charged_what_it_spent_else_its_reservation_unless_exempt() -> None:
+    from maestro_py.budget import charge_for
+
+    held = Estimate(1290, 0.05, "history")
+    assert charge_for({"total_tokens": 300, "cost_usd": 0.01}, held, exempt=False) == (True, 300, 0.01)
+    assert charge_for({"total_tokens": 0, "cost_usd": None}, held, exempt=False) == (True, 0, 0.0)  # measured zero
+    assert charge_for({"total_tokens": None, "cost_usd": None}, held, exempt=False) == (False, 1290, 0.05)
+    assert charge_for({"total_tokens": None, "cost_usd": None}, held, exempt=True) == (False, 0, 0.0)
