@@ -150,3 +150,11 @@ def test_readme_documents_every_setting() -> None:
     readme = (REPO / "README.md").read_text()
     missing = [name for name in VARS if f"`{name}`" not in readme]
     assert missing == []
+
+
+def test_readme_layout_lists_every_module() -> None:
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("maestro_py/  bus:"):readme.index("templates/", readme.index("maestro_py/  bus:"))]
+    listed = set(block.replace(":", " ").split())
+    modules = {p.name for p in (REPO / "maestro_py").glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    assert sorted(modules - listed) == []
