@@ -39,7 +39,11 @@ class _Inotify:
     def __init__(self, inbox: Path, bus_dir: Path) -> None:
         c = InotifyConstants
         arrivals = c.IN_CREATE | c.IN_MOVED_TO | c.IN_CLOSE_WRITE  # link/rename in, or a hand-written file
-        self.overflow = c.IN_Q_OVERFLOW
+        gone = c.IN_DELETE_SELF | c.IN_MOVE_SELF  # the folder itself was removed or moved away
+        self.overflow, self.watch_ended = c.IN_Q_OVERFLOW, c.IN_IGNORED | c.IN_MOVE_SELF
+        self.inbox, self.bus_dir = inbox, bus_dir
+        self.masks = (arrivals | gone | c.IN_ONLYDIR, arrivals | gone | c.IN_DELETE | c.IN_MOVED_FROM | c.IN_ONLYDIR)
+        self.lost = False  # a watched folder was removed or replaced: `rewatch` when it is back
         fd = inotify_init()
         if fd < 0:
             err = ctypes.get_errno()
@@ -48,11 +52,22 @@ class _Inotify:
         try:
             os.set_blocking(fd, False)
             os.set_inheritable(fd, False)  # sub-sessions must not hold it
-            self.inbox_wd = self._watch(inbox, arrivals | c.IN_ONLYDIR)
-            self.bus_wd = self._watch(bus_dir, arrivals | c.IN_DELETE | c.IN_MOVED_FROM | c.IN_ONLYDIR)
+            self.inbox_wd = self.bus_wd = -1
+            self.rewatch()
+            if self.lost:
+                raise FileNotFoundError(f"cannot watch {inbox} and {bus_dir}")
         except BaseException:
             os.close(fd)
             raise
+
+    def rewatch(self) -> None:
+        """(Re)place both watches on the folders now at their paths; `lost` stays set while one is missing."""
+        try:
+            self.inbox_wd = self._watch(self.inbox, self.masks[0])
+            self.bus_wd = self._watch(self.bus_dir, self.masks[1])
+            self.lost = False
+        except OSError:
+            self.lost = True
 
     def _watch(self, path: Path, mask: int) -> int:
         wd = inotify_add_watch(self.fd, os.fsencode(path), mask)
@@ -79,6 +94,8 @@ class _Inotify:
                 offset += _EVENT.size + length
                 if mask & self.overflow:
                     overflowed = wake = True
+                elif wd in (self.inbox_wd, self.bus_wd) and mask & self.watch_ended:
+                    self.lost = overflowed = wake = True  # rescan, and watch the folder now at the path
                 elif wd == self.inbox_wd:
                     wake = True
                     if raw:
@@ -220,6 +237,8 @@ class Wakeup:
     def _read_inotify(self) -> bool:
         assert self._inotify is not None
         names, wake, overflowed = self._inotify.read()
+        if self._inotify.lost:  # until the folder is back, the loop's poll rescans cover it
+            self._inotify.rewatch()
         for name in names:
             self.names.put(name)
         self.overflowed = self.overflowed or overflowed

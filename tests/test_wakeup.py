@@ -112,3 +112,20 @@ def _tmp_file(bus: Path, stem: str) -> Path:
     path = bus / "tmp" / f"{stem}.tmp"
     path.write_text("{}")
     return path
+
+
+@linux
+def test_an_inbox_replaced_under_the_daemon_is_watched_again(folders, wakeup: Wakeup) -> None:
+    inbox, bus = folders
+    os.rename(inbox, bus / "old-inbox")  # an operator moves the folder away and makes a new one
+    inbox.mkdir()
+    assert wakeup.wait(5.0) is True  # the old watch ending wakes the loop...
+    wakeup.drain_names()
+    assert wakeup.overflowed  # ...which is told to rescan
+    (bus / "old-inbox" / "stale.json").write_text("{}")  # the moved folder is no longer watched
+    _publish(folders, "fresh.json")
+    deadline, seen = time.monotonic() + 5, []
+    while time.monotonic() < deadline and "fresh.json" not in seen:
+        wakeup.wait(0.5)
+        seen += wakeup.drain_names()
+    assert "fresh.json" in seen and "stale.json" not in seen
