@@ -20,17 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from maestro_py.fsio import sync_files  # noqa: E402 - one syncfs(2) call, the same primitive the bus uses
+from maestro_py.fsio import fsync_dir, sync_files  # noqa: E402 - the same primitives the bus uses
 
 GROUP = 64  # maestro_py.daemon.INLINE_BATCH
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy(data: bytes, tmp_dir: str, target: str, *, durable: bool) -> None:
@@ -45,7 +37,7 @@ def _copy(data: bytes, tmp_dir: str, target: str, *, durable: bool) -> None:
         os.close(fd)
     os.replace(tmp, target)
     if durable:
-        _fsync_dir(os.path.dirname(target))
+        fsync_dir(Path(target).parent)
 
 
 class _Group:

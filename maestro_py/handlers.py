@@ -114,8 +114,7 @@ def _call_function(
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a helper is a failure, not our exit
             outcome.raised = exc
 
-    worker = _WORKER if _WORKER is not None and _WORKER.idle else _Worker()
-    _WORKER = worker
+    worker = _WORKER = _WORKER or _Worker()  # a worker is dropped when a call overruns (below)
     if not worker.run(target, timeout):
         # Python cannot kill a thread: the call is abandoned (a daemon thread), not stopped, and the next
         # call gets a fresh worker.
@@ -141,7 +140,6 @@ class _Worker:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = queue.SimpleQueue()
-        self.idle = True
         threading.Thread(target=self._serve, name="maestro-handler", daemon=True).start()
 
     def _serve(self) -> None:
@@ -150,13 +148,11 @@ class _Worker:
             try:
                 job()
             finally:
-                self.idle = True
                 done.set()
 
     def run(self, job: Callable[[], None], timeout: float) -> bool:
         """Run `job` on the worker; False if it did not finish within `timeout` seconds."""
         done = threading.Event()
-        self.idle = False
         self._jobs.put((job, done))
         return done.wait(timeout)
 
