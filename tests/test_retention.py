@@ -16,6 +16,7 @@ from maestro_py import retention
 from maestro_py.cli import cli
 from maestro_py.errors import ConfigError
 from maestro_py.fsio import atomic_write_json
+from maestro_py.ledger import Ledger
 from maestro_py.paths import Folder, Layout
 from maestro_py.config import Settings
 from maestro_py.retention import PruneReport
@@ -213,24 +214,6 @@ def test_ledger_dry_run_and_nothing_to_do(layout: Layout) -> None:
     assert prune(layout).rotations == [] and layout.ledger_file.stat().st_ino == inode  # not rewritten
 
 
-def locked_append(path: Path, line: str) -> None:
-    """The protocol `Ledger.append` follows: lock, make sure the path is still this file, write, fsync."""
-    while True:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                os.write(fd, line.encode())
-                os.fsync(fd)
-                return
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(fd)
-
-
 def test_rotation_waits_for_the_lock_and_loses_no_concurrent_append(layout: Layout) -> None:
     ledger = layout.ledger_file
     ledger.write_text(row("2026-10-10T10:00:00.000Z", "o1") + row("2026-11-10T10:00:00.000Z", "n1"))
@@ -238,7 +221,7 @@ def test_rotation_waits_for_the_lock_and_loses_no_concurrent_append(layout: Layo
     assert held is not None
     pruned = threading.Event()
     pruner = threading.Thread(target=lambda: (prune(layout), pruned.set()))
-    appender = threading.Thread(target=locked_append, args=(ledger, row("2026-11-14T10:00:00.000Z", "n2")))
+    appender = threading.Thread(target=Ledger(ledger).append, args=(json.loads(row("2026-11-14T10:00:00.000Z", "n2")),))
     pruner.start()
     appender.start()  # opens the file the pruner is about to replace, then waits for the lock
     time.sleep(0.3)

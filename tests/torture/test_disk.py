@@ -134,6 +134,24 @@ def check_histories(layout: Layout, ids: set[str], runs: Counter[str] | None = N
     return finals
 
 
+def wait_all_done(layout: Layout, ids: set[str], stderr: Path) -> None:
+    """Every tick reaches done/ (else fail saying where they are)."""
+    try:
+        wait_for(lambda: set(folder_ids(layout, Folder.DONE)) >= ids, timeout=30, what="every tick done")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {where(layout, ids, stderr)}") from None
+
+
+def judged(layout: Layout, ids: set[str], code: int, stderr: Path) -> tuple[dict[str, Any], list[str]]:
+    """After the daemon's SIGTERM: a clean exit, no traceback, every history right; returns the final
+    tick documents and the I/O error lines it printed."""
+    text = stderr.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text, text
+    finals = check_histories(layout, ids)
+    return finals, [line for line in text.splitlines() if "maestro: I/O error" in line]
+
+
 def ledger_rows(layout: Layout) -> list[dict[str, Any]]:
     if not layout.ledger_file.exists():
         return []
@@ -171,19 +189,12 @@ def test_disk_full_under_a_running_daemon(tmp_path: Path, small_disk: Path) -> N
         status_pid = proc.pid
         os.unlink(small_disk / "filler")
         ids = {t.id for t in ticks}
-        try:
-            wait_for(lambda: set(folder_ids(layout, Folder.DONE)) >= ids, timeout=30, what="every tick done")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}: {where(layout, ids, tmp_path / 'daemon.stderr')}") from None
+        wait_all_done(layout, ids, tmp_path / "daemon.stderr")
         assert proc.poll() is None and _status_pid(layout) == status_pid
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
-    stderr = (tmp_path / "daemon.stderr").read_text()
-    assert code == 0, stderr
-    assert "Traceback" not in stderr, stderr
-    finals = check_histories(layout, ids)
-    errors = [line for line in stderr.splitlines() if "maestro: I/O error" in line]
+    finals, errors = judged(layout, ids, code, tmp_path / "daemon.stderr")
     runs = runs_per_tick(tmp_path / "spawns.txt")
     rows = ledger_rows(layout)
     torn = [r for r in rows if "torn" in r]
@@ -219,19 +230,12 @@ def test_read_only_root_under_a_running_daemon(tmp_path: Path, small_disk: Path)
         assert proc.poll() is None, (tmp_path / "daemon.stderr").read_text()
         assert _run("umount", "-l", root).returncode == 0  # writable again
         ids = {t.id for t in ticks}
-        try:
-            wait_for(lambda: set(folder_ids(layout, Folder.DONE)) >= ids, timeout=30, what="every tick done")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}: {where(layout, ids, tmp_path / 'daemon.stderr')}") from None
+        wait_all_done(layout, ids, tmp_path / "daemon.stderr")
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
-    stderr = (tmp_path / "daemon.stderr").read_text()
-    assert code == 0, stderr
-    assert "Traceback" not in stderr, stderr
-    finals = check_histories(layout, ids)
-    errors = [line for line in stderr.splitlines() if "maestro: I/O error" in line]
+    finals, errors = judged(layout, ids, code, tmp_path / "daemon.stderr")
     print(f"read-only: {len(errors)} I/O errors on stderr, e.g. {errors[0]!r}; {len(ids)} ticks done once; "
           f"{sum(f['attempts'] for f in finals.values())} attempts burnt")
 
