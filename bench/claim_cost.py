@@ -17,10 +17,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from maestro_py.bus import Bus
-from maestro_py.index import InboxIndex
+from maestro_py.bus.store import Bus
+from maestro_py.bus.inbox import InboxIndex
 from maestro_py.paths import Folder, Layout
-from maestro_py.tick import Tick
+from maestro_py.bus.tick import Tick
 
 
 def build(root: Path, n: int) -> Bus:

@@ -50,11 +50,11 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 import claim_cost  # noqa: E402
 import workers  # noqa: E402
-from maestro_py import launch  # noqa: E402
-from maestro_py.bus import Bus  # noqa: E402
+from maestro_py.session import command as launch  # noqa: E402
+from maestro_py.bus.store import Bus  # noqa: E402
 from maestro_py.clock import parse_iso  # noqa: E402
 from maestro_py.paths import Layout  # noqa: E402
-from maestro_py.tick import Tick  # noqa: E402
+from maestro_py.bus.tick import Tick  # noqa: E402
 
 PY = sys.executable
 HUEY_CONSUMER = str(Path(PY).parent / "huey_consumer")
@@ -505,7 +505,7 @@ def syscalls_per_tick(scratch: Scratch, n: int) -> dict[str, dict[str, float]] |
 def claim_costs(scratch: Scratch, small: int, large: int, claims: int) -> dict[str, Any]:
     """bench/claim_cost.py's measurement, with the claims at the two backlogs interleaved one by one, so
     load on this shared machine weighs on both alike (measured one after the other, the ratio swings)."""
-    from maestro_py.index import InboxIndex
+    from maestro_py.bus.inbox import InboxIndex
 
     sides = {}
     for key, n in (("small", small), ("large", large)):

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from maestro_py.fsio import fsync_dir, sync_files  # noqa: E402 - the same primitives the bus uses
+from maestro_py.bus.fsio import fsync_dir, sync_files  # noqa: E402 - the same primitives the bus uses
 
-GROUP = 64  # maestro_py.daemon.INLINE_BATCH
+GROUP = 64  # maestro_py.daemon.loop.INLINE_BATCH
 
 
 def _copy(data: bytes, tmp_dir: str, target: str, *, durable: bool) -> None:
@@ -85,7 +85,7 @@ def _drain(root: str, *, group: int | None) -> int:
 
 
 def raw(root: str, group: int = GROUP) -> int:
-    """Per tick, exactly the file operations of claim + complete in maestro_py.bus, and nothing else.
+    """Per tick, exactly the file operations of claim + complete in maestro_py.bus.store, and nothing else.
 
     claim: rename inbox/<id>.json -> claimed/<id>@owner.json, read it;
     complete: write the done copy under tmp/, rename it into done/; every `group` ticks one syncfs, then

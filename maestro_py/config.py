@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 from dotenv import dotenv_values
 
-from maestro_py.backoff import parse_backoff
-from maestro_py.budget import Estimate, Governor, Limit
+from maestro_py.policy.backoff import parse_backoff
+from maestro_py.policy.budget import Estimate, Governor, Limit
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import handlers
-from .errors import ConfigError
-from .paths import Layout
+from maestro_py import inline
+from maestro_py.errors import ConfigError
+from maestro_py.paths import Layout
 
 # \Z, not $: "$" also matches before a trailing newline, and names become file names.
 CADENCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
@@ -143,7 +143,7 @@ def _runnable(value: Any) -> str:
     if not isinstance(value, str):
         raise _Bad('must be a string: "noop", "module:function" or a command', value)
     try:
-        handlers.parse(value)
+        inline.parse(value)
     except ValueError as exc:
         raise _Bad(str(exc), value) from None
     return value.strip()

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from maestro_py.metering import CliResult, Usage
-from maestro_py.runner import RunOutcome, SpawnSpec
+from maestro_py.session.metering import CliResult, Usage
+from maestro_py.session.runner import RunOutcome, SpawnSpec
 
 _pids = itertools.count(900_000)
 _DIRECTIVE = re.compile(rb"\[\[fake:([a-z0-9_]+)\]\]")

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from click.testing import CliRunner
 
-from maestro_py.budget import Estimate, Governor, Limit, window_bounds
+from maestro_py.policy.budget import Estimate, Governor, Limit, window_bounds
 from maestro_py.cli import cli
 from maestro_py.clock import FakeClock
 from maestro_py.paths import Folder, Layout
@@ -166,7 +166,7 @@ def test_budget_command_reports_total_spent_remaining(layout: Layout, clock: Fak
 
 
 def test_a_run_is_charged_what_it_spent_else_its_reservation_unless_exempt() -> None:
-    from maestro_py.budget import charge_for
+    from maestro_py.policy.budget import charge_for
 
     held = Estimate(1290, 0.05, "history")
     assert charge_for({"total_tokens": 300, "cost_usd": 0.01}, held, exempt=False) == (True, 300, 0.01)

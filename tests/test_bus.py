@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from maestro_py.bus import Bus
+from maestro_py.bus.store import Bus
 from maestro_py.errors import InboxFull
-from maestro_py.events import EventLog
-from maestro_py.index import InboxIndex
-from maestro_py.owner import Owner
+from maestro_py.bus.events import EventLog
+from maestro_py.bus.inbox import InboxIndex
+from maestro_py.bus.owner import Owner
 from maestro_py.paths import Folder, Layout
 from tests.helpers import events, names, read_json, tick_ids
 
@@ -246,8 +246,8 @@ def test_events_are_json_lines_with_required_fields(bus: Bus, layout: Layout) ->
 RACER = textwrap.dedent(
     """
     import sys, json
-    from maestro_py.bus import Bus
-    from maestro_py.index import InboxIndex
+    from maestro_py.bus.store import Bus
+    from maestro_py.bus.inbox import InboxIndex
     from maestro_py.paths import Layout
     bus = Bus(Layout(sys.argv[1]))
     index = InboxIndex(bus)
@@ -287,7 +287,7 @@ def test_two_processes_racing_claim_each_tick_exactly_once(layout: Layout, clock
 WRITER = textwrap.dedent(
     """
     import sys
-    from maestro_py.bus import Bus
+    from maestro_py.bus.store import Bus
     from maestro_py.paths import Layout
     bus = Bus(Layout(sys.argv[1]), max_inbox=10**9)
     print("ready", flush=True)

@@ -153,8 +153,21 @@ def test_readme_documents_every_setting() -> None:
 
 
 def test_readme_layout_lists_every_module() -> None:
+    """The README's layout block names every module of every subpackage, on its own package's line."""
     readme = (REPO / "README.md").read_text()
-    block = readme[readme.index("maestro_py/  bus:"):readme.index("templates/", readme.index("maestro_py/  bus:"))]
-    listed = set(block.replace(":", " ").split())
-    modules = {p.name for p in (REPO / "maestro_py").glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
-    assert sorted(modules - listed) == []
+    start = readme.index("```\nmaestro_py/\n") + len("```\nmaestro_py/\n")
+    listed: dict[str, set[str]] = {}
+    current = "."
+    for line in readme[start:readme.index("```", start)].splitlines():
+        if not line.startswith("  "):
+            break  # past the package (tests/, bench/ …)
+        words = line.split()
+        if not line.startswith("   "):  # a package line (`  bus/  a.py b.py`) or the top-level modules
+            current = words[0].rstrip("/") if words[0].endswith("/") else "."
+        listed.setdefault(current, set()).update(w for w in words if w.endswith(".py"))
+    package = REPO / "maestro_py"
+    found: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        if path.name not in ("__init__.py", "__main__.py"):
+            found.setdefault(path.parent.relative_to(package).as_posix(), set()).add(path.name)
+    assert found == {name: files for name, files in listed.items() if files}

@@ -16,14 +16,14 @@ from typing import Any, Iterator
 import pytest
 from click.testing import CliRunner, Result
 
-from maestro_py import doctor
-from maestro_py.breaker import Breakers, CircuitFile
+from maestro_py.ops import doctor
+from maestro_py.policy.breaker import Breakers, CircuitFile
 from maestro_py.cli import cli
 from maestro_py.clock import FakeClock, SystemClock, iso
-from maestro_py.doctor import Check, Level, Probe
-from maestro_py.fsio import atomic_write_json
-from maestro_py.lock import DaemonLock
-from maestro_py.owner import Owner
+from maestro_py.ops.doctor import Check, Level, Probe
+from maestro_py.bus.fsio import atomic_write_json
+from maestro_py.daemon.lock import DaemonLock
+from maestro_py.bus.owner import Owner
 from maestro_py.paths import Folder, Layout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -288,7 +288,7 @@ def test_budget_left_from_the_ledger(root: Path, monkeypatch: pytest.MonkeyPatch
     assert ok.level is Level.OK and ok.detail == "global daily: 99,000 tokens / $0.6000 left"
     low = doctor.check_budget(probe(root, {**env, "MAESTRO_RESERVE_USD": "0.7"}, clock=clock))
     assert low.level is Level.WARN and low.detail.startswith("global daily cannot cover another run until ")
-    monkeypatch.setitem(sys.modules, "maestro_py.budget", None)  # no budget module at all: the check is off
+    monkeypatch.setitem(sys.modules, "maestro_py.policy.budget", None)  # no budget module at all: the check is off
     assert doctor.check_budget(probe(root, env)) == Check("budget", Level.OK, "no budget configured")
 
 

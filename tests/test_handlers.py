@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from maestro_py import handlers
-from maestro_py.handlers import HandlerResult, Kind, Spec, call, parse
+from maestro_py import inline as handlers
+from maestro_py.inline import HandlerResult, Kind, Spec, call, parse
 
 TICK: dict[str, Any] = {"id": "t-1", "cadence": "inbox", "attempt": 1}
 PY = shlex.quote(sys.executable)

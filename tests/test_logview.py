@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from maestro_py import logview
+from maestro_py.ops import logview
 from maestro_py.cli import cli
 from maestro_py.clock import FakeClock
-from maestro_py.events import EventLog
-from maestro_py.logview import Event, Filter
+from maestro_py.bus.events import EventLog
+from maestro_py.ops.logview import Event, Filter
 from maestro_py.paths import Layout
 
 

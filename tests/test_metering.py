@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from maestro_py.metering import CliResult, Usage, parse_result
+from maestro_py.session.metering import CliResult, Usage, parse_result
 
 
 def ok_result(**overrides: Any) -> dict[str, Any]:

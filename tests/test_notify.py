@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from maestro_py.notify import NOTIFY_VARS, Notifier, scrub, status_line
+from maestro_py.daemon.sdnotify import NOTIFY_VARS, Notifier, scrub, status_line
 
 
 class Listener:
@@ -181,12 +181,6 @@ def test_status_line() -> None:
 
 # -- the daemon, end to end -------------------------------------------------------------
 
-def _daemon_wired() -> bool:
-    import maestro_py.daemon
-
-    return "Notifier" in Path(maestro_py.daemon.__file__).read_text()
-
-
 def _collect(listener: Listener, until: str, seconds: float) -> list[str]:
     """Messages received until one contains `until` (or `seconds` pass)."""
     got: list[str] = []
@@ -202,7 +196,6 @@ def _collect(listener: Listener, until: str, seconds: float) -> list[str]:
     return got
 
 
-@pytest.mark.skipif(not _daemon_wired(), reason="daemon.py does not use maestro_py.notify yet")
 def test_the_daemon_speaks_the_protocol(tmp_path: Path, listener: Listener) -> None:
     root = tmp_path / "agent"
     dump = tmp_path / "handler-env.txt"

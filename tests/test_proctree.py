@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from maestro_py import proctree
+from maestro_py.session import proctree
 
 FAKE = Path(__file__).with_name("fake_claude.py")
 REPO = Path(__file__).resolve().parent.parent
@@ -116,7 +116,7 @@ SUBREAPER_SCRIPT = textwrap.dedent(
     """
     import json, os, subprocess, sys, time
     import psutil
-    from maestro_py import proctree
+    from maestro_py.session import proctree
 
     fake, pidfile = sys.argv[1], sys.argv[2]
     out = {"before": proctree.is_subreaper(), "became": proctree.become_subreaper(),
@@ -171,7 +171,7 @@ def test_subreaper_adopts_and_reap_adopted_kills_orphans(tmp_path: Path) -> None
 
 def test_become_subreaper_in_a_child_only() -> None:
     # Never in the pytest process: it would change where every other test's orphans go.
-    code = "from maestro_py import proctree; print(proctree.become_subreaper(), proctree.is_subreaper())"
+    code = "from maestro_py.session import proctree; print(proctree.become_subreaper(), proctree.is_subreaper())"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=10)
     expected = "True True" if sys.platform.startswith("linux") else "False False"
     assert proc.stdout.strip() == expected, proc.stderr

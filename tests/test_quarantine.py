@@ -9,8 +9,8 @@ from typing import Callable
 
 import pytest
 
-from maestro_py.bus import Bus
-from maestro_py.index import InboxIndex
+from maestro_py.bus.store import Bus
+from maestro_py.bus.inbox import InboxIndex
 from maestro_py.paths import Folder, Layout
 from tests.helpers import events, names, read_json, tick_ids
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from maestro_py.events import EventLog
+from maestro_py.bus.events import EventLog
 from maestro_py.paths import Layout
 from maestro_py.redact import MASK, Redactor
 

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from maestro_py.breaker import AUTH_HALT
-from maestro_py.bus import Bus
+from maestro_py.policy.breaker import AUTH_HALT
+from maestro_py.bus.store import Bus
 from maestro_py.clock import FakeClock
 from maestro_py.config import Settings
-from maestro_py.daemon import Daemon
+from maestro_py.daemon.loop import Daemon
 from maestro_py.paths import Folder, Layout
 from tests.fakes import FakeSpawner, settings_env
 from tests.helpers import events, read_json, tick_ids

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from maestro_py import retention
+from maestro_py.daemon import retention
 from maestro_py.cli import cli
 from maestro_py.errors import ConfigError
-from maestro_py.fsio import atomic_write_json
-from maestro_py.ledger import Ledger
+from maestro_py.bus.fsio import atomic_write_json
+from maestro_py.session.ledger import Ledger
 from maestro_py.paths import Folder, Layout
 from maestro_py.config import Settings
-from maestro_py.retention import PruneReport
+from maestro_py.daemon.retention import PruneReport
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=timezone.utc)  # mid-month: the same month in every time zone
 DAY = 86400.0

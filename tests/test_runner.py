@@ -16,7 +16,7 @@ import pytest
 
 from maestro_py.errors import SpawnError
 from maestro_py.redact import MASK
-from maestro_py.runner import ProcessSpawner, RunOutcome, SpawnSpec
+from maestro_py.session.runner import ProcessSpawner, RunOutcome, SpawnSpec
 
 FAKE = Path(__file__).with_name("fake_claude.py")
 

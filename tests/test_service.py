@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from maestro_py import cron, service as svc
+from maestro_py.ops import cron, service as svc
 from maestro_py.cli import cli
 from maestro_py.paths import Layout
 from maestro_py.registry import Registry

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from maestro_py.wakeup import Wakeup
+from maestro_py.daemon.wakeup import Wakeup
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux-only")
 

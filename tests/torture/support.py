@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from maestro_py.bus import REASON_SUFFIX
+from maestro_py.bus.store import REASON_SUFFIX
 from maestro_py.paths import Folder, Layout
-from maestro_py.tick import Tick
+from maestro_py.bus.tick import Tick
 
 REPO = Path(__file__).resolve().parent.parent.parent
 FAKE_CLAUDE = REPO / "tests" / "fake_claude.py"

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from maestro_py.config import Settings
-from maestro_py.daemon import Daemon
+from maestro_py.daemon.loop import Daemon
 from maestro_py.paths import Folder, Layout
 from tests.torture.support import (
     REPO, daemon_env, folder_ids, make_agent, new_tick, publish, runs_per_tick, stage, wait_for,
@@ -381,7 +381,7 @@ def test_disk_full_injected_counts_each_failed_run_once(layout: Layout, clock) -
 
 
 def test_disk_trouble_reads_a_full_and_a_read_only_disk(tmp_path: Path, small_disk: Path) -> None:
-    from maestro_py.fsio import disk_trouble
+    from maestro_py.bus.fsio import disk_trouble
 
     assert disk_trouble(small_disk) is None
     fill(small_disk / "filler")

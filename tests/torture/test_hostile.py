@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from maestro_py.bus import REASON_SUFFIX
+from maestro_py.bus.store import REASON_SUFFIX
 from maestro_py.paths import Folder, Layout
-from maestro_py.tick import CADENCE_RE, MAX_TICK_BYTES
+from maestro_py.bus.tick import CADENCE_RE, MAX_TICK_BYTES
 from tests.torture.support import REPO, daemon_env, folder_ids, make_agent, new_tick, wait_for
 
 REGISTRY = """

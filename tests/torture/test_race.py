@@ -19,7 +19,7 @@ from tests.torture.support import REPO, daemon_env, folder_ids, make_agent, new_
 AT_THE_SAME_MOMENT = textwrap.dedent(
     """
     import sys, time
-    import maestro_py.cli, maestro_py.daemon
+    import maestro_py.cli, maestro_py.daemon.loop
     go = float(sys.argv[1])
     while time.time() < go:
         pass
@@ -69,8 +69,8 @@ def test_two_daemons_started_at_the_same_moment_exactly_one_runs(tmp_path: Path)
 RACER = textwrap.dedent(
     """
     import json, os, sys, time
-    from maestro_py.bus import Bus
-    from maestro_py.index import InboxIndex
+    from maestro_py.bus.store import Bus
+    from maestro_py.bus.inbox import InboxIndex
     from maestro_py.paths import Layout
     bus = Bus(Layout(sys.argv[1]))
     index = InboxIndex(bus)

@@ -25,8 +25,8 @@ sys.path.insert(0, REPO)
 import logging  # noqa: E402,F401 - imported by `run`; preloaded so a fork starts warm
 
 import maestro_py.cli as cli  # noqa: E402
-import maestro_py.daemon  # noqa: E402,F401
-from maestro_py import proctree  # noqa: E402
+import maestro_py.daemon.loop  # noqa: E402,F401
+from maestro_py.session import proctree  # noqa: E402
 
 proctree.become_subreaper()
 

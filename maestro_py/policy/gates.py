@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from maestro_py.backoff import Backoff
-from maestro_py.breaker import AUTH_HALT, Breakers
+from maestro_py.policy.backoff import Backoff
+from maestro_py.policy.breaker import AUTH_HALT, Breakers
 
 
 @dataclass

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
-from maestro_py import doctor, logview, retention
+from maestro_py.daemon import retention
+from maestro_py.ops import doctor, logview
 from maestro_py.cli import CliError, Context, cli, pass_ctx
 from maestro_py.clock import SystemClock
-from maestro_py.status import read_status
+from maestro_py.daemon.status import read_status
 
 
 @cli.command("doctor")

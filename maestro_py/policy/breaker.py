@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from maestro_py.clock import iso, parse_iso
-from maestro_py.fsio import atomic_write_json
+from maestro_py.bus.fsio import atomic_write_json
 
 AUTH_HALT = "_auth"
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from maestro_py import service as svc
+from maestro_py.ops import service as svc
 from maestro_py.cli import EX_USAGE, CliError, Context, cli, pass_ctx
 
 

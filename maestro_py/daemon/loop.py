@@ -15,32 +15,35 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from maestro_py import handlers, launch, overlap, proctree, retention
-from maestro_py.backoff import Backoff, parse_backoff
-from maestro_py.breaker import Breakers, CircuitFile
-from maestro_py.budget import Estimate, cadence_limits, charge_for
-from maestro_py.bus import Bus, Claim
-from maestro_py.circuits import PersistedCircuits
+from maestro_py import inline
+from maestro_py.daemon import retention
+from maestro_py.policy import overlap
+from maestro_py.session import command, proctree
+from maestro_py.policy.backoff import Backoff, parse_backoff
+from maestro_py.policy.breaker import Breakers, CircuitFile
+from maestro_py.policy.budget import Estimate, cadence_limits, charge_for
+from maestro_py.bus.store import Bus, Claim
+from maestro_py.policy.circuits import PersistedCircuits
 from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.config import Settings, load_env
 from maestro_py.errors import SpawnError
-from maestro_py.events import EventLog
-from maestro_py.fsio import DISK_ERRNOS, disk_trouble
-from maestro_py.gates import Gates, read_stop_file
-from maestro_py.guards import Guards
-from maestro_py.index import Entry, InboxIndex, payload_fingerprint
-from maestro_py.ledger import Ledger
-from maestro_py.metering import Usage
-from maestro_py.lock import DaemonLock
-from maestro_py.owner import Owner
+from maestro_py.bus.events import EventLog
+from maestro_py.bus.fsio import DISK_ERRNOS, disk_trouble
+from maestro_py.policy.gates import Gates, read_stop_file
+from maestro_py.policy.guards import Guards
+from maestro_py.bus.inbox import Entry, InboxIndex, payload_fingerprint
+from maestro_py.session.ledger import Ledger
+from maestro_py.session.metering import Usage
+from maestro_py.daemon.lock import DaemonLock
+from maestro_py.bus.owner import Owner
 from maestro_py.paths import Folder, Layout
-from maestro_py.policy import HANDLING, FailureClass, classify, failure_reason
+from maestro_py.policy.failures import HANDLING, FailureClass, classify, failure_reason
 from maestro_py.redact import Redactor
-from maestro_py.notify import Notifier, scrub, status_line
+from maestro_py.daemon.sdnotify import Notifier, scrub, status_line
 from maestro_py.registry import Cadence, Registry, RegistryError
-from maestro_py.runner import ProcessSpawner, RunOutcome, SpawnSpec, Spawner, SubSession
-from maestro_py.status import new_counters, write_status
-from maestro_py.wakeup import Wakeup
+from maestro_py.session.runner import ProcessSpawner, RunOutcome, SpawnSpec, Spawner, SubSession
+from maestro_py.daemon.status import new_counters, write_status
+from maestro_py.daemon.wakeup import Wakeup
 
 log = logging.getLogger("maestro")
 
@@ -104,7 +107,7 @@ class Daemon:
         self.gates = Gates(self.breakers, self.backoff, self.settings.max_live, self._live_count)
         self.guards = Guards(self.breakers, self.backoff, self.gates, self.circuits, self.events, self.clock)
         self._env_mtime = _mtime(self.layout.env_file)
-        self._credential = launch.credential_fingerprint(self.env)
+        self._credential = command.credential_fingerprint(self.env)
         self.governor = self.settings.governor(cadence_limits(self.registry))
         self.governor.load(self.ledger.rows(), self.clock.now())
         self.running: dict[str, Running] = {}
@@ -337,7 +340,7 @@ class Daemon:
         spec = cadence.handler or "noop"
         self.notifier.ping(self.clock.monotonic())  # the call may block the loop up to its timeout
         started = time.monotonic()
-        result = handlers.call(spec, claim.tick.to_json(), root=self.layout.root, env=self.env,
+        result = inline.call(spec, claim.tick.to_json(), root=self.layout.root, env=self.env,
                                timeout=self._timeout(cadence), kind="handler")
         duration_ms = round((time.monotonic() - started) * 1000)
         self.counters["inline"] += 1
@@ -350,7 +353,7 @@ class Daemon:
 
     def _guard_says_escalate(self, claim: Claim, cadence: Cadence) -> bool:
         self.notifier.ping(self.clock.monotonic())  # the guard may block the loop up to its timeout
-        result = handlers.call(cadence.guard or "noop", claim.tick.to_json(), root=self.layout.root,
+        result = inline.call(cadence.guard or "noop", claim.tick.to_json(), root=self.layout.root,
                                env=self.env, timeout=self._timeout(cadence), kind="guard")
         if result.error is not None:
             self._fail(claim, cadence, f"guard failed: {result.error}", mode="guarded")
@@ -373,11 +376,11 @@ class Daemon:
             if cadence.prompt is None or not cadence.prompt.is_file():
                 raise FileNotFoundError(f"prompt file {cadence.prompt} is missing")
             spec = SpawnSpec(
-                argv=launch.argv(launch.resolve_claude(self.env), model=cadence.model, extra=cadence.claude_args,
+                argv=command.argv(command.resolve_claude(self.env), model=cadence.model, extra=cadence.claude_args,
                                  max_budget_usd=cadence.max_budget_usd),
-                env=launch.child_env(self.env, self.layout.root),
+                env=command.child_env(self.env, self.layout.root),
                 cwd=self.layout.root,
-                stdin=launch.prompt(cadence.prompt, tick),
+                stdin=command.prompt(cadence.prompt, tick),
                 stdout_log=stdout_log,
                 stderr_log=stderr_log,
                 timeout=self._timeout(cadence),
@@ -529,7 +532,7 @@ class Daemon:
         self.redactor = Redactor(self.env)
         self.events.redactor = self.redactor
         self.ledger.redactor = self.redactor
-        credential = launch.credential_fingerprint(self.env)
+        credential = command.credential_fingerprint(self.env)
         if credential != self._credential:
             self._credential = credential
             self.gates.credentials_verified = False

@@ -8,9 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from maestro_py.clock import iso, parse_iso
-from maestro_py.fsio import atomic_write_json
-from maestro_py.lock import holder
-from maestro_py.owner import Owner
+from maestro_py.bus.fsio import atomic_write_json
+from maestro_py.daemon.lock import holder
+from maestro_py.bus.owner import Owner
 from maestro_py.paths import Folder, Layout
 from maestro_py.redact import Redactor
 

@@ -3,9 +3,9 @@ reloaded when an operator edits the file (`maestro circuit reset/open`) while th
 
 from __future__ import annotations
 
-from maestro_py.breaker import Breakers, CircuitFile
+from maestro_py.policy.breaker import Breakers, CircuitFile
 from maestro_py.clock import Clock, iso
-from maestro_py.events import EventLog
+from maestro_py.bus.events import EventLog
 
 
 class PersistedCircuits:

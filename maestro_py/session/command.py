@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from maestro_py.errors import SpawnError
-from maestro_py.tick import Tick
+from maestro_py.bus.tick import Tick
 
 # Set in the child unless the operator set them: without them the CLI retries ~3 minutes (even on 401)
 # before the daemon's own policies can act, and sends every prompt a second time for a billed title.

@@ -21,19 +21,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from maestro_py import launch
-from maestro_py.breaker import AUTH_HALT, Breakers, CircuitFile
-from maestro_py.bus import CLAIM_SEP, Bus
+from maestro_py.session import command
+from maestro_py.policy.breaker import AUTH_HALT, Breakers, CircuitFile
+from maestro_py.bus.store import CLAIM_SEP, Bus
 from maestro_py.clock import Clock, SystemClock
 from maestro_py.config import VARS, Settings
 from maestro_py.errors import ConfigError, SpawnError
-from maestro_py.ledger import Ledger
-from maestro_py.lock import holder
-from maestro_py.owner import Owner
+from maestro_py.session.ledger import Ledger
+from maestro_py.daemon.lock import holder
+from maestro_py.bus.owner import Owner
 from maestro_py.paths import Folder, Layout
 from maestro_py.redact import Redactor
 from maestro_py.registry import Registry, RegistryError
-from maestro_py.status import liveness, read_status
+from maestro_py.daemon.status import liveness, read_status
 
 DEFAULT_API = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -182,10 +182,10 @@ def check_prompts(p: Probe) -> Check:
 def check_claude(p: Probe) -> Check:
     """The `claude` executable is found and answers `--version` with the daemon's child environment."""
     try:
-        claude = launch.resolve_claude(p.env)
+        claude = command.resolve_claude(p.env)
     except SpawnError as exc:
         return Check("claude", Level.FAIL, str(exc))
-    env = launch.child_env(p.env, p.layout.root)
+    env = command.child_env(p.env, p.layout.root)
     cwd = p.layout.root if p.layout.root.is_dir() else Path.cwd()
     try:
         code, out, err = p.run([claude, "--version"], env, cwd, VERSION_TIMEOUT)
@@ -203,7 +203,7 @@ def check_claude(p: Probe) -> Check:
 def check_credential(p: Probe) -> Check:
     """One 1-token request proves the API key works (unless subscription auth is preferred)."""
     key = (p.env.get("ANTHROPIC_API_KEY") or "").strip()
-    if launch.strips_api_key(p.env) or not key:
+    if command.strips_api_key(p.env) or not key:
         return _subscription(p)
     if p.offline:
         return Check("credential", Level.WARN, "skipped (--offline)")
@@ -367,7 +367,7 @@ def check_circuits(p: Probe) -> list[Check]:
 def check_budget(p: Probe) -> Check:
     """Budget left per limited scope, as the daemon counts it (the ledger plus live reservations)."""
     try:
-        from maestro_py.budget import Estimate, cadence_limits
+        from maestro_py.policy.budget import Estimate, cadence_limits
     except ImportError:
         return Check("budget", Level.OK, "no budget configured")
     try:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from maestro_py.backoff import Backoff, schedule
-from maestro_py.breaker import Breakers, State
-from maestro_py.circuits import PersistedCircuits
+from maestro_py.policy.backoff import Backoff, schedule
+from maestro_py.policy.breaker import Breakers, State
+from maestro_py.policy.circuits import PersistedCircuits
 from maestro_py.clock import Clock, iso
-from maestro_py.events import EventLog
-from maestro_py.gates import Gates
-from maestro_py.policy import HANDLING, FailureClass
+from maestro_py.bus.events import EventLog
+from maestro_py.policy.gates import Gates
+from maestro_py.policy.failures import HANDLING, FailureClass
 from maestro_py.registry import Cadence
-from maestro_py.tick import Tick
+from maestro_py.bus.tick import Tick
 
 AUTH_FIX = ("replace the key in .env, or set MAESTRO_PREFER_SUBSCRIPTION_AUTH=1; "
             "then `maestro circuit reset --all` (or just edit .env)")

@@ -34,11 +34,11 @@ from typing import Any
 
 from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.errors import InboxFull, TickInvalid
-from maestro_py.events import EventLog
-from maestro_py.fsio import dump_json, fsync_dir, scan_dir, sync_files, unlink_missing_ok, write_tmp
-from maestro_py.owner import Owner
+from maestro_py.bus.events import EventLog
+from maestro_py.bus.fsio import dump_json, fsync_dir, scan_dir, sync_files, unlink_missing_ok, write_tmp
+from maestro_py.bus.owner import Owner
 from maestro_py.paths import Folder, Layout
-from maestro_py.tick import MAX_TICK_BYTES, Tick, encode, parse_tick
+from maestro_py.bus.tick import MAX_TICK_BYTES, Tick, encode, parse_tick
 
 REASON_SUFFIX = ".reason.json"
 CLAIM_SEP = "@"  # claimed/<id>@<owner-token>.json

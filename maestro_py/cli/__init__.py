@@ -10,16 +10,16 @@ from typing import Any
 
 import click
 
-from maestro_py.breaker import AUTH_HALT, Breakers, CircuitFile
-from maestro_py.bus import Bus
+from maestro_py.policy.breaker import AUTH_HALT, Breakers, CircuitFile
+from maestro_py.bus.store import Bus
 from maestro_py.clock import SystemClock, iso
 from maestro_py.config import Settings, load_env
 from maestro_py.errors import AlreadyRunning, ConfigError, InboxFull, MaestroError, TickInvalid
-from maestro_py.fsio import atomic_write_json
+from maestro_py.bus.fsio import atomic_write_json
 from maestro_py.paths import Folder, Layout
 from maestro_py.registry import Registry, RegistryError
-from maestro_py.status import liveness, read_status
-from maestro_py.tick import CADENCE_RE
+from maestro_py.daemon.status import liveness, read_status
+from maestro_py.bus.tick import CADENCE_RE
 
 EX_USAGE = 2
 EX_TEMPFAIL = 75
@@ -103,7 +103,7 @@ def init(c: Context) -> None:
     lay.root.mkdir(parents=True, exist_ok=True)
     lay.ensure()
     created: list[str] = []
-    templates = Path(__file__).parent / "templates"
+    templates = Path(__file__).parent.parent / "templates"
     if not lay.env_file.exists():
         example = lay.root / ".env.example"
         text = example.read_text() if example.is_file() else (templates / "env.example").read_text()
@@ -166,7 +166,7 @@ def run(c: Context, once: bool, no_watch: bool) -> None:
     """Run the daemon: claim ticks and run them until stopped (SIGTERM drains, a second ends at once)."""
     import logging
 
-    from maestro_py.daemon import Daemon
+    from maestro_py.daemon.loop import Daemon
 
     # The daemon's own stderr (launchd's StandardErrorPath, journald) says what the event log cannot
     # when the disk under it is full or read-only.
@@ -407,7 +407,7 @@ def dlq_purge(c: Context, days: float | None) -> None:
 
 
 # Operations commands (doctor, service, logs, prune) live in their own modules and register on `cli`.
-from maestro_py import cli_service, cli_doctor  # noqa: E402,F401
+from maestro_py.cli import service, doctor  # noqa: E402,F401
 
 
 # -- budget -------------------------------------------------------------------
@@ -415,8 +415,8 @@ from maestro_py import cli_service, cli_doctor  # noqa: E402,F401
 def budget_summary(c: Context) -> list[dict[str, Any]]:
     """The budget as the daemon sees it: limits from settings and registry, spent from the ledger,
     reservations from the running daemon's status file."""
-    from maestro_py.budget import Estimate, cadence_limits
-    from maestro_py.ledger import Ledger
+    from maestro_py.policy.budget import Estimate, cadence_limits
+    from maestro_py.session.ledger import Ledger
 
     now = SystemClock().now()
     governor = c.settings().governor(cadence_limits(c.registry()))

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from maestro_py.bus import Bus, Seen
+from maestro_py.bus.store import Bus, Seen
 from maestro_py.errors import TickInvalid
 
 PARSED_KEPT = 8192  # parsed ticks kept for their claim (~1.2 KB each: ≤ 10 MB), so a claim need not read again

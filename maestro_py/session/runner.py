@@ -17,9 +17,9 @@ from typing import BinaryIO, Protocol
 
 import psutil
 
-from maestro_py import proctree
+from maestro_py.session import proctree
 from maestro_py.errors import SpawnError
-from maestro_py.metering import CliResult, parse_result
+from maestro_py.session.metering import CliResult, parse_result
 from maestro_py.redact import Redactor
 
 TAIL_BYTES = 4096

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from maestro_py.clock import parse_iso
-from maestro_py.fsio import atomic_write, fsync_dir, scan_dir, unlink_missing_ok
+from maestro_py.bus.fsio import atomic_write, fsync_dir, scan_dir, unlink_missing_ok
 from maestro_py.paths import Folder, Layout
 
 PRUNE_EVERY_SECONDS = 3600.0   # how often the daemon prunes

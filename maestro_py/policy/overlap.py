@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from maestro_py.index import Entry, InboxIndex
+from maestro_py.bus.inbox import Entry, InboxIndex
 
 
 def surplus(index: InboxIndex, cadence: str, policy: str, running: dict[str, str]) -> list[tuple[Entry, str]]:

@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from maestro_py import cron
+from maestro_py.ops import cron
 from maestro_py.errors import MaestroError
-from maestro_py.fsio import atomic_write
+from maestro_py.bus.fsio import atomic_write
 from maestro_py.registry import Registry
 
 LAUNCHD, SYSTEMD = "launchd", "systemd"

@@ -6,7 +6,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from maestro_py.runner import RunOutcome
+from maestro_py.session.runner import RunOutcome
 
 
 class FailureClass(str, enum.Enum):

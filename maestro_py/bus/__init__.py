@@ -1,0 +1,1 @@
+"""The tick bus: tick files, their folders and every move between them."""

@@ -1,0 +1,1 @@
+"""The long-running consumer: the loop, dispatch, settling, status and its housekeeping."""
