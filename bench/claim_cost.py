@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from maestro_py.bus.store import Bus
-from maestro_py.bus.inbox import InboxIndex
 from maestro_py.paths import Folder, Layout
 from maestro_py.bus.tick import Tick
 
@@ -35,11 +34,10 @@ def build(root: Path, n: int) -> Bus:
     return bus
 
 
-def timed_claim(bus: Bus, index: InboxIndex) -> float:
+def timed_claim(bus: Bus, index) -> float:
     """Seconds for one claim as the daemon makes it: the FIFO head, renamed into claimed/, read, parsed."""
     t = time.perf_counter()
     head = next(index.heads())
-    index.discard(head.name)
     claim = bus.claim(head.name)
     elapsed = time.perf_counter() - t
     assert claim is not None
@@ -49,7 +47,7 @@ def timed_claim(bus: Bus, index: InboxIndex) -> float:
 def measure(n: int, claims: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
         bus = build(Path(tmp), n)
-        index = InboxIndex(bus)
+        index = bus.index
         t0 = time.perf_counter()
         index.refresh(force=True)
         scan = time.perf_counter() - t0

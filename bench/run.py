@@ -505,12 +505,11 @@ def syscalls_per_tick(scratch: Scratch, n: int) -> dict[str, dict[str, float]] |
 def claim_costs(scratch: Scratch, small: int, large: int, claims: int) -> dict[str, Any]:
     """bench/claim_cost.py's measurement, with the claims at the two backlogs interleaved one by one, so
     load on this shared machine weighs on both alike (measured one after the other, the ratio swings)."""
-    from maestro_py.bus.inbox import InboxIndex
 
     sides = {}
     for key, n in (("small", small), ("large", large)):
         bus = claim_cost.build(scratch.new(f"claim-{n}"), n)
-        index = InboxIndex(bus)
+        index = bus.index
         t0 = time.perf_counter()
         index.refresh(force=True)
         scan = time.perf_counter() - t0

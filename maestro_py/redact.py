@@ -18,7 +18,10 @@ class Redactor:
     """Replaces known secret values (and anything shaped like an Anthropic key) with a mask."""
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        env = os.environ if env is None else env
+        self.update(os.environ if env is None else env)
+
+    def update(self, env: Mapping[str, str]) -> None:
+        """Mask the secrets of `env` from now on (in place: everyone holding this redactor sees them)."""
         # Short values (placeholders, "x") would mask ordinary words; real secrets are long.
         values = {env[name] for name in SECRET_VARS if len(env.get(name, "")) >= 8}
         # Each secret as it is and as it reads inside a JSON string (quotes, backslashes, control

@@ -33,7 +33,7 @@ def test_token_budget_lets_two_runs_settle_and_the_third_wait(layout: Layout, cl
     assert daemon.counters["deferred_budget"] > 0
     exhausted = [e for e in events(layout) if e["stage"] == "budget_exhausted"]
     assert len(exhausted) == 1 and exhausted[0]["scope"] == "global"
-    (daily,) = [r for r in daemon.governor.summary(clock.now()) if r["window"] == "daily"]
+    (daily,) = [r for r in daemon.budget.summary(clock.now()) if r["window"] == "daily"]
     assert daily["spent"]["tokens"] == 2 * RUN_TOKENS and daily["remaining"]["tokens"] == 3000 - 2 * RUN_TOKENS
     # The next window lets it run.
     _, reset = window_bounds("daily", clock.now())
@@ -48,7 +48,7 @@ def test_fan_out_stops_at_the_budget_with_overshoot_within_one_reservation(layou
     limit = 5 * RUN_TOKENS
     daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=4,
                          MAESTRO_DAILY_TOKEN_BUDGET=limit, MAESTRO_RESERVE_TOKENS=1000)
-    daemon.gates.credentials_verified = True
+    daemon.guardrails.credentials_verified = True
     enqueue(layout, clock, "fan", 20)
     for _ in range(40):
         run_steps(daemon, 3)
@@ -113,7 +113,7 @@ def test_usd_budget_and_per_cadence_budget(layout: Layout, clock: FakeClock) -> 
     memo_runs = [r for r in rows if r["cadence"] == "memo"]
     assert len(memo_runs) == 2  # 2 × $0.00757 spent; $0.0049 left < $0.008 reserved
     assert len([r for r in rows if r["cadence"] == "brief"]) == 4  # its neighbour's limit does not stop it
-    scopes = {(r["scope"], r["window"]) for r in daemon.governor.summary(clock.now())}
+    scopes = {(r["scope"], r["window"]) for r in daemon.budget.summary(clock.now())}
     assert ("cadence:memo", "daily") in scopes
 
 

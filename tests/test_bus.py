@@ -17,17 +17,15 @@ import pytest
 from maestro_py.bus.store import Bus
 from maestro_py.errors import InboxFull
 from maestro_py.bus.events import EventLog
-from maestro_py.bus.inbox import InboxIndex
 from maestro_py.bus.owner import Owner
 from maestro_py.paths import Folder, Layout
 from tests.helpers import events, names, read_json, tick_ids
 
 
-def claim_next(bus: Bus, index: InboxIndex):
+def claim_next(bus: Bus, index):
     index.refresh(force=True)
     index.promote(bus.clock.now())
     for head in index.heads():
-        index.discard(head.name)
         claim = bus.claim(head.name)
         if claim is not None:
             return claim
@@ -60,7 +58,7 @@ def test_claim_is_fifo_and_moves_to_claimed_with_owner(bus: Bus, layout: Layout,
     first = bus.enqueue("a")
     clock.advance(1)
     second = bus.enqueue("b")
-    index = InboxIndex(bus)
+    index = bus.index
     claim = claim_next(bus, index)
     assert claim is not None and claim.tick.id == first.id
     assert claim.path.name == f"{first.id}@{bus.owner.token}.json"
@@ -69,7 +67,7 @@ def test_claim_is_fifo_and_moves_to_claimed_with_owner(bus: Bus, layout: Layout,
 
 def test_complete_moves_to_done_with_history(bus: Bus, layout: Layout) -> None:
     tick = bus.enqueue("a")
-    claim = claim_next(bus, InboxIndex(bus))
+    claim = claim_next(bus, bus.index)
     bus.complete(claim, "ok", duration_ms=12)
     assert tick_ids(layout, Folder.DONE) == [tick.id]
     assert names(layout, Folder.CLAIMED) == []
@@ -81,7 +79,7 @@ def test_complete_moves_to_done_with_history(bus: Bus, layout: Layout) -> None:
 
 def test_fail_retries_with_not_before_then_dead_letters(bus: Bus, layout: Layout, clock) -> None:
     tick = bus.enqueue("a")
-    index = InboxIndex(bus)
+    index = bus.index
     claim = claim_next(bus, index)
     assert bus.fail(claim, "boom", max_attempts=2, retry_at=clock.now() + timedelta(seconds=30)) == "retry"
     queued = read_json(layout.folder(Folder.INBOX) / f"{tick.id}.json")
@@ -100,14 +98,14 @@ def test_fail_retries_with_not_before_then_dead_letters(bus: Bus, layout: Layout
 
 def test_permanent_failure_goes_straight_to_dlq(bus: Bus, layout: Layout) -> None:
     tick = bus.enqueue("a")
-    claim = claim_next(bus, InboxIndex(bus))
+    claim = claim_next(bus, bus.index)
     assert bus.fail(claim, "400 bad request", max_attempts=5, permanent=True) == "dlq"
     assert tick_ids(layout, Folder.DLQ) == [tick.id]
 
 
 def test_requeue_does_not_burn_an_attempt(bus: Bus, layout: Layout) -> None:
     tick = bus.enqueue("a")
-    claim = claim_next(bus, InboxIndex(bus))
+    claim = claim_next(bus, bus.index)
     bus.requeue(claim, "drain")
     data = read_json(layout.folder(Folder.INBOX) / f"{tick.id}.json")
     assert data["attempts"] == 0
@@ -122,7 +120,7 @@ def test_reap_returns_claims_of_dead_owners_only(layout: Layout, clock) -> None:
     mine = Bus(layout, clock=clock)
     lost = theirs.enqueue("a")
     kept = theirs.enqueue("b")
-    index = InboxIndex(theirs)
+    index = theirs.index
     claim_next(theirs, index)
     alive = Bus(layout, clock=clock, owner=Owner.current())
     claim_next(alive, index)  # claimed by a live owner (this process)
@@ -141,7 +139,7 @@ def test_reaping_a_poison_tick_three_times_dead_letters_it(layout: Layout, clock
     tick = bus.enqueue("a")
     reaper = Bus(layout, clock=clock)
     for _ in range(3):
-        claim_next(bus, InboxIndex(bus))
+        claim_next(bus, bus.index)
         reaper.reap_stale()
     assert tick_ids(layout, Folder.DLQ) == [tick.id]
     assert "owner died 3 times" in read_json(layout.folder(Folder.DLQ) / f"{tick.id}.json")["dlq_reason"]
@@ -151,7 +149,7 @@ def test_reap_finishes_an_interrupted_move_without_duplicating(layout: Layout, c
     ghost = Owner(999_999, 1)
     bus = Bus(layout, clock=clock, owner=ghost)
     tick = bus.enqueue("a")
-    claim = claim_next(bus, InboxIndex(bus))
+    claim = claim_next(bus, bus.index)
     # Simulate a crash after done/ was published but before the claimed copy was removed.
     saved = claim.path.read_bytes()
     bus.complete(claim)
@@ -163,7 +161,7 @@ def test_reap_finishes_an_interrupted_move_without_duplicating(layout: Layout, c
 
 def test_group_commit_keeps_claimed_copies_until_one_sync_makes_the_group_durable(bus: Bus, layout: Layout) -> None:
     ticks = [bus.enqueue("a") for _ in range(3)]
-    index = InboxIndex(bus)
+    index = bus.index
     with bus.group_commit():
         for _ in ticks:
             bus.complete(claim_next(bus, index), "ok")
@@ -181,7 +179,7 @@ def test_reap_reruns_a_tick_whose_unsynced_done_copy_was_torn_by_a_crash(layout:
     ghost = Owner(999_999, 1)
     bus = Bus(layout, clock=clock, owner=ghost)
     tick = bus.enqueue("a")
-    claim = claim_next(bus, InboxIndex(bus))
+    claim = claim_next(bus, bus.index)
     # A power cut after a group commit published the done copy but before its sync: the copy is empty or cut.
     (layout.folder(Folder.DONE) / f"{tick.id}.json").write_bytes(torn)
     assert Bus(layout, clock=clock).reap_stale() == [tick.id]
@@ -190,11 +188,12 @@ def test_reap_reruns_a_tick_whose_unsynced_done_copy_was_torn_by_a_crash(layout:
     assert read_json(layout.folder(Folder.INBOX) / f"{tick.id}.json")["history"][-1]["outcome"] == "reaped"
 
 
-def test_claim_reuses_the_index_parse_only_for_the_same_version_of_the_file(bus: Bus, layout: Layout) -> None:
-    first, second = bus.enqueue("a"), bus.enqueue("a")
-    index = InboxIndex(bus)
-    index.refresh(force=True)
-    seen_first, seen_second = index.take(first.filename), index.take(second.filename)
+def test_claim_reuses_the_index_parse_only_for_the_same_version_of_the_file(layout: Layout, clock) -> None:
+    producer = Bus(layout, clock=clock)
+    first, second = producer.enqueue("a"), producer.enqueue("a")
+    bus = Bus(layout, clock=clock)  # the consumer finds them by a scan and keeps their parse for the claim
+    bus.index.refresh(force=True)
+    seen_first, seen_second = bus.index.parsed(first.filename), bus.index.parsed(second.filename)
     assert seen_first is not None and seen_second is not None
     # The second file is rewritten after the index read it (new inode): the claim must read it again.
     path = layout.folder(Folder.INBOX) / second.filename
@@ -203,8 +202,8 @@ def test_claim_reuses_the_index_parse_only_for_the_same_version_of_the_file(bus:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc))
     os.replace(tmp, path)
-    assert bus.claim(first.filename, seen_first).tick is seen_first.tick
-    claim = bus.claim(second.filename, seen_second)
+    assert bus.claim(first.filename).tick is seen_first.tick
+    claim = bus.claim(second.filename)
     assert claim.tick is not seen_second.tick and claim.tick.payload == {"changed": True}
 
 
@@ -233,7 +232,7 @@ def test_sweep_tmp_removes_only_old_leftovers(bus: Bus, layout: Layout, clock) -
 
 def test_events_are_json_lines_with_required_fields(bus: Bus, layout: Layout) -> None:
     tick = bus.enqueue("a")
-    claim = claim_next(bus, InboxIndex(bus))
+    claim = claim_next(bus, bus.index)
     bus.complete(claim)
     stages = [(e["stage"], e["id"]) for e in events(layout)]
     assert stages == [("enqueued", tick.id), ("claimed", tick.id), ("done", tick.id)]
@@ -247,10 +246,9 @@ RACER = textwrap.dedent(
     """
     import sys, json
     from maestro_py.bus.store import Bus
-    from maestro_py.bus.inbox import InboxIndex
     from maestro_py.paths import Layout
     bus = Bus(Layout(sys.argv[1]))
-    index = InboxIndex(bus)
+    index = bus.index
     got = []
     import time
     while True:
@@ -260,7 +258,6 @@ RACER = textwrap.dedent(
         if not heads:
             break
         for head in heads:
-            index.discard(head.name)
             claim = bus.claim(head.name)
             if claim is not None:
                 got.append(claim.tick.id)

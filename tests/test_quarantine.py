@@ -10,7 +10,6 @@ from typing import Callable
 import pytest
 
 from maestro_py.bus.store import Bus
-from maestro_py.bus.inbox import InboxIndex
 from maestro_py.paths import Folder, Layout
 from tests.helpers import events, names, read_json, tick_ids
 
@@ -67,13 +66,12 @@ def test_bad_file_is_quarantined_with_a_reason(kind: str, bus: Bus, layout: Layo
     before = bus.enqueue("good")
     make(layout.folder(Folder.INBOX))
     after = bus.enqueue("good")
-    index = InboxIndex(bus)
+    index = bus.index
     index.refresh(force=True)
     index.promote(bus.clock.now())
     claimed = []
     for _ in range(2):
         (head,) = list(index.heads())
-        index.discard(head.name)
         claimed.append(bus.claim(head.name).tick.id)
     assert claimed == [before.id, after.id]
     assert names(layout, Folder.INBOX) == []
@@ -90,7 +88,7 @@ def test_symlink_target_is_never_read_or_moved(bus: Bus, layout: Layout, tmp_pat
     outside = tmp_path / "outside.json"
     outside.write_text(json.dumps(GOOD))
     os.symlink(outside, layout.folder(Folder.INBOX) / "link.json")
-    InboxIndex(bus).refresh(force=True)
+    bus.index.refresh(force=True)
     assert outside.read_text() == json.dumps(GOOD)  # untouched, still where it was
     assert os.path.islink(layout.folder(Folder.DLQ) / "link.json")
 
@@ -101,13 +99,13 @@ def test_unreadable_file_is_quarantined(bus: Bus, layout: Layout) -> None:
     path.chmod(0)
     if os.access(path, os.R_OK):
         pytest.skip("running as root: permission bits do not stop reads")
-    InboxIndex(bus).refresh(force=True)
+    bus.index.refresh(force=True)
     assert "permission denied" in read_json(layout.folder(Folder.DLQ) / "locked.json.reason.json")["reason"]
 
 
 def test_hand_written_minimal_tick_is_accepted(bus: Bus, layout: Layout) -> None:
     (layout.folder(Folder.INBOX) / "from-cron-42.json").write_text('{"cadence": "good"}')
-    index = InboxIndex(bus)
+    index = bus.index
     index.refresh(force=True)
     index.promote(bus.clock.now())
     (head,) = list(index.heads())
@@ -119,7 +117,7 @@ def test_quarantine_never_overwrites_an_earlier_one(bus: Bus, layout: Layout) ->
     inbox = layout.folder(Folder.INBOX)
     for _ in range(3):
         (inbox / "bad.json").write_text("nope")
-        InboxIndex(bus).refresh(force=True)
+        bus.index.refresh(force=True)
     assert sorted(n for n in names(layout, Folder.DLQ) if not n.endswith(".reason.json")) == [
         "bad.json", "bad.json.1", "bad.json.2"]
 
@@ -129,7 +127,7 @@ def test_claim_cost_does_not_grow_with_the_backlog(bus: Bus, layout: Layout) -> 
     bus.max_inbox = 10_000
     for _ in range(300):
         bus.enqueue("good")
-    index = InboxIndex(bus)
+    index = bus.index
     index.refresh(force=True)
     reads = 0
     original = bus.inspect
@@ -143,7 +141,6 @@ def test_claim_cost_does_not_grow_with_the_backlog(bus: Bus, layout: Layout) -> 
     index.promote(bus.clock.now())
     for _ in range(100):
         (head,) = list(index.heads())
-        index.discard(head.name)
         assert bus.claim(head.name) is not None
     index.refresh()  # the folder changed: a rescan lists it but reads no known file again
     assert reads == 0

@@ -21,7 +21,7 @@ from tests.helpers import events, read_json, tick_ids
 def make_daemon(layout: Layout, clock: FakeClock, spawner: FakeSpawner, **env: object) -> Daemon:
     full = settings_env(**env)
     daemon = Daemon(layout, Settings.from_env(full), full, clock=clock, spawner=spawner, watch=False)
-    daemon.restore_circuits()
+    daemon.guardrails.restore()
     return daemon
 
 
@@ -99,7 +99,6 @@ def test_half_open_lets_exactly_one_probe_through(layout: Layout, clock: FakeClo
                          MAESTRO_MAX_LIVE_SUBSESSIONS=5, MAESTRO_MAX_ATTEMPTS=50)
     registry = "[flaky]\noverlap = 'allow'\n"
     (layout.root / "cadences.toml").write_text(registry)
-    daemon.registry = daemon.registry.load(layout)
     enqueue(layout, clock, "flaky", 6)
     run_steps(daemon)
     assert spawner.count == 2
@@ -196,10 +195,10 @@ def test_live_cap_fails_closed_with_twenty_ticks_queued(layout: Layout, clock: F
     agent(layout, {"fan": "[[fake:hang]]"}, "[fan]\noverlap = 'allow'\n")
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=4)
-    daemon.gates.credentials_verified = True
+    daemon.guardrails.credentials_verified = True
     ids = enqueue(layout, clock, "fan", 20)
     run_steps(daemon, 50)
-    assert spawner.count == 4 and len(daemon.running) == 4
+    assert spawner.count == 4 and len(daemon.live) == 4
     assert daemon.counters["skipped_live_cap"] > 0
     queued = tick_ids(layout, Folder.INBOX)
     assert len(queued) == 16 and all(attempts(layout, i) == 0 for i in queued)
@@ -244,7 +243,7 @@ def test_pacing_spawns_at_most_one_per_iteration(layout: Layout, clock: FakeCloc
     agent(layout, {"fan": "[[fake:hang]]"}, "[fan]\noverlap = 'allow'\n")
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=10)
-    daemon.gates.credentials_verified = True
+    daemon.guardrails.credentials_verified = True
     enqueue(layout, clock, "fan", 5)
     for expected in range(1, 6):
         daemon.step()

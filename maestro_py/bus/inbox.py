@@ -1,8 +1,11 @@
-"""The in-memory view of `inbox/`: FIFO per cadence, delayed ticks by due time.
+"""The bus's in-memory index of `inbox/`: FIFO per cadence, delayed ticks by due time.
 
 A claim must not cost more with a bigger backlog, so the daemon never re-lists and sorts the inbox to
-pick the next tick. Each file is read once, when it is first seen (a watchdog event, or a rescan when
-the folder's mtime changed); after that, picking the next tick is a heap operation.
+pick the next tick. The `Bus` keeps this index in step itself: every tick it moves into `inbox/` (deliver,
+retry, requeue, reap, replay) is indexed from the tick in memory, and a claim takes it out. A file that
+arrives from elsewhere (another process's enqueue, a hand-dropped file) is read once, when first seen (a
+wake-up event, or a rescan when the folder's mtime changed); after that, picking the next tick is a heap
+operation.
 """
 
 from __future__ import annotations
@@ -11,15 +14,31 @@ import hashlib
 import heapq
 import json
 import os
+import stat
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
-from maestro_py.bus.store import Bus, Seen
+from maestro_py.bus.tick import Tick
 from maestro_py.errors import TickInvalid
 
 PARSED_KEPT = 8192  # parsed ticks kept for their claim (~1.2 KB each: ≤ 10 MB), so a claim need not read again
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A tick as read from `inbox/`, with what identifies that version of the file (inode, size, mtime)."""
+
+    tick: Tick
+    ino: int
+    size: int
+    mtime_ns: int
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (stat.S_ISREG(st.st_mode) and st.st_ino == self.ino and st.st_size == self.size
+                and st.st_mtime_ns == self.mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -31,12 +50,21 @@ class Entry:
     due: float | None  # epoch seconds of not_before, None = now
     fingerprint: str   # hash of the payload: equal payloads are duplicates for overlap handling
 
+    @classmethod
+    def of(cls, tick: Tick) -> "Entry":
+        """The entry for a tick in memory (no need to read its file back)."""
+        due = tick.not_before_dt.timestamp() if tick.not_before else None
+        return cls(tick.filename, tick.cadence, due, payload_fingerprint(tick.payload))
+
 
 class InboxIndex:
     """Which queued ticks are runnable, in FIFO order by id, per cadence."""
 
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
+    def __init__(self, folder: Path, inspect: Callable[[str], Seen],
+                 quarantine: Callable[[Path, str], Path | None]) -> None:
+        self.folder = folder
+        self._inspect = inspect          # reads a file found in the folder (raises TickInvalid)
+        self._quarantine = quarantine    # moves a bad one to dlq/
         self._known: dict[str, Entry] = {}
         self._ready: dict[str, list[str]] = {}            # cadence -> heap of names
         self._delayed: list[tuple[float, str]] = []       # heap of (due, name)
@@ -44,19 +72,18 @@ class InboxIndex:
         self._parsed: dict[str, Seen] = {}                # name -> the parse, for the first PARSED_KEPT
         self._scanned_mtime: int | None = None
         self._now = 0.0  # time of the last promote()
-        self.quarantined = 0
 
     # -- discovery --------------------------------------------------------
     def refresh(self, *, force: bool = False) -> int:
         """Rescan `inbox/` if it changed since the last scan; returns how many new ticks were seen."""
         try:
-            mtime = os.stat(self.bus.inbox).st_mtime_ns
+            mtime = os.stat(self.folder).st_mtime_ns
         except FileNotFoundError:
             return 0
         if not force and mtime == self._scanned_mtime:
             return 0
         self._scanned_mtime = mtime
-        with os.scandir(self.bus.inbox) as it:
+        with os.scandir(self.folder) as it:
             present = {e.name for e in it}
         for gone in self._known.keys() - present:
             self._forget(gone)
@@ -66,26 +93,24 @@ class InboxIndex:
         return added
 
     def notice(self, name: str) -> int:
-        """Learn about one file in `inbox/` (from a watchdog event or a scan); 1 if it is a new tick."""
+        """Learn about a file found in `inbox/` (a wake-up event or a scan); 1 if it is a new tick."""
         if name in self._known:
             return 0
         try:
-            seen = self.bus.inspect(name)
+            seen = self._inspect(name)
         except FileNotFoundError:
             return 0
         except TickInvalid as exc:
-            if self.bus.quarantine(self.bus.inbox / name, str(exc)) is not None:
-                self.quarantined += 1
+            self._quarantine(self.folder / name, str(exc))
             return 0
-        tick = seen.tick
-        due = tick.not_before_dt.timestamp() if tick.not_before else None
-        self.add(Entry(name, tick.cadence, due, payload_fingerprint(tick.payload)))
+        self.add(seen.tick)
         if len(self._parsed) < PARSED_KEPT:
             self._parsed[name] = seen
         return 1
 
-    def add(self, entry: Entry) -> None:
-        """Index a tick the caller knows is in `inbox/` (e.g. one it has just requeued)."""
+    def add(self, tick: Tick) -> None:
+        """Index a tick that is now in `inbox/` (the bus has just moved it there, or a scan found it)."""
+        entry = Entry.of(tick)
         self._forget(entry.name)
         self._known[entry.name] = entry
         self._fingerprints.setdefault(entry.cadence, Counter())[entry.fingerprint] += 1
@@ -94,9 +119,9 @@ class InboxIndex:
         else:
             heapq.heappush(self._delayed, (entry.due, entry.name))
 
-    def discard(self, name: str) -> None:
-        """Forget a tick (claimed, or vanished)."""
-        self._forget(name)
+    def parsed(self, name: str) -> Seen | None:
+        """The parse kept of `inbox/<name>` when it was found, if any."""
+        return self._parsed.get(name)
 
     def take(self, name: str) -> Seen | None:
         """Forget a tick about to be claimed; returns its parse if kept (pass it to `Bus.claim`)."""
@@ -123,10 +148,6 @@ class InboxIndex:
                 heads.append(entry)
         heads.sort(key=lambda e: e.name)
         return iter(heads)
-
-    def queued(self, cadence: str) -> int:
-        """Ticks of `cadence` in the inbox (runnable or delayed)."""
-        return sum(self._fingerprints.get(cadence, Counter()).values())
 
     def duplicates(self, cadence: str, fingerprint: str) -> int:
         """Queued ticks of `cadence` with this payload fingerprint."""

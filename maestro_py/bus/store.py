@@ -1,4 +1,5 @@
-"""The filesystem tick bus: the one module that moves tick files between state folders.
+"""The filesystem tick bus: the one place that moves tick files between state folders (`DeadLetters`, its
+`dlq/` side, lives in dlq.py), and keeps its index of `inbox/` (inbox.py) in step with every move.
 
 A tick's state *is* the folder it is in (see `paths.Folder`):
 
@@ -15,15 +16,15 @@ Inside `group_commit()` (the daemon's inline batches), `complete` publishes done
 for the disk and keeps the claimed copies; leaving the block makes the whole group durable with one sync,
 and only then drops the claimed copies. A crash before that sync can leave a torn done copy beside its
 claimed copy: `reap_stale` checks the later copy parses before trusting it, and runs the tick again if not.
+
+`Bus.index` is updated by the bus itself from the tick in memory whenever a tick enters `inbox/`
+(deliver, retry, requeue, reap, replay) or leaves it (claim); files that arrive from elsewhere are found
+by `index.refresh()` / `index.notice()`.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
 import os
-import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,30 +33,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from maestro_py.bus.dlq import REASON_SUFFIX, DeadLetters
+from maestro_py.bus.events import EventLog
+from maestro_py.bus.fsio import fsync_dir, scan_dir, sync_files, unlink_missing_ok, write_tmp
+from maestro_py.bus.inbox import InboxIndex, Seen
+from maestro_py.bus.owner import Owner
+from maestro_py.bus.tick import Tick, encode, read_tick_file
 from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.errors import InboxFull, TickInvalid
-from maestro_py.bus.events import EventLog
-from maestro_py.bus.fsio import dump_json, fsync_dir, scan_dir, sync_files, unlink_missing_ok, write_tmp
-from maestro_py.bus.owner import Owner
 from maestro_py.paths import Folder, Layout
-from maestro_py.bus.tick import MAX_TICK_BYTES, Tick, encode, parse_tick
 
-REASON_SUFFIX = ".reason.json"
 CLAIM_SEP = "@"  # claimed/<id>@<owner-token>.json
-
-
-@dataclass(frozen=True)
-class Seen:
-    """A tick as read from `inbox/`, with what identifies that version of the file (inode, size, mtime)."""
-
-    tick: Tick
-    ino: int
-    size: int
-    mtime_ns: int
-
-    def matches(self, st: os.stat_result) -> bool:
-        return (stat.S_ISREG(st.st_mode) and st.st_ino == self.ino and st.st_size == self.size
-                and st.st_mtime_ns == self.mtime_ns)
 
 
 @dataclass
@@ -71,8 +59,8 @@ class Claim:
         return self.tick.attempts + 1
 
 
-class Bus:
-    """Delivery, claiming and settling of ticks under one agent root."""
+class Bus(DeadLetters):
+    """Delivery, claiming and settling of ticks under one agent root, and the index of what is queued."""
 
     def __init__(self, layout: Layout, *, clock: Clock | None = None, events: EventLog | None = None,
                  owner: Owner | None = None, max_inbox: int = 1000, max_reaps: int = 3) -> None:
@@ -89,6 +77,11 @@ class Bus:
         self.done = layout.folder(Folder.DONE)
         self.dlq = layout.folder(Folder.DLQ)
         self._group: list[tuple[Claim, Path, dict[str, Any]]] | None = None  # completions awaiting their sync
+        self.index = InboxIndex(self.inbox, self.inspect, self.quarantine)
+
+    def reindex(self) -> None:
+        """Rebuild the index from the folder (after a step failed half-way through an update)."""
+        self.index = InboxIndex(self.inbox, self.inspect, self.quarantine)
 
     # -- delivery ---------------------------------------------------------
     def enqueue(self, cadence: str, *, source: str = "cli", payload: dict[str, Any] | None = None,
@@ -101,7 +94,7 @@ class Bus:
         now = self.clock.now()
         not_before = now + timedelta(seconds=delay) if delay > 0 else None
         tick = Tick.new(cadence, now=now, source=source, payload=payload, not_before=not_before)
-        tick.record("enqueued", at=now, reason=None, source=source)
+        tick.record("enqueued", at=now, source=source)
         self.deliver(tick)
         return tick
 
@@ -109,17 +102,19 @@ class Bus:
         """Publish a new tick into `inbox/`; never overwrites an existing file."""
         target = self.inbox / tick.filename
         self._publish(tick, target, overwrite=False)
+        self.index.add(tick)
         self.events.emit("enqueued", id=tick.id, cadence=tick.cadence, source=tick.source,
                          not_before=tick.not_before)
         return target
 
     # -- claiming ---------------------------------------------------------
-    def claim(self, name: str, seen: Seen | None = None) -> Claim | None:
+    def claim(self, name: str) -> Claim | None:
         """Take `inbox/<name>` by one atomic rename; None if another consumer won or the file is bad.
 
-        With `seen` (the index's parse of this file), the file is not read again if it is still the same
+        If the index kept its parse of this file, the file is not read again while it is still the same
         version: a rename keeps the inode, and any rewrite changes the inode, size or mtime.
         """
+        seen = self.index.take(name)
         stem = name[:-5] if name.endswith(".json") else name
         target = self.claimed / f"{stem}{CLAIM_SEP}{self.owner.token}.json"
         try:
@@ -130,7 +125,7 @@ class Bus:
             if seen is not None and seen.matches(os.lstat(target)):
                 tick = seen.tick
             else:
-                tick = self._read_tick(target, stem)
+                tick, _ = read_tick_file(target, stem)
         except TickInvalid as exc:
             self.quarantine(target, str(exc), original_name=name)
             return None
@@ -145,7 +140,7 @@ class Bus:
         tick = claim.tick
         event = {"id": tick.id, "cadence": tick.cadence, "outcome": outcome, "reason": reason, **details}
         with _undo_on_error(tick):
-            tick.history.append(self._entry(claim.attempt, outcome, reason, details))
+            self._record(tick, claim.attempt, outcome, reason, details)
             target = self.done / tick.filename
             if self._group is not None:
                 self._publish(tick, target, overwrite=True, durable=False)
@@ -189,13 +184,14 @@ class Bus:
         tick = claim.tick
         with _undo_on_error(tick):  # a settle retried after an I/O error burns the attempt once
             tick.attempts += 1
-            tick.history.append(self._entry(tick.attempts, outcome, reason, details))
+            self._record(tick, tick.attempts, outcome, reason, details)
             if permanent or tick.attempts >= max_attempts:
                 why = reason if permanent else f"attempts exhausted ({tick.attempts}/{max_attempts}): {reason}"
                 self.dead_letter(claim, why, recorded=True)
                 return "dlq"
             tick.not_before = iso(retry_at) if retry_at else None
             self._move(claim, self.inbox / tick.filename, overwrite=True)
+        self.index.add(tick)
         self.events.emit("retry", level="warn", id=tick.id, cadence=tick.cadence, attempt=tick.attempts,
                          max_attempts=max_attempts, not_before=tick.not_before, reason=reason, **details)
         return "retry"
@@ -206,8 +202,9 @@ class Bus:
         tick = claim.tick
         with _undo_on_error(tick):
             tick.not_before = iso(not_before) if not_before else None
-            tick.history.append(self._entry(claim.attempt, outcome, reason, details))
+            self._record(tick, claim.attempt, outcome, reason, details)
             self._move(claim, self.inbox / tick.filename, overwrite=True)
+        self.index.add(tick)
         self.events.emit("requeued", id=tick.id, cadence=tick.cadence, reason=reason, **details)
 
     def dead_letter(self, claim: Claim, reason: str, *, recorded: bool = False, **details: Any) -> None:
@@ -215,35 +212,13 @@ class Bus:
         tick = claim.tick
         with _undo_on_error(tick):
             if not recorded:
-                tick.history.append(self._entry(claim.attempt, "dead_letter", reason, details))
+                self._record(tick, claim.attempt, "dead_letter", reason, details)
             data = tick.to_json()
             data["dlq_reason"] = reason
             data["dlq_at"] = iso(self.clock.now())
             self._move(claim, self.dlq / tick.filename, overwrite=True, data=data)
         self.events.emit("dlq", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
                          attempts=tick.attempts)
-
-    # -- bad input --------------------------------------------------------
-    def quarantine(self, path: Path, reason: str, *, original_name: str | None = None) -> Path | None:
-        """Move a bad entry into `dlq/` as it is (never following a link) beside `<name>.reason.json`."""
-        name = original_name or path.name
-        target = self._free_name(self.dlq, _dlq_name(name))
-        try:
-            os.rename(path, target)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EISDIR, errno.ENOTEMPTY):
-                raise
-            return None
-        note = {"file": _shown(target.name), "name": _shown(name), "from": path.parent.name, "reason": reason,
-                "at": iso(self.clock.now())}
-        tmp = write_tmp(self.tmp, dump_json(note))
-        os.replace(tmp, self.dlq / f"{target.name}{REASON_SUFFIX}")
-        fsync_dir(self.dlq)
-        self.quarantined += 1
-        self.events.emit("quarantined", level="error", id=None, cadence=None, file=_shown(name), reason=reason)
-        return target
 
     def inspect(self, name: str) -> Seen:
         """Read `inbox/<name>` for the index without following links or blocking on FIFOs.
@@ -252,77 +227,8 @@ class Bus:
         """
         if not name.endswith(".json") or name.endswith(REASON_SUFFIX):
             raise TickInvalid("not a tick file name (expected <id>.json)")
-        tick, st = self._read(self.inbox / name, name[:-5])
+        tick, st = read_tick_file(self.inbox / name, name[:-5])
         return Seen(tick, st.st_ino, st.st_size, st.st_mtime_ns)
-
-    # -- dead letters -----------------------------------------------------
-    def dead_letters(self) -> list[dict[str, Any]]:
-        """Everything in `dlq/`, oldest first: dead-lettered ticks and quarantined files with their reasons."""
-        out: list[dict[str, Any]] = []
-        for entry in sorted(scan_dir(self.dlq), key=lambda e: e.name):
-            name = entry.name
-            if name.endswith(REASON_SUFFIX):
-                continue
-            note_path = self.dlq / f"{name}{REASON_SUFFIX}"
-            if os.path.lexists(note_path):
-                try:
-                    note = json.loads(note_path.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    note = {}
-                out.append({"id": name, "kind": "quarantined", "cadence": None, "attempts": None,
-                            "reason": note.get("reason"), "at": note.get("at")})
-                continue
-            try:
-                tick = self._read_tick(Path(entry.path), name[:-5])
-                raw = json.loads(Path(entry.path).read_text(encoding="utf-8"))
-            except (TickInvalid, OSError, ValueError) as exc:
-                out.append({"id": name, "kind": "unreadable", "cadence": None, "attempts": None,
-                            "reason": str(exc), "at": None})
-                continue
-            out.append({"id": tick.id, "kind": "tick", "cadence": tick.cadence, "attempts": tick.attempts,
-                        "reason": raw.get("dlq_reason"), "at": raw.get("dlq_at")})
-        return out
-
-    def replay(self, tick_id: str, *, reset_attempts: bool = False, by: str = "operator") -> Tick:
-        """dlq/ -> inbox/ with an audit entry; TickInvalid if it is not a replayable tick."""
-        path = self.dlq / f"{tick_id}.json"
-        if os.path.lexists(f"{path}{REASON_SUFFIX}") or not os.path.lexists(path):
-            raise TickInvalid(f"{tick_id} is not a dead-lettered tick (quarantined files are fixed by hand)")
-        tick = self._read_tick(path, tick_id)
-        before = tick.attempts
-        if reset_attempts:
-            tick.attempts = 0
-        tick.not_before = None
-        tick.history.append(self._entry(tick.attempts, "replayed", f"replayed from dlq by {by}",
-                                        {"attempts_before": before, "reset_attempts": reset_attempts}))
-        self._publish(tick, self.inbox / tick.filename, overwrite=False)
-        unlink_missing_ok(path)
-        self.events.emit("replayed", id=tick.id, cadence=tick.cadence, reset_attempts=reset_attempts)
-        return tick
-
-    def purge_dead_letters(self, *, older_than_days: float | None = None) -> list[str]:
-        """Delete dead letters (and quarantine notes) older than N days, or all; returns the names."""
-        cutoff = None if older_than_days is None else self.clock.now().timestamp() - older_than_days * 86400
-        removed: list[str] = []
-        for entry in scan_dir(self.dlq):
-            if entry.name.endswith(REASON_SUFFIX):
-                continue
-            try:
-                mtime = entry.stat(follow_symlinks=False).st_mtime
-            except FileNotFoundError:
-                continue
-            if cutoff is not None and mtime >= cutoff:
-                continue
-            path = Path(entry.path)
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                unlink_missing_ok(path)
-            unlink_missing_ok(self.dlq / f"{entry.name}{REASON_SUFFIX}")
-            removed.append(entry.name)
-        if removed:
-            self.events.emit("dlq_purged", level="warn", count=len(removed), older_than_days=older_than_days)
-        return sorted(removed)
 
     # -- recovery ---------------------------------------------------------
     def reap_stale(self, *, orphan_grace: float = 60.0, active: set[str] | None = None) -> list[str]:
@@ -356,7 +262,7 @@ class Bus:
                 unlink_missing_ok(path)  # the move had already published the next state; drop the stale copy
                 continue
             try:
-                tick = self._read_tick(path, stem)
+                tick, _ = read_tick_file(path, stem)
             except TickInvalid as exc:
                 self.quarantine(path, f"stale claim unreadable: {exc}", original_name=f"{stem}.json")
                 continue
@@ -372,9 +278,9 @@ class Bus:
             if tick.reaps >= self.max_reaps:
                 self.dead_letter(claim, f"its owner died {tick.reaps} times while holding it", owner_pid=dead_owner)
             else:
-                tick.history.append(self._entry(claim.attempt, "reaped", "claim owner is gone",
-                                                {"owner_pid": dead_owner}))
+                self._record(tick, claim.attempt, "reaped", "claim owner is gone", {"owner_pid": dead_owner})
                 self._move(claim, self.inbox / tick.filename, overwrite=True)
+                self.index.add(tick)
                 self.events.emit("reaped", level="warn", id=tick.id, cadence=tick.cadence, owner_pid=dead_owner)
             reaped.append(tick.id)
         return reaped
@@ -390,7 +296,7 @@ class Bus:
             if not os.path.lexists(later):
                 continue
             try:
-                self._read_tick(later, stem)
+                read_tick_file(later, stem)
             except TickInvalid:
                 if folder is self.done:  # only a group commit writes without a sync: a torn copy is ours
                     unlink_missing_ok(later)
@@ -439,11 +345,10 @@ class Bus:
         return {folder.value: self.depth(folder) for folder in Folder}
 
     # -- internals --------------------------------------------------------
-    def _entry(self, attempt: int, outcome: str, reason: str | None, details: dict[str, Any]) -> dict[str, Any]:
-        entry: dict[str, Any] = {"attempt": attempt, "at": iso(self.clock.now()), "outcome": outcome,
-                                 "reason": reason}
-        entry.update({k: v for k, v in details.items() if v is not None})
-        return self.events.redactor.data(entry)
+    def _record(self, tick: Tick, attempt: int, outcome: str, reason: str | None, details: dict[str, Any]) -> None:
+        """Append a history entry, secrets masked."""
+        tick.record(outcome, at=self.clock.now(), attempt=attempt, reason=reason, redact=self.events.redactor.data,
+                    **details)
 
     def _move(self, claim: Claim, target: Path, *, overwrite: bool, data: dict[str, Any] | None = None) -> None:
         """Publish the tick's new content at `target`, then drop the claimed copy."""
@@ -466,57 +371,6 @@ class Bus:
         if durable:
             fsync_dir(target.parent)
 
-    def _read_tick(self, path: Path, stem: str) -> Tick:
-        """Open without following links or blocking, check it is a small regular file, parse it."""
-        return self._read(path, stem)[0]
-
-    def _read(self, path: Path, stem: str) -> tuple[Tick, os.stat_result]:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise TickInvalid("is a symbolic link (never followed)") from None
-            if exc.errno in (errno.EACCES, errno.EPERM):
-                raise TickInvalid("unreadable (permission denied)") from None
-            if exc.errno == errno.ENXIO:
-                raise TickInvalid("is a socket or device, not a regular file") from None
-            raise TickInvalid(f"cannot open: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise TickInvalid("is a directory, not a regular file")
-            if stat.S_ISFIFO(st.st_mode):
-                raise TickInvalid("is a FIFO, not a regular file")
-            if not stat.S_ISREG(st.st_mode):
-                raise TickInvalid("is not a regular file")
-            if st.st_size > MAX_TICK_BYTES:
-                raise TickInvalid(f"file is larger than {MAX_TICK_BYTES} bytes ({st.st_size})")
-            chunks = []
-            remaining = MAX_TICK_BYTES + 1
-            while remaining > 0:
-                chunk = os.read(fd, min(remaining, 65536))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                remaining -= len(chunk)
-            data = b"".join(chunks)
-        except OSError as exc:
-            raise TickInvalid(f"cannot read: {exc.strerror}") from None
-        finally:
-            os.close(fd)
-        fallback = datetime.fromtimestamp(st.st_mtime).astimezone()
-        return parse_tick(data, stem=stem, fallback_time=fallback), st
-
-    @staticmethod
-    def _free_name(folder: Path, name: str) -> Path:
-        target = folder / name
-        n = 1
-        while os.path.lexists(target) or os.path.lexists(f"{target}{REASON_SUFFIX}"):
-            target = folder / f"{name}.{n}"
-            n += 1
-        return target
 
 
 @contextmanager
@@ -530,20 +384,3 @@ def _undo_on_error(tick: Tick) -> Iterator[None]:
         tick.attempts, tick.not_before, tick.reaps = attempts, not_before, reaps
         del tick.history[kept:]
         raise
-
-
-def _shown(name: str) -> str:
-    """A file name fit for JSON: bytes that are not UTF-8 (surrogate-escaped by os) shown as \\xNN."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
-def _dlq_name(name: str) -> str:
-    """Where a quarantined entry goes in dlq/: room left for `<name>.reason.json` under NAME_MAX (255 bytes),
-    and never a name that reads as a note."""
-    raw = os.fsencode(name)
-    if len(raw) > 200:
-        raw = raw[:180] + b"~" + hashlib.sha256(raw).hexdigest()[:16].encode()
-        name = os.fsdecode(raw)
-    if name.endswith(REASON_SUFFIX):
-        name += ".quarantined"
-    return name

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
 import re
 import secrets
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from maestro_py.clock import iso, parse_iso
@@ -72,10 +76,12 @@ class Tick:
         return tick
 
     # -- history ----------------------------------------------------------
-    def record(self, outcome: str, *, at: datetime, reason: str | None = None, **details: Any) -> None:
-        """Append one history entry for the current attempt number."""
-        entry = HistoryEntry(self.attempts, iso(at), outcome, reason, details)
-        self.history.append(entry.to_json())
+    def record(self, outcome: str, *, at: datetime, attempt: int | None = None, reason: str | None = None,
+               redact: Callable[[Any], Any] | None = None, **details: Any) -> None:
+        """Append one history entry (for `attempt`, default the attempts made so far); None details are left out."""
+        entry = HistoryEntry(self.attempts if attempt is None else attempt, iso(at), outcome, reason,
+                             {k: v for k, v in details.items() if v is not None}).to_json()
+        self.history.append(redact(entry) if redact is not None else entry)
 
     @property
     def not_before_dt(self) -> datetime | None:
@@ -189,6 +195,50 @@ def parse_tick(data: bytes, *, stem: str, fallback_time: datetime) -> Tick:
     )
     tick.validate(check_encoding="\\u" in text)
     return tick
+
+
+def read_tick_file(path: Path | str, stem: str) -> tuple[Tick, os.stat_result]:
+    """Open without following links or blocking, check it is a small regular file, parse it.
+
+    Raises TickInvalid (the reason to quarantine it) or FileNotFoundError (it vanished).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TickInvalid("is a symbolic link (never followed)") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise TickInvalid("unreadable (permission denied)") from None
+        if exc.errno == errno.ENXIO:
+            raise TickInvalid("is a socket or device, not a regular file") from None
+        raise TickInvalid(f"cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise TickInvalid("is a directory, not a regular file")
+        if stat.S_ISFIFO(st.st_mode):
+            raise TickInvalid("is a FIFO, not a regular file")
+        if not stat.S_ISREG(st.st_mode):
+            raise TickInvalid("is not a regular file")
+        if st.st_size > MAX_TICK_BYTES:
+            raise TickInvalid(f"file is larger than {MAX_TICK_BYTES} bytes ({st.st_size})")
+        chunks = []
+        remaining = MAX_TICK_BYTES + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise TickInvalid(f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    fallback = datetime.fromtimestamp(st.st_mtime).astimezone()
+    return parse_tick(data, stem=stem, fallback_time=fallback), st
 
 
 def _depth(value: Any, level: int = 0) -> int:

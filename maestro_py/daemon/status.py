@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from maestro_py.clock import iso, parse_iso
+from maestro_py.bus.events import EventLog
+from maestro_py.clock import parse_iso
 from maestro_py.bus.fsio import atomic_write_json
 from maestro_py.daemon.lock import holder
 from maestro_py.bus.owner import Owner
 from maestro_py.paths import Folder, Layout
 from maestro_py.redact import Redactor
 
+STATUS_EVERY = 0.25  # seconds between consumer.json rewrites while busy
+HEARTBEAT_EVERY = 5.0  # seconds between rewrites of an unchanged consumer.json (the heartbeat)
 COUNTERS = (
     "claimed", "inline", "escalated", "guard_skipped", "succeeded", "failed", "retries", "dlq",
     "quarantined", "requeued", "reaped", "spawn_failures", "timeouts", "io_errors", "skipped_emergency_stop",
@@ -56,6 +60,35 @@ def new_counters() -> Counter[str]:
     return Counter({name: 0 for name in COUNTERS})
 
 
-def stamp(now: datetime) -> str:
-    """Timestamp format used in the status document."""
-    return iso(now)
+class StatusWriter:
+    """Writes `consumer.json` while busy at most every STATUS_EVERY seconds; an unchanged one only as the
+    heartbeat, every HEARTBEAT_EVERY seconds, so an idle daemon costs nothing measurable."""
+
+    def __init__(self, layout: Layout, redactor: Redactor, events: EventLog, monotonic: Callable[[], float]) -> None:
+        self.layout = layout
+        self.redactor = redactor
+        self.events = events
+        self._monotonic = monotonic
+        self._last_status = 0.0
+        self._last_doc: dict[str, Any] | None = None
+        self._last_written = 0.0
+
+    def due(self, *, force: bool = False) -> bool:
+        """True if a status should be built now (always when forced)."""
+        now = self._monotonic()
+        if not force and now - self._last_status < STATUS_EVERY:
+            return False
+        self._last_status = now
+        return True
+
+    def write(self, doc: dict[str, Any]) -> None:
+        """Write `doc` unless only its heartbeat changed and the heartbeat is still fresh."""
+        now = self._monotonic()
+        content = {k: v for k, v in doc.items() if k != "heartbeat"}
+        if content == self._last_doc and now - self._last_written < HEARTBEAT_EVERY:
+            return
+        try:
+            write_status(self.layout, doc, self.redactor)
+            self._last_doc, self._last_written = content, now
+        except OSError as exc:
+            self.events.emit("status_write_failed", level="error", error=str(exc))

@@ -1,13 +1,14 @@
 """Circuit breakers per cadence, and the global auth halt, as an explicit state machine.
 
     CLOSED --(threshold consecutive failures)--> OPEN
-    OPEN --(open_until passes)--> HALF_OPEN
+    OPEN --(open_until passes; `advance`, once per loop)--> HALF_OPEN
     HALF_OPEN --(exactly one probe spawn succeeds)--> CLOSED
     HALF_OPEN --(the probe fails)--> OPEN, for twice as long (capped)
 
 `AUTH_HALT` is a reserved circuit (not a valid cadence name) that refuses every spawn until the
-credentials change or an operator resets it. No I/O here except `CircuitFile`, which persists the
-state to `circuit-open.json` so a daemon restarted by launchd/systemd keeps its breakers.
+credentials change or an operator resets it. `Breakers` does no I/O; `CircuitFile` and
+`PersistedCircuits` keep `circuit-open.json` in step with it, so a daemon restarted by launchd/systemd
+keeps its breakers and an operator's `maestro circuit reset/open` reaches the running daemon.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from maestro_py.clock import iso, parse_iso
+from maestro_py.bus.events import EventLog
+from maestro_py.clock import Clock, iso, parse_iso
 from maestro_py.bus.fsio import atomic_write_json
 
 AUTH_HALT = "_auth"
@@ -87,11 +89,17 @@ class Breakers:
         circuit = self.circuits.get(cadence)
         if circuit is None or circuit.state is State.CLOSED:
             return None
-        if circuit.state is State.OPEN and circuit.open_until is not None and now >= circuit.open_until:
-            self._change(circuit, State.HALF_OPEN)  # the open period is over: one probe may go
         if circuit.state is State.HALF_OPEN and not circuit.probe_in_flight:
             return None
         return circuit
+
+    def advance(self, now: datetime) -> list[str]:
+        """OPEN -> HALF_OPEN for every circuit whose open period is over (one probe may go); their names."""
+        due = [c for c in self.circuits.values()
+               if c.state is State.OPEN and c.open_until is not None and now >= c.open_until]
+        for circuit in due:
+            self._change(circuit, State.HALF_OPEN)
+        return [c.name for c in due]
 
     def open_circuits(self) -> dict[str, Circuit]:
         """Circuits that are not closed."""
@@ -217,3 +225,52 @@ class CircuitFile:
             return self.path.stat().st_mtime_ns
         except FileNotFoundError:
             return None
+
+
+class PersistedCircuits:
+    """Keeps `breakers` and their file in step; every outcome goes to the event log."""
+
+    def __init__(self, breakers: Breakers, file: CircuitFile, events: EventLog, clock: Clock) -> None:
+        self.breakers = breakers
+        self.file = file
+        self.events = events
+        self.clock = clock
+
+    def restore(self, credential: str) -> None:
+        """Breakers survive restarts: a crash-looping daemon must not get fresh ones each time."""
+        try:
+            self.breakers.load_doc(self.file.load())
+        except (ValueError, KeyError, TypeError) as exc:
+            self.events.emit("circuit_file_invalid", level="error", error=str(exc), action="starting with all closed")
+        self.file.written_mtime = self.file.mtime()
+        self.credentials_changed(credential, "credentials changed")
+        for name, circuit in self.breakers.open_circuits().items():
+            self.events.emit("circuit_restored", level="warn", cadence=name, state=circuit.state.value,
+                             open_until=iso(circuit.open_until) if circuit.open_until else None)
+
+    def sync(self) -> None:
+        """Pick up an operator's edit of the file (the CLI writes it; the daemon re-reads it)."""
+        if self.file.mtime() == self.file.written_mtime:
+            return
+        try:
+            doc = self.file.load()
+        except ValueError as exc:
+            self.events.emit("circuit_file_invalid", level="error", error=str(exc), action="keeping current state")
+            self.file.written_mtime = self.file.mtime()
+            return
+        self.breakers.load_doc(doc)
+        self.file.written_mtime = self.file.mtime()
+        self.events.emit("circuits_reloaded", open=sorted(self.breakers.open_circuits()))
+
+    def save(self) -> None:
+        """Write the current state (an unwritable file is logged: the in-memory breakers still hold)."""
+        try:
+            self.file.save(self.breakers.to_doc(self.clock.now()))
+        except OSError as exc:
+            self.events.emit("circuit_write_failed", level="error", error=str(exc))
+
+    def credentials_changed(self, credential: str, reason: str) -> None:
+        """New credentials lift an auth halt set under the old ones."""
+        if self.breakers.credentials_changed(credential):
+            self.events.emit("auth_halt_lifted", level="warn", reason=reason)
+            self.save()

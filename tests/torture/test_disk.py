@@ -284,8 +284,8 @@ def injected_world(layout: Layout, clock, ledger_full: bool, threshold: int) -> 
                        MAESTRO_REAP_SECONDS=1, MAESTRO_CIRCUIT_THRESHOLD=threshold)
     spawner = FakeSpawner(default="hang")  # each sub-session ends when the test finishes it
     daemon = Daemon(layout, Settings.from_env(env), env, clock=clock, spawner=spawner, watch=False)
-    daemon.restore_circuits()
-    daemon.gates.credentials_verified = True  # as after a first good run: up to the live cap at once
+    daemon.guardrails.restore()
+    daemon.guardrails.credentials_verified = True  # as after a first good run: up to the live cap at once
     return daemon, spawner, Disk(daemon, ledger=ledger_full)
 
 

@@ -70,10 +70,9 @@ RACER = textwrap.dedent(
     """
     import json, os, sys, time
     from maestro_py.bus.store import Bus
-    from maestro_py.bus.inbox import InboxIndex
     from maestro_py.paths import Layout
     bus = Bus(Layout(sys.argv[1]))
-    index = InboxIndex(bus)
+    index = bus.index
     index.refresh(force=True)  # reads every file once (10k), before the start signal
     go = float(sys.argv[2])
     while time.time() < go:
@@ -89,7 +88,6 @@ RACER = textwrap.dedent(
                 break
             continue
         for head in heads:  # both racers walk the same FIFO order: every claim is contested
-            index.discard(head.name)
             claim = bus.claim(head.name)
             if claim is None:
                 lost += 1

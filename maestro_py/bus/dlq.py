@@ -1,0 +1,142 @@
+"""Dead letters: bad input quarantined as it is, ticks that gave up, and how an operator lists, replays
+and purges them. `DeadLetters` is a part of `Bus` (its mixin), kept here so the move table stays short."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from maestro_py.bus.fsio import dump_json, fsync_dir, scan_dir, unlink_missing_ok, write_tmp
+from maestro_py.bus.tick import Tick, read_tick_file
+from maestro_py.clock import iso
+from maestro_py.errors import TickInvalid
+
+if TYPE_CHECKING:
+    from maestro_py.bus.store import Bus
+
+REASON_SUFFIX = ".reason.json"
+
+
+class DeadLetters:
+    """The `dlq/` side of the bus."""
+
+    def quarantine(self: Bus, path: Path, reason: str, *, original_name: str | None = None) -> Path | None:
+        """Move a bad entry into `dlq/` as it is (never following a link) beside `<name>.reason.json`."""
+        name = original_name or path.name
+        target = self._free_name(self.dlq, _dlq_name(name))
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EISDIR, errno.ENOTEMPTY):
+                raise
+            return None
+        note = {"file": _shown(target.name), "name": _shown(name), "from": path.parent.name, "reason": reason,
+                "at": iso(self.clock.now())}
+        tmp = write_tmp(self.tmp, dump_json(note))
+        os.replace(tmp, self.dlq / f"{target.name}{REASON_SUFFIX}")
+        fsync_dir(self.dlq)
+        self.quarantined += 1
+        self.events.emit("quarantined", level="error", id=None, cadence=None, file=_shown(name), reason=reason)
+        return target
+
+    def dead_letters(self: Bus) -> list[dict[str, Any]]:
+        """Everything in `dlq/`, oldest first: dead-lettered ticks and quarantined files with their reasons."""
+        out: list[dict[str, Any]] = []
+        for entry in sorted(scan_dir(self.dlq), key=lambda e: e.name):
+            name = entry.name
+            if name.endswith(REASON_SUFFIX):
+                continue
+            note_path = self.dlq / f"{name}{REASON_SUFFIX}"
+            if os.path.lexists(note_path):
+                try:
+                    note = json.loads(note_path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    note = {}
+                out.append({"id": name, "kind": "quarantined", "cadence": None, "attempts": None,
+                            "reason": note.get("reason"), "at": note.get("at")})
+                continue
+            try:
+                tick, _ = read_tick_file(entry.path, name[:-5])
+                raw = json.loads(Path(entry.path).read_text(encoding="utf-8"))
+            except (TickInvalid, OSError, ValueError) as exc:
+                out.append({"id": name, "kind": "unreadable", "cadence": None, "attempts": None,
+                            "reason": str(exc), "at": None})
+                continue
+            out.append({"id": tick.id, "kind": "tick", "cadence": tick.cadence, "attempts": tick.attempts,
+                        "reason": raw.get("dlq_reason"), "at": raw.get("dlq_at")})
+        return out
+
+    def replay(self: Bus, tick_id: str, *, reset_attempts: bool = False, by: str = "operator") -> Tick:
+        """dlq/ -> inbox/ with an audit entry; TickInvalid if it is not a replayable tick."""
+        path = self.dlq / f"{tick_id}.json"
+        if os.path.lexists(f"{path}{REASON_SUFFIX}") or not os.path.lexists(path):
+            raise TickInvalid(f"{tick_id} is not a dead-lettered tick (quarantined files are fixed by hand)")
+        tick, _ = read_tick_file(path, tick_id)
+        before = tick.attempts
+        if reset_attempts:
+            tick.attempts = 0
+        tick.not_before = None
+        self._record(tick, tick.attempts, "replayed", f"replayed from dlq by {by}",
+                     {"attempts_before": before, "reset_attempts": reset_attempts})
+        self._publish(tick, self.inbox / tick.filename, overwrite=False)
+        unlink_missing_ok(path)
+        self.index.add(tick)
+        self.events.emit("replayed", id=tick.id, cadence=tick.cadence, reset_attempts=reset_attempts)
+        return tick
+
+    def purge_dead_letters(self: Bus, *, older_than_days: float | None = None) -> list[str]:
+        """Delete dead letters (and quarantine notes) older than N days, or all; returns the names."""
+        cutoff = None if older_than_days is None else self.clock.now().timestamp() - older_than_days * 86400
+        removed: list[str] = []
+        for entry in scan_dir(self.dlq):
+            if entry.name.endswith(REASON_SUFFIX):
+                continue
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if cutoff is not None and mtime >= cutoff:
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                unlink_missing_ok(path)
+            unlink_missing_ok(self.dlq / f"{entry.name}{REASON_SUFFIX}")
+            removed.append(entry.name)
+        if removed:
+            self.events.emit("dlq_purged", level="warn", count=len(removed), older_than_days=older_than_days)
+        return sorted(removed)
+
+    @staticmethod
+    def _free_name(folder: Path, name: str) -> Path:
+        target = folder / name
+        n = 1
+        while os.path.lexists(target) or os.path.lexists(f"{target}{REASON_SUFFIX}"):
+            target = folder / f"{name}.{n}"
+            n += 1
+        return target
+
+
+def _shown(name: str) -> str:
+    """A file name fit for JSON: bytes that are not UTF-8 (surrogate-escaped by os) shown as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _dlq_name(name: str) -> str:
+    """Where a quarantined entry goes in dlq/: room left for `<name>.reason.json` under NAME_MAX (255 bytes),
+    and never a name that reads as a note."""
+    raw = os.fsencode(name)
+    if len(raw) > 200:
+        raw = raw[:180] + b"~" + hashlib.sha256(raw).hexdigest()[:16].encode()
+        name = os.fsdecode(raw)
+    if name.endswith(REASON_SUFFIX):
+        name += ".quarantined"
+    return name

@@ -1,0 +1,197 @@
+"""Dispatch: claim what the guardrails allow, run it inline or start its sub-session (at most one per step)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+
+from maestro_py import inline
+from maestro_py.bus.events import EventLog
+from maestro_py.bus.fsio import DISK_ERRNOS
+from maestro_py.bus.inbox import Entry, payload_fingerprint
+from maestro_py.bus.store import Bus, Claim
+from maestro_py.clock import Clock
+from maestro_py.config import Settings
+from maestro_py.daemon.live import LiveRuns, Running
+from maestro_py.daemon.sdnotify import Notifier
+from maestro_py.daemon.settle import Settler
+from maestro_py.errors import SpawnError
+from maestro_py.paths import Layout
+from maestro_py.policy import overlap
+from maestro_py.policy.failures import FailureClass
+from maestro_py.policy.guardrails import Guardrails, Verdict
+from maestro_py.registry import Cadence, Registry
+from maestro_py.session import command
+from maestro_py.session.runner import SpawnSpec, Spawner
+
+INLINE_BATCH = 64  # inline ticks per step before the loop looks at its other duties again
+INLINE_WINDOW = 0.05  # seconds of inline work per step: a slow handler's batch commits early
+
+
+class Dispatcher:
+    """One step's claims: coalesce duplicates, then the oldest runnable heads, inline up to a batch."""
+
+    def __init__(self, *, layout: Layout, settings: Settings, bus: Bus, guardrails: Guardrails, live: LiveRuns,
+                 spawner: Spawner, settler: Settler, events: EventLog, notifier: Notifier,
+                 counters: Counter[str], clock: Clock) -> None:
+        self.layout = layout
+        self.settings = settings
+        self.bus = bus
+        self.guardrails = guardrails
+        self.live = live
+        self.spawner = spawner
+        self.settler = settler
+        self.events = events
+        self.notifier = notifier
+        self.counters = counters
+        self.clock = clock
+
+    def dispatch(self, registry: Registry, env: Mapping[str, str]) -> bool:
+        """Claim and start what the guardrails allow; True if anything was claimed or settled.
+
+        The batch's completions are one group commit: durable together, with one sync at the end.
+        """
+        with self.bus.group_commit():
+            return self._batch(registry, env)
+
+    def _batch(self, registry: Registry, env: Mapping[str, str]) -> bool:
+        progressed = self._coalesce(registry)
+        inline_left = INLINE_BATCH
+        spawned = False
+        window_ends = self.clock.monotonic() + INLINE_WINDOW
+        while inline_left > 0 and self.clock.monotonic() < window_ends:
+            entry = self._next_entry(registry, spawned)
+            if entry is None:
+                break
+            claim = self.bus.claim(entry.name)
+            self.counters["quarantined"] = self.bus.quarantined
+            if claim is None:
+                continue
+            self.counters["claimed"] += 1
+            progressed = True
+            cadence = registry.get(claim.tick.cadence)
+            if cadence is None:
+                self.bus.dead_letter(claim, f"unknown cadence {claim.tick.cadence!r}: no registry entry "
+                                            f"and no prompt file cadences/{claim.tick.cadence}.md")
+                self.counters["dlq"] += 1
+                continue
+            if cadence.mode == "escalate" or (cadence.mode == "guarded" and self._guard_says_escalate(claim, cadence, env)):
+                spawned = self._spawn(claim, cadence, env) or spawned
+            else:
+                inline_left -= 1
+                if cadence.mode == "inline":
+                    self._run_inline(claim, cadence, env)
+        return progressed
+
+    def _coalesce(self, registry: Registry) -> bool:
+        """Settle queued duplicates per the cadences' overlap policy (a burst costs one run)."""
+        merged = False
+        index = self.bus.index
+        for cadence_name in {e.cadence for e in index.heads()}:
+            cadence = registry.get(cadence_name)
+            if cadence is None or cadence.mode == "inline":
+                continue
+            running = self.live.fingerprints(cadence_name)
+            for entry, target in overlap.surplus(index, cadence_name, cadence.overlap, running):
+                claim = self.bus.claim(entry.name)
+                if claim is None:
+                    continue
+                self.bus.complete(claim, "skipped_overlap", reason=f"merged into {target}", merged_into=target)
+                self.counters["skipped_overlap"] += 1
+                merged = True
+        return merged
+
+    def _next_entry(self, registry: Registry, spawned: bool) -> Entry | None:
+        """The oldest runnable tick whose cadence may run now; refused heads wait in `inbox/`."""
+        now = self.clock.now()
+        for entry in self.bus.index.heads():
+            cadence = registry.get(entry.cadence)
+            if cadence is None or cadence.mode == "inline":
+                return entry
+            refusal = self.guardrails.refusal(cadence, now, spawned_this_step=spawned)
+            if refusal is None:
+                return entry
+            self.counters[refusal.value] += 1
+        return None
+
+    # -- inline work ------------------------------------------------------
+    def _run_inline(self, claim: Claim, cadence: Cadence, env: Mapping[str, str]) -> None:
+        self.notifier.ping(self.clock.monotonic())  # the call may block the loop up to its timeout
+        started = self.clock.monotonic()
+        result = inline.call(cadence.handler or "noop", claim.tick.to_json(), root=self.layout.root, env=env,
+                             timeout=self._timeout(cadence), kind="handler")
+        duration_ms = round((self.clock.monotonic() - started) * 1000)
+        self.counters["inline"] += 1
+        if result.ok and result.error is None:
+            self.bus.complete(claim, "ok", mode="inline", detail=result.detail, duration_ms=duration_ms)
+            self.counters["succeeded"] += 1
+        else:
+            reason = result.error or result.detail or "handler failed"
+            self._inline_failed(claim, cadence, reason, mode="inline", duration_ms=duration_ms)
+
+    def _guard_says_escalate(self, claim: Claim, cadence: Cadence, env: Mapping[str, str]) -> bool:
+        self.notifier.ping(self.clock.monotonic())  # the guard may block the loop up to its timeout
+        result = inline.call(cadence.guard or "noop", claim.tick.to_json(), root=self.layout.root,
+                             env=env, timeout=self._timeout(cadence), kind="guard")
+        if result.error is not None:
+            self._inline_failed(claim, cadence, f"guard failed: {result.error}", mode="guarded")
+            return False
+        if not result.ok:
+            self.counters["guard_skipped"] += 1
+            self.counters["inline"] += 1
+            self.bus.complete(claim, "nothing_to_do", mode="guarded", detail=result.detail)
+            return False
+        return True
+
+    def _inline_failed(self, claim: Claim, cadence: Cadence, reason: str, **details: object) -> None:
+        self.settler.apply(claim, self.guardrails.inline_failed(claim.tick, cadence, reason), **details)
+
+    # -- sub-sessions -----------------------------------------------------
+    def _spawn(self, claim: Claim, cadence: Cadence, env: Mapping[str, str]) -> bool:
+        tick = claim.tick
+        now = self.clock.now()
+        local = now.astimezone()
+        stamp = f"{local:%H%M%S}-a{claim.attempt}-{tick.id[-6:]}"
+        stdout_log, stderr_log = self.layout.subsession_logs(local, tick.cadence, stamp)
+        try:
+            session = self.spawner.spawn(self._spec(cadence, claim, env, stdout_log, stderr_log))
+        except (SpawnError, OSError) as exc:
+            cause = exc if isinstance(exc, OSError) else exc.__cause__
+            if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
+                # A full or read-only disk is not the tick's fault: back it goes, attempt intact, and the
+                # loop's I/O error handling reports it and pauses.
+                self.bus.requeue(claim, f"not started: {exc} (disk trouble: attempt not counted)")
+                raise cause
+            self.counters["spawn_failures"] += 1
+            verdict: Verdict = self.guardrails.failed(tick, cadence, FailureClass.SPAWN, f"spawn failed: {exc}")
+            self.settler.apply(claim, verdict, mode="escalate")
+            return False
+        self.counters["escalated"] += 1
+        estimate = self.guardrails.spawned(tick.id, cadence)
+        self.live.add(tick.id, Running(claim, session, cadence, now, str(stdout_log), str(stderr_log),
+                                       payload_fingerprint(tick.payload), estimate,
+                                       io_errors_at_start=self.counters["io_errors"]))
+        self.events.emit("spawned", id=tick.id, cadence=tick.cadence, attempt=claim.attempt, pid=session.pid,
+                         stdout_log=str(stdout_log), stderr_log=str(stderr_log))
+        return True
+
+    def _spec(self, cadence: Cadence, claim: Claim, env: Mapping[str, str], stdout_log: Path,
+              stderr_log: Path) -> SpawnSpec:
+        if cadence.prompt is None or not cadence.prompt.is_file():
+            raise FileNotFoundError(f"prompt file {cadence.prompt} is missing")
+        return SpawnSpec(
+            argv=command.argv(command.resolve_claude(env), model=cadence.model, extra=cadence.claude_args,
+                              max_budget_usd=cadence.max_budget_usd),
+            env=command.child_env(env, self.layout.root),
+            cwd=self.layout.root,
+            stdin=command.prompt(cadence.prompt, claim.tick),
+            stdout_log=stdout_log,
+            stderr_log=stderr_log,
+            timeout=self._timeout(cadence),
+            grace=self.settings.kill_grace,
+            interrupt_first=min(3.0, max(0.5, self.settings.kill_grace)),
+        )
+
+    def _timeout(self, cadence: Cadence) -> float:
+        return cadence.timeout_seconds or self.settings.spawn_timeout

@@ -1,0 +1,125 @@
+"""What the loop does besides claiming: follow edits of its files (registry, `.env`, circuits, STOP),
+let open circuits go half-open, and, now and then, reap stale claims and prune old output."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from maestro_py.bus.events import EventLog
+from maestro_py.bus.store import Bus
+from maestro_py.clock import Clock
+from maestro_py.config import Settings, load_env
+from maestro_py.daemon import retention
+from maestro_py.daemon.live import LiveRuns
+from maestro_py.daemon.sdnotify import scrub
+from maestro_py.paths import Layout
+from maestro_py.policy.budget import Governor, cadence_limits
+from maestro_py.policy.emergency import read_stop_file
+from maestro_py.policy.guardrails import Guardrails
+from maestro_py.redact import Redactor
+from maestro_py.registry import Registry, RegistryError
+from maestro_py.session import command, proctree
+
+
+class Housekeeping:
+    """Keeps the daemon's view of its agent root current; owns the registry and environment it runs with."""
+
+    def __init__(self, *, layout: Layout, settings: Settings, env: dict[str, str], registry: Registry, bus: Bus,
+                 guardrails: Guardrails, budget: Governor, live: LiveRuns, redactor: Redactor, events: EventLog,
+                 counters: Counter[str], clock: Clock) -> None:
+        self.layout = layout
+        self.settings = settings
+        self.env = env
+        self.registry = registry
+        self.bus = bus
+        self.guardrails = guardrails
+        self.budget = budget
+        self.live = live
+        self.redactor = redactor
+        self.events = events
+        self.counters = counters
+        self.clock = clock
+        self._registry_mtime = _mtime(layout.registry_file)
+        self._env_mtime = _mtime(layout.env_file)
+        self._next_reap = 0.0
+        self._next_prune = 0.0
+
+    def run(self, now_mono: float) -> None:
+        """One step's housekeeping, cheapest first: each file check is one stat."""
+        self._reload_registry()
+        self._reload_env()
+        self.guardrails.sync()
+        self.guardrails.advance(self.clock.now())
+        self._check_emergency_stop()
+        if now_mono >= self._next_reap:
+            self._next_reap = now_mono + self.settings.reap_seconds
+            self.reap()
+        if now_mono >= self._next_prune:
+            self._next_prune = now_mono + retention.PRUNE_EVERY_SECONDS
+            self._prune()
+
+    def reap_soon(self) -> None:
+        """Reap at the next step (claims whose settling an I/O error cut short must not wait)."""
+        self._next_reap = 0.0
+
+    # -- files an operator edits ------------------------------------------
+    def _reload_registry(self) -> None:
+        mtime = _mtime(self.layout.registry_file)
+        if mtime == self._registry_mtime:
+            return
+        self._registry_mtime = mtime
+        try:
+            self.registry = Registry.load(self.layout)
+            self.budget.cadence_limits = cadence_limits(self.registry)
+            self.events.emit("registry_reloaded")
+        except RegistryError as exc:
+            self.events.emit("registry_invalid", level="error", error=str(exc), keeping="previous registry")
+
+    def _reload_env(self) -> None:
+        """A changed `.env` (a new key, say) is picked up without a restart and lifts the auth halt."""
+        mtime = _mtime(self.layout.env_file)
+        if mtime == self._env_mtime:
+            return
+        self._env_mtime = mtime
+        self.env = load_env(self.layout)
+        scrub(self.env)
+        self.redactor.update(self.env)
+        self.guardrails.use_credentials(command.credential_fingerprint(self.env), ".env credentials changed")
+
+    def _check_emergency_stop(self) -> None:
+        reason = read_stop_file(self.layout.stop_file)
+        if self.guardrails.set_emergency(reason):
+            if reason is None:
+                self.events.emit("emergency_stop_cleared", level="warn")
+            else:
+                self.events.emit("emergency_stop", level="error", reason=reason, live=len(self.live))
+        if reason is not None:
+            self.live.end_all(f"emergency stop: {reason}", grace=self.settings.kill_grace)
+
+    # -- periodic sweeps --------------------------------------------------
+    def reap(self) -> None:
+        """Stale claims back to `inbox/`, old `tmp/` leftovers removed, adopted orphans ended."""
+        reaped = self.bus.reap_stale(active=self.live.ids())
+        self.counters["reaped"] += len(reaped)
+        self.bus.sweep_tmp(grace=self.settings.tmp_grace)
+        tracked = {r.session.pid for r in self.live}
+        for pid in proctree.reap_adopted(tracked):
+            self.events.emit("orphan_killed", level="warn", pid=pid)
+
+    def _prune(self) -> None:
+        """Retention: old done ticks and per-run logs; last months' event logs and ledger rows to monthly files."""
+        protect = {Path(p) for r in self.live for p in (r.stdout_log, r.stderr_log)}
+        report = retention.prune(self.layout, now=self.clock.now(), retention_days=self.settings.retention_days,
+                                 max_mb=self.settings.logs_max_mb, protect=protect, dry_run=False)
+        if report.changed:
+            self.events.emit("pruned", level="warn" if report.errors else "info", **report.summary())
+
+
+def _mtime(path: Any) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+

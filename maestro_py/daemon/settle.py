@@ -1,0 +1,106 @@
+"""Settling: a finished sub-session's ledger row and charge, the guardrails' verdict, and the tick's move."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from maestro_py.bus.fsio import disk_trouble
+from maestro_py.bus.store import Bus, Claim
+from maestro_py.clock import Clock, iso
+from maestro_py.daemon.live import LiveRuns, Running, Settlement
+from maestro_py.policy.budget import Governor, charge_for
+from maestro_py.policy.guardrails import Action, Guardrails, Verdict
+from maestro_py.session.ledger import Ledger
+from maestro_py.session.metering import Usage
+from maestro_py.session.runner import RunOutcome
+
+
+class Settler:
+    """Turns finished runs into ledger rows and tick moves; every verdict goes through `apply`."""
+
+    def __init__(self, *, bus: Bus, guardrails: Guardrails, budget: Governor, ledger: Ledger, live: LiveRuns,
+                 counters: Counter[str], clock: Clock) -> None:
+        self.bus = bus
+        self.guardrails = guardrails
+        self.budget = budget
+        self.ledger = ledger
+        self.live = live
+        self.counters = counters
+        self.clock = clock
+
+    def settle_finished(self) -> bool:
+        """Settle every run that has ended; True if any was. An OSError leaves the run to be settled again."""
+        settled = False
+        for tick_id, run in self.live.items():
+            outcome = run.session.poll()
+            if outcome is None:
+                continue
+            self.settle(run, outcome)
+            self.live.remove(tick_id)
+            settled = True
+        return settled
+
+    def settle(self, run: Running, outcome: RunOutcome) -> None:
+        """Judge the run once (its pending `Settlement`), ledger it once, then move the tick as judged."""
+        if run.settlement is None:
+            run.settlement = self._judge(run, outcome)
+        pending = run.settlement
+        if not pending.ledgered:
+            self.ledger.append(pending.row)
+            pending.ledgered = True
+            self.budget.charge(pending.row, self.clock.now())
+        self.apply(run.claim, pending.verdict, **pending.details)
+
+    def _judge(self, run: Running, outcome: RunOutcome) -> Settlement:
+        claim, tick = run.claim, run.claim.tick
+        result = outcome.result
+        usage = result.usage.to_row() if result is not None else Usage.unknown().to_row()
+        details: dict[str, Any] = {
+            "mode": "escalate", "exit_code": outcome.exit_code, "signal": outcome.signal,
+            "duration_ms": outcome.duration_ms, "timed_out": outcome.timed_out,
+            "api_error_status": result.api_error_status if result else None,
+            "cost_usd": usage.get("cost_usd"), "session_id": result.session_id if result else None,
+        }
+        held = self.budget.release(tick.id) or run.estimate
+        measured, charged_tokens, charged_usd = charge_for(usage, held, exempt=run.cadence.budget_exempt)
+        row = {
+            "ts": iso(self.clock.now()), "tick": tick.id, "cadence": tick.cadence, "attempt": claim.attempt,
+            "exit_code": outcome.exit_code, "signal": outcome.signal, "duration_ms": outcome.duration_ms,
+            "ok": outcome.ok, "session_id": details["session_id"], **usage, "metered": measured,
+            "reserved_tokens": round(held.tokens), "reserved_usd": round(held.usd, 6),
+            "charged_tokens": charged_tokens, "charged_usd": charged_usd,
+        }
+        verdict = self.guardrails.record(tick, run.cadence, outcome, ended_by=run.end_reason,
+                                         disk_trouble=lambda: self._disk_trouble_during(run))
+        if verdict.failure_class is not None:
+            details["tail"] = outcome.tail  # what the CLI said, for the tick's history and the event
+        if outcome.timed_out:
+            self.counters["timeouts"] += 1
+        return Settlement(verdict, row, details)
+
+    def _disk_trouble_during(self, run: Running) -> str | None:
+        """Did the disk fail while `run` ran? (Checked now, and by the I/O errors the loop met meanwhile.)"""
+        trouble = disk_trouble(Path(run.stdout_log).parent)
+        if trouble is None and self.counters["io_errors"] > run.io_errors_at_start:
+            trouble = "the daemon met disk errors while it ran"
+        return trouble
+
+    def apply(self, claim: Claim, verdict: Verdict, **details: Any) -> None:
+        """Move the tick as `verdict` says, and count it."""
+        if verdict.failure_class is not None:
+            details["failure_class"] = verdict.failure_class.value
+        if verdict.action is Action.COMPLETE:
+            self.bus.complete(claim, verdict.outcome, **details)
+            self.counters["succeeded"] += 1
+            return
+        if verdict.action is Action.REQUEUE:
+            self.bus.requeue(claim, verdict.reason or "requeued", outcome=verdict.outcome, **details)
+            self.counters["failed"] += verdict.failure_class is not None
+            self.counters["requeued"] += 1
+            return
+        where = self.bus.fail(claim, verdict.reason or "failed", max_attempts=verdict.max_attempts,
+                              retry_at=verdict.retry_at, permanent=verdict.permanent, **details)
+        self.counters["failed"] += 1
+        self.counters["dlq" if where == "dlq" else "retries"] += 1

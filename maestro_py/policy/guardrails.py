@@ -1,0 +1,247 @@
+"""The one reliability facade: may this tick spawn now, and what happens to it after its run?
+
+Before a spawn, `Guardrails.refusal` checks the gates in the README's order and answers with a `Refusal`
+(its value is the counter the daemon bumps) or None. After a run, `Guardrails.record` teaches the auth
+halt, the backoff and the breaker what happened and answers with one `Verdict`: complete, retry at a
+time, requeue without burning an attempt, or dead-letter. The daemon moves the tick as told; it never
+looks up a failure class's handling, a breaker, the backoff or the credentials itself.
+
+Every gate fails closed: a refusal leaves the tick in `inbox/` without burning an attempt.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from maestro_py.bus.events import EventLog
+from maestro_py.bus.tick import Tick
+from maestro_py.clock import Clock, iso
+from maestro_py.policy.backoff import Backoff, schedule
+from maestro_py.policy.breaker import AUTH_HALT, PersistedCircuits, State
+from maestro_py.policy.budget import Estimate, Governor
+from maestro_py.policy.failures import HANDLING, FailureClass, classify, failure_reason
+from maestro_py.registry import Cadence
+from maestro_py.session.runner import RunOutcome
+
+AUTH_FIX = ("replace the key in .env, or set MAESTRO_PREFER_SUBSCRIPTION_AUTH=1; "
+            "then `maestro circuit reset --all` (or just edit .env)")
+
+
+class Refusal(str, enum.Enum):
+    """Why a tick may not spawn now, in the order the gates are checked; the value is its counter name."""
+
+    EMERGENCY_STOP = "skipped_emergency_stop"
+    AUTH_HALT = "skipped_auth_halt"
+    CIRCUIT_OPEN = "skipped_circuit_open"
+    BACKOFF = "skipped_backoff"
+    PACING = "skipped_pacing"
+    LIVE_CAP = "skipped_live_cap"
+    AUTH_PROBE = "skipped_auth_probe"
+    OVERLAP_WAIT = "skipped_overlap_wait"
+    BUDGET = "deferred_budget"
+
+
+class Action(str, enum.Enum):
+    """Where a settled tick goes."""
+
+    COMPLETE = "complete"          # done/
+    RETRY = "retry"                # an attempt burnt; back to inbox/, not before `retry_at`
+    REQUEUE = "requeue"            # back to inbox/ as it was: not the tick's fault
+    DEAD_LETTER = "dead_letter"    # an attempt burnt; dlq/ (permanent failure, or attempts exhausted)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What happens to a tick after its run (or its failed start)."""
+
+    action: Action
+    reason: str | None = None
+    retry_at: datetime | None = None
+    failure_class: FailureClass | None = None
+    max_attempts: int = 1
+    permanent: bool = False  # dead-lettered for its class, not because its attempts ran out
+    outcome: str = "failed"  # the history entry's outcome
+
+    @property
+    def burns_attempt(self) -> bool:
+        return self.action in (Action.RETRY, Action.DEAD_LETTER)
+
+
+class LiveRuns(Protocol):
+    """What the gates need to know about the sub-sessions running now."""
+
+    def count(self) -> int:
+        """Live sub-sessions, counted from real processes (a leaked child counts)."""
+
+    def runs(self, cadence: str) -> bool:
+        """True if a sub-session of `cadence` is running."""
+
+
+class Guardrails:
+    """Emergency stop, auth halt, breakers, backoff, pacing, live cap, credential probe, overlap, budget."""
+
+    def __init__(self, *, circuits: PersistedCircuits, backoff: Backoff, budget: Governor, live: LiveRuns,
+                 max_live: int, max_attempts: int, credential: str, events: EventLog, clock: Clock) -> None:
+        self.circuits = circuits
+        self.breakers = circuits.breakers
+        self.backoff = backoff
+        self.budget = budget
+        self.live = live
+        self.max_live = max_live
+        self.max_attempts = max_attempts
+        self.credential = credential  # fingerprint of the credentials sub-sessions run with now
+        self.events = events
+        self.clock = clock
+        self.emergency: str | None = None
+        self.credentials_verified = False  # until one run succeeds with these credentials, run one at a time
+
+    # -- before a spawn ---------------------------------------------------
+    def refusal(self, cadence: Cadence, now: datetime, *, spawned_this_step: bool) -> Refusal | None:
+        """Why `cadence` may not spawn now (checked in `Refusal`'s order), or None if it may."""
+        if self.emergency is not None:
+            return Refusal.EMERGENCY_STOP
+        circuit = self.breakers.refusal(cadence.name, now)
+        if circuit is not None:
+            return Refusal.AUTH_HALT if circuit.name == AUTH_HALT else Refusal.CIRCUIT_OPEN
+        if self.backoff.holds(cadence.name, now) is not None:
+            return Refusal.BACKOFF
+        if spawned_this_step:
+            return Refusal.PACING
+        live = self.live.count()
+        if live >= self.max_live:
+            return Refusal.LIVE_CAP
+        if live > 0 and not self.credentials_verified:
+            # One bad key must cost one sub-session: no second spawn until a run proves the credentials.
+            return Refusal.AUTH_PROBE
+        if cadence.overlap != "allow" and self.live.runs(cadence.name):
+            return Refusal.OVERLAP_WAIT  # unless `overlap = "allow"`, a cadence runs one sub-session at a time
+        if self._budget_refuses(cadence, now):
+            return Refusal.BUDGET
+        return None
+
+    def estimate(self, cadence: Cadence) -> Estimate:
+        """What a run of `cadence` is expected to cost (its reservation)."""
+        return self.budget.estimate(cadence.name, cadence.reserve_tokens, cadence.reserve_usd)
+
+    def spawned(self, tick_id: str, cadence: Cadence) -> Estimate:
+        """A spawn was allowed and started: in HALF_OPEN it is the one probe; its estimate is reserved."""
+        self.breakers.on_spawn(cadence.name)
+        estimate = self.estimate(cadence)
+        self.budget.reserve(tick_id, cadence.name, estimate)
+        return estimate
+
+    def _budget_refuses(self, cadence: Cadence, now: datetime) -> bool:
+        """Fail closed on spend: no spawn unless every applicable budget covers the reservation."""
+        estimate = self.estimate(cadence)
+        refused = self.budget.refusal(cadence.name, estimate, now)
+        if refused is None:
+            return False
+        scope, window, resets_at = refused
+        if self.budget.first_report(scope, window, now):
+            self.events.emit("budget_exhausted", level="warn", cadence=cadence.name, scope=scope, window=window,
+                             resets_at=iso(resets_at), estimate_tokens=round(estimate.tokens))
+        return True
+
+    # -- after a run ------------------------------------------------------
+    def record(self, tick: Tick, cadence: Cadence, outcome: RunOutcome, *, ended_by: str | None = None,
+               disk_trouble: Callable[[], str | None] = lambda: None) -> Verdict:
+        """What a finished sub-session teaches the guards, and where its tick goes. Call once per run.
+
+        `ended_by`: the daemon ended the run itself (drain, emergency stop), so it is requeued even if the
+        CLI printed a success after the signal. `disk_trouble`: asked only when a run left no parsable
+        result, whether the disk failed meanwhile (then the failure is not the tick's).
+        """
+        if ended_by is not None:
+            return Verdict(Action.REQUEUE, ended_by, outcome="requeued")
+        if outcome.ok and not outcome.timed_out:
+            self._succeeded(cadence.name)
+            return Verdict(Action.COMPLETE, outcome="ok")
+        cls, reason = classify(outcome), failure_reason(outcome)
+        if cls is FailureClass.UNKNOWN:
+            trouble = disk_trouble()
+            if trouble is not None:  # its output could not be written: the disk failed, not the tick
+                cls, reason = FailureClass.DISK, f"{reason}; the run's log folder: {trouble}"
+        return self.failed(tick, cadence, cls, reason)
+
+    def failed(self, tick: Tick, cadence: Cadence, cls: FailureClass, reason: str) -> Verdict:
+        """A sub-session failed with class `cls` (or could not start): update the guards, return the verdict."""
+        handling = HANDLING[cls]
+        now = self.clock.now()
+        if handling.halts_all:
+            self.breakers.halt_auth(now, reason, self.credential)
+            self.credentials_verified = False
+            self.circuits.save()
+            self.events.emit("auth_halt", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
+                             fix=AUTH_FIX)
+        retry_at = self._trip(tick.cadence, cadence, now, reason) if handling.trips_breaker else None
+        if not handling.burns_attempt:
+            return Verdict(Action.REQUEUE, f"{reason} ({cls.value} failure: attempt not counted)", failure_class=cls,
+                           outcome=f"failed_{cls.value}")
+        return self._burn(tick, cadence, reason, retry_at, cls, permanent=handling.dead_letter)
+
+    def inline_failed(self, tick: Tick, cadence: Cadence, reason: str) -> Verdict:
+        """An inline handler or a guard failed: an attempt burns, at once retryable; no breaker, no backoff."""
+        return self._burn(tick, cadence, reason, None, None, permanent=False)
+
+    def _burn(self, tick: Tick, cadence: Cadence, reason: str, retry_at: datetime | None,
+              cls: FailureClass | None, *, permanent: bool) -> Verdict:
+        max_attempts = cadence.max_attempts or self.max_attempts
+        exhausted = permanent or tick.attempts + 1 >= max_attempts
+        return Verdict(Action.DEAD_LETTER if exhausted else Action.RETRY, reason, retry_at, cls, max_attempts,
+                       permanent=permanent)
+
+    def _succeeded(self, cadence: str) -> None:
+        """A run succeeded: the credentials work, and the cadence's backoff and breaker reset."""
+        self.credentials_verified = True
+        self.backoff.record_success(cadence)
+        if self.breakers.record_success(cadence):
+            self.events.emit("circuit_closed", cadence=cadence)
+            self.circuits.save()
+
+    def _trip(self, name: str, cadence: Cadence, now: datetime, reason: str) -> datetime:
+        """Count a failure toward the cadence's backoff and breaker; when the cadence may run again."""
+        wait = schedule(cadence.backoff_seconds) if cadence.backoff_seconds else None
+        retry_at = self.backoff.record_failure(name, now, wait)
+        before = self.breakers.circuits.get(name)
+        was_open = before is not None and before.state is not State.CLOSED
+        circuit = self.breakers.record_failure(name, now, reason)
+        if circuit.state is State.OPEN:
+            retry_at = max(retry_at, circuit.open_until) if circuit.open_until else retry_at
+            self.events.emit("circuit_opened" if not was_open else "circuit_reopened", level="error",
+                             cadence=name, failures=circuit.failures,
+                             open_until=iso(circuit.open_until) if circuit.open_until else None, reason=reason)
+            self.circuits.save()
+        return retry_at
+
+    # -- housekeeping -----------------------------------------------------
+    def advance(self, now: datetime) -> None:
+        """Once per loop: circuits whose open period is over go HALF_OPEN (one probe may go)."""
+        for name in self.breakers.advance(now):
+            self.events.emit("circuit_half_open", cadence=name)
+
+    def set_emergency(self, reason: str | None) -> bool:
+        """Set or clear the emergency stop; True if that changed it."""
+        changed = reason != self.emergency
+        self.emergency = reason
+        return changed
+
+    def use_credentials(self, credential: str, why: str) -> None:
+        """Sub-sessions now run with `credential`: unproven until a run succeeds; lifts an auth halt set
+        under other credentials."""
+        if credential == self.credential:
+            return
+        self.credential = credential
+        self.credentials_verified = False
+        self.circuits.credentials_changed(credential, why)
+
+    def restore(self) -> None:
+        """Breakers survive restarts (see `PersistedCircuits.restore`)."""
+        self.circuits.restore(self.credential)
+
+    def sync(self) -> None:
+        """Pick up an operator's edit of `circuit-open.json`."""
+        self.circuits.sync()
