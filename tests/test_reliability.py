@@ -346,3 +346,19 @@ def test_bad_backoff_setting_is_a_clear_error(value: str) -> None:
         Settings.from_env({"MAESTRO_BACKOFF_SECONDS": value})
 
 
+
+
+def test_an_emergency_stop_is_counted_as_such_while_an_overlap_also_waits(layout: Layout, clock: FakeClock) -> None:
+    """Refusals are counted in the README's order: the daemon used to ask the overlap gate first."""
+    agent(layout, {"memo": "[[fake:hang]]"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=2)
+    daemon.guardrails.credentials_verified = True
+    enqueue(layout, clock, "memo", 2)  # different payloads: the second waits behind the first
+    run_steps(daemon, 3)
+    assert spawner.count == 1 and daemon.counters["skipped_overlap_wait"] > 0
+    waited = daemon.counters["skipped_overlap_wait"]
+    layout.stop_file.write_text('{"reason": "spend spike"}')
+    daemon.step()  # the run is being ended, and still counts as running during this step
+    assert daemon.counters["skipped_emergency_stop"] >= 1
+    assert daemon.counters["skipped_overlap_wait"] == waited

@@ -1,0 +1,191 @@
+"""Guardrails alone, on a fake clock: the order of the gates, the verdicts, and the explicit half-open step."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from maestro_py.bus.events import EventLog
+from maestro_py.bus.tick import Tick
+from maestro_py.paths import Folder, Layout
+from maestro_py.policy.backoff import Backoff, parse_backoff
+from maestro_py.policy.breaker import Breakers, CircuitFile, PersistedCircuits
+from maestro_py.policy.budget import Governor, Limit
+from maestro_py.policy.failures import FailureClass
+from maestro_py.policy.guardrails import Action, Guardrails, Refusal
+from maestro_py.registry import Cadence
+from maestro_py.session.runner import RunOutcome
+from tests.fakes import cli_result
+
+
+class Live:
+    """A stand-in for the daemon's live runs: a count and the cadences running."""
+
+    def __init__(self) -> None:
+        self.cadences: list[str] = []
+
+    def count(self) -> int:
+        return len(self.cadences)
+
+    def runs(self, cadence: str) -> bool:
+        return cadence in self.cadences
+
+
+def cadence(name: str = "memo", **overrides: Any) -> Cadence:
+    base = Cadence(name=name, mode="escalate", prompt=None, handler=None, guard=None, timeout_seconds=None,
+                   max_attempts=None, model=None, claude_args=(), schedule=None, overlap="skip", max_budget_usd=None,
+                   budget_tokens_daily=None, budget_usd_daily=None, reserve_tokens=None, reserve_usd=None,
+                   budget_exempt=False, backoff_seconds=None, configured=True)
+    return dataclasses.replace(base, **overrides)
+
+
+def outcome(kind: str) -> RunOutcome:
+    code, result = cli_result(kind)
+    return RunOutcome(pid=1, exit_code=code, signal=None, timed_out=False, stopped=False, duration_ms=5,
+                      result=result, tail="tail")
+
+
+def tick(attempts: int = 0, name: str = "memo") -> Tick:
+    return Tick(id="20261123T120000000000Z-0000001-0000aaaa", cadence=name, source="test",
+                enqueued_at="2026-11-23T12:00:00+00:00", attempts=attempts)
+
+
+@pytest.fixture
+def live() -> Live:
+    return Live()
+
+
+@pytest.fixture
+def rails(layout: Layout, clock: Any, live: Live) -> Guardrails:
+    events = EventLog(layout, clock=clock)
+    circuits = PersistedCircuits(Breakers(threshold=2, open_seconds=100, max_open_seconds=1000),
+                                 CircuitFile(layout.circuit_file, layout.folder(Folder.TMP)), events, clock)
+    return Guardrails(circuits=circuits, backoff=Backoff(parse_backoff("0,30,120")),
+                      budget=Governor({"daily": Limit(tokens=50_000)}), live=live, max_live=2, max_attempts=3,
+                      credential="key-a", events=events, clock=clock)
+
+
+def test_every_gate_open_means_no_refusal(rails: Guardrails, clock: Any) -> None:
+    assert rails.refusal(cadence(), clock.now(), spawned_this_step=False) is None
+
+
+def test_refusals_come_in_the_readme_order(rails: Guardrails, clock: Any, live: Live) -> None:
+    """Make every gate refuse, then lift them one by one: each answer is the next gate in `Refusal`'s order."""
+    memo = cadence()
+    now = clock.now()
+    rails.budget.reserve("other", "x", rails.budget.estimate("x", 50_000, None))  # budget: nothing left
+    live.cadences = ["memo"]                                                         # overlap, and unproven creds
+    rails.backoff.record_failure("memo", now)
+    rails.backoff.record_failure("memo", now)                                        # backoff: 30 s
+    rails.breakers.open_manually("memo", now, 60)                                    # circuit open
+    rails.breakers.halt_auth(now, "401", "key-a")                                    # auth halt
+    rails.set_emergency("operator")                                                  # emergency stop
+    seen = []
+
+    def refusal(spawned: bool = True) -> Refusal | None:
+        answer = rails.refusal(memo, now, spawned_this_step=spawned)
+        seen.append(answer)
+        return answer
+
+    refusal()
+    rails.set_emergency(None)
+    refusal()
+    rails.breakers.reset("_auth")
+    refusal()
+    rails.breakers.reset("memo")
+    refusal()
+    rails.backoff.record_success("memo")
+    refusal()                      # pacing: something spawned this step
+    rails.max_live = 1
+    refusal(spawned=False)         # live cap: 1 running, cap 1
+    rails.max_live = 2
+    refusal(spawned=False)         # auth probe: 1 running, credentials unproven
+    rails.credentials_verified = True
+    refusal(spawned=False)         # overlap: memo itself is running
+    live.cadences = ["other"]
+    refusal(spawned=False)         # budget
+    rails.budget.release("other")
+    refusal(spawned=False)
+    assert seen == [*Refusal, None]
+
+
+def test_an_emergency_stop_wins_over_a_waiting_overlap(rails: Guardrails, clock: Any, live: Live) -> None:
+    """The order bug: the daemon used to ask the overlap gate first, so this counted as an overlap wait."""
+    live.cadences = ["memo"]
+    rails.credentials_verified = True
+    rails.set_emergency("spend spike")
+    assert rails.refusal(cadence(), clock.now(), spawned_this_step=False) is Refusal.EMERGENCY_STOP
+    rails.set_emergency(None)
+    assert rails.refusal(cadence(), clock.now(), spawned_this_step=False) is Refusal.OVERLAP_WAIT
+
+
+def test_a_budget_refusal_is_reported_once_per_scope_and_window(rails: Guardrails, clock: Any, layout: Layout) -> None:
+    big = cadence(reserve_tokens=60_000)
+    for _ in range(3):
+        assert rails.refusal(big, clock.now(), spawned_this_step=False) is Refusal.BUDGET
+    events = (layout.events_dir / f"bus-{clock.now().astimezone():%Y-%m-%d}.jsonl").read_text()
+    assert events.count('"budget_exhausted"') == 1
+
+
+def test_success_completes_and_proves_the_credentials(rails: Guardrails) -> None:
+    rails.backoff.record_failure("memo", rails.clock.now())
+    verdict = rails.record(tick(), cadence(), outcome("ok"))
+    assert verdict.action is Action.COMPLETE and rails.credentials_verified
+    assert rails.backoff.holds("memo", rails.clock.now()) is None
+
+
+def test_a_transient_failure_retries_after_the_backoff(rails: Guardrails, clock: Any) -> None:
+    first = rails.record(tick(), cadence(), outcome("500"))
+    assert first.action is Action.RETRY and first.failure_class is FailureClass.TRANSIENT
+    assert first.retry_at == clock.now()  # 0 s after the first failure
+    second = rails.record(tick(1), cadence(), outcome("500"))
+    # The second failure opens the breaker (threshold 2): the retry waits for its open period.
+    assert second.retry_at == clock.now() + timedelta(seconds=100)
+    assert rails.refusal(cadence(), clock.now(), spawned_this_step=False) is Refusal.CIRCUIT_OPEN
+
+
+def test_the_last_attempt_dead_letters_and_a_permanent_failure_at_once(rails: Guardrails) -> None:
+    last = rails.record(tick(attempts=2), cadence(), outcome("500"))
+    assert last.action is Action.DEAD_LETTER and not last.permanent
+    permanent = rails.record(tick(), cadence("other"), outcome("400"))
+    assert permanent.action is Action.DEAD_LETTER and permanent.permanent
+    assert permanent.failure_class is FailureClass.PERMANENT
+
+
+def test_an_auth_failure_requeues_and_halts_until_the_credentials_change(rails: Guardrails, clock: Any) -> None:
+    verdict = rails.record(tick(), cadence(), outcome("401"))
+    assert verdict.action is Action.REQUEUE and not verdict.burns_attempt
+    assert verdict.outcome == "failed_auth"
+    assert rails.refusal(cadence("other"), clock.now(), spawned_this_step=False) is Refusal.AUTH_HALT
+    rails.use_credentials("key-a", "same key")
+    assert rails.refusal(cadence("other"), clock.now(), spawned_this_step=False) is Refusal.AUTH_HALT
+    rails.use_credentials("key-b", "new key")
+    assert rails.refusal(cadence("other"), clock.now(), spawned_this_step=False) is None
+
+
+def test_a_run_the_daemon_ended_is_requeued_even_after_a_printed_success(rails: Guardrails) -> None:
+    verdict = rails.record(tick(), cadence(), outcome("ok"), ended_by="daemon stopping")
+    assert verdict == dataclasses.replace(verdict, action=Action.REQUEUE, reason="daemon stopping")
+    assert not rails.credentials_verified  # a cut-short run proves nothing
+
+
+def test_no_result_during_disk_trouble_is_not_the_ticks_fault(rails: Guardrails) -> None:
+    verdict = rails.record(tick(), cadence(), outcome("garbage"), disk_trouble=lambda: "disk full")
+    assert verdict.action is Action.REQUEUE and verdict.failure_class is FailureClass.DISK
+    plain = rails.record(tick(), cadence("other"), outcome("garbage"))
+    assert plain.action is Action.RETRY and plain.failure_class is FailureClass.UNKNOWN
+
+
+def test_open_to_half_open_is_an_explicit_step(rails: Guardrails, clock: Any) -> None:
+    rails.breakers.open_manually("memo", clock.now(), 60)
+    clock.advance(61)
+    # Asking does not change anything: the circuit stays open until the loop's housekeeping advances it.
+    assert rails.refusal(cadence(), clock.now(), spawned_this_step=False) is Refusal.CIRCUIT_OPEN
+    assert rails.refusal(cadence(), clock.now(), spawned_this_step=False) is Refusal.CIRCUIT_OPEN
+    rails.advance(clock.now())
+    assert rails.refusal(cadence(), clock.now(), spawned_this_step=False) is None
+    rails.spawned("t1", cadence())  # the one probe
+    assert rails.refusal(cadence(), clock.now(), spawned_this_step=False) is Refusal.CIRCUIT_OPEN
