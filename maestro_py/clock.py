@@ -1,4 +1,8 @@
-"""Time, injected: the daemon and its policies never read the wall clock directly."""
+"""Time, injected: the daemon loop and its policies read time only through a `Clock`, so tests drive it.
+
+(Waits on I/O — `select` timeouts, a lock's settle window, a sub-session's watcher — measure their own
+real elapsed time: they bound how long the process blocks, not what it decides.)
+"""
 
 from __future__ import annotations
 

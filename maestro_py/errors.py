@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 
 class MaestroError(Exception):
     """Base class: a domain error with a one-line message fit for an operator."""
@@ -37,21 +35,3 @@ class ConfigError(MaestroError):
 
 class SpawnError(MaestroError):
     """A sub-session could not be started (binary missing, not executable, argument list too long)."""
-
-
-class CircuitOpen(MaestroError):
-    """A cadence's breaker refuses spawns until `until`."""
-
-    def __init__(self, cadence: str, until: datetime | None) -> None:
-        super().__init__(f"circuit for {cadence} is open until {until}")
-        self.cadence = cadence
-        self.until = until
-
-
-class BudgetExhausted(MaestroError):
-    """A budget scope cannot cover the next reservation before `resets_at`."""
-
-    def __init__(self, scope: str, resets_at: datetime) -> None:
-        super().__init__(f"budget {scope} exhausted until {resets_at}")
-        self.scope = scope
-        self.resets_at = resets_at

@@ -1,4 +1,5 @@
-"""Calling inline handlers and guards: the built-in `noop`, a `module:function`, or a shell-free command."""
+"""Calling inline handlers and guards: the built-in `noop`, a `module:function`, or a shell-free command
+(started here; its process group is killed through `proctree`, the one module that signals processes)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Literal
+
+from maestro_py.session import proctree
 
 NOOP = "noop"
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
@@ -293,11 +296,11 @@ def _run_command(
         try:
             proc.communicate(payload, timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            proctree.kill_group(proc.pid)
             proc.communicate()
             return HandlerResult(False, _read_tail(out), f"timed out after {timeout:g}s")
         except BaseException:
-            _kill_group(proc)
+            proctree.kill_group(proc.pid)
             proc.wait()
             raise
         detail = _read_tail(out)
@@ -310,13 +313,6 @@ def _run_command(
     if code < 0:
         return HandlerResult(False, detail, f"killed by signal {_signal_name(-code)}")
     return HandlerResult(False, detail, f"exited with status {code}")
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _signal_name(number: int) -> str:

@@ -10,14 +10,13 @@ Decisions the format leaves open:
 - Keys that cannot take effect are errors, like unknown keys: `handler` outside inline, `guard` outside
   guarded, and `prompt`/`model`/`claude_args`/`max_budget_usd` on an inline cadence.
 - escalate/guarded need the prompt file to exist at load time; the path is stored resolved.
-- `defaults` is reserved and is never a cadence name; `get()` refuses names outside CADENCE_NAME_RE.
+- `defaults` is reserved and is never a cadence name; `get()` refuses names outside CADENCE_RE.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from maestro_py import inline
+from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout
 
 # \Z, not $: "$" also matches before a trailing newline, and names become file names.
-CADENCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 MODES = ("escalate", "inline", "guarded")
 OVERLAPS = ("skip", "buffer_one", "allow")
 DEFAULTS_TABLE = "defaults"
@@ -237,8 +236,8 @@ class Registry:
         for name, table in data.items():
             if name == DEFAULTS_TABLE:
                 continue
-            if not CADENCE_NAME_RE.match(name):
-                raise RegistryError(path, f"cadence name must match {CADENCE_NAME_RE.pattern}", table=name)
+            if not CADENCE_RE.match(name):
+                raise RegistryError(path, f"cadence name must match {CADENCE_RE.pattern}", table=name)
             own = _check_table(path, name, table, defaults_table=False)
             cadences[name] = _build(layout, path, name, own, defaults)
         return cls(layout, path, cadences, defaults)
@@ -247,7 +246,7 @@ class Registry:
         """The configured cadence, else an implicit escalate one if cadences/<name>.md exists, else None."""
         if name in self._cadences:
             return self._cadences[name]
-        if name == DEFAULTS_TABLE or not CADENCE_NAME_RE.match(name):
+        if name == DEFAULTS_TABLE or not CADENCE_RE.match(name):
             return None
         prompt = self._implicit_prompt(name)
         if prompt is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from maestro_py.bus.owner import Owner
 from maestro_py.session import proctree
 
 FAKE = Path(__file__).with_name("fake_claude.py")
@@ -38,21 +39,20 @@ def wait_for(predicate, timeout: float = 3.0) -> None:
         time.sleep(0.02)
 
 
-def test_identity_and_is_alive() -> None:
-    pid, created = proctree.identity()
-    assert pid == os.getpid()
-    assert proctree.is_alive(pid, created)
-    assert not proctree.is_alive(pid, created - 5)  # same pid, different start: a reused pid
+def test_an_owner_is_this_process_and_not_a_reused_pid() -> None:
+    me = Owner.current()
+    assert me.pid == os.getpid() and me.is_alive()
+    assert not Owner(me.pid, me.started_cs - 500).is_alive()  # same pid, different start: a reused pid
 
 
-def test_is_alive_false_for_exited_and_zombie() -> None:
+def test_an_owner_that_exited_or_is_a_zombie_is_gone() -> None:
     child = subprocess.Popen(["true"])
-    _, created = proctree.identity(child.pid)
+    owner = Owner.of(child.pid)
     wait_for(lambda: gone(child.pid))
-    assert not proctree.is_alive(child.pid, created)  # a zombie is not an owner
+    assert not owner.is_alive()  # a zombie is not an owner
     child.wait()
-    assert not proctree.is_alive(child.pid, created)
-    assert not proctree.is_alive(2**22 + 12345, 0.0)
+    assert not owner.is_alive()
+    assert not Owner(2**22 + 12345, 0).is_alive()
 
 
 def test_snapshot_lists_root_then_descendants() -> None:
@@ -118,9 +118,14 @@ SUBREAPER_SCRIPT = textwrap.dedent(
     import psutil
     from maestro_py.session import proctree
 
+    def is_subreaper():
+        import ctypes
+        flag = ctypes.c_int(0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(37, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value != 0  # PR_GET_CHILD_SUBREAPER
+
     fake, pidfile = sys.argv[1], sys.argv[2]
-    out = {"before": proctree.is_subreaper(), "became": proctree.become_subreaper(),
-           "after": proctree.is_subreaper()}
+    out = {"before": is_subreaper(), "became": proctree.become_subreaper(), "after": is_subreaper()}
     # A child the daemon tracks (a live sub-session): must be spared.
     tracked = subprocess.Popen(["sleep", "30"])
     env = dict(os.environ, FAKE_CLAUDE_MODE="orphan", FAKE_CLAUDE_PIDFILE=pidfile, FAKE_CLAUDE_SLEEP="0")
@@ -171,7 +176,10 @@ def test_subreaper_adopts_and_reap_adopted_kills_orphans(tmp_path: Path) -> None
 
 def test_become_subreaper_in_a_child_only() -> None:
     # Never in the pytest process: it would change where every other test's orphans go.
-    code = "from maestro_py.session import proctree; print(proctree.become_subreaper(), proctree.is_subreaper())"
+    code = ("import ctypes; from maestro_py.session import proctree; flag = ctypes.c_int(0); "
+            "became = proctree.become_subreaper(); "
+            "ok = ctypes.CDLL(None).prctl(37, ctypes.byref(flag), 0, 0, 0) == 0; "  # PR_GET_CHILD_SUBREAPER
+            "print(became, ok and flag.value != 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=10)
     expected = "True True" if sys.platform.startswith("linux") else "False False"
     assert proc.stdout.strip() == expected, proc.stderr

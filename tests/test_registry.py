@@ -9,7 +9,8 @@ import pytest
 
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout
-from maestro_py.registry import CADENCE_NAME_RE, Cadence, Registry, RegistryError
+from maestro_py.bus.tick import CADENCE_RE
+from maestro_py.registry import Cadence, Registry, RegistryError
 
 
 @pytest.fixture
@@ -461,11 +462,11 @@ def test_array_of_tables_is_an_error(layout: Layout) -> None:
 
 
 def test_name_regex_is_exported() -> None:
-    assert CADENCE_NAME_RE.match("inbox-processor.v2_b")
-    assert not CADENCE_NAME_RE.match("../x")
-    assert CADENCE_NAME_RE.match("a" * 64)
-    assert not CADENCE_NAME_RE.match("a" * 65)
-    assert not CADENCE_NAME_RE.match("inbox\n")
+    assert CADENCE_RE.match("inbox-processor.v2_b")
+    assert not CADENCE_RE.match("../x")
+    assert CADENCE_RE.match("a" * 64)
+    assert not CADENCE_RE.match("a" * 65)
+    assert not CADENCE_RE.match("inbox\n")
 
 
 def test_trailing_newline_in_table_name_rejected(layout: Layout) -> None:

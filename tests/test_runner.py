@@ -16,7 +16,8 @@ import pytest
 
 from maestro_py.errors import SpawnError
 from maestro_py.redact import MASK
-from maestro_py.session.runner import ProcessSpawner, RunOutcome, SpawnSpec
+from maestro_py.session.command import SpawnSpec
+from maestro_py.session.runner import ProcessSpawner, RunOutcome
 
 FAKE = Path(__file__).with_name("fake_claude.py")
 

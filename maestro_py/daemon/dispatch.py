@@ -23,7 +23,8 @@ from maestro_py.policy.failures import FailureClass
 from maestro_py.policy.guardrails import Guardrails, Verdict
 from maestro_py.registry import Cadence, Registry
 from maestro_py.session import command
-from maestro_py.session.runner import SpawnSpec, Spawner
+from maestro_py.session.command import SpawnSpec
+from maestro_py.session.runner import Spawner
 
 INLINE_BATCH = 64  # inline ticks per step before the loop looks at its other duties again
 INLINE_WINDOW = 0.05  # seconds of inline work per step: a slow handler's batch commits early

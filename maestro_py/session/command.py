@@ -1,4 +1,5 @@
-"""What a `claude --print` sub-session is started with: binary, argv, environment and prompt."""
+"""What a `claude --print` sub-session is started with: binary, argv, environment, prompt (a `SpawnSpec`),
+and the fingerprint of its credentials."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from maestro_py.errors import SpawnError
@@ -102,3 +104,21 @@ def credential_fingerprint(env: Mapping[str, str]) -> str:
     for name in CREDENTIAL_VARS:
         digest.update(f"{name}={env.get(name, '')}\0".encode())
     return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    """Everything needed to start one sub-session."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    stdin: bytes
+    stdout_log: Path
+    stderr_log: Path
+    timeout: float
+    grace: float
+    # Seconds to wait after a SIGINT to the CLI alone before the tree gets SIGTERM (0: no SIGINT).
+    # The real CLI answers SIGINT by killing its own tools and exiting at once with an
+    # `error_during_execution` result; after SIGTERM it may make one more billed request first.
+    interrupt_first: float = 0.0

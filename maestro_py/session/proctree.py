@@ -1,6 +1,6 @@
-"""OS process-tree operations: identity, snapshots, ending trees, reaping adopted orphans.
+"""OS process-tree operations: snapshots, ending trees, reaping adopted orphans.
 
-This is the only module that signals processes. It never reaps a process it was not asked to reap:
+This is the only module that signals processes (the runner and the inline commands call it). It never reaps a process it was not asked to reap:
 `end_tree` waits by watching, not by `waitpid`, so a `subprocess.Popen` that owns a child still gets
 that child's real exit status.
 """
@@ -17,34 +17,11 @@ from collections.abc import Callable, Iterable
 import psutil
 
 PR_SET_CHILD_SUBREAPER = 36
-PR_GET_CHILD_SUBREAPER = 37
-# psutil's create_time comes from /proc boot-relative ticks; two reads of one process agree far closer than this.
-CREATE_TIME_TOLERANCE = 0.01
 # After SIGKILL a process normally vanishes in milliseconds; this only bounds a stuck (D-state) one.
 KILL_WAIT = 2.0
 _POLL = 0.02
 
 PhaseHook = Callable[[str, list[int]], None]
-
-
-def identity(pid: int | None = None) -> tuple[int, float]:
-    """(pid, create_time) of `pid` (default: this process): survives pid reuse, unlike a bare pid."""
-    proc = psutil.Process(os.getpid() if pid is None else pid)
-    return proc.pid, proc.create_time()
-
-
-def is_alive(pid: int, create_time: float) -> bool:
-    """True if the process `pid` started at `create_time` is still running (not a zombie, not a reused pid)."""
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) > CREATE_TIME_TOLERANCE:
-            return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        # It exists and we cannot look closer: treat as alive so a live owner's claim is never stolen.
-        return True
 
 
 def become_subreaper() -> bool:
@@ -55,16 +32,21 @@ def become_subreaper() -> bool:
     return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
-def is_subreaper() -> bool:
-    """True if this process is a child subreaper (Linux only)."""
-    libc = _libc()
-    if libc is None:
+def interrupt(pid: int) -> bool:
+    """SIGINT to one process (the CLI answers it by ending its own tools); False if it is gone."""
+    try:
+        os.kill(pid, signal.SIGINT)
+        return True
+    except ProcessLookupError:
         return False
-    flag = ctypes.c_int(0)
-    # PR_GET_CHILD_SUBREAPER writes into an int*; pass its address as the unsigned long argument.
-    if libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(flag), 0, 0, 0) != 0:
-        return False
-    return flag.value != 0
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a whole process group (an inline command started in a session of its own)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def snapshot(pid: int) -> list[psutil.Process]:

@@ -1,53 +1,31 @@
-"""Spawn and supervise `claude --print` sub-sessions; the only module that starts processes for work."""
+"""Spawn and supervise `claude --print` sub-sessions (their log files: runlog.py; their trees: proctree.py)."""
 
 from __future__ import annotations
 
-import errno
 import os
 import select
-import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import psutil
 
-from maestro_py.session import proctree
+from maestro_py.session import proctree, runlog
+from maestro_py.session.command import SpawnSpec
 from maestro_py.errors import SpawnError
 from maestro_py.session.metering import CliResult, parse_result
 from maestro_py.redact import Redactor
 
-TAIL_BYTES = 4096
 # How often the watcher re-reads the child's descendants. The CLI's Bash tool escapes into its own
 # session, so a process-group kill misses it; only a remembered pid lets us end it after the CLI dies.
 REFRESH_INTERVAL = 0.5
 # Exit detection latency; a stop() request wakes the watcher at once regardless.
 _POLL = 0.05
 FIRST_REFRESH = 0.1
-_LOG_FLAGS = os.O_CREAT | os.O_WRONLY | os.O_APPEND
-
-
-@dataclass(frozen=True)
-class SpawnSpec:
-    """Everything needed to start one sub-session."""
-
-    argv: list[str]
-    env: dict[str, str]
-    cwd: Path
-    stdin: bytes
-    stdout_log: Path
-    stderr_log: Path
-    timeout: float
-    grace: float
-    # Seconds to wait after a SIGINT to the CLI alone before the tree gets SIGTERM (0: no SIGINT).
-    # The real CLI answers SIGINT by killing its own tools and exiting at once with an
-    # `error_during_execution` result; after SIGTERM it may make one more billed request first.
-    interrupt_first: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -108,9 +86,9 @@ class ProcessSpawner:
         """Start `spec`; raises SpawnError with a one-line reason if a log cannot be opened or exec fails."""
         if not spec.argv:
             raise SpawnError("cannot start a sub-session: empty argv")
-        out_fd, err_fd, offsets = _open_logs(spec)
+        out_fd, err_fd, offsets = runlog.open_logs(spec)
         try:
-            with _prompt_file(spec.stdin) as prompt:
+            with runlog.prompt_file(spec.stdin) as prompt:
                 try:
                     popen = subprocess.Popen(
                         spec.argv,
@@ -124,14 +102,14 @@ class ProcessSpawner:
                         start_new_session=True,
                     )
                 except OSError as exc:
-                    raise SpawnError(_exec_reason(spec, exc)) from exc
+                    raise SpawnError(runlog.exec_reason(spec, exc)) from exc
         except BaseException:
-            _close_fds(out_fd, err_fd)
-            for path in _log_paths(spec):
-                _delete_if_empty(path)
+            runlog.close_fds(out_fd, err_fd)
+            for path in runlog.log_paths(spec):
+                runlog.delete_if_empty(path)
             raise
         # The child holds its own copies; ours would only keep the files open.
-        _close_fds(out_fd, err_fd)
+        runlog.close_fds(out_fd, err_fd)
         redactors = [self._redactor, Redactor(spec.env)]
         session = ProcessSession(popen, spec, offsets, redactors, self._finished)
         with self._lock:
@@ -339,11 +317,11 @@ class ProcessSession:
 
     def _end(self, grace: float) -> None:
         if self._spec.interrupt_first > 0 and self._popen.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGINT)
-                self._popen.wait(timeout=self._spec.interrupt_first)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
+            if proctree.interrupt(self.pid):
+                try:
+                    self._popen.wait(timeout=self._spec.interrupt_first)
+                except subprocess.TimeoutExpired:
+                    pass
         with self._lock:
             procs = self._tree()
         proctree.end_tree(procs, grace, on_phase=lambda _phase, pids: self._note_killed(pids))
@@ -373,10 +351,10 @@ class ProcessSession:
     def _build_outcome(self, timed_out: bool, stopped: bool) -> RunOutcome:
         stdout = self._settle_log(self._spec.stdout_log)
         stderr = stdout if self._spec.stderr_log == self._spec.stdout_log else self._settle_log(self._spec.stderr_log)
-        for path in _log_paths(self._spec):
-            _delete_if_empty(path)
+        for path in runlog.log_paths(self._spec):
+            runlog.delete_if_empty(path)
         tail_source = stderr if stderr.strip() else stdout
-        tail = self._redact_text(tail_source[-TAIL_BYTES:].decode("utf-8", errors="replace"))
+        tail = self._redact_text(tail_source[-runlog.TAIL_BYTES:].decode("utf-8", errors="replace"))
         return replace(self._bare_outcome(timed_out, stopped), result=parse_result(stdout), tail=tail)
 
     def _bare_outcome(self, timed_out: bool, stopped: bool) -> RunOutcome:
@@ -398,29 +376,10 @@ class ProcessSession:
         )
 
     def _settle_log(self, path: Path) -> bytes:
-        """Redact `path` in place if it holds a secret; return the (redacted) bytes this run wrote."""
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return b""
-        clean = self._redact_bytes(data)
-        if clean != data:
-            try:
-                _replace(path, clean)
-            except OSError:
-                pass
-        # Bytes before the spawn-time size belong to earlier runs appended to the same log.
-        return self._redact_bytes(data[self._offsets.get(path, 0):])
-
-    def _redact_bytes(self, data: bytes) -> bytes:
-        for redactor in self._redactors:
-            data = redactor.bytes(data)
-        return data
+        return runlog.settle(path, self._offsets.get(path, 0), self._redactors)
 
     def _redact_text(self, text: str) -> str:
-        for redactor in self._redactors:
-            text = redactor.text(text)
-        return text
+        return runlog.redact_text(text, self._redactors)
 
 
 def _process(pid: int) -> psutil.Process | None:
@@ -428,90 +387,3 @@ def _process(pid: int) -> psutil.Process | None:
         return psutil.Process(pid)
     except psutil.NoSuchProcess:
         return None
-
-
-def _log_paths(spec: SpawnSpec) -> list[Path]:
-    return [spec.stdout_log] if spec.stderr_log == spec.stdout_log else [spec.stdout_log, spec.stderr_log]
-
-
-def _open_logs(spec: SpawnSpec) -> tuple[int, int, dict[Path, int]]:
-    """Open both logs append-only, mode 0600; also return each one's size now (where this run starts)."""
-    fds: list[int] = []
-    offsets: dict[Path, int] = {}
-    try:
-        for path in _log_paths(spec):
-            fd = os.open(path, _LOG_FLAGS, 0o600)
-            fds.append(fd)
-            # The mode argument only applies on creation; an older, wider file must not leak secrets.
-            try:
-                os.fchmod(fd, 0o600)
-            except OSError:
-                pass
-            offsets[path] = os.fstat(fd).st_size
-    except OSError as exc:
-        _close_fds(*fds)
-        raise SpawnError(f"cannot open sub-session log {exc.filename}: {exc.strerror}") from exc
-    return fds[0], fds[-1], offsets
-
-
-def _prompt_file(data: bytes) -> BinaryIO:
-    """An unlinked temp file holding the prompt, positioned at its start."""
-    # A file, not a pipe: no writer thread, no 128 KiB argv limit, and the CLI sees EOF at once
-    # instead of waiting 3 s on an open empty pipe.
-    try:
-        prompt = tempfile.TemporaryFile()
-        try:
-            prompt.write(data)
-            prompt.flush()
-            prompt.seek(0)
-        except BaseException:
-            prompt.close()
-            raise
-    except OSError as exc:
-        raise SpawnError(f"cannot stage the prompt in a temp file: {exc.strerror or exc}") from exc
-    return prompt
-
-
-def _close_fds(*fds: int) -> None:
-    for fd in set(fds):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def _exec_reason(spec: SpawnSpec, exc: OSError) -> str:
-    program = spec.argv[0]
-    if exc.errno == errno.E2BIG:
-        size = sum(len(a.encode()) + 1 for a in spec.argv)
-        return f"cannot start {program}: argument list too long ({size} bytes); pass the prompt on stdin"
-    if exc.errno == errno.ENOENT and exc.filename is not None and str(exc.filename) == str(spec.cwd):
-        return f"cannot start {program}: working directory {spec.cwd} does not exist"
-    if exc.errno == errno.ENOENT:
-        return f"cannot start {program}: no such file (is the claude CLI installed and on PATH?)"
-    if exc.errno == errno.EACCES:
-        return f"cannot start {program}: permission denied (not executable?)"
-    return f"cannot start {program}: {exc.strerror or exc}"
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Rewrite `path` atomically (tmp file + rename), mode 0600, so a crash never leaves half a log."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.redact")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _delete_if_empty(path: Path) -> None:
-    try:
-        if path.stat().st_size == 0:
-            path.unlink()
-    except OSError:
-        pass
-
