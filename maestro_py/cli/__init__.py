@@ -265,13 +265,12 @@ def status(c: Context, as_json: bool) -> None:
 # -- circuit ------------------------------------------------------------------
 
 def _circuits(c: Context) -> tuple[Breakers, CircuitFile]:
-    file = CircuitFile(c.layout.circuit_file, c.layout.folder(Folder.TMP))
-    breakers = Breakers()
+    from maestro_py.ops import views
+
     try:
-        breakers.load_doc(file.load())
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CliError(f"{c.layout.circuit_file} is not valid: {exc}") from None
-    return breakers, file
+        return views.load_breakers(c.layout)
+    except views.CircuitFileInvalid as exc:
+        raise CliError(str(exc)) from None
 
 
 @cli.group()
@@ -415,17 +414,9 @@ from maestro_py.cli import service, doctor  # noqa: E402,F401
 def budget_summary(c: Context) -> list[dict[str, Any]]:
     """The budget as the daemon sees it: limits from settings and registry, spent from the ledger,
     reservations from the running daemon's status file."""
-    from maestro_py.policy.budget import Estimate, cadence_limits
-    from maestro_py.session.ledger import Ledger
+    from maestro_py.ops import views
 
-    now = SystemClock().now()
-    governor = c.settings().governor(cadence_limits(c.registry()))
-    governor.load(Ledger(c.layout.ledger_file).rows(), now)
-    doc = read_status(c.layout)
-    if doc and liveness(c.layout, doc, now)["alive"]:
-        for item in doc.get("reservations", []):
-            governor.reserve(item["tick"], item["cadence"], Estimate(item["tokens"], item["usd"], "live"))
-    return governor.summary(now)
+    return views.budget_rows(c.layout, c.settings(), c.registry(), SystemClock().now())
 
 
 def _fmt(value: Any, unit: str) -> str:
