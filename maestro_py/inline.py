@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Literal
 
-from maestro_py.session import proctree
-
 NOOP = "noop"
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 DETAIL_CHARS = 1024
@@ -270,6 +268,10 @@ def _run_command(
     timeout: float,
     kind: Kind,
 ) -> HandlerResult:
+    # Imported here, not at the top: the registry checks handler specs with this module, and `maestro
+    # enqueue` (run by cron) loads the registry but never runs a command.
+    from maestro_py.session import proctree
+
     if not root.is_dir():
         return HandlerResult(False, "", f"agent root is not a directory: {root}")
     payload = json.dumps(tick, default=str).encode()

@@ -91,6 +91,21 @@ def test_api_error_reports_a_measured_zero() -> None:
     assert res.usage.per_model == {}
 
 
+def test_an_interrupted_request_in_flight_is_unknown_not_free() -> None:
+    """After SIGINT mid-request the CLI prints error_during_execution with zeros: the abandoned request's
+    usage was never reported to it (seen in the hung-API e2e test when the CLI answers SIGINT in time)."""
+    obj = {"type": "result", "subtype": "error_during_execution", "is_error": True, "total_cost_usd": 0,
+           "modelUsage": {}, "usage": {"input_tokens": 0, "output_tokens": 0}, "errors": ["aborted"],
+           "terminal_reason": "aborted_streaming"}
+    res = parse(obj)
+    assert res is not None and res.is_error is True
+    assert not res.usage.measured
+    assert res.usage.cost_usd is None and res.usage.total_tokens is None
+    # Turns it did finish before the interrupt are still reported as measured.
+    finished = parse(ok_result(subtype="error_during_execution", is_error=True))
+    assert finished is not None and finished.usage.measured and finished.usage.total_tokens == 1290
+
+
 def test_errors_list_becomes_text() -> None:
     obj = ok_result(subtype="error_max_turns", is_error=True, errors=["Reached maximum number of turns (1)", "x"])
     del obj["result"]

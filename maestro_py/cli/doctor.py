@@ -1,21 +1,17 @@
-"""`maestro doctor`, `maestro logs` and `maestro prune`: thin click commands over doctor, logview, retention."""
+"""`maestro doctor`: run the setup and health checks of `ops.doctor` and print one line per finding."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import click
 
-from maestro_py.daemon import retention
-from maestro_py.ops import doctor, logview
-from maestro_py.cli import CliError, Context, cli, pass_ctx
-from maestro_py.clock import SystemClock
-from maestro_py.daemon.status import read_status
+from maestro_py.cli.common import Context, pass_ctx
+from maestro_py.ops import doctor
 
 
-@cli.command("doctor")
+@click.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--offline", is_flag=True, help="Skip the API request that checks the key.")
 @pass_ctx
@@ -34,60 +30,3 @@ def doctor_cmd(ctx: click.Context, c: Context, as_json: bool, offline: bool) -> 
         click.echo(f"doctor: {counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail")
     if bad:
         ctx.exit(1)
-
-
-@cli.command("logs")
-@click.option("--cadence", default=None, help="Only this cadence's events.")
-@click.option("--id", "tick_id", default=None, help="Only this tick's events.")
-@click.option("--level", type=click.Choice(["info", "warn", "error"]), default=None,
-              help="This level and above (info < warn < error).")
-@click.option("-n", "--lines", "count", type=click.IntRange(min=0), default=50, show_default=True,
-              help="How many of the last matching events.")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new events (across midnight) until Ctrl-C.")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON lines.")
-@pass_ctx
-def logs_cmd(c: Context, cadence: str | None, tick_id: str | None, level: str | None, count: int,
-             follow: bool, as_json: bool) -> None:
-    """Show the event log, one line per event (`ts level stage cadence id key=value…`)."""
-    flt = logview.Filter(cadence=cadence, tick_id=tick_id, level=level)
-
-    def out(event: logview.Event) -> None:
-        click.echo(event.raw if as_json else logview.format_event(event))
-
-    if not follow:
-        for event in logview.last(c.layout, flt, count):
-            out(event)
-        return
-    try:
-        logview.follow(c.layout, flt, out, n=count)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how --follow ends
-
-
-@cli.command("prune")
-@click.option("--dry-run", is_flag=True, help="Show what would be removed and rotated; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@pass_ctx
-def prune_cmd(c: Context, dry_run: bool, as_json: bool) -> None:
-    """Remove old done ticks and per-run logs; rotate last months' event logs and ledger rows."""
-    settings = c.settings()
-    report = retention.prune(c.layout, now=SystemClock().now(), retention_days=settings.retention_days,
-                             max_mb=settings.logs_max_mb, protect=live_logs(c), dry_run=dry_run)
-    if as_json:
-        click.echo(json.dumps(report.to_json(c.layout.root), indent=2))
-    else:
-        for line in report.lines(c.layout.root):
-            click.echo(line)
-    if report.errors:
-        raise CliError(f"{len(report.errors)} error(s) while pruning: {report.errors[0]}")
-
-
-def live_logs(c: Context) -> set[Path]:
-    """The per-run logs of the sub-sessions the daemon reports as running (never pruned)."""
-    doc = read_status(c.layout) or {}
-    out: set[Path] = set()
-    for run in doc.get("live_subsessions") or []:
-        log = run.get("stdout_log") if isinstance(run, dict) else None
-        if isinstance(log, str) and log:
-            out |= {Path(log), Path(log.replace(".stdout.log", ".stderr.log"))}
-    return out

@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
+from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx
 from maestro_py.ops import service as svc
-from maestro_py.cli import EX_USAGE, CliError, Context, cli, pass_ctx
 
 
 def run_command(argv: Sequence[str]) -> int:
@@ -136,7 +136,7 @@ def _now_allowed(t: Target, now: bool) -> bool:
     return shutil.which(t.tool) is not None
 
 
-@cli.group()
+@click.group()
 def service() -> None:
     """launchd agents / systemd units for the daemon and every cadence with a `schedule`."""
 

@@ -97,7 +97,8 @@ class Settler:
             return
         if verdict.action is Action.REQUEUE:
             self.bus.requeue(claim, verdict.reason or "requeued", outcome=verdict.outcome, **details)
-            self.counters["failed"] += verdict.failure_class is not None
+            if verdict.failure_class is not None:  # a failure that was not the tick's fault, not a drain
+                self.counters["failed"] += 1
             self.counters["requeued"] += 1
             return
         where = self.bus.fail(claim, verdict.reason or "failed", max_attempts=verdict.max_attempts,

@@ -6,34 +6,26 @@ subprocess call, disk usage), so tests run them against real files without the n
 
 from __future__ import annotations
 
-import enum
 import json
 import os
-import shutil
 import subprocess
 import tempfile
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
-from maestro_py.session import command
-from maestro_py.policy.breaker import AUTH_HALT, Breakers, CircuitFile
-from maestro_py.bus.store import CLAIM_SEP, Bus
-from maestro_py.clock import Clock, SystemClock
-from maestro_py.config import VARS, Settings
-from maestro_py.errors import ConfigError, SpawnError
-from maestro_py.session.ledger import Ledger
-from maestro_py.daemon.lock import holder
 from maestro_py.bus.owner import Owner
-from maestro_py.paths import Folder, Layout
+from maestro_py.bus.store import CLAIM_SEP, Bus
+from maestro_py.config import VARS, Settings
+from maestro_py.daemon.lock import holder
+from maestro_py.daemon.status import liveness, read_status
+from maestro_py.errors import ConfigError, SpawnError
+from maestro_py.ops import views
+from maestro_py.ops.probe import Check, Level, Probe
+from maestro_py.paths import Folder
+from maestro_py.policy.breaker import AUTH_HALT
 from maestro_py.redact import Redactor
 from maestro_py.registry import Registry, RegistryError
-from maestro_py.daemon.status import liveness, read_status
+from maestro_py.session import command
 
 DEFAULT_API = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -44,75 +36,6 @@ MB = 1024 * 1024
 DISK_FAIL = 100 * MB
 DISK_WARN = 1024 * MB
 SUBSCRIPTION_FIX = "prefer subscription auth with MAESTRO_PREFER_SUBSCRIPTION_AUTH=1 (then run `claude` once to log in)"
-
-# (url, headers, body, timeout) -> (HTTP status, response body); raises OSError when there is no answer.
-HttpPost = Callable[[str, Mapping[str, str], bytes, float], tuple[int, bytes]]
-# (argv, env, cwd, timeout) -> (exit code, stdout, stderr); raises subprocess.TimeoutExpired / OSError.
-RunCommand = Callable[[list[str], Mapping[str, str], Path, float], tuple[int, str, str]]
-
-
-class Level(str, enum.Enum):
-    """How bad a finding is; any FAIL makes `maestro doctor` exit 1."""
-
-    OK = "ok"
-    WARN = "warn"
-    FAIL = "fail"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One finding: a check's name, its level and a one-line detail."""
-
-    name: str
-    level: Level
-    detail: str
-
-    def line(self) -> str:
-        """The human-readable line `maestro doctor` prints."""
-        return f"{self.level.value:<4}  {self.name:<11} {self.detail}"
-
-    def to_json(self) -> dict[str, str]:
-        """The check as `--json` prints it."""
-        return {"name": self.name, "level": self.level.value, "detail": self.detail}
-
-
-def urllib_post(url: str, headers: Mapping[str, str], body: bytes, timeout: float) -> tuple[int, bytes]:
-    """POST with urllib; an HTTP error status is returned, not raised (no answer raises OSError)."""
-    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
-    host = urlsplit(url).hostname or ""
-    # A loopback endpoint (the demo's fake, a local gateway) must never be sent through a proxy.
-    handlers = [urllib.request.ProxyHandler({})] if host in ("127.0.0.1", "localhost", "::1") else []
-    opener = urllib.request.build_opener(*handlers)
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            return response.status, response.read(65536)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read(65536)
-
-
-def run_command(argv: list[str], env: Mapping[str, str], cwd: Path, timeout: float) -> tuple[int, str, str]:
-    """Run a short command and capture its output."""
-    proc = subprocess.run(argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
-                          timeout=timeout, check=False)
-    return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
-
-
-@dataclass
-class Probe:
-    """What the checks may look at: the root, the daemon's environment, time and the outside world."""
-
-    layout: Layout
-    env: Mapping[str, str]
-    clock: Clock = field(default_factory=SystemClock)
-    http_post: HttpPost = urllib_post
-    run: RunCommand = run_command
-    disk_usage: Callable[[Path], Any] = shutil.disk_usage
-    offline: bool = False
-
-    def now(self) -> datetime:
-        """The current time from the injected clock."""
-        return self.clock.now()
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -341,12 +264,10 @@ def check_stop(p: Probe) -> Check:
 
 def check_circuits(p: Probe) -> list[Check]:
     """The auth halt (fail) and open per-cadence circuits (warn)."""
-    breakers = Breakers()
     try:
-        breakers.load_doc(CircuitFile(p.layout.circuit_file, p.layout.folder(Folder.TMP)).load())
-    except (ValueError, KeyError, TypeError) as exc:
-        return [Check("circuits", Level.FAIL, f"{p.layout.circuit_file} is not valid: {exc}")]
-    open_ = breakers.open_circuits()
+        open_ = views.open_circuits(p.layout)
+    except views.CircuitFileInvalid as exc:
+        return [Check("circuits", Level.FAIL, str(exc))]
     out: list[Check] = []
     halt = open_.pop(AUTH_HALT, None)
     if halt is not None:
@@ -357,7 +278,7 @@ def check_circuits(p: Probe) -> list[Check]:
         out.append(Check("auth-halt", Level.OK, "no auth halt"))
     if open_:
         shown = ", ".join(f"{n} ({c.state.value} until {c.open_until.isoformat() if c.open_until else 'reset'})"
-                          for n, c in sorted(open_.items()))
+                          for n, c in open_.items())
         out.append(Check("circuits", Level.WARN, f"{len(open_)} open: {shown}; `maestro circuit list`"))
     else:
         out.append(Check("circuits", Level.OK, "all closed"))
@@ -367,25 +288,15 @@ def check_circuits(p: Probe) -> list[Check]:
 def check_budget(p: Probe) -> Check:
     """Budget left per limited scope, as the daemon counts it (the ledger plus live reservations)."""
     try:
-        from maestro_py.policy.budget import Estimate, cadence_limits
-    except ImportError:
-        return Check("budget", Level.OK, "no budget configured")
-    try:
         settings = Settings.from_env(p.env)
     except ConfigError:
         return Check("budget", Level.WARN, "skipped: a setting is invalid (see settings)")
     try:
-        limits = cadence_limits(Registry.load(p.layout))
+        registry: Registry | None = Registry.load(p.layout)
     except RegistryError:
-        limits = {}
-    now = p.now()
-    governor = settings.governor(limits)
-    governor.load(Ledger(p.layout.ledger_file).rows(), now)
-    doc = read_status(p.layout)
-    if doc and liveness(p.layout, doc, now)["alive"]:
-        for item in doc.get("reservations") or []:
-            governor.reserve(item["tick"], item["cadence"], Estimate(item["tokens"], item["usd"], "live"))
-    rows = [r for r in governor.summary(now) if any(v is not None for v in r["total"].values())]
+        registry = None  # the registry check reports it; the global limits still apply
+    rows = [r for r in views.budget_rows(p.layout, settings, registry, p.now())
+            if any(v is not None for v in r["total"].values())]
     if not rows:
         return Check("budget", Level.OK, "no budget configured")
     floor = {"tokens": settings.reserve_tokens, "usd": settings.reserve_usd}

@@ -5,7 +5,7 @@ launchd: `com.maestro.<name>.daemon.plist` (KeepAlive) and `com.maestro.<name>.e
 `maestro-<name>-<cadence>.timer` with its oneshot `maestro-<name>-<cadence>.service`. Triggers only run
 `maestro enqueue CADENCE --source launchd|systemd`; the daemon does the work, so a trigger firing while
 the daemon is down still queues the tick. Everything here is pure text generation plus plain file
-writes; the CLI (cli_service.py) decides where and whether to run launchctl/systemctl.
+writes; the CLI (cli/service.py) decides where and whether to run launchctl/systemctl.
 """
 
 from __future__ import annotations

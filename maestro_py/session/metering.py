@@ -110,6 +110,10 @@ def usage_from_result(obj: dict[str, Any]) -> Usage:
     """Usage summed over `modelUsage`; top-level `usage` is ignored (all zeros under the non-streaming fallback)."""
     cost = _float(obj.get("total_cost_usd"))
     model_usage = obj.get("modelUsage")
+    if obj.get("subtype") == "error_during_execution" and not model_usage:
+        # The CLI was interrupted (SIGINT) with a request in flight: its zeros describe the turns it finished,
+        # not the request it abandoned, which may be billed. Unknown, not free.
+        return Usage.unknown()
     if not isinstance(model_usage, dict):
         # Absent (or not an object): the CLI said nothing about tokens, so they are unknown.
         return Usage(cost, None, None, None, None, {})

@@ -1,0 +1,103 @@
+"""`maestro init`, `enqueue`, `stop` and `resume`: the commands that write into the agent root.
+
+`enqueue` runs from cron, launchd and systemd timers, so this module imports only the bus (no daemon,
+no doctor, no service manager).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from maestro_py.bus.fsio import atomic_write_json
+from maestro_py.bus.store import Bus
+from maestro_py.bus.tick import CADENCE_RE
+from maestro_py.cli.common import EX_TEMPFAIL, EX_USAGE, CliError, Context, pass_ctx
+from maestro_py.clock import SystemClock, iso
+from maestro_py.errors import InboxFull
+from maestro_py.paths import Folder
+
+
+@click.command()
+@pass_ctx
+def init(c: Context) -> None:
+    """Create the agent root's layout, `.env` and a sample cadence (idempotent)."""
+    lay = c.layout
+    lay.root.mkdir(parents=True, exist_ok=True)
+    lay.ensure()
+    created: list[str] = []
+    templates = Path(__file__).parent.parent / "templates"
+    if not lay.env_file.exists():
+        example = lay.root / ".env.example"
+        text = example.read_text() if example.is_file() else (templates / "env.example").read_text()
+        lay.env_file.write_text(text)
+        lay.env_file.chmod(0o600)
+        created.append(".env")
+    lay.cadences_dir.mkdir(exist_ok=True)
+    sample = lay.prompt_file("hello")
+    if not any(lay.cadences_dir.glob("*.md")):
+        sample.write_text((templates / "hello.md").read_text())
+        created.append(str(sample.relative_to(lay.root)))
+    click.echo(f"initialised {lay.root}" + (f" (created {', '.join(created)})" if created else " (already set up)"))
+
+
+@click.command()
+@click.argument("cadence")
+@click.option("--source", default="cli", show_default=True, help="Who enqueued it (cron, launchd, systemd…).")
+@click.option("--payload", default=None, help="A JSON object handed to the run.")
+@click.option("--delay", type=float, default=0.0, help="Seconds before the tick may run.")
+@click.option("--force", is_flag=True, help="Enqueue even if the cadence is unknown.")
+@pass_ctx
+def enqueue(c: Context, cadence: str, source: str, payload: str | None, delay: float, force: bool) -> None:
+    """Drop one tick for CADENCE into the inbox and print its id."""
+    if not CADENCE_RE.match(cadence):
+        raise CliError(f"invalid cadence name {cadence!r} (expected {CADENCE_RE.pattern})", EX_USAGE)
+    data: dict[str, Any] = {}
+    if payload is not None:
+        try:
+            data = json.loads(payload)
+        except ValueError as exc:
+            raise CliError(f"--payload is not valid JSON: {exc}", EX_USAGE) from None
+        if not isinstance(data, dict):
+            raise CliError("--payload must be a JSON object", EX_USAGE)
+    if delay < 0 or delay != delay:
+        raise CliError("--delay must be >= 0 seconds", EX_USAGE)
+    if len(source) > 200:
+        raise CliError("--source is longer than 200 characters", EX_USAGE)
+    if not force and not c.registry().knows(cadence):
+        raise CliError(f"unknown cadence {cadence!r}: no entry in cadences.toml and no cadences/{cadence}.md "
+                       "(use --force to enqueue anyway)", EX_USAGE)
+    settings = c.settings()
+    c.layout.ensure()
+    bus = Bus(c.layout, max_inbox=settings.max_inbox)
+    try:
+        tick = bus.enqueue(cadence, source=source, payload=data, delay=delay)
+    except InboxFull as exc:
+        raise CliError(str(exc), EX_TEMPFAIL) from None
+    click.echo(tick.id)
+
+
+@click.command()
+@click.option("--reason", default="operator emergency stop", show_default=True)
+@pass_ctx
+def stop(c: Context, reason: str) -> None:
+    """Emergency stop: the daemon spawns nothing and ends running sub-sessions (their ticks are requeued)."""
+    c.layout.ensure()
+    doc = {"reason": reason, "at": iso(SystemClock().now()), "by_pid": os.getpid()}
+    atomic_write_json(c.layout.stop_file, doc, tmp_dir=c.layout.folder(Folder.TMP))
+    click.echo(f"emergency stop set ({c.layout.stop_file}); `maestro resume` clears it")
+
+
+@click.command()
+@pass_ctx
+def resume(c: Context) -> None:
+    """Clear an emergency stop."""
+    try:
+        c.layout.stop_file.unlink()
+        click.echo("emergency stop cleared")
+    except FileNotFoundError:
+        click.echo("no emergency stop was set")

@@ -1,0 +1,66 @@
+"""`maestro circuit list|reset|open`: the per-cadence circuit breakers and the auth halt."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from maestro_py.bus.tick import CADENCE_RE
+from maestro_py.cli.common import EX_USAGE, CliError, Context, load_breakers, open_circuits, pass_ctx
+from maestro_py.clock import SystemClock, iso
+from maestro_py.policy.breaker import AUTH_HALT
+
+
+@click.group()
+def circuit() -> None:
+    """Inspect and operate the per-cadence circuit breakers and the auth halt."""
+
+
+@circuit.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def circuit_list(c: Context, as_json: bool) -> None:
+    """Open and half-open circuits (the auth halt shows as `_auth`)."""
+    open_ = {name: circ.to_json() for name, circ in open_circuits(c).items()}
+    if as_json:
+        click.echo(json.dumps(open_, indent=2))
+        return
+    if not open_:
+        click.echo("no open circuits")
+    for name, doc in open_.items():
+        label = "AUTH HALT (all spawning stopped)" if name == AUTH_HALT else name
+        until = doc["open_until"] or "until reset" + (" or credentials change" if name == AUTH_HALT else "")
+        click.echo(f"{label}: {doc['state']} until {until}; failures={doc['failures']}; last error: {doc['last_error']}")
+
+
+@circuit.command("reset")
+@click.argument("cadence", required=False)
+@click.option("--all", "all_", is_flag=True, help="Close every circuit and lift the auth halt.")
+@pass_ctx
+def circuit_reset(c: Context, cadence: str | None, all_: bool) -> None:
+    """Close CADENCE's circuit (or all of them with --all)."""
+    if bool(cadence) == all_:
+        raise CliError("give a CADENCE or --all (not both)", EX_USAGE)
+    breakers, file = load_breakers(c)
+    closed = breakers.reset(None if all_ else cadence)
+    c.layout.ensure()
+    file.save(breakers.to_doc(SystemClock().now()))
+    click.echo(f"closed: {', '.join(closed)}" if closed else "nothing was open")
+
+
+@circuit.command("open")
+@click.argument("cadence")
+@click.option("--for", "seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds to stay open (default: until reset).")
+@pass_ctx
+def circuit_open(c: Context, cadence: str, seconds: float | None) -> None:
+    """Open CADENCE's circuit by hand: its ticks wait in the inbox without burning attempts."""
+    if not CADENCE_RE.match(cadence):
+        raise CliError(f"invalid cadence name {cadence!r}", EX_USAGE)
+    breakers, file = load_breakers(c)
+    circ = breakers.open_manually(cadence, SystemClock().now(), seconds)
+    c.layout.ensure()
+    file.save(breakers.to_doc(SystemClock().now()))
+    until = iso(circ.open_until) if circ.open_until else "reset"
+    click.echo(f"{cadence}: open until {until}")

@@ -1,0 +1,114 @@
+"""What every `maestro` command shares: one-line errors with fixed exit codes, the root's layout and
+environment, and the operator read-models turned into CLI errors.
+
+Only what `maestro enqueue` needs is imported at the top: a cron-fired enqueue pays for nothing else.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from maestro_py.config import Settings, load_env
+from maestro_py.errors import ConfigError, MaestroError
+from maestro_py.paths import Layout
+from maestro_py.registry import Registry, RegistryError
+
+if TYPE_CHECKING:
+    from maestro_py.policy.breaker import Breakers, Circuit, CircuitFile
+
+EX_USAGE = 2
+EX_TEMPFAIL = 75
+
+
+class CliError(click.ClickException):
+    """A failure reported as one line with a chosen exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class MaestroGroup(click.Group):
+    """Prints every error as one line (`maestro: …`) instead of click's usage block."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """Run the command; any error ends the process with one line on stderr and its exit code."""
+        try:
+            rv = super().main(args, prog_name or "maestro", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.UsageError as exc:
+            click.echo(f"maestro: {exc.format_message()}", err=True)
+            sys.exit(EX_USAGE)
+        except click.ClickException as exc:
+            click.echo(f"maestro: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("maestro: aborted", err=True)
+            sys.exit(130)
+        except MaestroError as exc:
+            click.echo(f"maestro: {exc}", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class Context:
+    """What every command needs: the layout and the merged environment."""
+
+    def __init__(self, root: str | None) -> None:
+        self.layout = Layout.resolve(root)
+        self.env = load_env(self.layout)
+
+    def settings(self) -> Settings:
+        """The settings from the environment; an invalid one is a usage error."""
+        try:
+            return Settings.from_env(self.env)
+        except ConfigError as exc:
+            raise CliError(str(exc), EX_USAGE) from None
+
+    def registry(self) -> Registry:
+        """The cadence registry; an invalid one is a usage error."""
+        try:
+            return Registry.load(self.layout)
+        except RegistryError as exc:
+            raise CliError(str(exc), EX_USAGE) from None
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def load_breakers(c: Context) -> tuple[Breakers, CircuitFile]:
+    """The persisted breakers and their file; an unreadable circuit file is a one-line error."""
+    from maestro_py.ops import views  # imported here: only the commands that show or change circuits pay for it
+
+    try:
+        return views.load_breakers(c.layout)
+    except views.CircuitFileInvalid as exc:
+        raise CliError(str(exc)) from None
+
+
+def open_circuits(c: Context) -> dict[str, Circuit]:
+    """Open and half-open circuits by name, sorted (the auth halt included)."""
+    from maestro_py.ops import views
+
+    try:
+        return views.open_circuits(c.layout)
+    except views.CircuitFileInvalid as exc:
+        raise CliError(str(exc)) from None
+
+
+def budget_summary(c: Context) -> list[dict[str, Any]]:
+    """The budget as the daemon sees it (`ops.views.budget_rows`), for `status` and `budget`."""
+    from maestro_py.clock import SystemClock
+    from maestro_py.ops import views
+
+    return views.budget_rows(c.layout, c.settings(), c.registry(), SystemClock().now())
+
+
+def fmt_amount(value: Any, unit: str) -> str:
+    """A budget amount as `status` and `budget` print it (None is unlimited)."""
+    if value is None:
+        return "unlimited"
+    return f"${value:.4f}" if unit == "usd" else f"{value:,}"

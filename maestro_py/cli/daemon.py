@@ -1,0 +1,97 @@
+"""`maestro run` and `maestro status`: start the daemon, and see what it is doing."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from maestro_py.bus.store import Bus
+from maestro_py.cli.common import (EX_USAGE, CliError, Context, budget_summary, fmt_amount, open_circuits,
+                                   pass_ctx)
+from maestro_py.clock import SystemClock
+from maestro_py.daemon.status import liveness, read_status
+from maestro_py.errors import AlreadyRunning
+from maestro_py.paths import Folder
+from maestro_py.policy.breaker import AUTH_HALT
+from maestro_py.registry import RegistryError
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Process everything runnable now, wait for its sub-sessions, exit.")
+@click.option("--no-watch", is_flag=True, help="Poll only (no filesystem notifications).")
+@pass_ctx
+def run(c: Context, once: bool, no_watch: bool) -> None:
+    """Run the daemon: claim ticks and run them until stopped (SIGTERM drains, a second ends at once)."""
+    import logging
+
+    from maestro_py.daemon.loop import Daemon  # here, not at the top: `status` must not import the daemon
+
+    # The daemon's own stderr (launchd's StandardErrorPath, journald) says what the event log cannot
+    # when the disk under it is full or read-only.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s maestro: %(message)s", stream=sys.stderr)
+    settings = c.settings()
+    c.registry()  # report an invalid registry before taking the lock
+    c.layout.ensure()
+    try:
+        daemon = Daemon(c.layout, settings, c.env, watch=not no_watch)
+        code = daemon.run(once=once)
+    except AlreadyRunning as exc:
+        raise CliError(str(exc), 1) from None
+    except RegistryError as exc:
+        raise CliError(str(exc), EX_USAGE) from None
+    if code:
+        raise CliError("daemon exited with an error", code)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def status(c: Context, as_json: bool) -> None:
+    """Show whether the daemon is alive, queue depths, live sub-sessions and counters."""
+    doc = read_status(c.layout)
+    now = SystemClock().now()
+    live = liveness(c.layout, doc, now)
+    depths = Bus(c.layout).depths() if c.layout.bus_dir.exists() else {f.value: 0 for f in Folder}
+    circuits = open_circuits(c)
+    out = {
+        "root": str(c.layout.root),
+        "daemon": live,
+        "queues": depths,
+        "emergency_stop": c.layout.stop_file.exists(),
+        "auth_halt": AUTH_HALT in circuits,
+        "circuits": {n: circ.to_json() for n, circ in circuits.items()},
+        "budget": budget_summary(c),
+        "status": doc,
+    }
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    state = "alive" if live["alive"] else "not running"
+    age = f", heartbeat {live['heartbeat_age_s']}s ago" if live["heartbeat_age_s"] is not None else ""
+    click.echo(f"daemon: {state}" + (f" (pid {live['pid']}{age})" if live["pid"] else ""))
+    click.echo("queues: " + "  ".join(f"{k}={v}" for k, v in depths.items() if k != "tmp"))
+    if out["emergency_stop"]:
+        click.echo(f"EMERGENCY STOP is set ({c.layout.stop_file}); `maestro resume` clears it")
+    if out["auth_halt"]:
+        halt = out["circuits"][AUTH_HALT]
+        click.echo(f"AUTH HALT: no sub-session will spawn ({halt['last_error']}); fix the key in .env or set "
+                   "MAESTRO_PREFER_SUBSCRIPTION_AUTH=1, or `maestro circuit reset --all`")
+    for name, circ in out["circuits"].items():
+        if name != AUTH_HALT:
+            click.echo(f"circuit {name}: {circ['state']} until {circ['open_until'] or 'reset'} ({circ['last_error']})")
+    if doc:
+        for run_ in doc.get("live_subsessions", []):
+            click.echo(f"running: {run_['cadence']} tick {run_['tick']} pid {run_['pid']} since {run_['started']}")
+        counters = {k: v for k, v in (doc.get("counters") or {}).items() if v}
+        if counters:
+            click.echo("counters: " + "  ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    for row in out["budget"]:
+        spent, total, left = row["spent"], row["total"], row["remaining"]
+        click.echo(f"budget {row['scope']} {row['window']}: spent {spent['tokens']:,} tokens / ${spent['usd']:.4f}"
+                   f" of {fmt_amount(total['tokens'], 'tokens')} / {fmt_amount(total['usd'], 'usd')}; remaining "
+                   f"{fmt_amount(left['tokens'], 'tokens')} / {fmt_amount(left['usd'], 'usd')}; "
+                   f"resets {row['resets_at']}")
+    click.echo(f"ledger: {c.layout.ledger_file}")
+    click.echo(f"events: {c.layout.events_dir}/bus-YYYY-MM-DD.jsonl   per-run logs: {c.layout.subsessions_dir}")

@@ -1,0 +1,87 @@
+"""`maestro dlq list|show|replay|purge`: dead letters, for an operator to read, retry or drop."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from maestro_py.bus.store import Bus
+from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx
+from maestro_py.errors import TickInvalid
+from maestro_py.paths import Folder
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect, replay and purge dead letters."""
+
+
+@dlq.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def dlq_list(c: Context, as_json: bool) -> None:
+    """Every dead letter with its reason."""
+    items = Bus(c.layout).dead_letters() if c.layout.bus_dir.exists() else []
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    if not items:
+        click.echo("dlq is empty")
+    for item in items:
+        what = item["cadence"] or item["kind"]
+        click.echo(f"{item['id']}  {what}  attempts={item['attempts']}  {item['reason']}")
+
+
+@dlq.command("show")
+@click.argument("tick_id")
+@pass_ctx
+def dlq_show(c: Context, tick_id: str) -> None:
+    """Print one dead letter (its full history)."""
+    folder = c.layout.folder(Folder.DLQ)
+    for name in (f"{tick_id}.json", tick_id):
+        path = folder / name
+        if "/" not in name and path.is_file() and not path.is_symlink():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            try:
+                text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)  # tick files are one line
+            except ValueError:
+                pass  # a quarantined file: shown as it is
+            click.echo(text.rstrip())
+            note = folder / f"{name}.reason.json"
+            if note.is_file():
+                click.echo(note.read_text(encoding="utf-8").rstrip())
+            return
+    raise CliError(f"no dead letter {tick_id!r} in {folder}")
+
+
+@dlq.command("replay")
+@click.argument("tick_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Replay every dead-lettered tick.")
+@click.option("--reset-attempts", is_flag=True, help="Give the ticks a fresh retry budget.")
+@pass_ctx
+def dlq_replay(c: Context, tick_ids: tuple[str, ...], all_: bool, reset_attempts: bool) -> None:
+    """Move ticks back to the inbox, with an audit entry in their history."""
+    if bool(tick_ids) == all_:
+        raise CliError("give tick ids or --all (not both)", EX_USAGE)
+    bus = Bus(c.layout, max_inbox=10**9)
+    ids = [i["id"] for i in bus.dead_letters() if i["kind"] == "tick"] if all_ else list(tick_ids)
+    failed = 0
+    for tick_id in ids:
+        try:
+            bus.replay(tick_id, reset_attempts=reset_attempts)
+            click.echo(f"replayed {tick_id}")
+        except (TickInvalid, FileNotFoundError, FileExistsError) as exc:
+            failed += 1
+            click.echo(f"maestro: cannot replay {tick_id}: {exc}", err=True)
+    if failed:
+        raise CliError(f"{failed} of {len(ids)} could not be replayed")
+
+
+@dlq.command("purge")
+@click.option("--older-than", "days", type=click.FloatRange(min=0), default=None, help="Only those older than DAYS.")
+@pass_ctx
+def dlq_purge(c: Context, days: float | None) -> None:
+    """Delete dead letters (all, or those older than --older-than DAYS)."""
+    removed = Bus(c.layout).purge_dead_letters(older_than_days=days)
+    click.echo(f"purged {len(removed)} dead letter(s)")

@@ -1,0 +1,191 @@
+"""The package's shape: what the CLI imports, no import cycle, no oversized module."""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from maestro_py.cli import COMMANDS, cli
+from maestro_py.paths import Folder, Layout
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Runs `maestro ARGS` through the console-script entry point and writes, at exit, every maestro_py module
+# the process imported (atexit runs after main()'s sys.exit).
+IMPORTS_OF = """
+import atexit, json, sys
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(m for m in sys.modules if m.startswith("maestro_py")))))
+sys.argv[0] = "maestro"
+from maestro_py.cli import main
+main()
+"""
+
+
+def imports_of(tmp_path: Path, *args: str) -> list[str]:
+    out = tmp_path / "modules.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAESTRO_")}
+    proc = subprocess.run([sys.executable, "-c", IMPORTS_OF, str(out), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text())
+
+
+def test_enqueue_imports_neither_daemon_nor_ops_nor_session(tmp_path: Path) -> None:
+    root = tmp_path / "agent"
+    assert CliRunner().invoke(cli, ["--root", str(root), "init"]).exit_code == 0
+    modules = imports_of(tmp_path, "--root", str(root), "enqueue", "hello", "--source", "cron")
+    assert len(list(Layout(root).folder(Folder.INBOX).glob("*.json"))) == 1  # it did enqueue
+    heavy = [m for m in modules if m.startswith(("maestro_py.daemon", "maestro_py.ops", "maestro_py.session"))]
+    other_commands = [m for m in modules if m.startswith("maestro_py.cli.") and m not in ("maestro_py.cli.common",
+                                                                                          "maestro_py.cli.bus")]
+    assert heavy == [] and other_commands == []
+
+
+def test_help_lists_every_lazy_command_with_its_short_help() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0, result.output
+    listed = result.stdout.split("Commands:\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in listed] == sorted(COMMANDS)
+    assert all(len(line.split()) > 1 for line in listed)  # each with the first line of its docstring
+    for name in COMMANDS:
+        assert cli.get_command(None, name).name == name  # type: ignore[arg-type,union-attr]
+
+
+# -- the import graph ------------------------------------------------------------------------------
+
+PACKAGE = REPO / "maestro_py"
+MAX_LINES = 400
+LAZY = re.compile(r"maestro_py(\.\w+)+(:\w+)?")  # a module named in a string, for importlib
+
+
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    """maestro_py/bus/store.py -> maestro_py.bus.store; a package's __init__.py -> the package."""
+    parts = path.relative_to(package.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of the package, subpackages included (walked, not listed)."""
+    return {module_name(path, package): path for path in sorted(package.rglob("*.py"))}
+
+
+def is_type_checking(test: ast.expr) -> bool:
+    """`if TYPE_CHECKING:` or `if typing.TYPE_CHECKING:`."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imported_names(tree: ast.AST, me: str, is_package: bool) -> set[str]:
+    """Dotted names a module imports, at any depth (a function-level import is still an import), except
+    under `if TYPE_CHECKING:`; a "maestro_py.x:attr" / "maestro_py.x" string constant counts too (lazy
+    loading by name, as the CLI's group does). `from a import b` yields a.b; the caller resolves it."""
+    out: set[str] = set()
+    package = me if is_package else me.rpartition(".")[0]
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolved against this module's package
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            out.update(base if alias.name == "*" else f"{base}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and LAZY.fullmatch(node.value):
+            out.add(node.value.partition(":")[0])
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return out
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the maestro_py modules it imports."""
+    known = modules(package)
+    graph: dict[str, set[str]] = {}
+    for me, path in known.items():
+        edges: set[str] = set()
+        for name in imported_names(ast.parse(path.read_text(), str(path)), me, path.name == "__init__.py"):
+            while name and name not in known:  # `from pkg import attr`: the edge is to pkg
+                name = name.rpartition(".")[0]
+            if not name:
+                continue  # not a maestro_py module (stdlib, click …)
+            edges.add(name)
+            # Importing a.b.c runs a's and a.b's __init__ first. The packages that contain this module
+            # are already being initialised when it runs, so only the others are edges (an explicit
+            # `from maestro_py.cli import x` inside cli/ still is one: it is its own import statement).
+            parts = name.split(".")
+            edges.update(p for p in (".".join(parts[:i]) for i in range(1, len(parts)))
+                         if not (me == p or me.startswith(p + ".")))
+        edges.discard(me)
+        graph[me] = edges
+    return graph
+
+
+def cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle (first module repeated at the end), or [] if there is none."""
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        return list(exc.args[1])
+    return []
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    graph = import_graph()
+    assert "maestro_py.bus.store" in graph["maestro_py.cli.bus"]  # the walk sees subpackages
+    assert "maestro_py.cli.bus" in graph["maestro_py.cli"]  # and the lazy group's "module:attr" strings
+    found = cycle(graph)
+    assert not found, "import cycle: " + " -> ".join(found)
+
+
+def test_the_old_cli_shape_is_a_cycle(tmp_path: Path) -> None:
+    """A group that imports, for its side effect, a module that imports the group back (the old cli/)."""
+    cli_dir = tmp_path / "maestro_py" / "cli"
+    cli_dir.mkdir(parents=True)
+    (tmp_path / "maestro_py" / "__init__.py").write_text("")
+    (cli_dir / "__init__.py").write_text("import click\ncli = click.Group()\nfrom maestro_py.cli import doctor\n")
+    (cli_dir / "doctor.py").write_text("def f():\n    from maestro_py.cli import cli\n")
+    (cli_dir / "common.py").write_text("from maestro_py.cli import doctor\n")  # a submodule: no edge to cli
+    graph = import_graph(tmp_path / "maestro_py")
+    assert graph["maestro_py.cli.common"] == {"maestro_py.cli.doctor"}
+    assert cycle(graph) in (["maestro_py.cli", "maestro_py.cli.doctor", "maestro_py.cli"],
+                            ["maestro_py.cli.doctor", "maestro_py.cli", "maestro_py.cli.doctor"])
+
+
+def test_the_walk_counts_lazy_and_relative_imports_but_not_type_checking_ones() -> None:
+    tree = ast.parse(textwrap.dedent("""
+        from typing import TYPE_CHECKING
+        from . import tick
+        if TYPE_CHECKING:
+            from maestro_py.daemon.loop import Daemon
+        def later():
+            from maestro_py.ops import doctor
+            return "maestro_py.cli.bus:init"
+    """))
+    names = imported_names(tree, "maestro_py.bus.store", is_package=False)
+    assert {"maestro_py.bus.tick", "maestro_py.ops.doctor", "maestro_py.cli.bus"} <= names
+    assert not any(name.startswith("maestro_py.daemon") for name in names)
+
+
+def test_no_module_is_over_400_lines() -> None:
+    sizes = {name: len(path.read_text().splitlines()) for name, path in modules().items()}
+    over = {name: n for name, n in sizes.items() if n > MAX_LINES}
+    assert over == {}, f"over {MAX_LINES} lines: " + ", ".join(f"{name} ({n})" for name, n in sorted(over.items()))
+
