@@ -19,7 +19,7 @@ from typing import Any
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.owner import Owner
 from maestro_py.bus.store import Bus
-from maestro_py.clock import Clock, SystemClock, iso
+from maestro_py.clock import Clock, SystemClock
 from maestro_py.config import Settings
 from maestro_py.daemon.dispatch import Dispatcher
 from maestro_py.daemon.housekeeping import Housekeeping
@@ -27,7 +27,7 @@ from maestro_py.daemon.live import LiveRuns
 from maestro_py.daemon.lock import DaemonLock
 from maestro_py.daemon.sdnotify import Notifier, scrub, status_line
 from maestro_py.daemon.settle import Settler
-from maestro_py.daemon.status import StatusWriter, new_counters
+from maestro_py.daemon.status import StatusWriter, new_counters, status_doc
 from maestro_py.daemon.wakeup import Wakeup
 from maestro_py.policy.backoff import Backoff, parse_backoff
 from maestro_py.policy.breaker import Breakers, CircuitFile, PersistedCircuits
@@ -234,25 +234,10 @@ class Daemon:
         if not self.status.due(force=force):
             return
         emergency = self.guardrails.emergency
-        doc = {
-            "pid": os.getpid(),
-            "owner": self.owner.token,
-            "root": str(self.layout.root),
-            "state": state or ("draining" if self.stopping else "emergency_stop" if emergency else "running"),
-            "started_at": iso(self.started_at),
-            "heartbeat": iso(self.clock.now()),
-            "watchdog": self._watching,
-            "emergency_stop": emergency,
-            "live_subsessions": [
-                {"pid": r.session.pid, "tick": tid, "cadence": r.claim.tick.cadence, "attempt": r.claim.attempt,
-                 "started": iso(r.started_at), "stdout_log": r.stdout_log}
-                for tid, r in self.live.items()
-            ],
-            "queued": len(self.bus.index),
-            "counters": dict(self.counters),
-            "budget": self.budget.summary(self.clock.now()),
-            "reservations": [{"tick": tid, "cadence": cad, "tokens": est.tokens, "usd": est.usd, "basis": est.basis}
-                             for tid, (cad, est) in self.budget.reservations.items()],
-        }
+        doc = status_doc(
+            owner=self.owner, root=self.layout.root, now=self.clock.now(), started_at=self.started_at,
+            state=state or ("draining" if self.stopping else "emergency_stop" if emergency else "running"),
+            watching=self._watching, emergency=emergency, live=self.live, queued=len(self.bus.index),
+            counters=self.counters, budget=self.budget)
         self.notifier.status(status_line(state=doc["state"], queued=doc["queued"], live=len(self.live)))
         self.status.write(doc)

@@ -6,15 +6,20 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from maestro_py.bus.events import EventLog
-from maestro_py.clock import parse_iso
 from maestro_py.bus.fsio import atomic_write_json
-from maestro_py.daemon.lock import holder
 from maestro_py.bus.owner import Owner
+from maestro_py.clock import iso, parse_iso
+from maestro_py.daemon.lock import holder
 from maestro_py.paths import Folder, Layout
 from maestro_py.redact import Redactor
+
+if TYPE_CHECKING:  # only for the annotations: status is read by the CLI, which must stay light
+    from maestro_py.daemon.live import LiveRuns
+    from maestro_py.policy.budget import Governor
 
 STATUS_EVERY = 0.25  # seconds between consumer.json rewrites while busy
 HEARTBEAT_EVERY = 5.0  # seconds between rewrites of an unchanged consumer.json (the heartbeat)
@@ -58,6 +63,32 @@ def liveness(layout: Layout, doc: dict[str, Any] | None, now: datetime) -> dict[
 def new_counters() -> Counter[str]:
     """A counter with every known name present (so status always shows them, even at zero)."""
     return Counter({name: 0 for name in COUNTERS})
+
+
+def status_doc(*, owner: Owner, root: Path, now: datetime, started_at: datetime, state: str, watching: bool,
+               emergency: str | None, live: LiveRuns, queued: int, counters: Counter[str],
+               budget: Governor) -> dict[str, Any]:
+    """The `consumer.json` document (its schema, in one place)."""
+    return {
+        "pid": owner.pid,
+        "owner": owner.token,
+        "root": str(root),
+        "state": state,
+        "started_at": iso(started_at),
+        "heartbeat": iso(now),
+        "watchdog": watching,
+        "emergency_stop": emergency,
+        "live_subsessions": [
+            {"pid": r.session.pid, "tick": tid, "cadence": r.claim.tick.cadence, "attempt": r.claim.attempt,
+             "started": iso(r.started_at), "stdout_log": r.stdout_log}
+            for tid, r in live.items()
+        ],
+        "queued": queued,
+        "counters": dict(counters),
+        "budget": budget.summary(now),
+        "reservations": [{"tick": tid, "cadence": cad, "tokens": est.tokens, "usd": est.usd, "basis": est.basis}
+                         for tid, (cad, est) in budget.reservations.items()],
+    }
 
 
 class StatusWriter:
