@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from maestro_py.bus.store import Bus
-from maestro_py.clock import FakeClock
 from maestro_py.bus.events import EventLog
 from maestro_py.paths import Layout
+from tests.fakes import FakeClock
 
 
 @pytest.fixture

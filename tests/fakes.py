@@ -1,10 +1,12 @@
-"""Fakes for driving the daemon's state machine in-process: a spawner that replays scripted outcomes."""
+"""Fakes for driving the daemon's state machine in-process: a clock moved by hand, a spawner that replays scripted
+outcomes."""
 
 from __future__ import annotations
 
 import itertools
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from maestro_py.session.metering import CliResult, Usage
@@ -12,6 +14,24 @@ from maestro_py.session.runner import RunOutcome, SpawnSpec
 
 _pids = itertools.count(900_000)
 _DIRECTIVE = re.compile(rb"\[\[fake:([a-z0-9_]+)\]\]")
+
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._mono = 1000.0
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
+        self._mono += seconds
 
 
 def cli_result(kind: str) -> tuple[int | None, CliResult | None]:

@@ -9,9 +9,8 @@ from click.testing import CliRunner
 
 from maestro_py.policy.budget import Estimate, Governor, Limit, window_bounds
 from maestro_py.cli import cli
-from maestro_py.clock import FakeClock
 from maestro_py.paths import Folder, Layout
-from tests.fakes import FakeSpawner
+from tests.fakes import FakeClock, FakeSpawner
 from tests.helpers import events, read_json, tick_ids
 from tests.test_reliability import agent, attempts, enqueue, make_daemon, run_steps
 

@@ -10,11 +10,10 @@ import pytest
 
 from maestro_py.policy.breaker import AUTH_HALT
 from maestro_py.bus.store import Bus
-from maestro_py.clock import FakeClock
 from maestro_py.config import Settings
 from maestro_py.daemon.loop import Daemon
 from maestro_py.paths import Folder, Layout
-from tests.fakes import FakeSpawner, settings_env
+from tests.fakes import FakeClock, FakeSpawner, settings_env
 from tests.helpers import events, read_json, tick_ids
 
 
