@@ -1,4 +1,8 @@
-"""Shared fixtures: a fresh agent root, a fake clock, a bus on it, a CLI runner."""
+"""Shared fixtures (a fresh agent root, a fake clock, a bus on it, a CLI runner) and the `slow` switch.
+
+Tests marked `slow` (the long torture variants) are skipped unless MAESTRO_TEST_FULL=1, which `.ci/run` sets;
+the torture tests run at MAESTRO_TORTURE_SCALE (default 0.3, or 1 with MAESTRO_TEST_FULL=1).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,24 @@ from maestro_py.bus.events import EventLog
 from maestro_py.bus.store import Bus
 from maestro_py.paths import Layout
 from tests.fakes import FakeClock
+from tests.torture.support import FULL, SCALE
+
+SLOW_SKIPPED = "slow (a long torture variant): runs with MAESTRO_TEST_FULL=1, as .ci/run does"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say up front which run this is."""
+    kind = "full run, slow tests included" if FULL else "slow tests skipped (MAESTRO_TEST_FULL=1 runs them)"
+    return f"maestro tests: {kind}; torture scale {SCALE:g} (MAESTRO_TORTURE_SCALE)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the `slow` tests, with the reason, unless MAESTRO_TEST_FULL=1."""
+    if FULL:
+        return
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.skip(reason=SLOW_SKIPPED))
 
 
 @pytest.fixture

@@ -20,7 +20,10 @@ from maestro_py.paths import Folder, Layout
 from tests.fakes import REPO
 
 ZYGOTE = Path(__file__).resolve().parent / "zygote.py"
-SCALE = float(os.environ.get("MAESTRO_TORTURE_SCALE", "1"))
+# MAESTRO_TEST_FULL=1 (.ci/run sets it): the `slow` tests run too, and the scale defaults to 1.
+FULL = os.environ.get("MAESTRO_TEST_FULL", "") not in ("", "0")
+# Sizes of the torture runs (ticks, kills, rounds) are multiplied by this; 10 is the long variant by hand.
+SCALE = float(os.environ.get("MAESTRO_TORTURE_SCALE") or (1 if FULL else 0.3))
 # MAESTRO_TORTURE_EXEC=1: every daemon life is a cold `python -m maestro_py` (slower; for runs by hand).
 EXEC = os.environ.get("MAESTRO_TORTURE_EXEC", "") not in ("", "0")
 # On top of tests.fakes.daemon_env: drain for long on SIGTERM, retry at once, never refuse a big inbox.

@@ -1,9 +1,10 @@
-"""Crash torture: SIGKILL a real daemon hundreds of times mid-work; nothing is lost, nothing runs twice
+"""Crash torture: SIGKILL a real daemon again and again mid-work; nothing is lost, nothing runs twice
 except what was running at a kill.
 
 Each daemon life is a separate process running `maestro --root DIR run` (forked from a pre-imported
 launcher, see zygote.py; MAESTRO_TORTURE_EXEC=1 makes every life a cold `python -m maestro_py`).
-MAESTRO_TORTURE_SCALE=10 runs the long variant by hand (10,000 ticks, 2,000 kills);
+Sizes follow MAESTRO_TORTURE_SCALE: 0.3 by default (300 ticks, 60 kills), 1 in .ci/run (1,000 ticks,
+200 kills), 10 for the long variant by hand (10,000 ticks, 2,000 kills);
 MAESTRO_TORTURE_SEED replays one run's random choices.
 """
 

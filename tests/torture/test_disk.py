@@ -4,7 +4,7 @@ The daemon must say so on stderr (its event log is on the broken disk), keep run
 resume by itself once the disk is usable again, and settle every tick in done/ exactly once — without
 burning attempts or writing history twice for the run whose settling the disk interrupted.
 `test_disk_full_injected` drives the same failure in-process (ENOSPC injected at the bus seam), so it
-runs where mounting is impossible, and pins down the exact interleavings.
+runs where mounting is impossible, and pins down the exact interleavings; the real-disk tests are `slow`.
 """
 
 from __future__ import annotations
@@ -148,6 +148,7 @@ def workload(tmp_path: Path, layout: Layout, n_work: int, n_beat: int) -> tuple[
     return ticks, stage(ticks, layout.root.parent / "staging")
 
 
+@pytest.mark.slow
 def test_disk_full_under_a_running_daemon(tmp_path: Path, small_disk: Path) -> None:
     layout = write_agent(small_disk / "agent", REGISTRY, {"work": "Do the work."})
     env = daemon_env(tmp_path, **TORTURE_ENV, MAESTRO_MAX_LIVE_SUBSESSIONS=3, MAESTRO_POLL_MS=200,
@@ -184,6 +185,7 @@ def test_disk_full_under_a_running_daemon(tmp_path: Path, small_disk: Path) -> N
           f"{failed_runs} attempts burnt by runs whose output hit the full disk; {len(rows)} ledger rows")
 
 
+@pytest.mark.slow
 def test_read_only_root_under_a_running_daemon(tmp_path: Path, small_disk: Path) -> None:
     layout = write_agent(small_disk / "agent", REGISTRY, {"work": "Do the work."})
     env = daemon_env(tmp_path, **TORTURE_ENV, MAESTRO_MAX_LIVE_SUBSESSIONS=3, MAESTRO_POLL_MS=200,
