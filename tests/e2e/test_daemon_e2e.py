@@ -423,9 +423,14 @@ def test_emergency_stop_ends_the_run_and_spawns_nothing_until_resume(make_agent:
 
     memo = agent.enqueue("memo")
     posts = fake_api.post_count()
-    wait_for(lambda: agent.status()["counters"].get("skipped_emergency_stop", 0) >= 1, timeout=5,
-             what="skipped_emergency_stop counter")
-    time.sleep(1.0)
+
+    def refusals() -> int:
+        return agent.status()["counters"].get("skipped_emergency_stop", 0)
+
+    wait_for(lambda: agent.status()["queued"] == 2, timeout=5, what="the memo in the daemon's index")
+    seen = refusals()
+    # Every later pass over the inbox refuses both ticks: two more refusals mean a whole pass has seen the memo.
+    wait_for(lambda: refusals() >= seen + 2, timeout=10, what="a pass of the loop refusing both ticks")
     assert fake_api.post_count() == posts == 1
     assert sorted(tick_ids(agent.layout, Folder.INBOX)) == sorted([hung, memo])
     status = agent.status()

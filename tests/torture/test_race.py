@@ -11,13 +11,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
 from maestro_py.paths import Folder
-from tests.fakes import REPO, daemon_env, events, wait_for, write_agent
-from tests.torture.support import SCALE, TORTURE_ENV, folder_ids, new_tick
+from tests.fakes import REPO, daemon_env, events, tick_ids, wait_for, write_agent
+from tests.torture.support import SCALE, TORTURE_ENV, folder_ids, new_tick, publish, stage
 
 # Imports done, then both processes wait for the same `go` and call the real CLI.
 AT_THE_SAME_MOMENT = textwrap.dedent(
@@ -63,7 +62,10 @@ def test_two_daemons_started_at_the_same_moment_exactly_one_runs(tmp_path: Path)
             assert len(lines) == 1 and lines[0].startswith("maestro: another maestro daemon"), err
             # It names the live owner (read from the lock file, which the winner writes just after its flock).
             assert f"(pid {winner.pid})" in lines[0], f"round {round_}: the refusal does not name the owner: {err}"
-            time.sleep(0.3)
+            # The winner keeps running: it settles a tick delivered after the loser left.
+            beat = new_tick("beat", {"round": round_})
+            publish(stage([beat], tmp_path / "staging"), layout)
+            wait_for(lambda: beat.id in tick_ids(layout, Folder.DONE), what="the winner to settle a tick")
             assert winner.poll() is None, "the winner must keep running"
             wait_for(lambda: json.loads(layout.consumer_file.read_text()).get("pid") == winner.pid,
                      what="the winner's status")
