@@ -362,6 +362,9 @@ class World:
         st_ = os.stat("/etc/passwd")
         return hashlib.sha256(Path("/etc/passwd").read_bytes()).hexdigest(), st_.st_mtime_ns, st_.st_ino
 
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.layout.consumer_file.read_text())
+
     def stderr_text(self) -> str:
         return (self.base / "daemon.stderr").read_text(errors="replace")
 
@@ -375,9 +378,11 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
+    """One real daemon for the whole module: every example of every test lands in its inbox."""
     world = World(tmp_path_factory.mktemp("hostile"))
     yield world
     assert world.stop() == 0, world.stderr_text()
+    assert "Traceback" not in world.stderr_text(), world.stderr_text()
 
 
 def notes_by_name(layout: Layout) -> dict[str, list[dict[str, Any]]]:
@@ -410,7 +415,7 @@ def test_every_kind_at_once(world: World, data: st.DataObject) -> None:
     throw_and_check(world, data, sorted(KINDS))
 
 
-def throw_and_check(world: World, data: st.DataObject, kinds: list[str]) -> None:
+def throw_and_check(world: World, data: st.DataObject, kinds: list[str]) -> Example:
     layout = world.layout
     inbox = layout.folder(Folder.INBOX)
     assert world.proc.poll() is None, f"the daemon died earlier: {world.stderr_text()[-3000:]}"
@@ -469,14 +474,20 @@ def throw_and_check(world: World, data: st.DataObject, kinds: list[str]) -> None
     assert fingerprint(world.base / "linked", atime=False) == world.linked_before
     assert World.passwd() == world.passwd_before
     assert sorted(os.listdir(world.base)) == world.base_before
+    return ex
 
 
-def test_the_daemon_survived_every_example_with_one_pid(world: World) -> None:
-    """Runs after the property test (same module world): one daemon did all of it, with no traceback."""
-    assert world.proc.poll() is None and status_pid(world.layout) == world.proc.pid
+@settings(HOSTILE, max_examples=1)
+@given(data=st.data())
+def test_final_check_the_daemon_survived_every_example_with_one_pid(world: World, data: st.DataObject) -> None:
+    """Every kind at once into the module's one daemon, then: the pid it started with, its own status counting
+    what it quarantined, no traceback — whether the other tests of the module ran before, after, or not at all."""
+    before = world.status()["counters"]["quarantined"]
+    ex = throw_and_check(world, data, sorted(KINDS))
+    status = wait_for(lambda: (doc := world.status())["counters"]["quarantined"] >= before + len(ex.quarantine) and doc,
+                      what=f"the status to count {len(ex.quarantine)} more quarantined entries")
+    assert world.proc.poll() is None and status["pid"] == world.proc.pid
     text = world.stderr_text()
     assert "Traceback" not in text, text
-    status = json.loads(world.layout.consumer_file.read_text())
-    assert status["counters"]["quarantined"] > 0
     print(f"hostile input: daemon pid {world.proc.pid} quarantined {status['counters']['quarantined']} entries, "
           f"ran {status['counters']['succeeded']} good ticks, dead-lettered {status['counters']['dlq']}")
