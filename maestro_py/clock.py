@@ -31,26 +31,6 @@ class SystemClock:
         return time.monotonic()
 
 
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
-        self._mono = 1000.0
-
-    def now(self) -> datetime:
-        return self._now
-
-    def monotonic(self) -> float:
-        return self._mono
-
-    def advance(self, seconds: float) -> None:
-        from datetime import timedelta
-
-        self._now += timedelta(seconds=seconds)
-        self._mono += seconds
-
-
 def iso(dt: datetime) -> str:
     """ISO 8601 UTC with a trailing Z and millisecond precision."""
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

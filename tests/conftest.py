@@ -1,16 +1,40 @@
-"""Shared fixtures: a fresh agent root, a fake clock and a bus on it."""
+"""Shared fixtures (a fresh agent root, a fake clock, a bus on it, a CLI runner) and the `slow` switch.
+
+Tests marked `slow` (the long torture variants) are skipped unless MAESTRO_TEST_FULL=1, which `.ci/run` sets;
+the torture tests run at MAESTRO_TORTURE_SCALE (default 0.3, or 1 with MAESTRO_TEST_FULL=1).
+"""
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from maestro_py.bus.store import Bus
-from maestro_py.clock import FakeClock
 from maestro_py.bus.events import EventLog
+from maestro_py.bus.store import Bus
 from maestro_py.paths import Layout
+from tests.fakes import FakeClock
+from tests.torture.support import FULL, SCALE
+
+SLOW_SKIPPED = "slow (a long torture variant): runs with MAESTRO_TEST_FULL=1, as .ci/run does"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say up front which run this is."""
+    kind = "full run, slow tests included" if FULL else "slow tests skipped (MAESTRO_TEST_FULL=1 runs them)"
+    return f"maestro tests: {kind}; torture scale {SCALE:g} (MAESTRO_TORTURE_SCALE)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the `slow` tests, with the reason, unless MAESTRO_TEST_FULL=1."""
+    if FULL:
+        return
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.skip(reason=SLOW_SKIPPED))
 
 
 @pytest.fixture
@@ -29,3 +53,13 @@ def clock() -> FakeClock:
 @pytest.fixture
 def bus(layout: Layout, clock: FakeClock) -> Bus:
     return Bus(layout, clock=clock, events=EventLog(layout, clock=clock))
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
+    """click's CliRunner with no MAESTRO_* setting of the machine and a HOME (and XDG config) of its own."""
+    for name in [n for n in os.environ if n.startswith("MAESTRO_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
+    return CliRunner()

@@ -1,18 +1,83 @@
-"""Fakes for driving the daemon's state machine in-process: a spawner that replays scripted outcomes."""
+"""Fakes and plain helpers the tests share: a clock, a spawner, agent roots, daemon environments, waiting, reading."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import re
+import sys
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
+import psutil
+import pytest
+from click.testing import CliRunner, Result
+
+from maestro_py.bus.store import Bus
+from maestro_py.cli import cli
+from maestro_py.config import Settings
+from maestro_py.daemon.loop import Daemon
+from maestro_py.paths import Folder, Layout
 from maestro_py.session.metering import CliResult, Usage
-from maestro_py.session.runner import RunOutcome, SpawnSpec
+from maestro_py.session.command import SpawnSpec
+from maestro_py.session.runner import RunOutcome
 
+REPO = Path(__file__).resolve().parent.parent
+FAKE_CLAUDE = REPO / "tests" / "fake_claude.py"
+SECRET = "sk-ant-test-DAEMONSECRET-0123456789abcdef"  # the key real `maestro` processes get from daemon_env
+
+T = TypeVar("T")
 _pids = itertools.count(900_000)
 _DIRECTIVE = re.compile(rb"\[\[fake:([a-z0-9_]+)\]\]")
 
+
+# -- time ------------------------------------------------------------------------------------------
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._mono = 1000.0
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
+        self._mono += seconds
+
+
+def wait_for(predicate: Callable[[], T], *, timeout: float = 15, what: str = "condition", interval: float = 0.02,
+             explain: Callable[[], str] | None = None) -> T:
+    """Poll `predicate` until it returns something truthy (returned); after `timeout` s the test fails (pytest.fail,
+    with `explain()` appended, e.g. where the ticks are)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}" + (f": {explain()}" if explain else ""))
+        time.sleep(interval)
+
+
+def gone(pid: int) -> bool:
+    """Dead, or a zombie waiting for its parent (or init) to reap it."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# -- the sub-session fake ------------------------------------------------------------------------------
 
 def cli_result(kind: str) -> tuple[int | None, CliResult | None]:
     """(exit code, result) the real CLI gives for an outcome kind: ok, 400/401/403/429/500/529, garbage."""
@@ -79,9 +144,145 @@ class FakeSpawner:
         return [s for s in self.sessions if s.outcome is None]
 
 
+# -- an in-process daemon ------------------------------------------------------------------------------
+
 def settings_env(**overrides: Any) -> dict[str, str]:
     """A settings environment for in-process daemons (no real claude needed: the spawner is fake)."""
     env = {"MAESTRO_BACKOFF_SECONDS": "0", "MAESTRO_MAX_ATTEMPTS": "10", "CLAUDE_BIN": "/bin/true",
            "ANTHROPIC_API_KEY": "sk-ant-test-RELIABILITY-0123456789"}
     env.update({k: str(v) for k, v in overrides.items()})
     return env
+
+
+def make_daemon(layout: Layout, clock: FakeClock, spawner: FakeSpawner, **env: object) -> Daemon:
+    """A daemon on `layout` driven by hand (`step()`), with the fake clock and spawner; `env` overrides settings."""
+    full = settings_env(**env)
+    daemon = Daemon(layout, Settings.from_env(full), full, clock=clock, spawner=spawner, watch=False)
+    daemon.guardrails.restore()
+    return daemon
+
+
+def run_steps(daemon: Daemon, n: int = 30) -> None:
+    """`n` loop iterations."""
+    for _ in range(n):
+        daemon.step()
+
+
+def enqueue(layout: Layout, clock: FakeClock, cadence: str, n: int = 1, payload: dict | None = None,
+            *, same: bool = False) -> list[str]:
+    """n ticks; distinct payloads unless `same` or `payload` (equal payloads are merged by overlap=skip)."""
+    bus = Bus(layout, clock=clock, max_inbox=10_000)
+    ids = []
+    for i in range(n):
+        body = payload if payload is not None else ({} if same else {"n": i})
+        ids.append(bus.enqueue(cadence, payload=body).id)
+        clock.advance(0.001)
+    return ids
+
+
+def attempts(layout: Layout, tick_id: str) -> int:
+    """The attempts a tick waiting in `inbox/` has burnt."""
+    return read_json(layout.folder(Folder.INBOX) / f"{tick_id}.json")["attempts"]
+
+
+# -- agent roots and real `maestro` processes ----------------------------------------------------------
+
+def write_agent(root: Path | Layout, registry: str = "", prompts: dict[str, str] | None = None,
+                files: dict[str, str] | None = None) -> Layout:
+    """An agent root on disk: its folders, `cadences.toml`, a `cadences/<name>.md` per prompt, and other `files`."""
+    layout = root if isinstance(root, Layout) else Layout(root)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.ensure()
+    layout.registry_file.write_text(registry)
+    layout.cadences_dir.mkdir(exist_ok=True)
+    for name, text in (prompts or {}).items():
+        layout.prompt_file(name).write_text(text)
+    for name, text in (files or {}).items():
+        (layout.root / name).write_text(text)
+    return layout
+
+
+def fast_fake_claude(folder: Path) -> Path:
+    """fake_claude.py behind a shebang naming this interpreter: `#!/usr/bin/env python3` may go through a
+    pyenv shim (~0.2 s per spawn here), which would make the sub-sessions, not the daemon, the bottleneck."""
+    path = folder / "claude"
+    if not path.exists():
+        path.write_text(f"#!{sys.executable}\nimport runpy, sys\nsys.argv[0] = {str(FAKE_CLAUDE)!r}\n"
+                        f"runpy.run_path({str(FAKE_CLAUDE)!r}, run_name='__main__')\n")
+        path.chmod(0o755)
+    return path
+
+
+def daemon_env(tmp_path: Path, **extra: Any) -> dict[str, str]:
+    """The environment of a real `maestro` process: no setting or credential of the machine, the fake claude
+    (one line per run in tmp_path/spawns.txt), the key SECRET, short grace periods; `extra` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_", "MAESTRO_", "FAKE_"))}
+    env.update({
+        "CLAUDE_BIN": str(fast_fake_claude(tmp_path)),
+        "ANTHROPIC_API_KEY": SECRET,
+        "FAKE_CLAUDE_COUNT": str(tmp_path / "spawns.txt"),
+        "MAESTRO_KILL_GRACE_SECONDS": "0.5",
+        "MAESTRO_STOP_GRACE_SECONDS": "1",
+        "PYTHONPATH": str(REPO),
+    })
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+# -- the CLI in-process --------------------------------------------------------------------------------
+
+def invoke(runner: CliRunner, root: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    """`maestro --root ROOT ARGS` through click's runner (see the `runner` fixture)."""
+    return runner.invoke(cli, ["--root", str(root), *args], env=env)
+
+
+def one_line_error(result: Result) -> str:
+    """The single `maestro: ...` line a failed command prints on stderr."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("maestro: ")
+    return lines[0]
+
+
+# -- reading what the daemon left ------------------------------------------------------------------------
+
+def names(layout: Layout, folder: Folder) -> list[str]:
+    """Every entry of a bus folder, sorted."""
+    return sorted(p.name for p in layout.folder(folder).iterdir())
+
+
+def tick_ids(layout: Layout, folder: Folder) -> list[str]:
+    """Ids of the tick files in a bus folder, sorted (quarantine notes left out)."""
+    return sorted(n[:-5].split("@")[0] for n in names(layout, folder) if n.endswith(".json")
+                  and not n.endswith(".reason.json"))
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content."""
+    return json.loads(path.read_text())
+
+
+def events(layout: Layout, *, lenient: bool = False) -> list[dict[str, Any]]:
+    """Every bus event, oldest first; `lenient` skips lines a SIGKILL or a full disk tore (else they fail)."""
+    out: list[dict[str, Any]] = []
+    for path in sorted(layout.events_dir.glob("bus-*.jsonl")):
+        for line in path.read_text(errors="replace" if lenient else "strict").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                if not lenient:
+                    raise
+    return out
+
+
+def ledger_rows(layout: Layout) -> list[dict[str, Any]]:
+    """Every row of the cost ledger (none while it does not exist); a torn line fails the test."""
+    if not layout.ledger_file.exists():
+        return []
+    rows = []
+    for line in layout.ledger_file.read_text(errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"torn ledger line: {line!r}")
+    return rows

@@ -7,23 +7,19 @@ from datetime import datetime, timedelta, timezone
 
 from click.testing import CliRunner
 
-from maestro_py.policy.budget import Estimate, Governor, Limit, window_bounds
 from maestro_py.cli import cli
-from maestro_py.clock import FakeClock
 from maestro_py.paths import Folder, Layout
-from tests.fakes import FakeSpawner
-from tests.helpers import events, read_json, tick_ids
-from tests.test_reliability import agent, attempts, enqueue, make_daemon, run_steps
+from maestro_py.policy.budget import Estimate, Governor, Limit, window_bounds
+from tests.fakes import (
+    FakeClock, FakeSpawner, attempts, enqueue, events, ledger_rows, make_daemon, read_json, run_steps, tick_ids,
+    write_agent,
+)
 
 RUN_TOKENS = 1234 + 56  # what the fake (and the loopback API) meter per run
 
 
-def ledger_rows(layout: Layout) -> list[dict]:
-    return [json.loads(line) for line in layout.ledger_file.read_text().splitlines()]
-
-
 def test_token_budget_lets_two_runs_settle_and_the_third_wait(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"memo": "[[fake:ok]]"}, "[memo]\noverlap = 'allow'\nreserve_tokens = 1500\n")
+    write_agent(layout, "[memo]\noverlap = 'allow'\nreserve_tokens = 1500\n", {"memo": "[[fake:ok]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_DAILY_TOKEN_BUDGET=3000)
     ids = enqueue(layout, clock, "memo", 3)
@@ -43,7 +39,7 @@ def test_token_budget_lets_two_runs_settle_and_the_third_wait(layout: Layout, cl
 
 
 def test_fan_out_stops_at_the_budget_with_overshoot_within_one_reservation(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"fan": "[[fake:hang]]"}, "[fan]\noverlap = 'allow'\n")
+    write_agent(layout, "[fan]\noverlap = 'allow'\n", {"fan": "[[fake:hang]]"})
     spawner = FakeSpawner()
     limit = 5 * RUN_TOKENS
     daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=4,
@@ -64,7 +60,7 @@ def test_fan_out_stops_at_the_budget_with_overshoot_within_one_reservation(layou
 
 
 def test_restart_mid_window_does_not_reset_spent(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"memo": "[[fake:ok]]"}, "[memo]\noverlap = 'allow'\nreserve_tokens = 1000\n")
+    write_agent(layout, "[memo]\noverlap = 'allow'\nreserve_tokens = 1000\n", {"memo": "[[fake:ok]]"})
     first = make_daemon(layout, clock, FakeSpawner(), MAESTRO_DAILY_TOKEN_BUDGET=3000)
     enqueue(layout, clock, "memo", 2)
     run_steps(first)
@@ -77,8 +73,8 @@ def test_restart_mid_window_does_not_reset_spent(layout: Layout, clock: FakeCloc
 
 
 def test_unmetered_run_keeps_its_reservation_as_spent(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"blind": "[[fake:garbage]]"},
-          "[blind]\noverlap = 'allow'\nreserve_tokens = 2000\nmax_attempts = 1\n")
+    write_agent(layout, "[blind]\noverlap = 'allow'\nreserve_tokens = 2000\nmax_attempts = 1\n",
+                {"blind": "[[fake:garbage]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_DAILY_TOKEN_BUDGET=3000)
     enqueue(layout, clock, "blind", 2)
@@ -90,8 +86,8 @@ def test_unmetered_run_keeps_its_reservation_as_spent(layout: Layout, clock: Fak
 
 
 def test_budget_exempt_cadence_is_not_charged_for_unmetered_runs(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"blind": "[[fake:garbage]]"},
-          "[blind]\noverlap = 'allow'\nreserve_tokens = 2000\nmax_attempts = 1\nbudget_exempt = true\n")
+    write_agent(layout, "[blind]\noverlap = 'allow'\nreserve_tokens = 2000\nmax_attempts = 1\nbudget_exempt = true\n",
+                {"blind": "[[fake:garbage]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_DAILY_TOKEN_BUDGET=3000)
     enqueue(layout, clock, "blind", 2)
@@ -101,9 +97,8 @@ def test_budget_exempt_cadence_is_not_charged_for_unmetered_runs(layout: Layout,
 
 
 def test_usd_budget_and_per_cadence_budget(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"memo": "[[fake:ok]]", "brief": "[[fake:ok]]"},
-          "[memo]\noverlap = 'allow'\nbudget_usd_daily = 0.02\nreserve_usd = 0.008\n"
-          "[brief]\noverlap = 'allow'\nreserve_usd = 0.008\n")
+    write_agent(layout, "[memo]\noverlap = 'allow'\nbudget_usd_daily = 0.02\nreserve_usd = 0.008\n"
+          "[brief]\noverlap = 'allow'\nreserve_usd = 0.008\n", {"memo": "[[fake:ok]]", "brief": "[[fake:ok]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_DAILY_USD_BUDGET=1.0)
     enqueue(layout, clock, "memo", 4)
@@ -118,7 +113,7 @@ def test_usd_budget_and_per_cadence_budget(layout: Layout, clock: FakeClock) -> 
 
 
 def test_max_budget_usd_is_passed_to_the_cli(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"memo": "[[fake:ok]]"}, "[memo]\nmax_budget_usd = 0.5\n")
+    write_agent(layout, "[memo]\nmax_budget_usd = 0.5\n", {"memo": "[[fake:ok]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner)
     enqueue(layout, clock, "memo")
@@ -145,7 +140,7 @@ def test_hourly_window_resets_on_the_hour() -> None:
 
 
 def test_budget_command_reports_total_spent_remaining(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"memo": "[[fake:ok]]"}, "[memo]\noverlap = 'allow'\n")
+    write_agent(layout, "[memo]\noverlap = 'allow'\n", {"memo": "[[fake:ok]]"})
     daemon = make_daemon(layout, clock, FakeSpawner(), MAESTRO_DAILY_TOKEN_BUDGET=100000)
     enqueue(layout, clock, "memo", 2)
     run_steps(daemon)

@@ -19,7 +19,7 @@ from maestro_py.errors import InboxFull
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.owner import Owner
 from maestro_py.paths import Folder, Layout
-from tests.helpers import events, names, read_json, tick_ids
+from tests.fakes import events, names, read_json, tick_ids
 
 
 def claim_next(bus: Bus, index):

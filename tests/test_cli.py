@@ -10,15 +10,7 @@ from click.testing import CliRunner
 
 from maestro_py.cli import cli
 from maestro_py.paths import Folder, Layout
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    for var in ("MAESTRO_AGENT_ROOT", "MAESTRO_MAX_INBOX", "MAESTRO_POLL_MS"):
-        monkeypatch.delenv(var, raising=False)
-    return CliRunner()
+from tests.fakes import REPO, invoke, one_line_error
 
 
 @pytest.fixture
@@ -27,17 +19,6 @@ def root(tmp_path: Path, runner: CliRunner) -> Path:
     result = runner.invoke(cli, ["--root", str(path), "init"])
     assert result.exit_code == 0, result.output
     return path
-
-
-def invoke(runner: CliRunner, root: Path, *args: str, env: dict[str, str] | None = None):
-    return runner.invoke(cli, ["--root", str(root), *args], env=env)
-
-
-def one_line_error(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("maestro: ")
-    return lines[0]
 
 
 def test_init_creates_the_layout_and_is_idempotent(runner: CliRunner, root: Path) -> None:

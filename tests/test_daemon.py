@@ -3,44 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from maestro_py.paths import Folder, Layout
-from tests.helpers import events, read_json, tick_ids
-
-REPO = Path(__file__).resolve().parent.parent
-FAKE_CLAUDE = REPO / "tests" / "fake_claude.py"
-SECRET = "sk-ant-test-DAEMONSECRET-0123456789abcdef"
-
-
-def write_agent(layout: Layout, registry: str, prompts: dict[str, str]) -> None:
-    (layout.root / "cadences.toml").write_text(registry)
-    layout.cadences_dir.mkdir(exist_ok=True)
-    for name, text in prompts.items():
-        layout.prompt_file(name).write_text(text)
-
-
-def daemon_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_", "MAESTRO_"))}
-    env.update({
-        "CLAUDE_BIN": str(FAKE_CLAUDE),
-        "ANTHROPIC_API_KEY": SECRET,
-        "FAKE_CLAUDE_COUNT": str(tmp_path / "spawns.txt"),
-        "MAESTRO_KILL_GRACE_SECONDS": "0.5",
-        "MAESTRO_STOP_GRACE_SECONDS": "1",
-        "PYTHONPATH": str(REPO),
-    })
-    env.update(extra)
-    return env
+from tests.fakes import REPO, SECRET, daemon_env, events, ledger_rows, read_json, tick_ids, wait_for, write_agent
 
 
 def maestro(layout: Layout, *args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -55,24 +28,9 @@ def start_daemon(layout: Layout, env: dict[str, str], *args: str) -> subprocess.
     return proc
 
 
-def wait_for(predicate: Any, *, timeout: float = 15, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def spawns(tmp_path: Path) -> list[str]:
     path = tmp_path / "spawns.txt"
     return path.read_text().split("\n")[:-1] if path.exists() else []
-
-
-def ledger(layout: Layout) -> list[dict[str, Any]]:
-    if not layout.ledger_file.exists():
-        return []
-    return [json.loads(line) for line in layout.ledger_file.read_text().splitlines()]
 
 
 REGISTRY = """
@@ -105,7 +63,7 @@ def test_run_once_runs_inline_guarded_and_escalated_ticks(layout: Layout, tmp_pa
     assert done[ids["check"][0]]["history"][-1]["outcome"] == "nothing_to_do"
     assert done[ids["check"][1]]["history"][-1]["mode"] == "escalate"
     assert len(spawns(tmp_path)) == 2  # the escalated guard and the memo; never the inline ones
-    rows = ledger(layout)
+    rows = ledger_rows(layout)
     assert len(rows) == 2
     for row in rows:
         assert row["input_tokens"] == 1234 and row["output_tokens"] == 56
@@ -143,7 +101,7 @@ def test_api_failure_retries_then_dead_letters_with_the_error_text(layout: Layou
     retry_events = [e for e in events(layout) if e["stage"] == "retry"]
     assert retry_events and "Internal server error" in retry_events[0]["tail"]
     assert len(spawns(tmp_path)) == 2
-    assert all(row["cost_usd"] == 0 for row in ledger(layout))  # the CLI reported $0 for API errors
+    assert all(row["cost_usd"] == 0 for row in ledger_rows(layout))  # the CLI reported $0 for API errors
 
 
 def test_unknown_cadence_goes_to_dlq_at_once(layout: Layout, tmp_path: Path) -> None:
@@ -159,7 +117,7 @@ def test_unmetered_run_is_recorded_as_null_not_zero(layout: Layout, tmp_path: Pa
     env = daemon_env(tmp_path, MAESTRO_MAX_ATTEMPTS="1")
     maestro(layout, "enqueue", "weird", env=env)
     assert maestro(layout, "run", "--once", env=env).returncode == 0
-    (row,) = ledger(layout)
+    (row,) = ledger_rows(layout)
     for key in ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens"):
         assert row[key] is None
 
@@ -275,5 +233,5 @@ def test_timeout_ends_the_whole_tree_including_escaped_tools(layout: Layout, tmp
     assert not psutil.pid_exists(tool) or psutil.Process(tool).status() == psutil.STATUS_ZOMBIE
     dead = read_json(layout.folder(Folder.DLQ) / f"{tick}.json")
     assert dead["history"][-1]["timed_out"] is True
-    (row,) = ledger(layout)
+    (row,) = ledger_rows(layout)
     assert row["cost_usd"] is None and row["input_tokens"] is None

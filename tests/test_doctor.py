@@ -19,12 +19,13 @@ from click.testing import CliRunner, Result
 from maestro_py.ops import doctor
 from maestro_py.policy.breaker import Breakers, CircuitFile
 from maestro_py.cli import cli
-from maestro_py.clock import FakeClock, SystemClock, iso
+from maestro_py.clock import SystemClock, iso
 from maestro_py.ops.doctor import Check, Level, Probe
 from maestro_py.bus.fsio import atomic_write_json
 from maestro_py.daemon.lock import DaemonLock
 from maestro_py.bus.owner import Owner
 from maestro_py.paths import Folder, Layout
+from tests.fakes import FakeClock
 
 REPO = Path(__file__).resolve().parent.parent
 CLAUDE = REPO / ".tools" / "claude" / "node_modules" / ".bin" / "claude"

@@ -14,6 +14,7 @@ import pytest
 
 from maestro_py import inline as handlers
 from maestro_py.inline import HandlerResult, Kind, Spec, call, parse
+from tests.fakes import gone, wait_for
 
 TICK: dict[str, Any] = {"id": "t-1", "cadence": "inbox", "attempt": 1}
 PY = shlex.quote(sys.executable)
@@ -317,16 +318,17 @@ def test_command_timeout_kills_the_process_group(root: Path, env: dict[str, str]
     late_write = f"import time; time.sleep(1.5); open({str(marker)!r}, 'w').close()"
     code = f"""
         import subprocess, sys, time
-        subprocess.Popen([sys.executable, "-c", {late_write!r}])
-        print("started", flush=True)
+        grandchild = subprocess.Popen([sys.executable, "-c", {late_write!r}])
+        print("started", grandchild.pid, flush=True)
         time.sleep(30)
     """
     started = time.monotonic()
     result = run(py_command(code), root, env, timeout=0.5)
     assert time.monotonic() - started < 5
     assert not result.ok and result.error == "timed out after 0.5s"
-    assert result.detail == "started"
-    time.sleep(2)
+    word, pid = result.detail.split()
+    assert word == "started"
+    wait_for(lambda: gone(int(pid)), timeout=5, what="the grandchild gone")
     assert not marker.exists()
 
 

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from maestro_py.ops import logview
 from maestro_py.cli import cli
-from maestro_py.clock import FakeClock
 from maestro_py.bus.events import EventLog
 from maestro_py.ops.logview import Event, Filter
 from maestro_py.paths import Layout
+from tests.fakes import FakeClock
 
 
 @pytest.fixture(autouse=True)

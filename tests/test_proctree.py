@@ -11,32 +11,17 @@ import textwrap
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from maestro_py.bus.owner import Owner
 from maestro_py.session import proctree
+from tests.fakes import gone, wait_for
 
 FAKE = Path(__file__).with_name("fake_claude.py")
 REPO = Path(__file__).resolve().parent.parent
 
 # Ignores SIGTERM, says so on stdout once the handler is in place, then sleeps.
 STUBBORN = "import signal,sys,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
-
-
-def gone(pid: int) -> bool:
-    """Dead or a zombie (init may not have reaped it yet)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_for(predicate, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_an_owner_is_this_process_and_not_a_reused_pid() -> None:
@@ -48,7 +33,7 @@ def test_an_owner_is_this_process_and_not_a_reused_pid() -> None:
 def test_an_owner_that_exited_or_is_a_zombie_is_gone() -> None:
     child = subprocess.Popen(["true"])
     owner = Owner.of(child.pid)
-    wait_for(lambda: gone(child.pid))
+    wait_for(lambda: gone(child.pid), timeout=3, what="the child gone")
     assert not owner.is_alive()  # a zombie is not an owner
     child.wait()
     assert not owner.is_alive()
@@ -58,7 +43,7 @@ def test_an_owner_that_exited_or_is_a_zombie_is_gone() -> None:
 def test_snapshot_lists_root_then_descendants() -> None:
     child = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
     try:
-        wait_for(lambda: len(proctree.snapshot(child.pid)) == 3)
+        wait_for(lambda: len(proctree.snapshot(child.pid)) == 3, timeout=3, what="three processes in the tree")
         procs = proctree.snapshot(child.pid)
         assert procs[0].pid == child.pid
         assert {p.name() for p in procs[1:]} == {"sleep"}
@@ -70,7 +55,7 @@ def test_snapshot_lists_root_then_descendants() -> None:
 
 def test_end_tree_keeps_the_exit_status_for_popen() -> None:
     child = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
-    wait_for(lambda: len(proctree.snapshot(child.pid)) == 3)
+    wait_for(lambda: len(proctree.snapshot(child.pid)) == 3, timeout=3, what="three processes in the tree")
     procs = proctree.snapshot(child.pid)
     phases: list[tuple[str, list[int]]] = []
     assert proctree.end_tree(procs, 1.0, on_phase=lambda ph, pids: phases.append((ph, pids))) == []

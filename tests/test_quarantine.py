@@ -11,7 +11,7 @@ import pytest
 
 from maestro_py.bus.store import Bus
 from maestro_py.paths import Folder, Layout
-from tests.helpers import events, names, read_json, tick_ids
+from tests.fakes import events, names, read_json, tick_ids
 
 GOOD = {"cadence": "good", "payload": {}}
 

@@ -9,52 +9,15 @@ import sys
 import pytest
 
 from maestro_py.policy.breaker import AUTH_HALT
-from maestro_py.bus.store import Bus
-from maestro_py.clock import FakeClock
 from maestro_py.config import Settings
-from maestro_py.daemon.loop import Daemon
 from maestro_py.paths import Folder, Layout
-from tests.fakes import FakeSpawner, settings_env
-from tests.helpers import events, read_json, tick_ids
-
-
-def make_daemon(layout: Layout, clock: FakeClock, spawner: FakeSpawner, **env: object) -> Daemon:
-    full = settings_env(**env)
-    daemon = Daemon(layout, Settings.from_env(full), full, clock=clock, spawner=spawner, watch=False)
-    daemon.guardrails.restore()
-    return daemon
-
-
-def agent(layout: Layout, prompts: dict[str, str], registry: str = "") -> None:
-    layout.cadences_dir.mkdir(exist_ok=True)
-    for name, text in prompts.items():
-        layout.prompt_file(name).write_text(text)
-    (layout.root / "cadences.toml").write_text(registry)
-
-
-def enqueue(layout: Layout, clock: FakeClock, cadence: str, n: int = 1, payload: dict | None = None,
-            *, same: bool = False) -> list[str]:
-    """n ticks; distinct payloads unless `same` or `payload` (equal payloads are merged by overlap=skip)."""
-    bus = Bus(layout, clock=clock, max_inbox=10_000)
-    ids = []
-    for i in range(n):
-        body = payload if payload is not None else ({} if same else {"n": i})
-        ids.append(bus.enqueue(cadence, payload=body).id)
-        clock.advance(0.001)
-    return ids
-
-
-def run_steps(daemon: Daemon, n: int = 30) -> None:
-    for _ in range(n):
-        daemon.step()
-
-
-def attempts(layout: Layout, tick_id: str) -> int:
-    return read_json(layout.folder(Folder.INBOX) / f"{tick_id}.json")["attempts"]
+from tests.fakes import (
+    FakeClock, FakeSpawner, attempts, enqueue, events, make_daemon, read_json, run_steps, tick_ids, write_agent,
+)
 
 
 def test_circuit_opens_after_threshold_and_spawns_stop_climbing(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"flaky": "[[fake:500]]"})
+    write_agent(layout, prompts={"flaky": "[[fake:500]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_CIRCUIT_THRESHOLD=3)
     ids = enqueue(layout, clock, "flaky", 5)
@@ -73,7 +36,7 @@ def test_circuit_opens_after_threshold_and_spawns_stop_climbing(layout: Layout, 
 
 
 def test_backoff_holds_ticks_without_burning_attempts(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"flaky": "[[fake:500]]"})
+    write_agent(layout, prompts={"flaky": "[[fake:500]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_BACKOFF_SECONDS="60,300", MAESTRO_CIRCUIT_THRESHOLD=99)
     first, second = enqueue(layout, clock, "flaky", 2)
@@ -93,7 +56,7 @@ def test_backoff_holds_ticks_without_burning_attempts(layout: Layout, clock: Fak
 
 
 def test_half_open_lets_exactly_one_probe_through(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"flaky": "[[fake:500]]"})
+    write_agent(layout, prompts={"flaky": "[[fake:500]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_CIRCUIT_THRESHOLD=2, MAESTRO_CIRCUIT_OPEN_SECONDS=100,
                          MAESTRO_MAX_LIVE_SUBSESSIONS=5, MAESTRO_MAX_ATTEMPTS=50)
@@ -120,7 +83,7 @@ def test_half_open_lets_exactly_one_probe_through(layout: Layout, clock: FakeClo
 
 
 def test_breaker_state_survives_a_restart(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"flaky": "[[fake:500]]"})
+    write_agent(layout, prompts={"flaky": "[[fake:500]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_CIRCUIT_THRESHOLD=2)
     enqueue(layout, clock, "flaky", 4)
@@ -133,8 +96,7 @@ def test_breaker_state_survives_a_restart(layout: Layout, clock: FakeClock) -> N
 
 
 def test_auth_failure_halts_all_spawning_after_one_run(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"memo": "[[fake:401]]", "brief": "write"},
-          "[beat]\nmode = 'inline'\nhandler = 'noop'\n")
+    write_agent(layout, "[beat]\nmode = 'inline'\nhandler = 'noop'\n", {"memo": "[[fake:401]]", "brief": "write"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=4)
     memo = enqueue(layout, clock, "memo", 3)
@@ -165,7 +127,7 @@ def test_auth_halt_is_lifted_by_reset_all(layout: Layout, clock: FakeClock) -> N
 
     from maestro_py.cli import cli
 
-    agent(layout, {"memo": "[[fake:401]]"})
+    write_agent(layout, prompts={"memo": "[[fake:401]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner)
     enqueue(layout, clock, "memo", 2)
@@ -180,7 +142,7 @@ def test_auth_halt_is_lifted_by_reset_all(layout: Layout, clock: FakeClock) -> N
 
 
 def test_permanent_failure_goes_straight_to_dlq(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"bad": "[[fake:400]]"})
+    write_agent(layout, prompts={"bad": "[[fake:400]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner)
     (tick,) = enqueue(layout, clock, "bad")
@@ -192,7 +154,7 @@ def test_permanent_failure_goes_straight_to_dlq(layout: Layout, clock: FakeClock
 
 
 def test_live_cap_fails_closed_with_twenty_ticks_queued(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"fan": "[[fake:hang]]"}, "[fan]\noverlap = 'allow'\n")
+    write_agent(layout, "[fan]\noverlap = 'allow'\n", {"fan": "[[fake:hang]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=4)
     daemon.guardrails.credentials_verified = True
@@ -209,7 +171,7 @@ def test_live_cap_fails_closed_with_twenty_ticks_queued(layout: Layout, clock: F
 
 
 def test_a_leaked_claude_child_counts_toward_the_cap(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"memo": "write"})
+    write_agent(layout, prompts={"memo": "write"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=1, MAESTRO_REAP_SECONDS=3600)
     daemon.step()  # the start-up sweep (which would kill an untracked child) is behind us
@@ -228,7 +190,7 @@ def test_a_leaked_claude_child_counts_toward_the_cap(layout: Layout, clock: Fake
 
 
 def test_only_one_spawn_until_the_credentials_are_proven(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"fan": "[[fake:hang]]"}, "[fan]\noverlap = 'allow'\n")
+    write_agent(layout, "[fan]\noverlap = 'allow'\n", {"fan": "[[fake:hang]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=4)
     enqueue(layout, clock, "fan", 6)
@@ -240,7 +202,7 @@ def test_only_one_spawn_until_the_credentials_are_proven(layout: Layout, clock: 
 
 
 def test_pacing_spawns_at_most_one_per_iteration(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"fan": "[[fake:hang]]"}, "[fan]\noverlap = 'allow'\n")
+    write_agent(layout, "[fan]\noverlap = 'allow'\n", {"fan": "[[fake:hang]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=10)
     daemon.guardrails.credentials_verified = True
@@ -251,7 +213,7 @@ def test_pacing_spawns_at_most_one_per_iteration(layout: Layout, clock: FakeCloc
 
 
 def test_skip_coalesces_a_burst_into_one_run(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"storm": "[[fake:hang]]"})
+    write_agent(layout, prompts={"storm": "[[fake:hang]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner)
     ids = enqueue(layout, clock, "storm", 20, same=True)
@@ -267,7 +229,7 @@ def test_skip_coalesces_a_burst_into_one_run(layout: Layout, clock: FakeClock) -
 
 
 def test_ticks_with_their_own_payload_are_never_merged(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"mail": "[[fake:ok]]"})
+    write_agent(layout, prompts={"mail": "[[fake:ok]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner)
     enqueue(layout, clock, "mail", 3)
@@ -277,7 +239,7 @@ def test_ticks_with_their_own_payload_are_never_merged(layout: Layout, clock: Fa
 
 
 def test_buffer_one_keeps_one_waiting_behind_a_running_tick(layout: Layout, clock: FakeClock) -> None:
-    agent(layout, {"sync": "[[fake:hang]]"}, "[sync]\noverlap = 'buffer_one'\n")
+    write_agent(layout, "[sync]\noverlap = 'buffer_one'\n", {"sync": "[[fake:hang]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner)
     ids = enqueue(layout, clock, "sync", 5, same=True)
@@ -294,7 +256,7 @@ def test_dlq_tools_list_show_replay_purge(layout: Layout, clock: FakeClock) -> N
 
     from maestro_py.cli import cli
 
-    agent(layout, {"bad": "[[fake:400]]"})
+    write_agent(layout, prompts={"bad": "[[fake:400]]"})
     daemon = make_daemon(layout, clock, FakeSpawner())
     (tick,) = enqueue(layout, clock, "bad")
     run_steps(daemon)
@@ -325,7 +287,7 @@ def test_circuit_cli_open_and_reset(layout: Layout, clock: FakeClock) -> None:
     assert runner.invoke(cli, [*root, "circuit", "open", "memo"]).exit_code == 0
     listed = json.loads(runner.invoke(cli, [*root, "circuit", "list", "--json"]).stdout)
     assert listed["memo"]["state"] == "open" and listed["memo"]["manual"] is True
-    agent(layout, {"memo": "write"})
+    write_agent(layout, prompts={"memo": "write"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner)
     enqueue(layout, clock, "memo")
@@ -350,7 +312,7 @@ def test_bad_backoff_setting_is_a_clear_error(value: str) -> None:
 
 def test_an_emergency_stop_is_counted_as_such_while_an_overlap_also_waits(layout: Layout, clock: FakeClock) -> None:
     """Refusals are counted in the README's order: the daemon used to ask the overlap gate first."""
-    agent(layout, {"memo": "[[fake:hang]]"})
+    write_agent(layout, prompts={"memo": "[[fake:hang]]"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=2)
     daemon.guardrails.credentials_verified = True

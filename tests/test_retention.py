@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from maestro_py.session.ledger import Ledger
 from maestro_py.paths import Folder, Layout
 from maestro_py.config import Settings
 from maestro_py.daemon.retention import PruneReport
+from tests.fakes import wait_for
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=timezone.utc)  # mid-month: the same month in every time zone
 DAY = 86400.0
@@ -214,17 +215,28 @@ def test_ledger_dry_run_and_nothing_to_do(layout: Layout) -> None:
     assert prune(layout).rotations == [] and layout.ledger_file.stat().st_ino == inode  # not rewritten
 
 
-def test_rotation_waits_for_the_lock_and_loses_no_concurrent_append(layout: Layout) -> None:
+def test_rotation_waits_for_the_lock_and_loses_no_concurrent_append(layout: Layout,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     ledger = layout.ledger_file
     ledger.write_text(row("2026-10-10T10:00:00.000Z", "o1") + row("2026-11-10T10:00:00.000Z", "n1"))
     held = retention.lock_ledger(ledger)
     assert held is not None
+    waiting: set[int] = set()  # threads that have asked for the lock on this ledger file (the one held)
+    real_flock, inode = fcntl.flock, ledger.stat().st_ino
+
+    def flock(fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_EX and os.fstat(fd).st_ino == inode:
+            waiting.add(threading.get_ident())
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
     pruned = threading.Event()
     pruner = threading.Thread(target=lambda: (prune(layout), pruned.set()))
     appender = threading.Thread(target=Ledger(ledger).append, args=(json.loads(row("2026-11-14T10:00:00.000Z", "n2")),))
     pruner.start()
     appender.start()  # opens the file the pruner is about to replace, then waits for the lock
-    time.sleep(0.3)
+    wait_for(lambda: {pruner.ident, appender.ident} <= waiting or pruned.is_set(), timeout=5,
+             what="the pruner and the appender to wait for the lock")
     assert not pruned.is_set()  # the rotation waits for the lock
     os.close(held)
     pruner.join(5)

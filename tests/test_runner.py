@@ -18,6 +18,7 @@ from maestro_py.errors import SpawnError
 from maestro_py.redact import MASK
 from maestro_py.session.command import SpawnSpec
 from maestro_py.session.runner import ProcessSpawner, RunOutcome
+from tests.fakes import gone, wait_for
 
 FAKE = Path(__file__).with_name("fake_claude.py")
 
@@ -42,19 +43,9 @@ def run(s: SpawnSpec, spawner: ProcessSpawner | None = None) -> RunOutcome:
     return outcome
 
 
-def gone(pid: int) -> bool:
-    """Dead, or a zombie waiting for init to reap it."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def wait_for_file(path: Path, timeout: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
+    """The content of `path` once it exists."""
+    wait_for(path.exists, timeout=timeout, what=f"{path} to appear", interval=0.01)
     return path.read_text()
 
 
@@ -172,11 +163,7 @@ def test_nested_tool_left_running_is_killed_with_its_children(tmp_path: Path) ->
              FAKE_CLAUDE_TOOL='["sh", "-c", "sleep 300; true"]')
     session = ProcessSpawner().spawn(s)
     shell = psutil.Process(int(wait_for_file(pidfile)))
-    deadline = time.monotonic() + 3
-    while not shell.children():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    (sleeper,) = shell.children()
+    (sleeper,) = wait_for(shell.children, timeout=3, what="the tool shell's child", interval=0.01)
     out = session.wait(timeout=10)
     assert out is not None and out.ok
     assert gone(shell.pid) and gone(sleeper.pid)

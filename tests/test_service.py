@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from maestro_py.ops import cron, service as svc
-from maestro_py.cli import cli
 from maestro_py.paths import Layout
 from maestro_py.registry import Registry
+from tests.fakes import invoke, one_line_error, write_agent
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "agent"
@@ -26,17 +26,15 @@ needs_systemd = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-anal
 PY = sys.executable  # a real interpreter: `systemd-analyze verify` checks that ExecStart= exists
 
 
-def make_agent(root: Path, toml: str | None = None) -> Path:
-    """An agent root with the example's registry (or `toml`) and prompt files."""
-    root.mkdir(parents=True)
-    shutil.copytree(EXAMPLE / "cadences", root / "cadences")
-    (root / "cadences.toml").write_text(toml if toml is not None else (EXAMPLE / "cadences.toml").read_text())
-    return root
+def example_agent(root: Path, toml: str | None = None) -> Path:
+    """An agent root with the example's prompt files and registry (or `toml`)."""
+    prompts = {path.stem: path.read_text() for path in (EXAMPLE / "cadences").glob("*.md")}
+    return write_agent(root, toml if toml is not None else (EXAMPLE / "cadences.toml").read_text(), prompts).root
 
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Path:
-    return make_agent(tmp_path / "agent")
+    return example_agent(tmp_path / "agent")
 
 
 def spec_for(root: Path, **changes: object) -> svc.ServiceSpec:
@@ -135,7 +133,7 @@ def test_launchd_plists_round_trip(agent: Path) -> None:
 
 def test_launchd_refuses_what_it_cannot_express(tmp_path: Path) -> None:
     toml = '[memo]\nmode = "inline"\nhandler = "noop"\nschedule = "0 12 */2 * 1"\n'
-    spec = spec_for(make_agent(tmp_path / "agent", toml))
+    spec = spec_for(example_agent(tmp_path / "agent", toml))
     with pytest.raises(svc.ServiceError) as info:
         svc.launchd_files(spec)
     message = str(info.value)
@@ -146,7 +144,7 @@ def test_launchd_refuses_what_it_cannot_express(tmp_path: Path) -> None:
 
 def test_an_invalid_schedule_names_the_cadence(tmp_path: Path) -> None:
     toml = '[tick]\nmode = "inline"\nhandler = "noop"\nschedule = "61 * * * *"\n'
-    spec = spec_for(make_agent(tmp_path / "agent", toml))
+    spec = spec_for(example_agent(tmp_path / "agent", toml))
     for manager in (svc.LAUNCHD, svc.SYSTEMD):
         with pytest.raises(svc.ServiceError, match=r"cadence 'tick': schedule '61 \* \* \* \*' is not usable: "
                                                    r"minute field '61': 61 is out of range"):
@@ -182,7 +180,7 @@ def test_systemd_units(agent: Path) -> None:
 
 def test_cron_or_rule_becomes_two_oncalendar_lines(tmp_path: Path) -> None:
     toml = '[report]\nmode = "inline"\nhandler = "noop"\nschedule = "30 6 1 * mon"\n'
-    timer = svc.systemd_files(spec_for(make_agent(tmp_path / "agent", toml)))[1].content.splitlines()
+    timer = svc.systemd_files(spec_for(example_agent(tmp_path / "agent", toml)))[1].content.splitlines()
     assert [line for line in timer if line.startswith("OnCalendar=")] == [
         "OnCalendar=Mon *-*-* 06:30:00", "OnCalendar=*-*-01 06:30:00"]
 
@@ -218,7 +216,7 @@ def test_awkward_paths_are_escaped(tmp_path: Path) -> None:
     venv.mkdir(parents=True)
     python = venv / "python 3"
     python.symlink_to(PY)
-    root = make_agent(tmp_path / 'my "agent" $USER 100%')
+    root = example_agent(tmp_path / 'my "agent" $USER 100%')
     files = svc.systemd_files(spec_for(root, python=str(python)))
     assert files[0].name == "maestro-my-agent-user-100.service"
     lines = files[0].content.splitlines()
@@ -239,28 +237,8 @@ def test_awkward_paths_are_escaped(tmp_path: Path) -> None:
 # -- the CLI ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
-    for var in ("MAESTRO_AGENT_ROOT", "MAESTRO_STOP_GRACE_SECONDS", "MAESTRO_KILL_GRACE_SECONDS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
-    return CliRunner()
-
-
-def invoke(runner: CliRunner, root: Path, *args: str, env: dict[str, str] | None = None):
-    return runner.invoke(cli, ["--root", str(root), "service", *args], env=env)
-
-
-def one_line_error(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("maestro: ")
-    return lines[0]
-
-
 def test_print_writes_every_file_after_a_header(runner: CliRunner, agent: Path, tmp_path: Path) -> None:
-    result = invoke(runner, agent, "print", "--systemd", "--user")
+    result = invoke(runner, agent, "service", "print", "--systemd", "--user")
     assert result.exit_code == 0, result.output
     dest = tmp_path / "home" / ".config" / "systemd" / "user"
     files = svc.systemd_files(spec_for(agent))
@@ -270,7 +248,7 @@ def test_print_writes_every_file_after_a_header(runner: CliRunner, agent: Path, 
 
 
 def test_print_launchd_uses_the_default_folder(runner: CliRunner, agent: Path, tmp_path: Path) -> None:
-    result = invoke(runner, agent, "print", "--launchd")
+    result = invoke(runner, agent, "service", "print", "--launchd")
     assert result.exit_code == 0, result.output
     assert f"# ==> {tmp_path}/home/Library/LaunchAgents/com.maestro.agent.daemon.plist <==" in result.stdout
     assert result.stdout.count("# ==> ") == 4
@@ -280,7 +258,7 @@ def test_install_and_uninstall_with_dest(runner: CliRunner, agent: Path, tmp_pat
     dest = tmp_path / "units"
     dest.mkdir()
     (dest / "someone-else.service").write_text("[Service]\n")
-    result = invoke(runner, agent, "install", "--systemd", "--user", "--dest", str(dest))
+    result = invoke(runner, agent, "service", "install", "--systemd", "--user", "--dest", str(dest))
     assert result.exit_code == 0, result.output
     expected = {f.name: f.content for f in svc.systemd_files(spec_for(agent))}
     assert {p.name: p.read_text() for p in dest.iterdir() if p.name != "someone-else.service"} == expected
@@ -288,40 +266,40 @@ def test_install_and_uninstall_with_dest(runner: CliRunner, agent: Path, tmp_pat
     assert "systemctl --user daemon-reload" in result.stdout
     assert ("systemctl --user enable --now maestro-agent.service maestro-agent-heartbeat.timer "
             "maestro-agent-inbox-processor.timer maestro-agent-weekly-strategic-memo.timer") in result.stdout
-    again = invoke(runner, agent, "install", "--systemd", "--user", "--dest", str(dest))
+    again = invoke(runner, agent, "service", "install", "--systemd", "--user", "--dest", str(dest))
     assert again.exit_code == 0  # reinstalling replaces
-    removed = invoke(runner, agent, "uninstall", "--systemd", "--user", "--dest", str(dest))
+    removed = invoke(runner, agent, "service", "uninstall", "--systemd", "--user", "--dest", str(dest))
     assert removed.exit_code == 0, removed.output
     assert [p.name for p in dest.iterdir()] == ["someone-else.service"]
     assert removed.stdout.count("removed ") == 7
     assert "systemctl --user disable --now maestro-agent.service" in removed.stdout
-    twice = invoke(runner, agent, "uninstall", "--systemd", "--user", "--dest", str(dest))
+    twice = invoke(runner, agent, "service", "uninstall", "--systemd", "--user", "--dest", str(dest))
     assert twice.exit_code == 0 and twice.stdout.count("not installed: ") == 7
 
 
 def test_install_launchd_with_dest(runner: CliRunner, agent: Path, tmp_path: Path) -> None:
     dest = tmp_path / "agents"
-    result = invoke(runner, agent, "install", "--launchd", "--dest", str(dest))
+    result = invoke(runner, agent, "service", "install", "--launchd", "--dest", str(dest))
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in dest.iterdir()) == sorted(f.name for f in svc.launchd_files(spec_for(agent)))
     for path in dest.iterdir():
         assert plistlib.loads(path.read_bytes())["Label"] == path.name.removesuffix(".plist")
     assert f"launchctl bootstrap gui/{os.getuid()} {dest}/com.maestro.agent.daemon.plist" in result.stdout
     assert (agent / "logs").is_dir()  # launchd would not create the log folder
-    assert invoke(runner, agent, "uninstall", "--launchd", "--dest", str(dest)).exit_code == 0
+    assert invoke(runner, agent, "service", "uninstall", "--launchd", "--dest", str(dest)).exit_code == 0
     assert list(dest.iterdir()) == []
 
 
 def test_system_units_run_as_the_roots_owner(runner: CliRunner, agent: Path, tmp_path: Path) -> None:
     owner = pwd.getpwuid(agent.stat().st_uid).pw_name
-    result = invoke(runner, agent, "print", "--systemd", "--dest", str(tmp_path / "u"))
+    result = invoke(runner, agent, "service", "print", "--systemd", "--dest", str(tmp_path / "u"))
     assert result.exit_code == 0 and f"\nUser={owner}\n" in result.stdout
-    result = invoke(runner, agent, "print", "--systemd", "--run-as", "maestro")
+    result = invoke(runner, agent, "service", "print", "--systemd", "--run-as", "maestro")
     assert result.exit_code == 0 and "\nUser=maestro\n" in result.stdout
 
 
 def test_placeholders_for_packaging(runner: CliRunner, agent: Path) -> None:
-    result = invoke(runner, agent, "print", "--systemd", "--user", "--python", "/opt/x/bin/python",
+    result = invoke(runner, agent, "service", "print", "--systemd", "--user", "--python", "/opt/x/bin/python",
                     "--deploy-root", "/srv/agents/cos", "--name", "cos", "--stop-timeout", "99", "--watchdog-sec", "20")
     assert result.exit_code == 0, result.output
     assert "ExecStart=/opt/x/bin/python -m maestro_py --root /srv/agents/cos run" in result.stdout
@@ -331,9 +309,9 @@ def test_placeholders_for_packaging(runner: CliRunner, agent: Path) -> None:
 
 def test_stop_timeout_follows_the_settings(runner: CliRunner, agent: Path) -> None:
     env = {"MAESTRO_STOP_GRACE_SECONDS": "100", "MAESTRO_KILL_GRACE_SECONDS": "10"}
-    result = invoke(runner, agent, "print", "--systemd", env=env)
+    result = invoke(runner, agent, "service", "print", "--systemd", env=env)
     assert "TimeoutStopSec=125" in result.stdout
-    result = invoke(runner, agent, "print", "--launchd", env=env)
+    result = invoke(runner, agent, "service", "print", "--launchd", env=env)
     assert "<key>ExitTimeOut</key>\n\t<integer>125</integer>" in result.stdout
 
 
@@ -350,23 +328,23 @@ def test_stop_timeout_follows_the_settings(runner: CliRunner, agent: Path) -> No
     (["print", "--systemd", "--now"], "No such option"),
 ])
 def test_bad_combinations_exit_2(runner: CliRunner, agent: Path, args: list[str], fragment: str) -> None:
-    result = invoke(runner, agent, *args)
+    result = invoke(runner, agent, "service", *args)
     assert result.exit_code == 2, result.output
     assert fragment in one_line_error(result)
 
 
 def test_an_inexpressible_schedule_exits_2(runner: CliRunner, tmp_path: Path) -> None:
     toml = '[memo]\nmode = "inline"\nhandler = "noop"\nschedule = "0 12 */2 * 1"\n'
-    root = make_agent(tmp_path / "agent", toml)
-    result = invoke(runner, root, "install", "--launchd", "--dest", str(tmp_path / "d"))
+    root = example_agent(tmp_path / "agent", toml)
+    result = invoke(runner, root, "service", "install", "--launchd", "--dest", str(tmp_path / "d"))
     assert result.exit_code == 2
     assert "cadence 'memo': schedule '0 12 */2 * 1' cannot be expressed for launchd" in one_line_error(result)
     assert not (tmp_path / "d").exists()
 
 
 def test_an_invalid_registry_exits_2(runner: CliRunner, tmp_path: Path) -> None:
-    root = make_agent(tmp_path / "agent", "[x]\nbogus = 1\n")
-    result = invoke(runner, root, "print", "--systemd")
+    root = example_agent(tmp_path / "agent", "[x]\nbogus = 1\n")
+    result = invoke(runner, root, "service", "print", "--systemd")
     assert result.exit_code == 2 and "unknown key" in one_line_error(result)
 
 
@@ -387,10 +365,10 @@ def test_install_and_uninstall_now_run_systemctl(runner: CliRunner, agent: Path,
     log = tmp_path / "calls.log"
     fake_tool(tmp_path / "bin", "systemctl", log, dest)
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
-    result = invoke(runner, agent, "install", "--systemd", "--user", "--now", env=env)
+    result = invoke(runner, agent, "service", "install", "--systemd", "--user", "--now", env=env)
     assert result.exit_code == 0, result.output
     assert len(list(dest.iterdir())) == 7
-    result = invoke(runner, agent, "uninstall", "--systemd", "--user", "--now", env=env)
+    result = invoke(runner, agent, "service", "uninstall", "--systemd", "--user", "--now", env=env)
     assert result.exit_code == 0, result.output
     timers = ("maestro-agent-heartbeat.timer maestro-agent-inbox-processor.timer "
               "maestro-agent-weekly-strategic-memo.timer")
@@ -405,7 +383,7 @@ def test_install_and_uninstall_now_run_systemctl(runner: CliRunner, agent: Path,
 def test_now_without_the_tool_installs_and_says_so(runner: CliRunner, agent: Path, tmp_path: Path) -> None:
     empty = tmp_path / "nobin"
     empty.mkdir()
-    result = invoke(runner, agent, "install", "--systemd", "--user", "--now", env={"PATH": str(empty)})
+    result = invoke(runner, agent, "service", "install", "--systemd", "--user", "--now", env={"PATH": str(empty)})
     assert result.exit_code == 1
     assert "systemctl is not on PATH" in one_line_error(result)
     assert "systemctl --user enable --now maestro-agent.service" in result.stdout
@@ -417,14 +395,14 @@ def test_launchd_now_tolerates_a_job_that_is_not_loaded(runner: CliRunner, agent
     log = tmp_path / "calls.log"
     fake_tool(tmp_path / "bin", "launchctl", log, dest, fail_on="bootout")
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
-    result = invoke(runner, agent, "install", "--launchd", "--now", env=env)
+    result = invoke(runner, agent, "service", "install", "--launchd", "--now", env=env)
     assert result.exit_code == 0, result.output
     calls = log.read_text().splitlines()
     uid = os.getuid()
     assert calls[0] == f"bootout gui/{uid}/com.maestro.agent.daemon [4]"
     assert calls[4] == f"bootstrap gui/{uid} {dest}/com.maestro.agent.daemon.plist [4]"
     assert len(calls) == 8
-    result = invoke(runner, agent, "uninstall", "--launchd", "--now", env=env)
+    result = invoke(runner, agent, "service", "uninstall", "--launchd", "--now", env=env)
     assert result.exit_code == 0, result.output
     assert log.read_text().splitlines()[8:] == [
         f"bootout gui/{uid}/{label} [4]" for label in (
@@ -435,7 +413,7 @@ def test_launchd_now_tolerates_a_job_that_is_not_loaded(runner: CliRunner, agent
 
 def test_a_failing_systemctl_is_an_error(runner: CliRunner, agent: Path, tmp_path: Path) -> None:
     fake_tool(tmp_path / "bin", "systemctl", tmp_path / "log", tmp_path, fail_on="--user")
-    result = invoke(runner, agent, "install", "--systemd", "--user", "--now",
+    result = invoke(runner, agent, "service", "install", "--systemd", "--user", "--now",
                     env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"})
     assert result.exit_code == 1
     assert "`systemctl --user daemon-reload` exited 3" in one_line_error(result)
@@ -464,7 +442,7 @@ def test_committed_plists_load() -> None:
 
 @needs_systemd
 def test_committed_units_verify_once_the_placeholders_exist(tmp_path: Path) -> None:
-    root = make_agent(tmp_path / "agent")
+    root = example_agent(tmp_path / "agent")
     units = tmp_path / "units"
     units.mkdir()
     for path in (REPO / "systemd").iterdir():
@@ -475,7 +453,7 @@ def test_committed_units_verify_once_the_placeholders_exist(tmp_path: Path) -> N
 
 def test_watchdog_outlasts_the_longest_inline_call(tmp_path: Path) -> None:
     def registry(toml: str, name: str) -> Registry:
-        return Registry.load(Layout(make_agent(tmp_path / name, toml)))
+        return Registry.load(Layout(example_agent(tmp_path / name, toml)))
 
     assert svc.watchdog_sec(registry("", "empty"), 1800) == 60
     fast = '[a]\nmode = "inline"\nhandler = "noop"\ntimeout_seconds = 10\n'
@@ -489,7 +467,7 @@ def test_watchdog_outlasts_the_longest_inline_call(tmp_path: Path) -> None:
 
 
 def test_cli_watchdog_default_comes_from_the_registry(runner: CliRunner, agent: Path) -> None:
-    result = invoke(runner, agent, "print", "--systemd", "--user")
+    result = invoke(runner, agent, "service", "print", "--systemd", "--user")
     assert "\nWatchdogSec=330\n" in result.stdout  # the example's inline/guarded cadences: timeout 300
-    result = invoke(runner, agent, "print", "--systemd", "--user", "--watchdog-sec", "0")
+    result = invoke(runner, agent, "service", "print", "--systemd", "--user", "--watchdog-sec", "0")
     assert "WatchdogSec" not in result.stdout

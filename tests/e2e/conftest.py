@@ -7,31 +7,27 @@ it is a hard failure, not a skip, when it is missing, so CI cannot go green with
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
-import psutil
 import pytest
 
 E2E_DIR = Path(__file__).resolve().parent
 if str(E2E_DIR) not in sys.path:  # pytest's prepend import mode does this too; be explicit
     sys.path.insert(0, str(E2E_DIR))
 
-from fake_api import FAKE_KEY, FakeMessagesAPI  # noqa: E402
+from fake_api import FakeMessagesAPI  # noqa: E402
+from support import (  # noqa: E402
+    Agent, ClaudeRun, MakeAgent, hermetic_claude_env, kill_tree, kill_trees, marked_processes,
+)
 
-PROJECT_ROOT = E2E_DIR.parent.parent
-LOCAL_CLAUDE = PROJECT_ROOT / ".tools" / "claude" / "node_modules" / ".bin" / "claude"
+from tests.fakes import REPO, write_agent  # noqa: E402
 
-# Dropped from the inherited environment so no real credential, endpoint or setting reaches the CLI
-# (this also removes CLAUDECODE=1, set when the tests themselves run inside Claude Code).
-_STRIP_PREFIXES = ("ANTHROPIC", "CLAUDE", "OTEL_")
-_STRIP_NAMES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "IS_SANDBOX"}
+LOCAL_CLAUDE = REPO / ".tools" / "claude" / "node_modules" / ".bin" / "claude"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -76,74 +72,12 @@ def claude_cwd(tmp_path: Path) -> Path:
     return cwd
 
 
-def hermetic_claude_env(base_url: str, home: Path, *, api_key: str = FAKE_KEY) -> dict[str, str]:
-    """Environment that points the CLI at ``base_url`` with a fake key, offline, fast and in ``home``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.upper().startswith(_STRIP_PREFIXES) and k not in _STRIP_NAMES and k.upper() not in _STRIP_NAMES
-    }
-    tmp = home / "tmp"
-    for sub in (tmp, home / ".config", home / ".cache", home / ".local" / "share", home / ".local" / "state"):
-        sub.mkdir(parents=True, exist_ok=True)
-    env.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_CACHE_HOME=str(home / ".cache"),
-        XDG_DATA_HOME=str(home / ".local" / "share"),
-        XDG_STATE_HOME=str(home / ".local" / "state"),
-        TMPDIR=str(tmp),  # the Bash tool keeps scratch files in $TMPDIR/claude-<uid>/
-        ANTHROPIC_BASE_URL=base_url,
-        ANTHROPIC_API_KEY=api_key,
-        # No title request, telemetry, update check or DNS lookups of api.anthropic.com.
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-        DISABLE_AUTOUPDATER="1",
-        DISABLE_TELEMETRY="1",
-        DISABLE_ERROR_REPORTING="1",
-        # One POST per request: errors surface in ~1 s instead of after minutes of backoff.
-        CLAUDE_CODE_MAX_RETRIES="0",
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-    )
-    return env
-
-
 @pytest.fixture
 def claude_env(fake_api: FakeMessagesAPI, tmp_path: Path) -> dict[str, str]:
     """A hermetic environment for running the CLI against ``fake_api`` (HOME under tmp_path)."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     return hermetic_claude_env(fake_api.url, home)
-
-
-@dataclass
-class ClaudeRun:
-    """The outcome of one CLI run."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-    wall: float
-
-    @property
-    def json(self) -> Any:
-        """stdout parsed as one JSON object (``--output-format json``)."""
-        return json.loads(self.stdout)
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every descendant (tool processes run in sessions of their own)."""
-    try:
-        proc = psutil.Process(pid)
-        procs = [*proc.children(recursive=True), proc]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=5)
 
 
 @pytest.fixture
@@ -178,3 +112,46 @@ def run_claude(claude_bin: str, claude_env: dict[str, str], claude_cwd: Path) ->
                          time.monotonic() - start)
 
     return run
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path, fake_api: FakeMessagesAPI, claude_bin: str) -> Iterator[MakeAgent]:
+    """`make_agent(prompts, registry="", **env)`: a fresh root with `cadences/<name>.md` files.
+
+    Teardown SIGKILLs any daemon still running and every process carrying this test's HOME, so a
+    failed test leaves no stray `claude` or `sleep 300` (the tests themselves assert there are none).
+    """
+    agents: list[Agent] = []
+
+    def make(prompts: dict[str, str], registry: str = "", **extra: str | None) -> Agent:
+        assert not agents, "one agent per test"
+        layout = write_agent(tmp_path / "agent", registry, prompts)
+        home = tmp_path / "home"
+        home.mkdir()
+        env = hermetic_claude_env(fake_api.url, home)
+        env.update({
+            "CLAUDE_BIN": claude_bin,
+            "PYTHONPATH": str(REPO),
+            "MAESTRO_KILL_GRACE_SECONDS": "1",
+            "MAESTRO_STOP_GRACE_SECONDS": "0.5",
+            "MAESTRO_BACKOFF_SECONDS": "0",  # a failed attempt is retried at once (the retry tests need it)
+        })
+        for key, value in extra.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        logs = tmp_path / "daemon-logs"
+        logs.mkdir()
+        agent = Agent(layout, home, env, logs)
+        agents.append(agent)
+        return agent
+
+    yield make
+
+    for agent in agents:
+        for proc in agent.daemons:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        kill_trees(marked_processes(agent.home))

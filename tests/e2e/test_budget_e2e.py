@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 
 from fake_api import INPUT_TOKENS, OUTPUT_TOKENS, FakeMessagesAPI
-from test_daemon_e2e import MakeAgent, make_agent, wait_for  # noqa: F401 (make_agent is a fixture)
+from support import Agent, MakeAgent
 
 from maestro_py.paths import Folder
-from tests.helpers import tick_ids
+from tests.fakes import tick_ids
 
 RUN = INPUT_TOKENS + OUTPUT_TOKENS
 
 
-def enqueue_distinct(agent, cadence: str, n: int) -> list[str]:
+def enqueue_distinct(agent: Agent, cadence: str, n: int) -> list[str]:
     ids = []
     for i in range(n):
         out = agent.maestro("enqueue", cadence, "--payload", json.dumps({"n": i}))

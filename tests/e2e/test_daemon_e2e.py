@@ -11,59 +11,27 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
 
-from conftest import hermetic_claude_env
 from fake_api import EXPECTED_COST_USD, FAKE_KEY, INPUT_TOKENS, OUTPUT_TOKENS, REPLY_TEXT, FakeMessagesAPI
+from support import Agent, MakeAgent, describe, files_containing, marked_processes
 
-from maestro_py.paths import Folder, Layout
-from tests.helpers import read_json, tick_ids
+from maestro_py.paths import Folder
+from tests.fakes import tick_ids, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 USAGE_FIELDS = ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
 
 
 # -- helpers ------------------------------------------------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 15, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy (returned) or `timeout` s pass (pytest.fail)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def marked_processes(home: Path) -> list[psutil.Process]:
-    """Live (non-zombie) processes whose environment has HOME=`home`: the daemon and all it started."""
-    wanted = str(home)
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid == os.getpid():
-            continue
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if proc.environ().get("HOME") == wanted:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
-
-def tool_sleep(agent: "Agent") -> psutil.Process | None:
+def tool_sleep(agent: Agent) -> psutil.Process | None:
     """The CLI tool's `sleep 300` carrying this test's HOME, once it runs (None before)."""
     found = []
     for proc in marked_processes(agent.home):
@@ -76,43 +44,13 @@ def tool_sleep(agent: "Agent") -> psutil.Process | None:
     return found[0] if found else None
 
 
-def describe(procs: list[psutil.Process]) -> list[str]:
-    out = []
-    for proc in procs:
-        try:
-            out.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
-        except psutil.Error:
-            out.append(f"{proc.pid} (gone)")
-    return out
-
-
-def kill_trees(procs: list[psutil.Process]) -> None:
-    everything: dict[int, psutil.Process] = {}
-    for proc in procs:
-        try:
-            for p in [proc, *proc.children(recursive=True)]:
-                everything[p.pid] = p
-        except psutil.NoSuchProcess:
-            continue
-    for proc in everything.values():
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(list(everything.values()), timeout=5)
-
-
 def is_gone(pid: int, create_time: float) -> bool:
+    """The process that had this pid and start time has ended (dead, a zombie, or the pid reused)."""
     try:
         proc = psutil.Process(pid)
         return abs(proc.create_time() - create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def files_containing(root: Path, needle: str) -> list[str]:
-    data = needle.encode()
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and data in p.read_bytes())
 
 
 def user_text(post: Any) -> str:
@@ -147,128 +85,6 @@ TOOL_PROMPT = "Run the long command please. [[fake:tool_sleep]]"
 def tool_registry(*, timeout: float) -> str:
     return (f'[tool]\ntimeout_seconds = {timeout}\nmax_attempts = 1\n'
             'claude_args = ["--allowedTools", "Bash"]\n')
-
-
-@dataclass
-class Agent:
-    """One agent root, the CLI's HOME and the daemon's environment; runs `python -m maestro_py` on them."""
-
-    layout: Layout
-    home: Path
-    env: dict[str, str]
-    logs: Path
-    daemons: list[subprocess.Popen] = field(default_factory=list)
-
-    @property
-    def root(self) -> Path:
-        return self.layout.root
-
-    def maestro(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "maestro_py", "--root", str(self.root), *args],
-                              env=self.env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-    def enqueue(self, cadence: str) -> str:
-        out = self.maestro("enqueue", cadence)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
-
-    def run_once(self, timeout: float = 60) -> subprocess.CompletedProcess:
-        out = self.maestro("run", "--once", timeout=timeout)
-        assert out.returncode == 0, f"daemon exited {out.returncode}: {out.stderr[-2000:]}"
-        return out
-
-    def start(self, *args: str) -> subprocess.Popen:
-        """Start `run ARGS` in the background (output to files, so a full pipe never blocks it)."""
-        n = len(self.daemons)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "maestro_py", "--root", str(self.root), "run", *args],
-            env=self.env, cwd=REPO, stdin=subprocess.DEVNULL,
-            stdout=open(self.logs / f"daemon{n}.out", "wb"), stderr=open(self.logs / f"daemon{n}.err", "wb"),
-        )
-        self.daemons.append(proc)
-        wait_for(lambda: self.layout.consumer_file.exists() or proc.poll() is not None, what="daemon status file")
-        assert proc.poll() is None, f"daemon exited at start: {self.daemon_stderr(proc)}"
-        return proc
-
-    def daemon_stderr(self, proc: subprocess.Popen) -> str:
-        return (self.logs / f"daemon{self.daemons.index(proc)}.err").read_text(errors="replace")[-2000:]
-
-    def status(self) -> dict[str, Any]:
-        return read_json(self.layout.consumer_file)
-
-    def tick(self, folder: Folder, tick_id: str) -> dict[str, Any]:
-        return read_json(self.layout.folder(folder) / f"{tick_id}.json")
-
-    def ledger(self) -> list[dict[str, Any]]:
-        path = self.layout.ledger_file
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-    def stdout_logs(self) -> list[Path]:
-        return sorted(self.layout.subsessions_dir.glob("*.stdout.log"))
-
-    def leftovers(self, *, timeout: float = 3) -> list[str]:
-        """This test's processes still alive after up to `timeout` s (exiting ones get that long to go)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            alive = marked_processes(self.home)
-            if not alive or time.monotonic() >= deadline:
-                return describe(alive)
-            time.sleep(0.05)
-
-    def assert_no_key_under_root(self) -> None:
-        assert files_containing(self.root, FAKE_KEY) == []
-
-
-MakeAgent = Callable[..., Agent]
-
-
-@pytest.fixture
-def make_agent(tmp_path: Path, fake_api: FakeMessagesAPI, claude_bin: str) -> Iterator[MakeAgent]:
-    """`make_agent(prompts, registry="", **env)`: a fresh root with `cadences/<name>.md` files.
-
-    Teardown SIGKILLs any daemon still running and every process carrying this test's HOME, so a
-    failed test leaves no stray `claude` or `sleep 300` (the tests themselves assert there are none).
-    """
-    agents: list[Agent] = []
-
-    def make(prompts: dict[str, str], registry: str = "", **extra: str | None) -> Agent:
-        assert not agents, "one agent per test"
-        layout = Layout(tmp_path / "agent")
-        layout.root.mkdir()
-        layout.cadences_dir.mkdir()
-        for name, text in prompts.items():
-            layout.prompt_file(name).write_text(text)
-        if registry:
-            layout.registry_file.write_text(registry)
-        home = tmp_path / "home"
-        home.mkdir()
-        env = hermetic_claude_env(fake_api.url, home)
-        env.update({
-            "CLAUDE_BIN": claude_bin,
-            "PYTHONPATH": str(REPO),
-            "MAESTRO_KILL_GRACE_SECONDS": "1",
-            "MAESTRO_STOP_GRACE_SECONDS": "0.5",
-            "MAESTRO_BACKOFF_SECONDS": "0",  # a failed attempt is retried at once (the retry tests need it)
-        })
-        for key, value in extra.items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = value
-        logs = tmp_path / "daemon-logs"
-        logs.mkdir()
-        agent = Agent(layout, home, env, logs)
-        agents.append(agent)
-        return agent
-
-    yield make
-
-    for agent in agents:
-        for proc in agent.daemons:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-        kill_trees(marked_processes(agent.home))
 
 
 # -- tests --------------------------------------------------------------------------------------------
@@ -607,9 +423,14 @@ def test_emergency_stop_ends_the_run_and_spawns_nothing_until_resume(make_agent:
 
     memo = agent.enqueue("memo")
     posts = fake_api.post_count()
-    wait_for(lambda: agent.status()["counters"].get("skipped_emergency_stop", 0) >= 1, timeout=5,
-             what="skipped_emergency_stop counter")
-    time.sleep(1.0)
+
+    def refusals() -> int:
+        return agent.status()["counters"].get("skipped_emergency_stop", 0)
+
+    wait_for(lambda: agent.status()["queued"] == 2, timeout=5, what="the memo in the daemon's index")
+    seen = refusals()
+    # Every later pass over the inbox refuses both ticks: two more refusals mean a whole pass has seen the memo.
+    wait_for(lambda: refusals() >= seen + 2, timeout=10, what="a pass of the loop refusing both ticks")
     assert fake_api.post_count() == posts == 1
     assert sorted(tick_ids(agent.layout, Folder.INBOX)) == sorted([hung, memo])
     status = agent.status()

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import psutil
 import pytest
 
-from conftest import ClaudeRun, kill_tree
 from fake_api import EXPECTED_COST_USD, FAKE_KEY, INPUT_TOKENS, OUTPUT_TOKENS, REPLY_TEXT, FakeMessagesAPI
+from support import ClaudeRun, kill_tree
 
 Run = Callable[..., ClaudeRun]
 

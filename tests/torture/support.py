@@ -1,4 +1,4 @@
-"""Shared machinery for the torture tests: agent roots, tick files, folder accounting, daemon launching."""
+"""Shared machinery for the torture tests: scale, tick files, folder accounting, daemon launching."""
 
 from __future__ import annotations
 
@@ -12,60 +12,22 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from maestro_py.bus.store import REASON_SUFFIX
-from maestro_py.paths import Folder, Layout
 from maestro_py.bus.tick import Tick
+from maestro_py.paths import Folder, Layout
+from tests.fakes import REPO
 
-REPO = Path(__file__).resolve().parent.parent.parent
-FAKE_CLAUDE = REPO / "tests" / "fake_claude.py"
 ZYGOTE = Path(__file__).resolve().parent / "zygote.py"
-SECRET = "sk-ant-test-TORTURE-0123456789abcdef"
-SCALE = float(os.environ.get("MAESTRO_TORTURE_SCALE", "1"))
+# MAESTRO_TEST_FULL=1 (.ci/run sets it): the `slow` tests run too, and the scale defaults to 1.
+FULL = os.environ.get("MAESTRO_TEST_FULL", "") not in ("", "0")
+# Sizes of the torture runs (ticks, kills, rounds) are multiplied by this; 10 is the long variant by hand.
+SCALE = float(os.environ.get("MAESTRO_TORTURE_SCALE") or (1 if FULL else 0.3))
 # MAESTRO_TORTURE_EXEC=1: every daemon life is a cold `python -m maestro_py` (slower; for runs by hand).
 EXEC = os.environ.get("MAESTRO_TORTURE_EXEC", "") not in ("", "0")
-
-
-def make_agent(root: Path, registry: str, prompts: dict[str, str] | None = None,
-               files: dict[str, str] | None = None) -> Layout:
-    root.mkdir(parents=True, exist_ok=True)
-    layout = Layout(root)
-    layout.ensure()
-    (root / "cadences.toml").write_text(registry)
-    layout.cadences_dir.mkdir(exist_ok=True)
-    for name, text in (prompts or {}).items():
-        layout.prompt_file(name).write_text(text)
-    for name, text in (files or {}).items():
-        (root / name).write_text(text)
-    return layout
-
-
-def fast_fake_claude(folder: Path) -> Path:
-    """fake_claude.py behind a shebang naming this interpreter: `#!/usr/bin/env python3` may go through a
-    pyenv shim (~0.2 s per spawn here), which would make the sub-sessions, not the daemon, the bottleneck."""
-    path = folder / "claude"
-    if not path.exists():
-        path.write_text(f"#!{sys.executable}\nimport runpy, sys\nsys.argv[0] = {str(FAKE_CLAUDE)!r}\n"
-                        f"runpy.run_path({str(FAKE_CLAUDE)!r}, run_name='__main__')\n")
-        path.chmod(0o755)
-    return path
-
-
-def daemon_env(tmp_path: Path, **extra: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_", "MAESTRO_", "FAKE_"))}
-    env.update({
-        "CLAUDE_BIN": str(fast_fake_claude(tmp_path)),
-        "ANTHROPIC_API_KEY": SECRET,
-        "FAKE_CLAUDE_COUNT": str(tmp_path / "spawns.txt"),
-        "MAESTRO_KILL_GRACE_SECONDS": "0.5",
-        "MAESTRO_STOP_GRACE_SECONDS": "20",
-        "MAESTRO_BACKOFF_SECONDS": "0",
-        "MAESTRO_MAX_INBOX": "1000000",
-        "PYTHONPATH": str(REPO),
-    })
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+# On top of tests.fakes.daemon_env: drain for long on SIGTERM, retry at once, never refuse a big inbox.
+TORTURE_ENV = {"MAESTRO_STOP_GRACE_SECONDS": "20", "MAESTRO_BACKOFF_SECONDS": "0", "MAESTRO_MAX_INBOX": "1000000"}
 
 
 def new_tick(cadence: str, payload: dict[str, Any] | None = None) -> Tick:
@@ -128,27 +90,12 @@ def runs_per_tick(count_file: Path) -> Counter[str]:
     return runs
 
 
-def read_events(layout: Layout) -> list[dict[str, Any]]:
-    out = []
-    for path in sorted(layout.events_dir.glob("bus-*.jsonl")):
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, what: str = "condition",
-             interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+def status_pid(layout: Layout) -> int | None:
+    """The pid in the daemon's status file (None before it wrote one)."""
+    try:
+        return json.loads(layout.consumer_file.read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def seeded_random(name: str) -> tuple[random.Random, int]:

@@ -4,7 +4,7 @@ The daemon must say so on stderr (its event log is on the broken disk), keep run
 resume by itself once the disk is usable again, and settle every tick in done/ exactly once — without
 burning attempts or writing history twice for the run whose settling the disk interrupted.
 `test_disk_full_injected` drives the same failure in-process (ENOSPC injected at the bus seam), so it
-runs where mounting is impossible, and pins down the exact interleavings.
+runs where mounting is impossible, and pins down the exact interleavings; the real-disk tests are `slow`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from maestro_py.config import Settings
 from maestro_py.daemon.loop import Daemon
 from maestro_py.paths import Folder, Layout
-from tests.torture.support import (
-    REPO, daemon_env, folder_ids, make_agent, new_tick, publish, runs_per_tick, stage, wait_for,
+from tests.fakes import (
+    REPO, FakeSpawner, daemon_env, events, ledger_rows, make_daemon, wait_for, write_agent,
 )
+from tests.torture.support import TORTURE_ENV, folder_ids, new_tick, publish, runs_per_tick, stage, status_pid
 
 REGISTRY = """
 [defaults]
@@ -94,7 +94,7 @@ def start(layout: Layout, env: dict[str, str], stderr: Path) -> subprocess.Popen
     with open(stderr, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "maestro_py", "--root", str(layout.root), "run"], env=env,
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
-    wait_for(lambda: proc.poll() is not None or _status_pid(layout) == proc.pid, what="daemon start")
+    wait_for(lambda: proc.poll() is not None or status_pid(layout) == proc.pid, what="daemon start")
     assert proc.poll() is None, stderr.read_text()
     return proc
 
@@ -106,13 +106,6 @@ def where(layout: Layout, ids: set[str], stderr: Path) -> str:
     reasons = [json.loads((layout.folder(Folder.DLQ) / f"{i}.json").read_text()).get("dlq_reason")
                for i in set(folder_ids(layout, Folder.DLQ)) & ids]
     return f"{out}; dlq reasons {reasons[:3]}; stderr tail: {stderr.read_text()[-1500:]}"
-
-
-def _status_pid(layout: Layout) -> int | None:
-    try:
-        return json.loads(layout.consumer_file.read_text())["pid"]
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def check_histories(layout: Layout, ids: set[str], runs: Counter[str] | None = None) -> dict[str, Any]:
@@ -136,10 +129,15 @@ def check_histories(layout: Layout, ids: set[str], runs: Counter[str] | None = N
 
 def wait_all_done(layout: Layout, ids: set[str], stderr: Path) -> None:
     """Every tick reaches done/ (else fail saying where they are)."""
-    try:
-        wait_for(lambda: set(folder_ids(layout, Folder.DONE)) >= ids, timeout=30, what="every tick done")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}: {where(layout, ids, stderr)}") from None
+    wait_for(lambda: set(folder_ids(layout, Folder.DONE)) >= ids, timeout=30, what="every tick done",
+             explain=lambda: where(layout, ids, stderr))
+
+
+def survives_retries(proc: subprocess.Popen, stderr: Path, n: int = 3) -> None:
+    """The daemon says "I/O error" on stderr `n` times (each a retry of its step on the broken disk), and lives."""
+    wait_for(lambda: stderr.read_text().count("maestro: I/O error") >= n or proc.poll() is not None, timeout=20,
+             what=f"{n} I/O errors on stderr")
+    assert proc.poll() is None, stderr.read_text()
 
 
 def judged(layout: Layout, ids: set[str], code: int, stderr: Path) -> tuple[dict[str, Any], list[str]]:
@@ -152,28 +150,17 @@ def judged(layout: Layout, ids: set[str], code: int, stderr: Path) -> tuple[dict
     return finals, [line for line in text.splitlines() if "maestro: I/O error" in line]
 
 
-def ledger_rows(layout: Layout) -> list[dict[str, Any]]:
-    if not layout.ledger_file.exists():
-        return []
-    rows = []
-    for line in layout.ledger_file.read_text(errors="replace").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            rows.append({"torn": line})
-    return rows
-
-
 def workload(tmp_path: Path, layout: Layout, n_work: int, n_beat: int) -> tuple[list, list[Path]]:
     ticks = [new_tick("work", {"n": i, "do": "[[fake_claude:sleep:0.3]]"}) for i in range(n_work)]
     ticks += [new_tick("beat", {"n": i}) for i in range(n_beat)]
     return ticks, stage(ticks, layout.root.parent / "staging")
 
 
+@pytest.mark.slow
 def test_disk_full_under_a_running_daemon(tmp_path: Path, small_disk: Path) -> None:
-    layout = make_agent(small_disk / "agent", REGISTRY, {"work": "Do the work."})
-    env = daemon_env(tmp_path, MAESTRO_MAX_LIVE_SUBSESSIONS=3, MAESTRO_POLL_MS=200, MAESTRO_REAP_SECONDS=0.5,
-                     MAESTRO_MAX_ATTEMPTS=3, MAESTRO_CIRCUIT_THRESHOLD=1000)
+    layout = write_agent(small_disk / "agent", REGISTRY, {"work": "Do the work."})
+    env = daemon_env(tmp_path, **TORTURE_ENV, MAESTRO_MAX_LIVE_SUBSESSIONS=3, MAESTRO_POLL_MS=200,
+                     MAESTRO_REAP_SECONDS=0.5, MAESTRO_MAX_ATTEMPTS=3, MAESTRO_CIRCUIT_THRESHOLD=1000)
     ticks, staged = workload(tmp_path, layout, 12, 30)
     early, late = staged[:8] + staged[12:32], staged[8:12] + staged[32:]
     publish(early, layout)
@@ -182,24 +169,18 @@ def test_disk_full_under_a_running_daemon(tmp_path: Path, small_disk: Path) -> N
         wait_for(lambda: len(runs_per_tick(tmp_path / "spawns.txt")) >= 3, what="sub-sessions running")
         filled = fill(small_disk / "filler")
         publish(late, layout)  # a rename needs no space: triggers can still deliver into the full disk
-        wait_for(lambda: "maestro: I/O error" in (tmp_path / "daemon.stderr").read_text(), timeout=20,
-                 what="the I/O error on stderr")
-        time.sleep(2.0)  # several retries against the full disk
-        assert proc.poll() is None, (tmp_path / "daemon.stderr").read_text()
-        status_pid = proc.pid
+        survives_retries(proc, tmp_path / "daemon.stderr")  # several retries against the full disk
         os.unlink(small_disk / "filler")
         ids = {t.id for t in ticks}
         wait_all_done(layout, ids, tmp_path / "daemon.stderr")
-        assert proc.poll() is None and _status_pid(layout) == status_pid
+        assert proc.poll() is None and status_pid(layout) == proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     finals, errors = judged(layout, ids, code, tmp_path / "daemon.stderr")
     runs = runs_per_tick(tmp_path / "spawns.txt")
-    rows = ledger_rows(layout)
-    torn = [r for r in rows if "torn" in r]
-    per_tick = Counter(r.get("tick") for r in rows if "torn" not in r)
-    assert not torn, f"torn ledger lines: {torn}"
+    rows = ledger_rows(layout)  # a torn line fails here
+    per_tick = Counter(r["tick"] for r in rows)
     for tick_id in runs:
         assert per_tick[tick_id] <= runs[tick_id], f"{tick_id}: more ledger rows than runs (counted twice)"
     failed_runs = sum(f["attempts"] for f in finals.values())
@@ -209,10 +190,11 @@ def test_disk_full_under_a_running_daemon(tmp_path: Path, small_disk: Path) -> N
           f"{failed_runs} attempts burnt by runs whose output hit the full disk; {len(rows)} ledger rows")
 
 
+@pytest.mark.slow
 def test_read_only_root_under_a_running_daemon(tmp_path: Path, small_disk: Path) -> None:
-    layout = make_agent(small_disk / "agent", REGISTRY, {"work": "Do the work."})
-    env = daemon_env(tmp_path, MAESTRO_MAX_LIVE_SUBSESSIONS=3, MAESTRO_POLL_MS=200, MAESTRO_REAP_SECONDS=0.5,
-                     MAESTRO_MAX_ATTEMPTS=3, MAESTRO_CIRCUIT_THRESHOLD=1000)
+    layout = write_agent(small_disk / "agent", REGISTRY, {"work": "Do the work."})
+    env = daemon_env(tmp_path, **TORTURE_ENV, MAESTRO_MAX_LIVE_SUBSESSIONS=3, MAESTRO_POLL_MS=200,
+                     MAESTRO_REAP_SECONDS=0.5, MAESTRO_MAX_ATTEMPTS=3, MAESTRO_CIRCUIT_THRESHOLD=1000)
     ticks, staged = workload(tmp_path, layout, 12, 30)
     publish(staged, layout)
     proc = start(layout, env, tmp_path / "daemon.stderr")
@@ -224,10 +206,7 @@ def test_read_only_root_under_a_running_daemon(tmp_path: Path, small_disk: Path)
         assert _run("mount", "--bind", root, root).returncode == 0
         ro = _run("mount", "-o", "remount,bind,ro", root)
         assert ro.returncode == 0, ro.stderr
-        wait_for(lambda: "maestro: I/O error" in (tmp_path / "daemon.stderr").read_text(), timeout=20,
-                 what="the I/O error on stderr")
-        time.sleep(2.0)
-        assert proc.poll() is None, (tmp_path / "daemon.stderr").read_text()
+        survives_retries(proc, tmp_path / "daemon.stderr")
         assert _run("umount", "-l", root).returncode == 0  # writable again
         ids = {t.id for t in ticks}
         wait_all_done(layout, ids, tmp_path / "daemon.stderr")
@@ -275,16 +254,10 @@ class Disk:
 
 
 def injected_world(layout: Layout, clock, ledger_full: bool, threshold: int) -> tuple[Daemon, Any, Disk]:
-    from tests.fakes import FakeSpawner, settings_env
-
-    layout.cadences_dir.mkdir(exist_ok=True)
-    layout.prompt_file("work").write_text("Work.")
-    (layout.root / "cadences.toml").write_text(INJECTED_REGISTRY)
-    env = settings_env(MAESTRO_MAX_LIVE_SUBSESSIONS=3, MAESTRO_MAX_ATTEMPTS=3, MAESTRO_POLL_MS=1,
-                       MAESTRO_REAP_SECONDS=1, MAESTRO_CIRCUIT_THRESHOLD=threshold)
+    write_agent(layout, INJECTED_REGISTRY, {"work": "Work."})
     spawner = FakeSpawner(default="hang")  # each sub-session ends when the test finishes it
-    daemon = Daemon(layout, Settings.from_env(env), env, clock=clock, spawner=spawner, watch=False)
-    daemon.guardrails.restore()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_MAX_LIVE_SUBSESSIONS=3, MAESTRO_MAX_ATTEMPTS=3,
+                         MAESTRO_POLL_MS=1, MAESTRO_REAP_SECONDS=1, MAESTRO_CIRCUIT_THRESHOLD=threshold)
     daemon.guardrails.credentials_verified = True  # as after a first good run: up to the live cap at once
     return daemon, spawner, Disk(daemon, ledger=ledger_full)
 
@@ -308,8 +281,6 @@ def where_each(layout: Layout) -> Counter[str]:
 
 def full_disk_episode(layout: Layout, clock, ledger_full: bool,
                       threshold: int = 99) -> tuple[Daemon, Disk, dict[str, str], list[str]]:
-    from tests.torture.support import new_tick as fresh
-
     daemon, spawner, disk = injected_world(layout, clock, ledger_full, threshold)
     bus = daemon.bus
     work = [bus.enqueue("work", payload={"n": i}).id for i in range(3)]
@@ -319,7 +290,7 @@ def full_disk_episode(layout: Layout, clock, ledger_full: bool,
 
     disk.full = True
     for i in range(3, 5):  # delivered by rename while the disk is full (a trigger's `mv`)
-        tick = fresh("beat", {"n": i})
+        tick = new_tick("beat", {"n": i})
         path = layout.folder(Folder.TMP).parent / f"x-{tick.id}"
         path.write_bytes(tick.to_bytes())
         os.rename(path, layout.folder(Folder.INBOX) / tick.filename)
@@ -373,9 +344,7 @@ def test_disk_full_injected_counts_each_failed_run_once(layout: Layout, clock) -
     """With the default breaker threshold (3), two real failures must not open the circuit, however often
     the interrupted settle is retried (the policies' verdict is kept per tick until the move succeeds)."""
     daemon, disk, work, beats = full_disk_episode(layout, clock, ledger_full=False, threshold=3)
-    from tests.torture.support import read_events
-
-    opened = [e for e in read_events(layout) if e["stage"] in ("circuit_opened", "circuit_reopened")]
+    opened = [e for e in events(layout, lenient=True) if e["stage"] in ("circuit_opened", "circuit_reopened")]
     assert opened == [], f"the breaker opened after 2 real failures: {opened}"
     assert daemon.counters["failed"] == 2, daemon.counters  # the 500 and the 400, each once
 

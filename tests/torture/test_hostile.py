@@ -23,9 +23,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from maestro_py.bus.store import REASON_SUFFIX
-from maestro_py.paths import Folder, Layout
 from maestro_py.bus.tick import CADENCE_RE, MAX_TICK_BYTES
-from tests.torture.support import REPO, daemon_env, folder_ids, make_agent, new_tick, wait_for
+from maestro_py.paths import Folder, Layout
+from tests.fakes import REPO, daemon_env, wait_for, write_agent
+from tests.torture.support import TORTURE_ENV, folder_ids, new_tick, status_pid
 
 REGISTRY = """
 [good]
@@ -327,7 +328,7 @@ def _digest_noatime(path: Path) -> str:
 class World:
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.layout = make_agent(base / "agent", REGISTRY, {"think": "Think it over."})
+        self.layout = write_agent(base / "agent", REGISTRY, {"think": "Think it over."})
         self.outside = base / "outside"
         (self.outside / "dir").mkdir(parents=True)
         (self.outside / "tick.json").write_bytes(enc(tick_json(source="outside")))  # tempting: a valid tick
@@ -341,7 +342,8 @@ class World:
         for entry in self.outside.rglob("*"):
             st_ = entry.lstat()
             os.utime(entry, ns=(st_.st_mtime_ns - 10**12, st_.st_mtime_ns), follow_symlinks=False)
-        env = daemon_env(base, MAESTRO_MAX_LIVE_SUBSESSIONS=2, MAESTRO_POLL_MS=200, MAESTRO_REAP_SECONDS=1)
+        env = daemon_env(base, **TORTURE_ENV, MAESTRO_MAX_LIVE_SUBSESSIONS=2, MAESTRO_POLL_MS=200,
+                         MAESTRO_REAP_SECONDS=1)
         env.pop("FAKE_CLAUDE_COUNT")  # nothing may appear beside the root
         self.stderr = open(base / "daemon.stderr", "wb")
         self.outside_before = fingerprint(self.outside, atime=True)
@@ -351,7 +353,8 @@ class World:
         self.examples = itertools.count()
         self.proc = subprocess.Popen([sys.executable, "-m", "maestro_py", "--root", str(self.layout.root), "run"],
                                      env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.stderr)
-        wait_for(lambda: self._status_pid() == self.proc.pid or self.proc.poll() is not None, what="daemon start")
+        wait_for(lambda: status_pid(self.layout) == self.proc.pid or self.proc.poll() is not None,
+                 what="daemon start")
         assert self.proc.poll() is None, self.stderr_text()
 
     @staticmethod
@@ -359,11 +362,8 @@ class World:
         st_ = os.stat("/etc/passwd")
         return hashlib.sha256(Path("/etc/passwd").read_bytes()).hexdigest(), st_.st_mtime_ns, st_.st_ino
 
-    def _status_pid(self) -> int | None:
-        try:
-            return json.loads(self.layout.consumer_file.read_text())["pid"]
-        except (OSError, ValueError, KeyError):
-            return None
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.layout.consumer_file.read_text())
 
     def stderr_text(self) -> str:
         return (self.base / "daemon.stderr").read_text(errors="replace")
@@ -378,9 +378,11 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
+    """One real daemon for the whole module: every example of every test lands in its inbox."""
     world = World(tmp_path_factory.mktemp("hostile"))
     yield world
     assert world.stop() == 0, world.stderr_text()
+    assert "Traceback" not in world.stderr_text(), world.stderr_text()
 
 
 def notes_by_name(layout: Layout) -> dict[str, list[dict[str, Any]]]:
@@ -413,7 +415,7 @@ def test_every_kind_at_once(world: World, data: st.DataObject) -> None:
     throw_and_check(world, data, sorted(KINDS))
 
 
-def throw_and_check(world: World, data: st.DataObject, kinds: list[str]) -> None:
+def throw_and_check(world: World, data: st.DataObject, kinds: list[str]) -> Example:
     layout = world.layout
     inbox = layout.folder(Folder.INBOX)
     assert world.proc.poll() is None, f"the daemon died earlier: {world.stderr_text()[-3000:]}"
@@ -447,16 +449,16 @@ def throw_and_check(world: World, data: st.DataObject, kinds: list[str]) -> None
                 and all(shown(n) in notes for n in ex.quarantine)
                 and not left and not os.listdir(layout.folder(Folder.CLAIMED)))
 
-    try:
-        wait_for(settled, timeout=20, what=f"example {ex.prefix} ({kinds}) to settle", interval=0.02)
-    except AssertionError:
+    def unsettled() -> str:
         left = sorted(set(os.listdir(inbox)) & ex.names())
         missing = [(n, ex.kinds.get(n)) for n in ex.quarantine if shown(n) not in notes_by_name(layout)]
-        raise AssertionError(f"{ex.prefix} {kinds}: still in inbox {left!r}; no reason note for {missing!r}; "
-                             f"daemon alive: {world.proc.poll() is None}; stderr: {world.stderr_text()[-3000:]}")
+        return (f"still in inbox {left!r}; no reason note for {missing!r}; daemon alive: {world.proc.poll() is None}; "
+                f"stderr: {world.stderr_text()[-3000:]}")
+
+    wait_for(settled, timeout=20, what=f"example {ex.prefix} ({kinds}) to settle", explain=unsettled)
 
     assert world.proc.poll() is None, f"the daemon died: {world.stderr_text()[-3000:]}"
-    assert world._status_pid() == world.proc.pid
+    assert status_pid(layout) == world.proc.pid
     notes = notes_by_name(layout)
     for name in ex.quarantine:
         for note in notes[shown(name)]:
@@ -472,14 +474,20 @@ def throw_and_check(world: World, data: st.DataObject, kinds: list[str]) -> None
     assert fingerprint(world.base / "linked", atime=False) == world.linked_before
     assert World.passwd() == world.passwd_before
     assert sorted(os.listdir(world.base)) == world.base_before
+    return ex
 
 
-def test_the_daemon_survived_every_example_with_one_pid(world: World) -> None:
-    """Runs after the property test (same module world): one daemon did all of it, with no traceback."""
-    assert world.proc.poll() is None and world._status_pid() == world.proc.pid
+@settings(HOSTILE, max_examples=1)
+@given(data=st.data())
+def test_final_check_the_daemon_survived_every_example_with_one_pid(world: World, data: st.DataObject) -> None:
+    """Every kind at once into the module's one daemon, then: the pid it started with, its own status counting
+    what it quarantined, no traceback — whether the other tests of the module ran before, after, or not at all."""
+    before = world.status()["counters"]["quarantined"]
+    ex = throw_and_check(world, data, sorted(KINDS))
+    status = wait_for(lambda: (doc := world.status())["counters"]["quarantined"] >= before + len(ex.quarantine) and doc,
+                      what=f"the status to count {len(ex.quarantine)} more quarantined entries")
+    assert world.proc.poll() is None and status["pid"] == world.proc.pid
     text = world.stderr_text()
     assert "Traceback" not in text, text
-    status = json.loads(world.layout.consumer_file.read_text())
-    assert status["counters"]["quarantined"] > 0
     print(f"hostile input: daemon pid {world.proc.pid} quarantined {status['counters']['quarantined']} entries, "
           f"ran {status['counters']['succeeded']} good ticks, dead-lettered {status['counters']['dlq']}")
