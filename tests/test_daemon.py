@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from maestro_py.daemon.status import read_status
 from maestro_py.paths import Folder, Layout
 from tests.fakes import REPO, SECRET, daemon_env, events, ledger_rows, read_json, tick_ids, wait_for, write_agent
 
@@ -166,7 +167,7 @@ def test_idle_daemon_wakes_on_enqueue_without_waiting_for_the_poll(layout: Layou
     env = daemon_env(tmp_path, MAESTRO_POLL_MS="30000")
     proc = start_daemon(layout, env)
     try:
-        time.sleep(0.3)
+        wait_for(lambda: (read_status(layout) or {}).get("state") == "running", what="the daemon up and idle")
         tick = maestro(layout, "enqueue", "beat", env=env).stdout.strip()
         start = time.monotonic()
         wait_for(lambda: tick_ids(layout, Folder.DONE) == [tick], timeout=5, what="tick settled")
@@ -206,7 +207,10 @@ def test_emergency_stop_ends_running_work_and_spawns_nothing_until_resume(layout
         assert maestro(layout, "stop", "--reason", "budget scare", env=env).returncode == 0
         wait_for(lambda: tick_ids(layout, Folder.INBOX) == [slow], what="requeue")
         memo = maestro(layout, "enqueue", "memo", env=env).stdout.strip()
-        time.sleep(1.0)
+        wait_for(lambda: read_json(layout.consumer_file)["queued"] == 2, what="the memo indexed")
+        seen = read_json(layout.consumer_file)["counters"]["skipped_emergency_stop"]
+        wait_for(lambda: read_json(layout.consumer_file)["counters"]["skipped_emergency_stop"] >= seen + 2,
+                 what="a pass refusing both ticks")
         assert len(spawns(tmp_path)) == 1
         status = read_json(layout.consumer_file)
         assert status["emergency_stop"] == "budget scare"
