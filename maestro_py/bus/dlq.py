@@ -9,23 +9,33 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from maestro_py.bus.events import EventLog
 from maestro_py.bus.fsio import dump_json, fsync_dir, scan_dir, unlink_missing_ok, write_tmp
 from maestro_py.bus.tick import Tick, read_tick_file
-from maestro_py.clock import iso
+from maestro_py.bus.inbox import InboxIndex
+from maestro_py.clock import Clock, iso
 from maestro_py.errors import TickInvalid
-
-if TYPE_CHECKING:
-    from maestro_py.bus.store import Bus
 
 REASON_SUFFIX = ".reason.json"
 
 
 class DeadLetters:
-    """The `dlq/` side of the bus."""
+    """The `dlq/` side of the bus: a mixin of `Bus`, which provides what is declared here."""
 
-    def quarantine(self: Bus, path: Path, reason: str, *, original_name: str | None = None) -> Path | None:
+    dlq: Path
+    tmp: Path
+    inbox: Path
+    clock: Clock
+    events: EventLog
+    index: InboxIndex
+    quarantined: int
+    _publish: Callable[..., None]
+    _record: Callable[..., None]
+
+    def quarantine(self, path: Path, reason: str, *, original_name: str | None = None) -> Path | None:
         """Move a bad entry into `dlq/` as it is (never following a link) beside `<name>.reason.json`."""
         name = original_name or path.name
         target = self._free_name(self.dlq, _dlq_name(name))
@@ -46,7 +56,7 @@ class DeadLetters:
         self.events.emit("quarantined", level="error", id=None, cadence=None, file=_shown(name), reason=reason)
         return target
 
-    def dead_letters(self: Bus) -> list[dict[str, Any]]:
+    def dead_letters(self) -> list[dict[str, Any]]:
         """Everything in `dlq/`, oldest first: dead-lettered ticks and quarantined files with their reasons."""
         out: list[dict[str, Any]] = []
         for entry in sorted(scan_dir(self.dlq), key=lambda e: e.name):
@@ -73,7 +83,7 @@ class DeadLetters:
                         "reason": raw.get("dlq_reason"), "at": raw.get("dlq_at")})
         return out
 
-    def replay(self: Bus, tick_id: str, *, reset_attempts: bool = False, by: str = "operator") -> Tick:
+    def replay(self, tick_id: str, *, reset_attempts: bool = False, by: str = "operator") -> Tick:
         """dlq/ -> inbox/ with an audit entry; TickInvalid if it is not a replayable tick."""
         path = self.dlq / f"{tick_id}.json"
         if os.path.lexists(f"{path}{REASON_SUFFIX}") or not os.path.lexists(path):
@@ -91,7 +101,7 @@ class DeadLetters:
         self.events.emit("replayed", id=tick.id, cadence=tick.cadence, reset_attempts=reset_attempts)
         return tick
 
-    def purge_dead_letters(self: Bus, *, older_than_days: float | None = None) -> list[str]:
+    def purge_dead_letters(self, *, older_than_days: float | None = None) -> list[str]:
         """Delete dead letters (and quarantine notes) older than N days, or all; returns the names."""
         cutoff = None if older_than_days is None else self.clock.now().timestamp() - older_than_days * 86400
         removed: list[str] = []
