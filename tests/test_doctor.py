@@ -261,6 +261,18 @@ def test_dlq_and_emergency_stop_warn(root: Path) -> None:
     assert stop.level is Level.WARN and "spend spike" in stop.detail
 
 
+def test_a_fifo_as_the_stop_file_does_not_hang_doctor(root: Path) -> None:
+    """Doctor read the STOP file with a plain open: a FIFO there blocked it for ever."""
+    import threading
+
+    os.mkfifo(Layout(root).stop_file)
+    box: list = []
+    worker = threading.Thread(target=lambda: box.append(doctor.check_stop(probe(root))), daemon=True)
+    worker.start()
+    worker.join(5)
+    assert box and box[0].level is Level.WARN and "not a regular file" in box[0].detail
+
+
 def test_auth_halt_fails_and_open_circuits_warn(root: Path) -> None:
     lay = Layout(root)
     now = SystemClock().now()

@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from maestro_py.bus.owner import Owner
@@ -23,6 +23,7 @@ from maestro_py.ops import views
 from maestro_py.ops.probe import Check, Level, Probe
 from maestro_py.paths import Folder
 from maestro_py.policy.breaker import AUTH_HALT
+from maestro_py.policy.emergency import read_stop_file
 from maestro_py.redact import Redactor
 from maestro_py.registry import Registry, RegistryError
 from maestro_py.session import command
@@ -252,14 +253,10 @@ def check_dlq(p: Probe) -> Check:
 
 def check_stop(p: Probe) -> Check:
     """The emergency stop is not set."""
-    if not p.layout.stop_file.exists():
+    reason = read_stop_file(p.layout.stop_file)
+    if reason is None:
         return Check("stop", Level.OK, "no emergency stop")
-    try:
-        reason = json.loads(p.layout.stop_file.read_text(encoding="utf-8")).get("reason", "")
-    except (OSError, ValueError, AttributeError):
-        reason = ""
-    return Check("stop", Level.WARN, f"emergency stop is set{f' ({reason})' if reason else ''}: nothing spawns "
-                                     "until `maestro resume`")
+    return Check("stop", Level.WARN, f"emergency stop is set ({reason}): nothing spawns until `maestro resume`")
 
 
 def check_circuits(p: Probe) -> list[Check]:
