@@ -189,3 +189,14 @@ def test_open_to_half_open_is_an_explicit_step(rails: Guardrails, clock: Any) ->
     assert rails.refusal(cadence(), clock.now(), spawned_this_step=False) is None
     rails.spawned("t1", cadence())  # the one probe
     assert rails.refusal(cadence(), clock.now(), spawned_this_step=False) is Refusal.CIRCUIT_OPEN
+
+
+def test_the_auth_halt_fix_fits_how_sub_sessions_authenticate(rails: Guardrails, layout: Layout, clock: Any) -> None:
+    """With the subscription already preferred, telling the operator to prefer it was no help."""
+    log = layout.events_dir / f"bus-{clock.now().astimezone():%Y-%m-%d}.jsonl"
+    rails.record(tick(), cadence(), outcome("401"))
+    assert "MAESTRO_PREFER_SUBSCRIPTION_AUTH=1" in log.read_text().splitlines()[-1]
+    rails.use_credentials("oauth", "now on the subscription", subscription=True)
+    rails.record(tick(), cadence(), outcome("401"))
+    last = log.read_text().splitlines()[-1]
+    assert "log in again" in last and "MAESTRO_PREFER_SUBSCRIPTION_AUTH=1" not in last

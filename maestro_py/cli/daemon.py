@@ -16,6 +16,7 @@ from maestro_py.errors import AlreadyRunning
 from maestro_py.paths import Folder
 from maestro_py.policy.breaker import AUTH_HALT
 from maestro_py.registry import RegistryError
+from maestro_py.session.command import auth_fix, prefers_subscription
 
 
 @click.command()
@@ -76,8 +77,8 @@ def status(c: Context, as_json: bool) -> None:
         click.echo(f"EMERGENCY STOP is set ({c.layout.stop_file}); `maestro resume` clears it")
     if out["auth_halt"]:
         halt = out["circuits"][AUTH_HALT]
-        click.echo(f"AUTH HALT: no sub-session will spawn ({halt['last_error']}); fix the key in .env or set "
-                   "MAESTRO_PREFER_SUBSCRIPTION_AUTH=1, or `maestro circuit reset --all`")
+        fix = auth_fix(subscription=prefers_subscription(c.env))
+        click.echo(f"AUTH HALT: no sub-session will spawn ({halt['last_error']}); {fix}")
     for name, circ in out["circuits"].items():
         if name != AUTH_HALT:
             click.echo(f"circuit {name}: {circ['state']} until {circ['open_until'] or 'reset'} ({circ['last_error']})")

@@ -86,7 +86,8 @@ class Housekeeping:
         self.env = load_env(self.layout)
         scrub(self.env)
         self.redactor.update(self.env)
-        self.guardrails.use_credentials(command.credential_fingerprint(self.env), ".env credentials changed")
+        self.guardrails.use_credentials(command.credential_fingerprint(self.env), ".env credentials changed",
+                                        subscription=command.prefers_subscription(self.env))
 
     def _check_emergency_stop(self) -> None:
         reason = read_stop_file(self.layout.stop_file)

@@ -79,7 +79,8 @@ class Daemon:
         self.guardrails = Guardrails(
             circuits=circuits, backoff=Backoff(parse_backoff(settings.backoff)), budget=self.budget, live=self.live,
             max_live=settings.max_live, max_attempts=settings.max_attempts,
-            credential=command.credential_fingerprint(self.env), events=self.events, clock=clock)
+            credential=command.credential_fingerprint(self.env), events=self.events, clock=clock,
+            subscription=command.prefers_subscription(self.env))
         self.settler = Settler(bus=self.bus, guardrails=self.guardrails, budget=self.budget, ledger=self.ledger,
                                live=self.live, counters=self.counters, clock=clock)
         self.housekeeping = Housekeeping(

@@ -268,9 +268,8 @@ def check_circuits(p: Probe) -> list[Check]:
     out: list[Check] = []
     halt = open_.pop(AUTH_HALT, None)
     if halt is not None:
-        out.append(Check("auth-halt", Level.FAIL,
-                         f"no sub-session will spawn ({halt.last_error}); fix the key in .env or set "
-                         "MAESTRO_PREFER_SUBSCRIPTION_AUTH=1, then `maestro circuit reset --all`"))
+        fix = command.auth_fix(subscription=command.prefers_subscription(p.env))
+        out.append(Check("auth-halt", Level.FAIL, f"no sub-session will spawn ({halt.last_error}); {fix}"))
     else:
         out.append(Check("auth-halt", Level.OK, "no auth halt"))
     if open_:

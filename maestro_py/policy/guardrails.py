@@ -25,10 +25,9 @@ from maestro_py.policy.breaker import AUTH_HALT, PersistedCircuits, State
 from maestro_py.policy.budget import Estimate, Governor
 from maestro_py.policy.failures import HANDLING, FailureClass, classify, failure_reason
 from maestro_py.registry import Cadence
+from maestro_py.session.command import auth_fix
 from maestro_py.session.runner import RunOutcome
 
-AUTH_FIX = ("replace the key in .env, or set MAESTRO_PREFER_SUBSCRIPTION_AUTH=1; "
-            "then `maestro circuit reset --all` (or just edit .env)")
 
 
 class Refusal(str, enum.Enum):
@@ -85,7 +84,8 @@ class Guardrails:
     """Emergency stop, auth halt, breakers, backoff, pacing, live cap, credential probe, overlap, budget."""
 
     def __init__(self, *, circuits: PersistedCircuits, backoff: Backoff, budget: Governor, live: LiveRuns,
-                 max_live: int, max_attempts: int, credential: str, events: EventLog, clock: Clock) -> None:
+                 max_live: int, max_attempts: int, credential: str, events: EventLog, clock: Clock,
+                 subscription: bool = False) -> None:
         self.circuits = circuits
         self.breakers = circuits.breakers
         self.backoff = backoff
@@ -94,6 +94,7 @@ class Guardrails:
         self.max_live = max_live
         self.max_attempts = max_attempts
         self.credential = credential  # fingerprint of the credentials sub-sessions run with now
+        self.subscription = subscription  # sub-sessions authenticate with the subscription login
         self.events = events
         self.clock = clock
         self.emergency: str | None = None
@@ -176,7 +177,7 @@ class Guardrails:
             self.credentials_verified = False
             self.circuits.save()
             self.events.emit("auth_halt", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
-                             fix=AUTH_FIX)
+                             fix=auth_fix(subscription=self.subscription))
         retry_at = self._trip(tick.cadence, cadence, now, reason) if handling.trips_breaker else None
         if not handling.burns_attempt:
             return Verdict(Action.REQUEUE, f"{reason} ({cls.value} failure: attempt not counted)", failure_class=cls,
@@ -229,9 +230,10 @@ class Guardrails:
         self.emergency = reason
         return changed
 
-    def use_credentials(self, credential: str, why: str) -> None:
+    def use_credentials(self, credential: str, why: str, *, subscription: bool = False) -> None:
         """Sub-sessions now run with `credential`: unproven until a run succeeds; lifts an auth halt set
         under other credentials."""
+        self.subscription = subscription
         if credential == self.credential:
             return
         self.credential = credential

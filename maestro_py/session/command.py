@@ -23,6 +23,7 @@ CHILD_DEFAULTS = {
 BASE_ARGS = ("--print", "--output-format", "json", "--no-session-persistence")
 _PLACEHOLDER_PREFIXES = ("your-api-key", "placeholder", "xxx", "sk-ant-xxx")
 _TRUE = ("1", "true", "yes", "on")
+API_CREDENTIALS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")  # pay-as-you-go API auth, not subscription
 
 
 def resolve_claude(env: Mapping[str, str], home: Path | None = None) -> str:
@@ -49,9 +50,23 @@ def resolve_claude(env: Mapping[str, str], home: Path | None = None) -> str:
                      "(looked in ~/.claude/local, /opt/homebrew/bin, /usr/local/bin, the npm global bin)")
 
 
+def prefers_subscription(env: Mapping[str, str]) -> bool:
+    """True when the operator asked for subscription (OAuth) auth even if an API credential is set."""
+    return env.get("MAESTRO_PREFER_SUBSCRIPTION_AUTH", "").strip().lower() in _TRUE
+
+
+def auth_fix(*, subscription: bool) -> str:
+    """What an operator does about an auth failure (the halt's event, `status`, `doctor`)."""
+    if subscription:  # the key is not what failed: the login (or its token) is
+        return ("log in again: run `claude` once as this user, or put a fresh `claude setup-token` token in .env "
+                "as CLAUDE_CODE_OAUTH_TOKEN; then `maestro circuit reset --all` (or just edit .env)")
+    return ("replace the key in .env, or set MAESTRO_PREFER_SUBSCRIPTION_AUTH=1; "
+            "then `maestro circuit reset --all` (or just edit .env)")
+
+
 def strips_api_key(env: Mapping[str, str]) -> bool:
     """True when the key must be withheld so the CLI uses subscription (OAuth) login instead."""
-    if env.get("MAESTRO_PREFER_SUBSCRIPTION_AUTH", "").strip().lower() in _TRUE:
+    if prefers_subscription(env):
         return True
     key = env.get("ANTHROPIC_API_KEY")
     if key is None:
@@ -61,13 +76,20 @@ def strips_api_key(env: Mapping[str, str]) -> bool:
 
 
 def child_env(env: Mapping[str, str], root: Path) -> dict[str, str]:
-    """The sub-session's environment: the daemon's, plus AGENT_DIR and the CLI defaults."""
+    """The sub-session's environment: the daemon's, plus AGENT_DIR and the CLI defaults.
+
+    With subscription auth preferred, every API credential is withheld (the CLI would authenticate with
+    any of them); `CLAUDE_CODE_OAUTH_TOKEN` is the subscription's own and stays.
+    """
     out = dict(env)
     out["AGENT_DIR"] = str(root)
     for name, value in CHILD_DEFAULTS.items():
         out.setdefault(name, value)
-    if strips_api_key(env):
-        out.pop("ANTHROPIC_API_KEY", None)
+    if prefers_subscription(env):
+        for name in API_CREDENTIALS:
+            out.pop(name, None)
+    elif strips_api_key(env):
+        out.pop("ANTHROPIC_API_KEY", None)  # a placeholder: the CLI would send it and fail
     return out
 
 

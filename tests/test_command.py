@@ -1,0 +1,36 @@
+"""What a sub-session is started with: its environment and credentials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from maestro_py.session.command import child_env
+
+KEY = "sk-ant-api03-" + "k" * 40
+AUTH = "auth-token-" + "a" * 40
+OAUTH = "sk-ant-oat01-" + "o" * 40
+
+
+def test_preferring_the_subscription_withholds_every_api_credential(tmp_path: Path) -> None:
+    """ANTHROPIC_AUTH_TOKEN used to reach the child, which then authenticated with it instead of the login."""
+    env = {"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_AUTH_TOKEN": AUTH, "CLAUDE_CODE_OAUTH_TOKEN": OAUTH,
+           "MAESTRO_PREFER_SUBSCRIPTION_AUTH": "true", "HOME": "/h"}
+    child = child_env(env, tmp_path)
+    assert "ANTHROPIC_API_KEY" not in child and "ANTHROPIC_AUTH_TOKEN" not in child
+    assert child["CLAUDE_CODE_OAUTH_TOKEN"] == OAUTH  # the subscription's own token
+    assert child["AGENT_DIR"] == str(tmp_path) and child["HOME"] == "/h"
+
+
+def test_api_credentials_pass_when_the_subscription_is_not_preferred(tmp_path: Path) -> None:
+    child = child_env({"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_AUTH_TOKEN": AUTH}, tmp_path)
+    assert child["ANTHROPIC_API_KEY"] == KEY and child["ANTHROPIC_AUTH_TOKEN"] == AUTH
+
+
+def test_a_placeholder_key_is_withheld_but_a_real_auth_token_is_not(tmp_path: Path) -> None:
+    child = child_env({"ANTHROPIC_API_KEY": "your-api-key-here", "ANTHROPIC_AUTH_TOKEN": AUTH}, tmp_path)
+    assert "ANTHROPIC_API_KEY" not in child and child["ANTHROPIC_AUTH_TOKEN"] == AUTH
+
+
+def test_the_cli_defaults_are_set_unless_the_operator_set_them(tmp_path: Path) -> None:
+    assert child_env({}, tmp_path)["CLAUDE_CODE_MAX_RETRIES"] == "2"
+    assert child_env({"CLAUDE_CODE_MAX_RETRIES": "0"}, tmp_path)["CLAUDE_CODE_MAX_RETRIES"] == "0"
