@@ -49,7 +49,7 @@ def test_enqueue_prints_the_tick_id(runner: CliRunner, root: Path) -> None:
     (["enqueue", "Bad/Name"], "invalid cadence name"),
     (["enqueue", "hello", "--payload", "{nope"], "--payload is not valid JSON"),
     (["enqueue", "hello", "--payload", "[1]"], "must be a JSON object"),
-    (["enqueue", "hello", "--delay", "-1"], "--delay must be >= 0"),
+    (["enqueue", "hello", "--delay", "-1"], "--delay must be between 0 and"),
     (["enqueue", "hello", "--delay", "soon"], "'soon' is not a valid float"),
     (["enqueue", "nobody"], "unknown cadence 'nobody'"),
     (["enqueue"], "Missing argument"),

@@ -35,7 +35,7 @@ from typing import Any
 
 from maestro_py.bus.dlq import REASON_SUFFIX, DeadLetters
 from maestro_py.bus.events import EventLog
-from maestro_py.bus.fsio import fsync_dir, scan_dir, sync_files, unlink_missing_ok, write_tmp
+from maestro_py.bus.fsio import flocked, fsync_dir, scan_dir, sync_files, unlink_missing_ok, write_tmp
 from maestro_py.bus.inbox import InboxIndex, Seen
 from maestro_py.bus.owner import Owner
 from maestro_py.bus.tick import Tick, encode, read_tick_file
@@ -44,6 +44,8 @@ from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.paths import Folder, Layout
 
 CLAIM_SEP = "@"  # claimed/<id>@<owner-token>.json
+ENQUEUE_LOCK = "enqueue.lock"  # serializes the backlog ceiling's count-and-deliver
+MAX_DELAY_SECONDS = 366 * 86400
 
 
 @dataclass
@@ -86,16 +88,20 @@ class Bus(DeadLetters):
     # -- delivery ---------------------------------------------------------
     def enqueue(self, cadence: str, *, source: str = "cli", payload: dict[str, Any] | None = None,
                 delay: float = 0.0) -> Tick:
-        """Create and deliver a new tick, refusing when the inbox is at capacity."""
-        depth = self.depth(Folder.INBOX, stop_at=self.max_inbox)  # a full check, not a full count
-        if depth >= self.max_inbox:
-            self.events.emit("enqueue_refused", level="warn", cadence=cadence, reason="inbox_full", depth=depth)
-            raise InboxFull(depth, self.max_inbox)
+        """Create and deliver a new tick, refusing when the inbox is at capacity (exactly, under concurrency)."""
+        if not 0 <= delay <= MAX_DELAY_SECONDS:  # also NaN and infinity
+            raise TickInvalid(f"delay must be between 0 and {MAX_DELAY_SECONDS} seconds (366 days)")
         now = self.clock.now()
         not_before = now + timedelta(seconds=delay) if delay > 0 else None
         tick = Tick.new(cadence, now=now, source=source, payload=payload, not_before=not_before)
         tick.record("enqueued", at=now, source=source)
-        self.deliver(tick)
+        # Count-then-deliver under one lock: racing enqueues at the ceiling must not all see room for one.
+        with flocked(self.layout.bus_dir / ENQUEUE_LOCK):
+            depth = self.depth(Folder.INBOX, stop_at=self.max_inbox)  # a full check, not a full count
+            if depth >= self.max_inbox:
+                self.events.emit("enqueue_refused", level="warn", cadence=cadence, reason="inbox_full", depth=depth)
+                raise InboxFull(depth, self.max_inbox)
+            self.deliver(tick)
         return tick
 
     def deliver(self, tick: Tick) -> Path:

@@ -21,6 +21,13 @@ from maestro_py.errors import TickInvalid
 CADENCE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")  # \Z: "$" would accept a trailing newline
 TICK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 MAX_TICK_BYTES = 1024 * 1024
+# A tick file is at most MAX_TICK_BYTES: the tick itself (its payload, mostly) at most MAX_BASE_BYTES, and the
+# history the daemon appends at most HISTORY_MAX_BYTES (older entries are elided to keep it there), so the
+# daemon never writes a tick it would refuse to read back.
+HISTORY_MAX_BYTES = 64 * 1024
+MAX_BASE_BYTES = MAX_TICK_BYTES - HISTORY_MAX_BYTES
+ELIDED = "history_elided"
+_CUT = 512  # characters kept of a long string in an old history entry when the history must shrink
 MAX_PAYLOAD_DEPTH = 32
 
 _seq = itertools.count()
@@ -73,15 +80,52 @@ class Tick:
             payload=payload or {}, not_before=iso(not_before) if not_before else None,
         )
         tick.validate()
+        size = tick.base_size()
+        if size > MAX_BASE_BYTES:
+            raise TickInvalid(f"tick is too large ({size} bytes; at most {MAX_BASE_BYTES}, room kept for its history)")
         return tick
 
     # -- history ----------------------------------------------------------
     def record(self, outcome: str, *, at: datetime, attempt: int | None = None, reason: str | None = None,
                redact: Callable[[Any], Any] | None = None, **details: Any) -> None:
-        """Append one history entry (for `attempt`, default the attempts made so far); None details are left out."""
+        """Append one history entry (for `attempt`, default the attempts made so far); None details are left out.
+
+        The history stays under HISTORY_MAX_BYTES: past it, the oldest entries after the first are elided
+        (counted in one `history_elided` entry), then long texts in old entries are cut.
+        """
         entry = HistoryEntry(self.attempts if attempt is None else attempt, iso(at), outcome, reason,
                              {k: v for k, v in details.items() if v is not None}).to_json()
         self.history.append(redact(entry) if redact is not None else entry)
+        self._bound_history()
+
+    def _bound_history(self) -> None:
+        if _size(self.history) <= HISTORY_MAX_BYTES:
+            return
+        history = self.history
+        while len(history) > 3 and _size(history) > HISTORY_MAX_BYTES:
+            # Keep the first entry (how it began) and the latest ones; count what goes.
+            marker = history[1] if history[1].get("outcome") == ELIDED else None
+            gone = history.pop(2 if marker else 1)
+            count = (marker["count"] if marker else 0) + (gone["count"] if gone.get("outcome") == ELIDED else 1)
+            note = {"attempt": gone.get("attempt", 0), "at": gone.get("at"), "outcome": ELIDED,
+                    "reason": f"{count} earlier entries elided to keep the tick under {MAX_TICK_BYTES} bytes",
+                    "count": count}
+            if marker:
+                history[1] = note
+            else:
+                history.insert(1, note)
+        for entry in history:  # still too big: a few entries with huge texts
+            if _size(history) <= HISTORY_MAX_BYTES:
+                break
+            for key, value in entry.items():
+                if isinstance(value, str) and len(value) > _CUT:
+                    entry[key] = value[:_CUT] + "…[cut]"
+
+    def base_size(self) -> int:
+        """Bytes of the tick without its history (what MAX_BASE_BYTES limits)."""
+        doc = self.to_json()
+        doc["history"] = []
+        return len(encode(doc))
 
     @property
     def not_before_dt(self) -> datetime | None:
@@ -194,6 +238,8 @@ def parse_tick(data: bytes, *, stem: str, fallback_time: datetime) -> Tick:
         reaps=obj.get("reaps", 0),
     )
     tick.validate(check_encoding="\\u" in text)
+    if len(data) > MAX_BASE_BYTES and tick.base_size() > MAX_BASE_BYTES:
+        raise TickInvalid(f"tick is larger than {MAX_BASE_BYTES} bytes without its history")
     return tick
 
 
@@ -239,6 +285,10 @@ def read_tick_file(path: Path | str, stem: str) -> tuple[Tick, os.stat_result]:
         os.close(fd)
     fallback = datetime.fromtimestamp(st.st_mtime).astimezone()
     return parse_tick(data, stem=stem, fallback_time=fallback), st
+
+
+def _size(history: list[dict[str, Any]]) -> int:
+    return len(json.dumps(history, ensure_ascii=False).encode())
 
 
 def _depth(value: Any, level: int = 0) -> int:

@@ -14,11 +14,11 @@ from typing import Any
 import click
 
 from maestro_py.bus.fsio import atomic_write_json
-from maestro_py.bus.store import Bus
+from maestro_py.bus.store import MAX_DELAY_SECONDS, Bus
 from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.cli.common import EX_TEMPFAIL, EX_USAGE, CliError, Context, pass_ctx
 from maestro_py.clock import SystemClock, iso
-from maestro_py.errors import InboxFull
+from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.paths import Folder
 
 
@@ -64,8 +64,8 @@ def enqueue(c: Context, cadence: str, source: str, payload: str | None, delay: f
             raise CliError(f"--payload is not valid JSON: {exc}", EX_USAGE) from None
         if not isinstance(data, dict):
             raise CliError("--payload must be a JSON object", EX_USAGE)
-    if delay < 0 or delay != delay:
-        raise CliError("--delay must be >= 0 seconds", EX_USAGE)
+    if not 0 <= delay <= MAX_DELAY_SECONDS:  # NaN and infinity too
+        raise CliError(f"--delay must be between 0 and {MAX_DELAY_SECONDS} seconds (366 days)", EX_USAGE)
     if len(source) > 200:
         raise CliError("--source is longer than 200 characters", EX_USAGE)
     if not force and not c.registry().knows(cadence):
@@ -78,6 +78,8 @@ def enqueue(c: Context, cadence: str, source: str, payload: str | None, delay: f
         tick = bus.enqueue(cadence, source=source, payload=data, delay=delay)
     except InboxFull as exc:
         raise CliError(str(exc), EX_TEMPFAIL) from None
+    except TickInvalid as exc:  # e.g. a payload too large to leave room for the tick's history
+        raise CliError(str(exc), EX_USAGE) from None
     click.echo(tick.id)
 
 
