@@ -678,7 +678,7 @@ def overhead(scratch: Scratch, label: str, child: Path, env: dict[str, str], n: 
         for _ in range(n):
             seq += 1
             stdin = launch.prompt(layout.prompt_file("sub"), Tick.new("sub", now=datetime.now(timezone.utc),
-                                                                       payload={"i": seq}))
+                                                                       payload={"i": seq}), layout.root)
             out, err = layout.root / "bare.stdout", layout.root / "bare.stderr"
             t0 = time.perf_counter()
             with tempfile.TemporaryFile() as prompt, open(out, "wb") as fo, open(err, "wb") as fe:

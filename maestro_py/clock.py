@@ -11,6 +11,12 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 
+# The largest number any setting, delay or wait may be: every duration added to a datetime then stays far
+# inside its range (year 9999), and no amount overflows a float sum. About 31 years of seconds.
+MAX_NUMBER = 1e9
+MAX_COUNT = 10**12  # the same for integers (token budgets, counts)
+
+
 class Clock(Protocol):
     """What the code needs to know about time."""
 

@@ -11,15 +11,31 @@ from dotenv import dotenv_values
 
 from maestro_py.policy.backoff import parse_backoff
 from maestro_py.policy.budget import Estimate, Governor, Limit
+from maestro_py.clock import MAX_COUNT, MAX_NUMBER
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout
 
 
+MAX_ENV_BYTES = 1024 * 1024
+
+
 def load_env(layout: Layout, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment the daemon works with: `.env` under the root, overridden by the real environment."""
+    """The environment the daemon works with: `.env` under the root, overridden by the real environment.
+
+    ConfigError (one line naming the file) if `.env` is not UTF-8, unreadable or absurdly large.
+    """
     env: dict[str, str] = {}
-    if layout.env_file.is_file():
-        env.update({k: v for k, v in dotenv_values(layout.env_file).items() if v is not None})
+    path = layout.env_file
+    if path.is_file():
+        try:
+            if path.stat().st_size > MAX_ENV_BYTES:
+                raise ConfigError(f"{path}: larger than {MAX_ENV_BYTES} bytes; is it the right file?")
+            values = dotenv_values(path, encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        env.update({k: v for k, v in values.items() if v is not None})
     env.update(os.environ if base is None else base)
     return env
 
@@ -28,20 +44,28 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError("must be an integer >= 1")
+    if value > MAX_COUNT:
+        raise ValueError(f"must be at most {MAX_COUNT}")
     return value
 
 
 def _non_negative(text: str) -> float:
     value = float(text)
-    if value < 0 or value != value:
+    if not 0 <= value < float("inf"):  # NaN too
         raise ValueError("must be a number >= 0")
-    return value
+    return _at_most_max(value)
 
 
 def _positive(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
         raise ValueError("must be a number > 0")
+    return _at_most_max(value)
+
+
+def _at_most_max(value: float) -> float:
+    if value > MAX_NUMBER:  # would overflow a date or a sum later
+        raise ValueError(f"must be at most {MAX_NUMBER:g}")
     return value
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from maestro_py import inline
 from maestro_py.bus.tick import CADENCE_RE
+from maestro_py.clock import MAX_COUNT, MAX_NUMBER
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout
 
@@ -109,6 +110,8 @@ def _number(*, above: float | None = None, at_least: float | None = None) -> Cal
             at_least is not None and value < at_least
         ):
             raise _Bad(f"must be {wanted}", value)
+        if value > MAX_NUMBER:  # would overflow a date or a sum later
+            raise _Bad(f"must be at most {MAX_NUMBER:g}", value)
         return float(value)
 
     return check
@@ -118,6 +121,8 @@ def _integer(*, at_least: int, wording: str) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value < at_least:
             raise _Bad(f"must be {wording}", value)
+        if value > MAX_COUNT:
+            raise _Bad(f"must be at most {MAX_COUNT}", value)
         return value
 
     return check
@@ -163,6 +168,8 @@ def _schedule(value: Any) -> str:
 def _delays(value: Any) -> tuple[float, ...]:
     if not isinstance(value, list) or not value or not all(_is_number(v) and v >= 0 for v in value):
         raise _Bad("must be a non-empty list of numbers >= 0", value)
+    if any(v > MAX_NUMBER for v in value):
+        raise _Bad(f"must be numbers of at most {MAX_NUMBER:g} seconds", value)
     return tuple(float(v) for v in value)
 
 

@@ -8,7 +8,7 @@ import click
 
 from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.cli.common import EX_USAGE, CliError, Context, load_breakers, open_circuits, pass_ctx
-from maestro_py.clock import SystemClock, iso
+from maestro_py.clock import MAX_NUMBER, SystemClock, iso
 from maestro_py.policy.breaker import AUTH_HALT
 
 
@@ -51,7 +51,7 @@ def circuit_reset(c: Context, cadence: str | None, all_: bool) -> None:
 
 @circuit.command("open")
 @click.argument("cadence")
-@click.option("--for", "seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--for", "seconds", type=click.FloatRange(min=0, min_open=True, max=MAX_NUMBER), default=None,
               help="Seconds to stay open (default: until reset).")
 @pass_ctx
 def circuit_open(c: Context, cadence: str, seconds: float | None) -> None:

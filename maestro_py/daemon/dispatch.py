@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -168,6 +169,14 @@ class Dispatcher:
             verdict: Verdict = self.guardrails.failed(tick, cadence, FailureClass.SPAWN, f"spawn failed: {exc}")
             self.settler.apply(claim, verdict, mode="escalate")
             return False
+        except Exception as exc:  # a bug or a hostile input in one tick's start must not take the loop down
+            self.counters["spawn_failures"] += 1
+            self.events.emit("internal_error", level="error", id=tick.id, cadence=tick.cadence, during="spawn",
+                             error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2000:])
+            verdict = self.guardrails.failed(tick, cadence, FailureClass.SPAWN,
+                                             f"spawn failed: internal error {type(exc).__name__}: {exc}")
+            self.settler.apply(claim, verdict, mode="escalate")
+            return False
         self.counters["escalated"] += 1
         estimate = self.guardrails.spawned(tick.id, cadence)
         self.live.add(tick.id, Running(claim, session, cadence, now, str(stdout_log), str(stderr_log),
@@ -179,14 +188,14 @@ class Dispatcher:
 
     def _spec(self, cadence: Cadence, claim: Claim, env: Mapping[str, str], stdout_log: Path,
               stderr_log: Path) -> SpawnSpec:
-        if cadence.prompt is None or not cadence.prompt.is_file():
-            raise FileNotFoundError(f"prompt file {cadence.prompt} is missing")
+        if cadence.prompt is None:
+            raise SpawnError(f"cadence {cadence.name} has no prompt file")
         return SpawnSpec(
             argv=command.argv(command.resolve_claude(env), model=cadence.model, extra=cadence.claude_args,
                               max_budget_usd=cadence.max_budget_usd),
             env=command.child_env(env, self.layout.root),
             cwd=self.layout.root,
-            stdin=command.prompt(cadence.prompt, claim.tick),
+            stdin=command.prompt(cadence.prompt, claim.tick, self.layout.root),
             stdout_log=stdout_log,
             stderr_log=stderr_log,
             timeout=self._timeout(cadence),

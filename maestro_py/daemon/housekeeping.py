@@ -11,6 +11,7 @@ from maestro_py.bus.events import EventLog
 from maestro_py.bus.store import Bus
 from maestro_py.clock import Clock
 from maestro_py.config import Settings, load_env
+from maestro_py.errors import ConfigError
 from maestro_py.daemon import retention
 from maestro_py.daemon.live import LiveRuns
 from maestro_py.daemon.sdnotify import scrub
@@ -83,7 +84,12 @@ class Housekeeping:
         if mtime == self._env_mtime:
             return
         self._env_mtime = mtime
-        self.env = load_env(self.layout)
+        try:
+            env = load_env(self.layout)
+        except ConfigError as exc:  # a bad edit while running: say so, keep what runs now
+            self.events.emit("env_invalid", level="error", error=str(exc), keeping="previous environment")
+            return
+        self.env = env
         scrub(self.env)
         self.redactor.update(self.env)
         self.guardrails.use_credentials(command.credential_fingerprint(self.env), ".env credentials changed",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import traceback
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -82,7 +83,7 @@ class Daemon:
             credential=command.credential_fingerprint(self.env), events=self.events, clock=clock,
             subscription=command.prefers_subscription(self.env))
         self.settler = Settler(bus=self.bus, guardrails=self.guardrails, budget=self.budget, ledger=self.ledger,
-                               live=self.live, counters=self.counters, clock=clock)
+                               live=self.live, events=self.events, counters=self.counters, clock=clock)
         self.housekeeping = Housekeeping(
             layout=self.layout, settings=settings, env=self.env, registry=registry, bus=self.bus,
             guardrails=self.guardrails, budget=self.budget, live=self.live, redactor=self.redactor,
@@ -125,6 +126,9 @@ class Daemon:
                         progressed = self.step()
                     except OSError as exc:
                         self._io_error(exc)
+                        progressed = False
+                    except Exception as exc:  # a bug must not end the daemon and orphan its sub-sessions
+                        self._internal_error(exc)
                         progressed = False
                     if self.stopping and not self.live:
                         break
@@ -181,6 +185,16 @@ class Daemon:
         log.error("I/O error (%s); retrying in %.1fs", exc, self.settings.poll_ms / 1000)  # format adds "maestro: "
         self.housekeeping.reap_soon()  # requeue claims whose settling was cut short
         self.bus.reindex()  # the failed step may have half-updated the index
+        self.wakeup.wait(self.settings.poll_ms / 1000)
+
+    def _internal_error(self, exc: Exception) -> None:
+        """An unexpected exception in a step: report it with its traceback, recover as for an I/O error."""
+        self.counters["internal_errors"] += 1
+        self.events.emit("internal_error", level="error", during="step", error=f"{type(exc).__name__}: {exc}",
+                         traceback=traceback.format_exc()[-2000:])
+        log.error("internal error (%s: %s); the step is retried", type(exc).__name__, exc)
+        self.housekeeping.reap_soon()
+        self.bus.reindex()
         self.wakeup.wait(self.settings.poll_ms / 1000)
 
     # -- stopping ---------------------------------------------------------

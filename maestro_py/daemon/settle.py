@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from maestro_py.bus.events import EventLog
 from maestro_py.bus.fsio import disk_trouble
 from maestro_py.bus.store import Bus, Claim
 from maestro_py.clock import Clock, iso
@@ -21,12 +23,13 @@ class Settler:
     """Turns finished runs into ledger rows and tick moves; every verdict goes through `apply`."""
 
     def __init__(self, *, bus: Bus, guardrails: Guardrails, budget: Governor, ledger: Ledger, live: LiveRuns,
-                 counters: Counter[str], clock: Clock) -> None:
+                 events: EventLog, counters: Counter[str], clock: Clock) -> None:
         self.bus = bus
         self.guardrails = guardrails
         self.budget = budget
         self.ledger = ledger
         self.live = live
+        self.events = events
         self.counters = counters
         self.clock = clock
 
@@ -37,7 +40,17 @@ class Settler:
             outcome = run.session.poll()
             if outcome is None:
                 continue
-            self.settle(run, outcome)
+            try:
+                self.settle(run, outcome)
+            except OSError:
+                raise  # the loop's disk-trouble path: the run stays here and is settled again
+            except Exception as exc:  # a bug or a hostile output must not take the loop (and every run) down
+                self.events.emit("internal_error", level="error", id=tick_id, cadence=run.claim.tick.cadence,
+                                 during="settle", error=f"{type(exc).__name__}: {exc}",
+                                 traceback=traceback.format_exc()[-2000:])
+                self.bus.requeue(run.claim, f"internal error while settling ({type(exc).__name__}: {exc}); "
+                                            "requeued, attempt not counted")
+                self.counters["requeued"] += 1
             self.live.remove(tick_id)
             settled = True
         return settled

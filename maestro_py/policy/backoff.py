@@ -13,6 +13,8 @@ from typing import Callable
 
 import tenacity
 
+from maestro_py.clock import MAX_NUMBER
+
 Wait = Callable[[tenacity.RetryCallState], float]
 
 
@@ -34,12 +36,12 @@ def parse_backoff(text: str) -> Wait:
         if len(parts) != 3:
             raise ValueError("must look like exp:BASE:CAP, e.g. exp:30:1800")
         base, cap = float(parts[1]), float(parts[2])
-        if not (base > 0 and cap >= base):
-            raise ValueError("exp:BASE:CAP needs BASE > 0 and CAP >= BASE")
+        if not (0 < base <= cap <= MAX_NUMBER):
+            raise ValueError(f"exp:BASE:CAP needs 0 < BASE <= CAP <= {MAX_NUMBER:g}")
         return tenacity.wait_random_exponential(multiplier=base, max=cap)
     values = tuple(float(part) for part in text.split(",") if part.strip())
-    if not values or any(v < 0 or v != v for v in values):
-        raise ValueError("must be comma-separated seconds >= 0 (e.g. 0,30,120) or exp:BASE:CAP")
+    if not values or not all(0 <= v <= MAX_NUMBER for v in values):  # NaN and infinity too
+        raise ValueError(f"must be comma-separated seconds from 0 to {MAX_NUMBER:g} (e.g. 0,30,120) or exp:BASE:CAP")
     return _Schedule(values)
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ CHILD_DEFAULTS = {
 BASE_ARGS = ("--print", "--output-format", "json", "--no-session-persistence")
 _PLACEHOLDER_PREFIXES = ("your-api-key", "placeholder", "xxx", "sk-ant-xxx")
 _TRUE = ("1", "true", "yes", "on")
+MAX_PROMPT_BYTES = 10 * 1024 * 1024  # far above any prompt; the CLI takes it on stdin
 API_CREDENTIALS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")  # pay-as-you-go API auth, not subscription
 
 
@@ -105,15 +107,46 @@ def argv(claude: str, *, model: str | None, extra: tuple[str, ...] | list[str],
     return out
 
 
-def prompt(prompt_file: Path, tick: Tick) -> bytes:
+def prompt(prompt_file: Path, tick: Tick, root: Path) -> bytes:
     """The cadence's prompt, read now (edits apply to the next run), plus the tick's context."""
-    text = prompt_file.read_text(encoding="utf-8")
+    text = read_prompt(prompt_file, root)
     context = {"tick_id": tick.id, "cadence": tick.cadence, "source": tick.source,
                "enqueued_at": tick.enqueued_at, "attempt": tick.attempts + 1}
     if tick.payload:
         context["payload"] = tick.payload
     block = json.dumps(context, indent=2, ensure_ascii=False)
     return f"{text.rstrip()}\n\n---\nmaestro tick:\n```json\n{block}\n```\n".encode()
+
+
+def read_prompt(path: Path, root: Path) -> str:
+    """A prompt file's text, checked when it is read, not only when the registry was loaded: inside the root
+    (a link swapped in later to /etc/passwd is refused, never followed), a regular file, bounded, UTF-8.
+
+    SpawnError (one line naming the file) otherwise: the run fails as one that could not start.
+    """
+    resolved = os.path.realpath(path)
+    if not Path(resolved).is_relative_to(os.path.realpath(root)):
+        raise SpawnError(f"prompt file {path} now leads outside the agent root ({resolved}); not read")
+    try:
+        # O_NOFOLLOW: a link swapped in after realpath() looked is refused, not followed.
+        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SpawnError(f"prompt file {path} is missing") from None
+    except OSError as exc:
+        raise SpawnError(f"prompt file {path} cannot be opened: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpawnError(f"prompt file {path} is not a regular file")
+        if st.st_size > MAX_PROMPT_BYTES:
+            raise SpawnError(f"prompt file {path} is larger than {MAX_PROMPT_BYTES} bytes")
+        data = os.read(fd, MAX_PROMPT_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpawnError(f"prompt file {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
 
 
 CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN",

@@ -1,0 +1,136 @@
+"""Hostile configuration and files: one-line errors at validation, a bad edit while running is kept out,
+and one tick's trouble never takes the loop down (hardening items 5 and 10)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maestro_py.config import Settings
+from maestro_py.errors import ConfigError
+from maestro_py.paths import Folder, Layout
+from maestro_py.registry import Registry, RegistryError
+from tests.fakes import (
+    FakeSpawner, enqueue, events, invoke, make_daemon, one_line_error, read_json, run_steps, settings_env,
+    write_agent,
+)
+
+NOT_UTF8_ENV = b"A=1\n# caf\xe9\n"
+
+
+def dlq_reason(layout: Layout, tick_id: str) -> str:
+    return read_json(layout.folder(Folder.DLQ) / f"{tick_id}.json")["dlq_reason"]
+
+
+# -- item 5a: a .env that is not UTF-8 -------------------------------------------------------------------
+
+def test_every_command_says_what_is_wrong_with_the_env_file_in_one_line(tmp_path: Path, runner: Any) -> None:
+    root = tmp_path / "agent"
+    write_agent(root, prompts={"c": "hi"})
+    (root / ".env").write_bytes(NOT_UTF8_ENV)
+    for args in (["status"], ["enqueue", "c"], ["budget"], ["circuit", "list"]):
+        result = invoke(runner, root, *args)
+        assert result.exit_code != 0, args
+        assert "not UTF-8" in one_line_error(result) and ".env" in one_line_error(result), args
+
+
+def test_an_env_file_broken_while_the_daemon_runs_is_logged_and_the_previous_kept(layout: Layout, clock: Any) -> None:
+    write_agent(layout, prompts={"memo": "hi"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    run_steps(daemon, 2)
+    before = dict(daemon.housekeeping.env)
+    layout.env_file.write_bytes(NOT_UTF8_ENV)
+    run_steps(daemon, 2)  # used to raise UnicodeDecodeError out of step()
+    assert daemon.housekeeping.env == before
+    invalid = [e for e in events(layout) if e["stage"] == "env_invalid"]
+    assert len(invalid) == 1 and "not UTF-8" in invalid[0]["error"]
+
+
+# -- item 5b and 10: the prompt file, read at spawn time ------------------------------------------------
+
+def test_a_prompt_that_is_not_utf8_fails_its_tick_with_the_reason_not_the_daemon(layout: Layout, clock: Any) -> None:
+    write_agent(layout, "[memo]\nmax_attempts = 2\n", {"memo": "hi"})
+    layout.prompt_file("memo").write_bytes(b"caf\xe9\n")
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    (tick,) = enqueue(layout, clock, "memo")
+    for _ in range(4):
+        run_steps(daemon, 5)  # used to raise UnicodeDecodeError: a crash per start, then "owner died 3 times"
+        clock.advance(3600)
+    assert spawner.count == 0
+    assert "not UTF-8" in dlq_reason(layout, tick)
+
+
+def test_a_prompt_swapped_for_a_link_out_of_the_root_is_never_read(layout: Layout, clock: Any, tmp_path: Path) -> None:
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:the secret\n")
+    write_agent(layout, "[memo]\nmax_attempts = 1\n", {"memo": "hi"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    run_steps(daemon, 1)  # the registry is loaded with the honest prompt
+    swap = layout.cadences_dir / "memo.md.new"
+    os.symlink(secret, swap)
+    os.replace(swap, layout.prompt_file("memo"))
+    (tick,) = enqueue(layout, clock, "memo")
+    run_steps(daemon, 5)
+    assert spawner.count == 0  # nothing was started with /etc/passwd on its stdin
+    assert "outside the agent root" in dlq_reason(layout, tick)
+
+
+# -- item 5c: numbers that pass validation and overflow later -------------------------------------------
+
+@pytest.mark.parametrize("name, value", [
+    ("MAESTRO_CIRCUIT_OPEN_SECONDS", "1e300"),
+    ("MAESTRO_CIRCUIT_MAX_OPEN_SECONDS", "inf"),
+    ("MAESTRO_SPAWN_TIMEOUT_SECONDS", "nan"),
+    ("MAESTRO_BACKOFF_SECONDS", "1e12"),
+    ("MAESTRO_BACKOFF_SECONDS", "0,1e400"),
+    ("MAESTRO_BACKOFF_SECONDS", "exp:30:1e12"),
+    ("MAESTRO_MAX_INBOX", "10000000000000"),
+])
+def test_huge_and_infinite_settings_are_refused_in_one_line(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(settings_env(**{name: value}))
+
+
+@pytest.mark.parametrize("line", ["backoff_seconds = [1e12]", "timeout_seconds = 1e300", "max_attempts = 10000000000000"])
+def test_huge_registry_numbers_are_refused_naming_the_key(layout: Layout, line: str) -> None:
+    write_agent(layout, f"[memo]\n{line}\n", {"memo": "hi"})
+    with pytest.raises(RegistryError, match=line.split()[0]):
+        Registry.load(layout)
+
+
+def test_circuit_open_for_an_absurd_time_is_refused(tmp_path: Path, runner: Any) -> None:
+    root = tmp_path / "agent"
+    write_agent(root, prompts={"c": "hi"})
+    result = invoke(runner, root, "circuit", "open", "c", "--for", "1e12")
+    assert result.exit_code == 2 and one_line_error(result)
+
+
+# -- item 5d: the loop survives any exception from one tick's work ---------------------------------------
+
+class ExplodingSpawner(FakeSpawner):
+    """A spawner with a bug: the first start raises something nobody planned for."""
+
+    def spawn(self, spec: Any) -> Any:
+        if not getattr(self, "exploded", False):
+            self.exploded = True
+            raise RuntimeError("boom")
+        return super().spawn(spec)
+
+
+def test_an_unexpected_error_starting_one_tick_fails_that_tick_and_the_loop_goes_on(layout: Layout,
+                                                                                    clock: Any) -> None:
+    write_agent(layout, "[memo]\nmax_attempts = 3\n", {"memo": "[[fake:ok]]"})
+    spawner = ExplodingSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    (tick,) = enqueue(layout, clock, "memo")
+    for _ in range(3):
+        run_steps(daemon, 5)  # used to end the daemon with a traceback, the tick left in claimed/
+        clock.advance(3600)
+    assert read_json(layout.folder(Folder.DONE) / f"{tick}.json")["history"][-2]["reason"].endswith("boom")
+    assert [e["stage"] for e in events(layout)].count("internal_error") == 1
