@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -211,6 +212,26 @@ def fast_fake_claude(folder: Path) -> Path:
                         f"runpy.run_path({str(FAKE_CLAUDE)!r}, run_name='__main__')\n")
         path.chmod(0o755)
     return path
+
+
+def maestro(layout: Layout, *args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """`maestro --root ROOT ARGS` in a process of its own (this checkout's code), output captured."""
+    return subprocess.run([sys.executable, "-m", "maestro_py", "--root", str(layout.root), *args],
+                          env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def start_daemon(layout: Layout, env: dict[str, str], *args: str) -> subprocess.Popen:
+    """`maestro run ARGS` in the background, returned once it has written its status file."""
+    proc = subprocess.Popen([sys.executable, "-m", "maestro_py", "--root", str(layout.root), "run", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    wait_for(lambda: layout.consumer_file.exists(), what="daemon status file")
+    return proc
+
+
+def spawns(tmp_path: Path) -> list[str]:
+    """The fake claude's spawn log (see daemon_env): one line per run."""
+    path = tmp_path / "spawns.txt"
+    return path.read_text().split("\n")[:-1] if path.exists() else []
 
 
 def daemon_env(tmp_path: Path, **extra: Any) -> dict[str, str]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,24 +12,10 @@ import pytest
 
 from maestro_py.daemon.status import read_status
 from maestro_py.paths import Folder, Layout
-from tests.fakes import REPO, SECRET, daemon_env, events, ledger_rows, read_json, tick_ids, wait_for, write_agent
-
-
-def maestro(layout: Layout, *args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "maestro_py", "--root", str(layout.root), *args],
-                          env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-
-def start_daemon(layout: Layout, env: dict[str, str], *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "maestro_py", "--root", str(layout.root), "run", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    wait_for(lambda: layout.consumer_file.exists(), what="daemon status file")
-    return proc
-
-
-def spawns(tmp_path: Path) -> list[str]:
-    path = tmp_path / "spawns.txt"
-    return path.read_text().split("\n")[:-1] if path.exists() else []
+from tests.fakes import (
+    SECRET, daemon_env, events, ledger_rows, maestro, read_json, spawns, start_daemon, tick_ids, wait_for,
+    write_agent,
+)
 
 
 REGISTRY = """

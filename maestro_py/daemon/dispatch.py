@@ -193,7 +193,7 @@ class Dispatcher:
         return SpawnSpec(
             argv=command.argv(command.resolve_claude(env), model=cadence.model, extra=cadence.claude_args,
                               max_budget_usd=cadence.max_budget_usd),
-            env=command.child_env(env, self.layout.root),
+            env=command.child_env(env, self.layout.root, self.bus.owner.token),
             cwd=self.layout.root,
             stdin=command.prompt(cadence.prompt, claim.tick, self.layout.root),
             stdout_log=stdout_log,

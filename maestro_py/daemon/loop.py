@@ -113,6 +113,12 @@ class Daemon:
         try:
             self.layout.ensure()
             proctree.become_subreaper()  # orphaned tool processes come back to us, so none survives
+            # A previous daemon that died abnormally (SIGKILL, OOM, a crash) may have left sub-sessions and their
+            # tools running: end them before their stale claims go back to inbox/ and run again.
+            leftovers = proctree.end_leftovers(str(self.layout.root), self.owner.token)
+            if leftovers:
+                self.events.emit("leftovers_ended", level="warn", pids=leftovers,
+                                 reason="a previous daemon of this root left them running")
             previous = self._install_signals()
             self.guardrails.restore()
             self._watching = self.wakeup.start()
@@ -216,11 +222,13 @@ class Daemon:
             self.live.end_all("daemon stopping", grace=0.0 if self.forced else self.settings.kill_grace)
 
     def _install_signals(self) -> dict[int, Any]:
+        """SIGTERM, SIGINT and SIGHUP drain (a second one ends the runs now); handlers only set flags."""
+
         def handler(signum: int, frame: FrameType | None) -> None:
             self.request_stop()  # only sets flags and writes to the wake-up pipe
 
         previous: dict[int, Any] = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a hang-up drains too, it does not kill
             try:
                 previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread (tests drive step() directly)

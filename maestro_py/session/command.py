@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maestro_py.errors import SpawnError
+from maestro_py.session import proctree
 from maestro_py.bus.tick import Tick
 
 # Set in the child unless the operator set them: without them the CLI retries ~3 minutes (even on 401)
@@ -77,14 +78,17 @@ def strips_api_key(env: Mapping[str, str]) -> bool:
     return not key or key.startswith(_PLACEHOLDER_PREFIXES)
 
 
-def child_env(env: Mapping[str, str], root: Path) -> dict[str, str]:
-    """The sub-session's environment: the daemon's, plus AGENT_DIR and the CLI defaults.
+def child_env(env: Mapping[str, str], root: Path, owner: str | None = None) -> dict[str, str]:
+    """The sub-session's environment: the daemon's, plus AGENT_DIR, the CLI defaults and (with the daemon's
+    `owner` token) the mark by which a later daemon finds what this one left running if it dies.
 
     With subscription auth preferred, every API credential is withheld (the CLI would authenticate with
     any of them); `CLAUDE_CODE_OAUTH_TOKEN` is the subscription's own and stays.
     """
     out = dict(env)
     out["AGENT_DIR"] = str(root)
+    if owner is not None:
+        out[proctree.SESSION_MARK] = proctree.session_mark(str(root), owner)
     for name, value in CHILD_DEFAULTS.items():
         out.setdefault(name, value)
     if prefers_subscription(env):

@@ -115,6 +115,49 @@ def wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Pr
     return pending
 
 
+SESSION_MARK = "MAESTRO_SUBSESSION"  # in every sub-session's environment: "<daemon owner token>:<agent root>"
+PR_SET_PDEATHSIG = 1
+
+
+def session_mark(root: str, owner: str) -> str:
+    """The value of SESSION_MARK for a sub-session started by the daemon `owner` of `root`."""
+    return f"{owner}:{root}"
+
+
+def end_leftovers(root: str, owner: str) -> list[int]:
+    """SIGKILL every process a previous daemon of `root` left running (marked with SESSION_MARK, inherited by
+    the CLI's tools even where they started sessions of their own); return their pids.
+
+    The daemon calls this at start-up, holding the root's lock, before stale claims go back to `inbox/`: a
+    tick must never run again beside what is left of its last run.
+    """
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter():
+        try:
+            mark = proc.environ().get(SESSION_MARK)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+        their_owner, _, their_root = (mark or "").partition(":")
+        if their_root == root and their_owner != owner:
+            found.append(proc)
+    killed = kill_now(found)
+    wait_gone(found, KILL_WAIT)
+    return sorted(killed)
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child between fork and exec (Linux): be SIGKILLed when the daemon (`parent`) dies, however it dies.
+
+    Runs in the forked child, so it only calls into libc (loaded before the fork). If the daemon died
+    before this took effect, the child ends itself rather than run unsupervised.
+    """
+    if _LIBC is None:
+        return
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def reap_adopted(tracked: set[int]) -> list[int]:
     """SIGKILL and reap every child of this process not in `tracked` (orphans adopted as subreaper); return their pids.
 
@@ -194,3 +237,6 @@ def _libc() -> ctypes.CDLL | None:
     except (OSError, AttributeError):
         return None
     return libc
+
+
+_LIBC = _libc()  # loaded once, before any fork: a forked child must not load libraries

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import select
+import sys
 import subprocess
 import threading
 import time
@@ -26,6 +28,7 @@ REFRESH_INTERVAL = 0.5
 # Exit detection latency; a stop() request wakes the watcher at once regardless.
 _POLL = 0.05
 FIRST_REFRESH = 0.1
+_LINUX = sys.platform.startswith("linux")
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ class ProcessSpawner:
                         close_fds=True,
                         # Own session: a Ctrl-C on the daemon's terminal must not reach it; the daemon decides.
                         start_new_session=True,
+                        # Dies with the daemon, even a SIGKILLed one (Linux): no run goes on unsupervised.
+                        preexec_fn=functools.partial(proctree.die_with_parent, os.getpid()) if _LINUX else None,
                     )
                 except OSError as exc:
                     raise SpawnError(runlog.exec_reason(spec, exc)) from exc

@@ -1,0 +1,74 @@
+"""A daemon that dies abnormally (SIGKILL, OOM, a crash) or is hung up on leaves no run going on unsupervised,
+and its successor never runs a tick again beside what is left of its last run (hardening item 1)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import psutil
+
+from maestro_py.paths import Folder, Layout
+from tests.fakes import daemon_env, events, gone, maestro, read_json, spawns, start_daemon, tick_ids, wait_for, write_agent
+
+
+def test_sighup_drains_like_sigterm(layout: Layout, tmp_path: Path) -> None:
+    """A hang-up used to kill the daemon at once: no drain, the status left "running", the child orphaned."""
+    write_agent(layout, "", {"slow": "[[fake_claude:sleep:30]]"})
+    env = daemon_env(tmp_path, MAESTRO_STOP_GRACE_SECONDS="0.5")
+    tick = maestro(layout, "enqueue", "slow", env=env).stdout.strip()
+    proc = start_daemon(layout, env)
+    wait_for(lambda: len(spawns(tmp_path)) == 1, what="spawn")
+    child = int(spawns(tmp_path)[0].split()[0])
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=15) == 0
+    assert gone(child)
+    assert read_json(layout.consumer_file)["state"] == "stopped"
+    assert tick_ids(layout, Folder.INBOX) == [tick]
+    assert read_json(layout.folder(Folder.INBOX) / f"{tick}.json")["attempts"] == 0
+
+
+def test_a_sigkilled_daemon_takes_its_sub_session_with_it(layout: Layout, tmp_path: Path) -> None:
+    """The CLI used to run on under PID 1, with no timeout, after its daemon was SIGKILLed or OOM-killed."""
+    write_agent(layout, "", {"slow": "[[fake_claude:sleep:300]]"})
+    env = daemon_env(tmp_path)
+    maestro(layout, "enqueue", "slow", env=env)
+    proc = start_daemon(layout, env)
+    wait_for(lambda: len(spawns(tmp_path)) == 1, what="spawn")
+    child = psutil.Process(int(spawns(tmp_path)[0].split()[0]))
+    proc.kill()
+    proc.wait(timeout=10)
+    wait_for(lambda: gone(child.pid), timeout=5, what="the CLI gone with its daemon")
+
+
+def test_a_restarted_daemon_ends_what_a_dead_one_left_before_running_the_tick_again(layout: Layout,
+                                                                                   tmp_path: Path) -> None:
+    """A tool in a session of its own survives its CLI; the next daemon used to reap the claim and run the tick
+    again beside it (two live runs under a cap of 1, the orphan outliving even the second daemon)."""
+    write_agent(layout, "[leak]\nmax_attempts = 3\n", {"leak": "[[fake_claude:orphan]]"})
+    pidfile = tmp_path / "tool.pid"
+    env = daemon_env(tmp_path, FAKE_CLAUDE_PIDFILE=str(pidfile), MAESTRO_REAP_SECONDS="3600")
+    tick = maestro(layout, "enqueue", "leak", env=env).stdout.strip()
+    first = start_daemon(layout, env)
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the tool started")
+    tool = psutil.Process(int(pidfile.read_text()))
+    first.kill()
+    first.wait(timeout=10)
+    assert tool.is_running() and tool.status() != psutil.STATUS_ZOMBIE  # its own session: not taken along
+    pidfile.unlink()
+    second = start_daemon(layout, env)
+    try:
+        ended = wait_for(lambda: [e for e in events(layout, lenient=True) if e["stage"] == "leftovers_ended"],
+                         what="the leftovers ended")
+        assert tool.pid in ended[0]["pids"]
+        wait_for(lambda: not tool.is_running() or tool.status() == psutil.STATUS_ZOMBIE, timeout=5,
+                 what="the old tool gone")
+        # Only then does the tick run again (its claim was the dead daemon's).
+        wait_for(lambda: len(spawns(tmp_path)) == 2, what="the tick running again")
+        started = [e for e in events(layout, lenient=True) if e["stage"] in ("leftovers_ended", "spawned")]
+        assert [e["stage"] for e in started] == ["spawned", "leftovers_ended", "spawned"]
+        assert started[-1]["id"] == tick
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=15)
