@@ -9,9 +9,11 @@ reads as free.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta, timezone, tzinfo
+from pathlib import Path
 from typing import Any
 
 from maestro_py.clock import iso, parse_iso
@@ -50,14 +52,55 @@ class Estimate:
     basis: str  # "configured", "recent average of N runs", "default"
 
 
-def window_bounds(window: str, now: datetime) -> tuple[datetime, datetime]:
-    """(start, reset) of the daily (local midnight) or hourly window containing `now`."""
-    local = now.astimezone()
+def local_zone(env: Mapping[str, str] | None = None, localtime: Path = Path("/etc/localtime")) -> tzinfo | None:
+    """The machine's time zone as a real zone (`TZ`, else `/etc/localtime`); None: leave it to the C library."""
+    env = os.environ if env is None else env
+    if "TZ" in env:
+        name = env["TZ"].removeprefix(":")
+        # A POSIX rule ("CET-1CEST,M3.5.0,…") or an empty TZ names no zone, and the C library follows it rather
+        # than /etc/localtime: None, so `window_bounds` asks the C library.
+        return _zone_file(Path(name)) if name.startswith("/") else _zone_named(name)
+    target = os.readlink(localtime) if localtime.is_symlink() else ""
+    named = _zone_named(target.rsplit("zoneinfo/", 1)[1]) if "zoneinfo/" in target else None
+    return named or _zone_file(localtime)  # a copied TZif file has no name but still has the rules
+
+
+def _zone_named(key: str) -> tzinfo | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # here: `maestro enqueue` imports this module
+
+    try:
+        return ZoneInfo(key) if key else None
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def _zone_file(path: Path) -> tzinfo | None:
+    from zoneinfo import ZoneInfo
+
+    try:
+        with open(path, "rb") as file:
+            return ZoneInfo.from_file(file)
+    except (OSError, ValueError):
+        return None
+
+
+def window_bounds(window: str, now: datetime, zone: tzinfo | None = None) -> tuple[datetime, datetime]:
+    """(start, reset), in UTC, of the daily (midnight in `zone`; None: the C library's) or hourly window of `now`."""
+    # Arithmetic and results are on UTC instants: a datetime in a real zone adds and compares in wall-clock
+    # time, which is exactly what goes wrong on DST days.
+    local = now.astimezone(zone)
     if window == "hourly":
-        start = local.replace(minute=0, second=0, microsecond=0)
+        # An hour is 3600 real seconds from the local hour's start: the skipped hour has no window, each
+        # pass through the repeated hour has its own.
+        start = now.astimezone(timezone.utc) - timedelta(minutes=local.minute, seconds=local.second,
+                                                         microseconds=local.microsecond)
         return start, start + timedelta(hours=1)
-    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return start, (start + timedelta(days=1, hours=2)).replace(hour=0)  # DST-safe next midnight
+    # Midnight to midnight on the wall clock, each converted on its own: 23 h and 25 h days come out right.
+    # (Naive when `zone` is None: `astimezone` then asks the C library, which knows the DST rules.)
+    day = local.date()
+    start = datetime.combine(day, time(), tzinfo=zone).astimezone(timezone.utc)
+    reset = datetime.combine(day + timedelta(days=1), time(), tzinfo=zone).astimezone(timezone.utc)
+    return start, reset
 
 
 def charge_of(row: Mapping[str, Any]) -> Charge | None:
@@ -92,12 +135,13 @@ class Governor:
     history: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # cadence -> metered runs
     reservations: dict[str, tuple[str, Estimate]] = field(default_factory=dict)  # tick id -> (cadence, est)
     announced: set[tuple[str, str]] = field(default_factory=set)  # (scope, window start) already reported
+    zone: tzinfo | None = field(default_factory=local_zone)  # whose midnight ends a day (tests inject one)
     _day_start: datetime | None = None
 
     # -- loading ----------------------------------------------------------
     def load(self, rows: Iterable[Mapping[str, Any]], now: datetime) -> None:
         """Rebuild the current window's charges and each cadence's recent runs from the ledger."""
-        start, _ = window_bounds("daily", now)
+        start, _ = window_bounds("daily", now, self.zone)
         self._day_start = start
         self.charges = []
         self.history = {}
@@ -108,7 +152,7 @@ class Governor:
                 self.charges.append(charge)
 
     def _roll(self, now: datetime) -> None:
-        start, _ = window_bounds("daily", now)
+        start, _ = window_bounds("daily", now, self.zone)
         if self._day_start != start:
             self._day_start = start
             self.charges = [c for c in self.charges if c.ts >= start]
@@ -150,14 +194,14 @@ class Governor:
             spent_t, spent_u = self.spent(scope, window, now)
             held_t, held_u = self.reserved(scope)
             if limit.tokens is not None and limit.tokens - spent_t - held_t < estimate.tokens:
-                return scope, window, window_bounds(window, now)[1]
+                return scope, window, window_bounds(window, now, self.zone)[1]
             if limit.usd is not None and limit.usd - spent_u - held_u < estimate.usd:
-                return scope, window, window_bounds(window, now)[1]
+                return scope, window, window_bounds(window, now, self.zone)[1]
         return None
 
     def first_report(self, scope: str, window: str, now: datetime) -> bool:
         """True once per scope and window: `budget_exhausted` is logged once, not once per loop."""
-        key = (f"{scope}/{window}", iso(window_bounds(window, now)[0]))
+        key = (f"{scope}/{window}", iso(window_bounds(window, now, self.zone)[0]))
         if key in self.announced:
             return False
         self.announced.add(key)
@@ -184,7 +228,7 @@ class Governor:
     # -- figures ----------------------------------------------------------
     def spent(self, scope: str, window: str, now: datetime) -> tuple[float, float]:
         """(tokens, usd) charged in the window for the scope."""
-        start, _ = window_bounds(window, now)
+        start, _ = window_bounds(window, now, self.zone)
         cadence = scope.split(":", 1)[1] if scope.startswith("cadence:") else None
         tokens = usd = 0.0
         for c in self.charges:
@@ -208,7 +252,7 @@ class Governor:
         for scope, window, limit in scopes:
             if limit.unlimited and (scope, window) != ("global", "daily"):
                 continue  # the global daily line is always shown: it is the spend report
-            start, resets = window_bounds(window, now)
+            start, resets = window_bounds(window, now, self.zone)
             spent_t, spent_u = self.spent(scope, window, now)
             held_t, held_u = self.reserved(scope)
             cadence = scope.split(":", 1)[1] if scope.startswith("cadence:") else None
