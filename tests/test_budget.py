@@ -15,7 +15,9 @@ from click.testing import CliRunner
 from maestro_py.cli import cli
 from maestro_py.clock import iso
 from maestro_py.paths import Folder, Layout
-from maestro_py.policy.budget import Estimate, Governor, Limit, local_zone, window_bounds
+from maestro_py.policy.budget import (
+    Estimate, Governor, Limit, local_zone, never_fits_entry, never_fits_lines, over_limit, window_bounds,
+)
 from tests.fakes import (
     FakeClock, FakeSpawner, attempts, enqueue, events, ledger_rows, make_daemon, read_json, run_steps, tick_ids,
     write_agent,
@@ -116,6 +118,40 @@ def test_usd_budget_and_per_cadence_budget(layout: Layout, clock: FakeClock) -> 
     assert len([r for r in rows if r["cadence"] == "brief"]) == 4  # its neighbour's limit does not stop it
     scopes = {(r["scope"], r["window"]) for r in daemon.budget.summary(clock.now())}
     assert ("cadence:memo", "daily") in scopes
+
+
+def test_a_budget_smaller_than_one_reservation_never_spawns_and_says_why(layout: Layout, clock: FakeClock) -> None:
+    write_agent(layout, "[memo]\noverlap = 'allow'\n", {"memo": "[[fake:ok]]"})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_DAILY_TOKEN_BUDGET=1000)
+    enqueue(layout, clock, "memo")
+    for _ in range(3):  # three days: the reset never helps
+        run_steps(daemon, 5)
+        clock.advance(86_400)
+    assert spawner.count == 0 and daemon.counters["deferred_budget"] > 0
+    exhausted = [e for e in events(layout) if e["stage"] == "budget_exhausted"]
+    assert len(exhausted) == 3 and all(e["never_fits"] for e in exhausted)  # once a window, as before
+    assert (exhausted[0]["estimate_tokens"], exhausted[0]["limit_tokens"]) == (20_000, 1000)
+    assert "memo will never run" in exhausted[0]["reason"]
+
+
+def test_never_fits_names_the_setting_that_holds_the_reservation() -> None:
+    gov = Governor({"daily": Limit(tokens=1000, usd=0.1)}, default_estimate=Estimate(20_000, 0.25, "default"))
+    limit = gov.global_limits["daily"]
+
+    def line(*estimates: Estimate) -> list[str]:
+        return never_fits_lines(never_fits_entry(f"c{i}", e, limit, over_limit(limit, e) or "")
+                                for i, e in enumerate(estimates))
+
+    assert over_limit(limit, Estimate(1000, 0.1, "configured")) is None  # exactly the limit fits an empty window
+    assert line(gov.estimate("c", reserve_tokens=5000)) == [
+        "c0 will never run: one run reserves 5,000 tokens (reserve_tokens), more than the whole limit of 1,000 "
+        "tokens; raise the limit or lower the reservation"]
+    assert "(MAESTRO_RESERVE_TOKENS)" in line(gov.estimate("c", reserve_usd=0.05))[0]  # its tokens: the default
+    assert "reserves $0.5000 (reserve_usd), more than the whole limit of $0.1000" in \
+        line(gov.estimate("c", reserve_tokens=500, reserve_usd=0.5))[0]
+    assert "(recent average of 1 runs)" in line(Estimate(3000, 0.01, "recent average of 1 runs"))[0]
+    assert line(gov.default_estimate, gov.default_estimate)[0].startswith("c0, c1 will never run: one run reserves")
 
 
 def test_max_budget_usd_is_passed_to_the_cli(layout: Layout, clock: FakeClock) -> None:

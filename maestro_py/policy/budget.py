@@ -49,7 +49,71 @@ class Estimate:
 
     tokens: float
     usd: float
-    basis: str  # "configured", "recent average of N runs", "default"
+    basis: str  # "configured" ("configured tokens"/"… usd": that axis only), "recent average of N runs", "default"
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """A budget that cannot cover a run's estimate: spent until `resets_at`, or (`never_fits`) smaller than it."""
+
+    scope: str
+    window: str
+    resets_at: datetime
+    unit: str  # "tokens" or "usd": the axis that falls short
+    limit: Limit
+    estimate: Estimate
+    never_fits: bool = False
+
+    def details(self, cadence: str) -> dict[str, Any]:
+        """The `budget_exhausted` event's fields for `cadence` (which the event carries itself)."""
+        entry = never_fits_entry(cadence, self.estimate, self.limit, self.unit)
+        fields = {k: v for k, v in entry.items() if k != "cadence"}
+        if self.never_fits:
+            reason = never_fits_lines([entry])[0]
+        else:
+            reason = (f"{cadence} waits: the {self.scope} {self.window} budget cannot cover its reservation of "
+                      f"{amount(self.unit, fields[f'estimate_{self.unit}'])} until {iso(self.resets_at)}")
+        return {"scope": self.scope, "window": self.window, "resets_at": iso(self.resets_at),
+                "never_fits": self.never_fits, **fields, "reason": reason}
+
+
+def over_limit(limit: Limit, estimate: Estimate) -> str | None:
+    """The unit on which `estimate` alone is more than `limit`, so that no window can ever cover it; else None."""
+    if limit.tokens is not None and estimate.tokens > limit.tokens:
+        return "tokens"
+    if limit.usd is not None and estimate.usd > limit.usd:
+        return "usd"
+    return None
+
+
+def never_fits_entry(cadence: str, estimate: Estimate, limit: Limit, unit: str) -> dict[str, Any]:
+    """A cadence whose one run's reservation is more than a limit, as `budget --json` and the event show it."""
+    return {"cadence": cadence, "unit": unit, "basis": estimate.basis, "estimate_tokens": round(estimate.tokens),
+            "limit_tokens": limit.tokens, "estimate_usd": round(estimate.usd, 6), "limit_usd": limit.usd}
+
+
+def never_fits_lines(entries: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Which cadences will never run and why, one line per reservation (for status, budget, doctor, the event)."""
+    groups: dict[tuple[str, float, float, str], list[str]] = {}
+    for entry in entries:
+        unit = entry["unit"]
+        key = (unit, entry[f"estimate_{unit}"], entry[f"limit_{unit}"], _source(entry["basis"], unit))
+        groups.setdefault(key, []).append(entry["cadence"])
+    return [f"{', '.join(names)} will never run: one run reserves {amount(unit, estimate)} ({source}), more than the "
+            f"whole limit of {amount(unit, limit)}; raise the limit or lower the reservation"
+            for (unit, estimate, limit, source), names in groups.items()]
+
+
+def _source(basis: str, unit: str) -> str:
+    """Where a reservation's figure on `unit` comes from, named as the operator changes it."""
+    if basis == "default" or basis.startswith("configured ") and not basis.endswith(unit):
+        return f"MAESTRO_RESERVE_{unit.upper()}"
+    return f"reserve_{unit}" if basis.startswith("configured") else basis
+
+
+def amount(unit: str, value: float) -> str:
+    """A budget figure in words: `20,000 tokens`, `$0.2500`."""
+    return f"${value:.4f}" if unit == "usd" else f"{value:,.0f} tokens"
 
 
 def local_zone(env: Mapping[str, str] | None = None, localtime: Path = Path("/etc/localtime")) -> tzinfo | None:
@@ -169,9 +233,11 @@ class Governor:
     def estimate(self, cadence: str, reserve_tokens: int | None = None, reserve_usd: float | None = None) -> Estimate:
         """Configured reserve, else the cadence's recent metered average, else the default."""
         if reserve_tokens is not None or reserve_usd is not None:
+            # Say which axis was configured: the other is the default, and that is the knob to turn.
+            basis = ("configured" if reserve_tokens is not None and reserve_usd is not None
+                     else "configured tokens" if reserve_tokens is not None else "configured usd")
             return Estimate(float(reserve_tokens if reserve_tokens is not None else self.default_estimate.tokens),
-                            float(reserve_usd if reserve_usd is not None else self.default_estimate.usd),
-                            "configured")
+                            float(reserve_usd if reserve_usd is not None else self.default_estimate.usd), basis)
         runs = self.history.get(cadence)
         if runs:
             n = len(runs)
@@ -187,21 +253,26 @@ class Governor:
             out.append((f"cadence:{cadence}", "daily", own))
         return out
 
-    def refusal(self, cadence: str, estimate: Estimate, now: datetime) -> tuple[str, str, datetime] | None:
-        """(scope, window, resets_at) of the first budget that cannot cover `estimate`; None if all can."""
+    def refusal(self, cadence: str, estimate: Estimate, now: datetime) -> Shortfall | None:
+        """The first budget that cannot cover `estimate` (one it can never cover first); None if all can."""
         self._roll(now)
-        for scope, window, limit in self.scopes(cadence):
+        scopes = self.scopes(cadence)
+        for scope, window, limit in scopes:  # waiting for a reset would not help these: say so before the rest
+            unit = over_limit(limit, estimate)
+            if unit is not None:
+                return Shortfall(scope, window, window_bounds(window, now, self.zone)[1], unit, limit, estimate, True)
+        for scope, window, limit in scopes:
             spent_t, spent_u = self.spent(scope, window, now)
             held_t, held_u = self.reserved(scope)
-            if limit.tokens is not None and limit.tokens - spent_t - held_t < estimate.tokens:
-                return scope, window, window_bounds(window, now, self.zone)[1]
-            if limit.usd is not None and limit.usd - spent_u - held_u < estimate.usd:
-                return scope, window, window_bounds(window, now, self.zone)[1]
+            short_tokens = limit.tokens is not None and limit.tokens - spent_t - held_t < estimate.tokens
+            if short_tokens or (limit.usd is not None and limit.usd - spent_u - held_u < estimate.usd):
+                resets = window_bounds(window, now, self.zone)[1]
+                return Shortfall(scope, window, resets, "tokens" if short_tokens else "usd", limit, estimate)
         return None
 
-    def first_report(self, scope: str, window: str, now: datetime) -> bool:
-        """True once per scope and window: `budget_exhausted` is logged once, not once per loop."""
-        key = (f"{scope}/{window}", iso(window_bounds(window, now, self.zone)[0]))
+    def first_report(self, scope: str, window: str, now: datetime, about: str = "") -> bool:
+        """True once per scope, window and `about`: `budget_exhausted` is logged once, not once per loop."""
+        key = (f"{scope}/{window}/{about}", iso(window_bounds(window, now, self.zone)[0]))
         if key in self.announced:
             return False
         self.announced.add(key)
@@ -243,9 +314,10 @@ class Governor:
         held = [e for c, e in self.reservations.values() if cadence is None or c == cadence]
         return sum(e.tokens for e in held), sum(e.usd for e in held)
 
-    def summary(self, now: datetime) -> list[dict[str, Any]]:
-        """Per scope and window: total, spent, reserved, remaining, runs, top cadences, reset time."""
+    def summary(self, now: datetime, estimates: Mapping[str, Estimate] | None = None) -> list[dict[str, Any]]:
+        """Per scope and window: the figures, top cadences, reset time, and `estimates`' cadences that never fit."""
         self._roll(now)
+        estimates = estimates or {}
         out = []
         scopes = [("global", w, lim) for w, lim in self.global_limits.items()]
         scopes += [(f"cadence:{c}", "daily", lim) for c, lim in sorted(self.cadence_limits.items())]
@@ -272,6 +344,8 @@ class Governor:
                 },
                 "runs": len(in_window),
                 "top_cadences": [{"cadence": c, "usd": round(u, 6)} for c, u in top],
+                "never_fits": [never_fits_entry(name, est, limit, unit) for name, est in sorted(estimates.items())
+                               if cadence in (None, name) and (unit := over_limit(limit, est)) is not None],
             })
         return out
 
