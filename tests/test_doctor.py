@@ -305,6 +305,17 @@ def test_budget_left_from_the_ledger(root: Path) -> None:
     assert doctor.check_budget(probe(root, clock=clock)) == Check("budget", Level.OK, "no budget configured")
 
 
+def test_a_budget_smaller_than_one_reservation_says_never_not_until_midnight(root: Path) -> None:
+    check = doctor.check_budget(probe(root, {"MAESTRO_DAILY_TOKEN_BUDGET": "1000"}))
+    assert check == Check("budget", Level.WARN, "global daily: hello will never run: one run reserves 20,000 tokens "
+                          "(MAESTRO_RESERVE_TOKENS), more than the whole limit of 1,000 tokens; raise the limit or "
+                          "lower the reservation")
+    # The limit is below the default reservation, but hello's own reservation fits: nothing waits on midnight.
+    (root / "cadences.toml").write_text('[hello]\nreserve_tokens = 800\n')
+    fits = doctor.check_budget(probe(root, {"MAESTRO_DAILY_TOKEN_BUDGET": "1000"}))
+    assert fits == Check("budget", Level.OK, "global daily: 1,000 tokens left")
+
+
 def test_disk_thresholds(root: Path) -> None:
     def usage(free: int) -> Any:
         return lambda path: Usage(10**12, 0, free)

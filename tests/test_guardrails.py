@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -128,6 +129,25 @@ def test_a_budget_refusal_is_reported_once_per_scope_and_window(rails: Guardrail
         assert rails.refusal(big, clock.now(), spawned_this_step=False) is Refusal.BUDGET
     events = (layout.events_dir / f"bus-{clock.now().astimezone():%Y-%m-%d}.jsonl").read_text()
     assert events.count('"budget_exhausted"') == 1
+
+
+def test_a_budget_smaller_than_one_reservation_is_reported_as_never_fitting(rails: Guardrails, clock: Any,
+                                                                           layout: Layout) -> None:
+    """The limit (50,000) is less than memo's own reservation (60,000): no reset helps, and the event says so."""
+    now = clock.now()
+    assert rails.refusal(cadence(reserve_tokens=60_000), now, spawned_this_step=False) is Refusal.BUDGET
+    rails.budget.reserve("other", "x", rails.budget.estimate("x", 45_000, None))
+    assert rails.refusal(cadence(reserve_tokens=10_000), now, spawned_this_step=False) is Refusal.BUDGET
+    never, spent = [e for e in map(json.loads, (layout.events_dir / f"bus-{now.astimezone():%Y-%m-%d}.jsonl")
+                                   .read_text().splitlines()) if e["stage"] == "budget_exhausted"]
+    assert never["level"] == "error" and never["never_fits"] is True and never["cadence"] == "memo"
+    assert (never["estimate_tokens"], never["limit_tokens"], never["scope"], never["window"]) == \
+        (60_000, 50_000, "global", "daily")
+    assert never["reason"] == ("memo will never run: one run reserves 60,000 tokens (reserve_tokens), more than the "
+                               "whole limit of 50,000 tokens; raise the limit or lower the reservation")
+    # Only spent for now (10,000 fits the limit, not the 5,000 left): a warning that ends at the reset.
+    assert spent["level"] == "warn" and spent["never_fits"] is False and spent["estimate_tokens"] == 10_000
+    assert spent["resets_at"] and "until" in spent["reason"]
 
 
 def test_success_completes_and_proves_the_credentials(rails: Guardrails) -> None:

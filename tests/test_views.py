@@ -66,3 +66,31 @@ def test_an_invalid_circuit_file_is_one_message_everywhere(layout: Layout) -> No
     assert result.exit_code == 1
     (fail,) = doctor.check_circuits(Probe(layout, {}))
     assert fail.level is Level.FAIL and result.stderr.strip() == f"maestro: {fail.detail}"
+
+
+NEVER = ("memo will never run: one run reserves 20,000 tokens (MAESTRO_RESERVE_TOKENS), more than the whole limit "
+         "of 1,000 tokens; raise the limit or lower the reservation")
+
+
+def test_a_limit_smaller_than_one_reservation_says_never_in_budget_and_status(layout: Layout) -> None:
+    """Not "remaining 1,000" alone: the default reservation (20,000) is more than the limit, so memo never runs."""
+    (layout.root / "cadences").mkdir(exist_ok=True)
+    (layout.root / "cadences" / "memo.md").write_text("Write the memo.\n")
+    (layout.root / "cadences.toml").write_text("[tidy]\nhandler = 'noop'\n")  # spends nothing
+    env = {"MAESTRO_DAILY_TOKEN_BUDGET": "1000"}
+
+    def invoke(*args: str) -> Any:
+        result = CliRunner().invoke(cli, ["--root", str(layout.root), *args], env=env)
+        assert result.exit_code == 0, result.output
+        return result
+
+    (daily,) = [r for r in json.loads(invoke("budget", "--json").stdout) if r["window"] == "daily"]
+    assert daily["remaining"]["tokens"] == 1000
+    assert daily["never_fits"] == [{"cadence": "memo", "unit": "tokens", "basis": "default", "estimate_tokens": 20000,
+                                    "limit_tokens": 1000, "estimate_usd": 0.25, "limit_usd": None}]
+    assert f"  {NEVER}" in invoke("budget").stdout.splitlines()
+    assert f"budget global daily: {NEVER}" in invoke("status").stdout.splitlines()
+    # A reservation that fits the limit is not "never", whatever is left.
+    (layout.root / "cadences.toml").write_text("[memo]\nreserve_tokens = 800\n")
+    (daily,) = [r for r in json.loads(invoke("budget", "--json").stdout) if r["window"] == "daily"]
+    assert daily["never_fits"] == [] and "never" not in invoke("status").stdout

@@ -7,6 +7,7 @@ import json
 import click
 
 from maestro_py.cli.common import Context, budget_summary, fmt_amount, pass_ctx
+from maestro_py.policy.budget import never_fits_lines
 
 
 @click.command()
@@ -27,3 +28,5 @@ def budget(c: Context, as_json: bool) -> None:
                        f"  remaining {fmt_amount(row['remaining'][unit], unit)}")
         if row["top_cadences"]:
             click.echo("  top: " + ", ".join(f"{t['cadence']} ${t['usd']:.4f}" for t in row["top_cadences"]))
+        for line in never_fits_lines(row["never_fits"]):
+            click.echo(f"  {line}")

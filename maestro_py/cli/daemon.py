@@ -15,6 +15,7 @@ from maestro_py.daemon.status import liveness, read_status
 from maestro_py.errors import AlreadyRunning
 from maestro_py.paths import Folder
 from maestro_py.policy.breaker import AUTH_HALT
+from maestro_py.policy.budget import never_fits_lines
 from maestro_py.registry import RegistryError
 from maestro_py.session.command import auth_fix, prefers_subscription
 
@@ -94,5 +95,7 @@ def status(c: Context, as_json: bool) -> None:
                    f" of {fmt_amount(total['tokens'], 'tokens')} / {fmt_amount(total['usd'], 'usd')}; remaining "
                    f"{fmt_amount(left['tokens'], 'tokens')} / {fmt_amount(left['usd'], 'usd')}; "
                    f"resets {row['resets_at']}")
+        for line in never_fits_lines(row["never_fits"]):  # "remaining" alone would read as "it will run"
+            click.echo(f"budget {row['scope']} {row['window']}: {line}")
     click.echo(f"ledger: {c.layout.ledger_file}")
     click.echo(f"events: {c.layout.events_dir}/bus-YYYY-MM-DD.jsonl   per-run logs: {c.layout.subsessions_dir}")

@@ -23,6 +23,7 @@ from maestro_py.ops import views
 from maestro_py.ops.probe import Check, Level, Probe
 from maestro_py.paths import Folder
 from maestro_py.policy.breaker import AUTH_HALT
+from maestro_py.policy.budget import never_fits_lines
 from maestro_py.policy.emergency import read_stop_file
 from maestro_py.redact import Redactor
 from maestro_py.registry import Registry, RegistryError
@@ -302,7 +303,11 @@ def check_budget(p: Probe) -> Check:
         left = {unit: value for unit, value in row["remaining"].items() if value is not None}
         label = f"{row['scope']} {row['window']}"
         shown.append(f"{label}: " + " / ".join(_amount(unit, value) for unit, value in left.items()) + " left")
-        if any(value < floor[unit] for unit, value in left.items()):
+        never = never_fits_lines(row["never_fits"])
+        short += [f"{label}: {line}" for line in never]
+        # "Until the reset" only where a default-sized run fits the limit at all: below that, `never_fits`
+        # names the cadences that are stuck for good, and the others' smaller reservations may still fit.
+        if not never and any(value < floor[unit] <= row["total"][unit] for unit, value in left.items()):
             short.append(f"{label} cannot cover another run until {row['resets_at']}")
     if short:
         return Check("budget", Level.WARN, "; ".join(short))

@@ -42,12 +42,19 @@ def open_circuits(layout: Layout) -> dict[str, Circuit]:
 
 def budget_rows(layout: Layout, settings: Settings, registry: Registry | None, now: datetime) -> list[dict[str, Any]]:
     """Per scope and window, as the daemon sees it: limits from settings and the registry (None: no
-    per-cadence limits), spent from the ledger, reservations from a live daemon's status file."""
+    per-cadence limits), spent from the ledger, reservations from a live daemon's status file, and the
+    cadences whose one run's reservation is more than a limit (`never_fits`)."""
     governor = settings.governor(cadence_limits(registry) if registry is not None else {})
     governor.load(Ledger(layout.ledger_file).rows(), now)
+    estimates: dict[str, Estimate] = {}
+    if registry is not None:
+        for name in registry.names():
+            cadence = registry.get(name)
+            if cadence is not None and cadence.mode != "inline":  # inline handlers pass no budget gate
+                estimates[name] = governor.estimate(name, cadence.reserve_tokens, cadence.reserve_usd)
     doc = read_status(layout)
     # A dead daemon's reservations are not held by anything: counting them would understate what is left.
     if doc and liveness(layout, doc, now)["alive"]:
         for item in doc.get("reservations") or []:
             governor.reserve(item["tick"], item["cadence"], Estimate(item["tokens"], item["usd"], "live"))
-    return governor.summary(now)
+    return governor.summary(now, estimates)

@@ -9,9 +9,11 @@ reads as free.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta, timezone, tzinfo
+from pathlib import Path
 from typing import Any
 
 from maestro_py.clock import iso, parse_iso
@@ -47,17 +49,122 @@ class Estimate:
 
     tokens: float
     usd: float
-    basis: str  # "configured", "recent average of N runs", "default"
+    basis: str  # "configured" ("configured tokens"/"… usd": that axis only), "recent average of N runs", "default"
 
 
-def window_bounds(window: str, now: datetime) -> tuple[datetime, datetime]:
-    """(start, reset) of the daily (local midnight) or hourly window containing `now`."""
-    local = now.astimezone()
+@dataclass(frozen=True)
+class Shortfall:
+    """A budget that cannot cover a run's estimate: spent until `resets_at`, or (`never_fits`) smaller than it."""
+
+    scope: str
+    window: str
+    resets_at: datetime
+    unit: str  # "tokens" or "usd": the axis that falls short
+    limit: Limit
+    estimate: Estimate
+    never_fits: bool = False
+
+    def details(self, cadence: str) -> dict[str, Any]:
+        """The `budget_exhausted` event's fields for `cadence` (which the event carries itself)."""
+        entry = never_fits_entry(cadence, self.estimate, self.limit, self.unit)
+        fields = {k: v for k, v in entry.items() if k != "cadence"}
+        if self.never_fits:
+            reason = never_fits_lines([entry])[0]
+        else:
+            reason = (f"{cadence} waits: the {self.scope} {self.window} budget cannot cover its reservation of "
+                      f"{amount(self.unit, fields[f'estimate_{self.unit}'])} until {iso(self.resets_at)}")
+        return {"scope": self.scope, "window": self.window, "resets_at": iso(self.resets_at),
+                "never_fits": self.never_fits, **fields, "reason": reason}
+
+
+def over_limit(limit: Limit, estimate: Estimate) -> str | None:
+    """The unit on which `estimate` alone is more than `limit`, so that no window can ever cover it; else None."""
+    if limit.tokens is not None and estimate.tokens > limit.tokens:
+        return "tokens"
+    if limit.usd is not None and estimate.usd > limit.usd:
+        return "usd"
+    return None
+
+
+def never_fits_entry(cadence: str, estimate: Estimate, limit: Limit, unit: str) -> dict[str, Any]:
+    """A cadence whose one run's reservation is more than a limit, as `budget --json` and the event show it."""
+    return {"cadence": cadence, "unit": unit, "basis": estimate.basis, "estimate_tokens": round(estimate.tokens),
+            "limit_tokens": limit.tokens, "estimate_usd": round(estimate.usd, 6), "limit_usd": limit.usd}
+
+
+def never_fits_lines(entries: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Which cadences will never run and why, one line per reservation (for status, budget, doctor, the event)."""
+    groups: dict[tuple[str, float, float, str], list[str]] = {}
+    for entry in entries:
+        unit = entry["unit"]
+        key = (unit, entry[f"estimate_{unit}"], entry[f"limit_{unit}"], _source(entry["basis"], unit))
+        groups.setdefault(key, []).append(entry["cadence"])
+    return [f"{', '.join(names)} will never run: one run reserves {amount(unit, estimate)} ({source}), more than the "
+            f"whole limit of {amount(unit, limit)}; raise the limit or lower the reservation"
+            for (unit, estimate, limit, source), names in groups.items()]
+
+
+def _source(basis: str, unit: str) -> str:
+    """Where a reservation's figure on `unit` comes from, named as the operator changes it."""
+    if basis == "default" or basis.startswith("configured ") and not basis.endswith(unit):
+        return f"MAESTRO_RESERVE_{unit.upper()}"
+    return f"reserve_{unit}" if basis.startswith("configured") else basis
+
+
+def amount(unit: str, value: float) -> str:
+    """A budget figure in words: `20,000 tokens`, `$0.2500`."""
+    return f"${value:.4f}" if unit == "usd" else f"{value:,.0f} tokens"
+
+
+def local_zone(env: Mapping[str, str] | None = None, localtime: Path = Path("/etc/localtime")) -> tzinfo | None:
+    """The machine's time zone as a real zone (`TZ`, else `/etc/localtime`); None: leave it to the C library."""
+    env = os.environ if env is None else env
+    if "TZ" in env:
+        name = env["TZ"].removeprefix(":")
+        # A POSIX rule ("CET-1CEST,M3.5.0,…") or an empty TZ names no zone, and the C library follows it rather
+        # than /etc/localtime: None, so `window_bounds` asks the C library.
+        return _zone_file(Path(name)) if name.startswith("/") else _zone_named(name)
+    target = os.readlink(localtime) if localtime.is_symlink() else ""
+    named = _zone_named(target.rsplit("zoneinfo/", 1)[1]) if "zoneinfo/" in target else None
+    return named or _zone_file(localtime)  # a copied TZif file has no name but still has the rules
+
+
+def _zone_named(key: str) -> tzinfo | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # here: `maestro enqueue` imports this module
+
+    try:
+        return ZoneInfo(key) if key else None
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def _zone_file(path: Path) -> tzinfo | None:
+    from zoneinfo import ZoneInfo
+
+    try:
+        with open(path, "rb") as file:
+            return ZoneInfo.from_file(file)
+    except (OSError, ValueError):
+        return None
+
+
+def window_bounds(window: str, now: datetime, zone: tzinfo | None = None) -> tuple[datetime, datetime]:
+    """(start, reset), in UTC, of the daily (midnight in `zone`; None: the C library's) or hourly window of `now`."""
+    # Arithmetic and results are on UTC instants: a datetime in a real zone adds and compares in wall-clock
+    # time, which is exactly what goes wrong on DST days.
+    local = now.astimezone(zone)
     if window == "hourly":
-        start = local.replace(minute=0, second=0, microsecond=0)
+        # An hour is 3600 real seconds from the local hour's start: the skipped hour has no window, each
+        # pass through the repeated hour has its own.
+        start = now.astimezone(timezone.utc) - timedelta(minutes=local.minute, seconds=local.second,
+                                                         microseconds=local.microsecond)
         return start, start + timedelta(hours=1)
-    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return start, (start + timedelta(days=1, hours=2)).replace(hour=0)  # DST-safe next midnight
+    # Midnight to midnight on the wall clock, each converted on its own: 23 h and 25 h days come out right.
+    # (Naive when `zone` is None: `astimezone` then asks the C library, which knows the DST rules.)
+    day = local.date()
+    start = datetime.combine(day, time(), tzinfo=zone).astimezone(timezone.utc)
+    reset = datetime.combine(day + timedelta(days=1), time(), tzinfo=zone).astimezone(timezone.utc)
+    return start, reset
 
 
 def charge_of(row: Mapping[str, Any]) -> Charge | None:
@@ -92,12 +199,13 @@ class Governor:
     history: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # cadence -> metered runs
     reservations: dict[str, tuple[str, Estimate]] = field(default_factory=dict)  # tick id -> (cadence, est)
     announced: set[tuple[str, str]] = field(default_factory=set)  # (scope, window start) already reported
+    zone: tzinfo | None = field(default_factory=local_zone)  # whose midnight ends a day (tests inject one)
     _day_start: datetime | None = None
 
     # -- loading ----------------------------------------------------------
     def load(self, rows: Iterable[Mapping[str, Any]], now: datetime) -> None:
         """Rebuild the current window's charges and each cadence's recent runs from the ledger."""
-        start, _ = window_bounds("daily", now)
+        start, _ = window_bounds("daily", now, self.zone)
         self._day_start = start
         self.charges = []
         self.history = {}
@@ -108,7 +216,7 @@ class Governor:
                 self.charges.append(charge)
 
     def _roll(self, now: datetime) -> None:
-        start, _ = window_bounds("daily", now)
+        start, _ = window_bounds("daily", now, self.zone)
         if self._day_start != start:
             self._day_start = start
             self.charges = [c for c in self.charges if c.ts >= start]
@@ -125,9 +233,11 @@ class Governor:
     def estimate(self, cadence: str, reserve_tokens: int | None = None, reserve_usd: float | None = None) -> Estimate:
         """Configured reserve, else the cadence's recent metered average, else the default."""
         if reserve_tokens is not None or reserve_usd is not None:
+            # Say which axis was configured: the other is the default, and that is the knob to turn.
+            basis = ("configured" if reserve_tokens is not None and reserve_usd is not None
+                     else "configured tokens" if reserve_tokens is not None else "configured usd")
             return Estimate(float(reserve_tokens if reserve_tokens is not None else self.default_estimate.tokens),
-                            float(reserve_usd if reserve_usd is not None else self.default_estimate.usd),
-                            "configured")
+                            float(reserve_usd if reserve_usd is not None else self.default_estimate.usd), basis)
         runs = self.history.get(cadence)
         if runs:
             n = len(runs)
@@ -143,21 +253,26 @@ class Governor:
             out.append((f"cadence:{cadence}", "daily", own))
         return out
 
-    def refusal(self, cadence: str, estimate: Estimate, now: datetime) -> tuple[str, str, datetime] | None:
-        """(scope, window, resets_at) of the first budget that cannot cover `estimate`; None if all can."""
+    def refusal(self, cadence: str, estimate: Estimate, now: datetime) -> Shortfall | None:
+        """The first budget that cannot cover `estimate` (one it can never cover first); None if all can."""
         self._roll(now)
-        for scope, window, limit in self.scopes(cadence):
+        scopes = self.scopes(cadence)
+        for scope, window, limit in scopes:  # waiting for a reset would not help these: say so before the rest
+            unit = over_limit(limit, estimate)
+            if unit is not None:
+                return Shortfall(scope, window, window_bounds(window, now, self.zone)[1], unit, limit, estimate, True)
+        for scope, window, limit in scopes:
             spent_t, spent_u = self.spent(scope, window, now)
             held_t, held_u = self.reserved(scope)
-            if limit.tokens is not None and limit.tokens - spent_t - held_t < estimate.tokens:
-                return scope, window, window_bounds(window, now)[1]
-            if limit.usd is not None and limit.usd - spent_u - held_u < estimate.usd:
-                return scope, window, window_bounds(window, now)[1]
+            short_tokens = limit.tokens is not None and limit.tokens - spent_t - held_t < estimate.tokens
+            if short_tokens or (limit.usd is not None and limit.usd - spent_u - held_u < estimate.usd):
+                resets = window_bounds(window, now, self.zone)[1]
+                return Shortfall(scope, window, resets, "tokens" if short_tokens else "usd", limit, estimate)
         return None
 
-    def first_report(self, scope: str, window: str, now: datetime) -> bool:
-        """True once per scope and window: `budget_exhausted` is logged once, not once per loop."""
-        key = (f"{scope}/{window}", iso(window_bounds(window, now)[0]))
+    def first_report(self, scope: str, window: str, now: datetime, about: str = "") -> bool:
+        """True once per scope, window and `about`: `budget_exhausted` is logged once, not once per loop."""
+        key = (f"{scope}/{window}/{about}", iso(window_bounds(window, now, self.zone)[0]))
         if key in self.announced:
             return False
         self.announced.add(key)
@@ -184,7 +299,7 @@ class Governor:
     # -- figures ----------------------------------------------------------
     def spent(self, scope: str, window: str, now: datetime) -> tuple[float, float]:
         """(tokens, usd) charged in the window for the scope."""
-        start, _ = window_bounds(window, now)
+        start, _ = window_bounds(window, now, self.zone)
         cadence = scope.split(":", 1)[1] if scope.startswith("cadence:") else None
         tokens = usd = 0.0
         for c in self.charges:
@@ -199,16 +314,17 @@ class Governor:
         held = [e for c, e in self.reservations.values() if cadence is None or c == cadence]
         return sum(e.tokens for e in held), sum(e.usd for e in held)
 
-    def summary(self, now: datetime) -> list[dict[str, Any]]:
-        """Per scope and window: total, spent, reserved, remaining, runs, top cadences, reset time."""
+    def summary(self, now: datetime, estimates: Mapping[str, Estimate] | None = None) -> list[dict[str, Any]]:
+        """Per scope and window: the figures, top cadences, reset time, and `estimates`' cadences that never fit."""
         self._roll(now)
+        estimates = estimates or {}
         out = []
         scopes = [("global", w, lim) for w, lim in self.global_limits.items()]
         scopes += [(f"cadence:{c}", "daily", lim) for c, lim in sorted(self.cadence_limits.items())]
         for scope, window, limit in scopes:
             if limit.unlimited and (scope, window) != ("global", "daily"):
                 continue  # the global daily line is always shown: it is the spend report
-            start, resets = window_bounds(window, now)
+            start, resets = window_bounds(window, now, self.zone)
             spent_t, spent_u = self.spent(scope, window, now)
             held_t, held_u = self.reserved(scope)
             cadence = scope.split(":", 1)[1] if scope.startswith("cadence:") else None
@@ -228,6 +344,8 @@ class Governor:
                 },
                 "runs": len(in_window),
                 "top_cadences": [{"cadence": c, "usd": round(u, 6)} for c, u in top],
+                "never_fits": [never_fits_entry(name, est, limit, unit) for name, est in sorted(estimates.items())
+                               if cadence in (None, name) and (unit := over_limit(limit, est)) is not None],
             })
         return out
 

@@ -138,13 +138,14 @@ class Guardrails:
     def _budget_refuses(self, cadence: Cadence, now: datetime) -> bool:
         """Fail closed on spend: no spawn unless every applicable budget covers the reservation."""
         estimate = self.estimate(cadence)
-        refused = self.budget.refusal(cadence.name, estimate, now)
-        if refused is None:
+        short = self.budget.refusal(cadence.name, estimate, now)
+        if short is None:
             return False
-        scope, window, resets_at = refused
-        if self.budget.first_report(scope, window, now):
-            self.events.emit("budget_exhausted", level="warn", cadence=cadence.name, scope=scope, window=window,
-                             resets_at=iso(resets_at), estimate_tokens=round(estimate.tokens))
+        # A run that can never fit is a configuration error, reported per cadence: a reset will not lift it.
+        about = f"never:{cadence.name}" if short.never_fits else ""
+        if self.budget.first_report(short.scope, short.window, now, about):
+            self.events.emit("budget_exhausted", level="error" if short.never_fits else "warn", cadence=cadence.name,
+                             **short.details(cadence.name))
         return True
 
     # -- after a run ------------------------------------------------------
