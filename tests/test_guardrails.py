@@ -220,3 +220,13 @@ def test_the_auth_halt_fix_fits_how_sub_sessions_authenticate(rails: Guardrails,
     rails.record(tick(), cadence(), outcome("401"))
     last = log.read_text().splitlines()[-1]
     assert "log in again" in last and "MAESTRO_PREFER_SUBSCRIPTION_AUTH=1" not in last
+
+
+def test_a_rate_limited_run_is_never_retried_at_once(rails: Guardrails, clock: Any) -> None:
+    """After a 429 the first retry used to come at 0 s (the schedule's first step), costing a CLI start for nothing."""
+    verdict = rails.record(tick(), cadence(), outcome("429"))
+    assert verdict.action is Action.RETRY and verdict.failure_class is FailureClass.RATE
+    assert verdict.retry_at == clock.now() + timedelta(seconds=60)
+    assert rails.refusal(cadence(), clock.now() + timedelta(seconds=59), spawned_this_step=False) is Refusal.BACKOFF
+    transient = rails.record(tick(name="other"), cadence("other"), outcome("500"))
+    assert transient.retry_at == clock.now()  # other classes keep the configured schedule

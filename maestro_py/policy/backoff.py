@@ -58,13 +58,14 @@ class Backoff:
     failures: dict[str, int] = field(default_factory=dict)
     next_allowed: dict[str, datetime] = field(default_factory=dict)
 
-    def record_failure(self, cadence: str, now: datetime, wait: Wait | None = None) -> datetime:
-        """Count a failure and return when the cadence may spawn again."""
+    def record_failure(self, cadence: str, now: datetime, wait: Wait | None = None, *,
+                       at_least: float = 0.0) -> datetime:
+        """Count a failure and return when the cadence may spawn again (not before `at_least` seconds)."""
         n = self.failures.get(cadence, 0) + 1
         self.failures[cadence] = n
         state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
         state.attempt_number = n
-        at = now + timedelta(seconds=(wait or self.wait)(state))
+        at = now + timedelta(seconds=max((wait or self.wait)(state), at_least))
         self.next_allowed[cadence] = at
         return at
 

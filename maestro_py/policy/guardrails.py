@@ -30,6 +30,12 @@ from maestro_py.session.runner import RunOutcome
 
 
 
+# A 429/529 reaches the daemon only after the CLI's own retries gave up, or at once when the server asked for
+# more than 60 s (the CLI does not wait that long: claude-cli-facts §retry-after). Either way an immediate
+# retry would cost a CLI start and its requests for nothing: the rate class waits at least this long.
+RATE_MIN_WAIT = 60.0
+
+
 class Refusal(str, enum.Enum):
     """Why a tick may not spawn now, in the order the gates are checked; the value is its counter name."""
 
@@ -179,7 +185,8 @@ class Guardrails:
             self.circuits.save()
             self.events.emit("auth_halt", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
                              fix=auth_fix(subscription=self.subscription))
-        retry_at = self._trip(tick.cadence, cadence, now, reason) if handling.trips_breaker else None
+        at_least = RATE_MIN_WAIT if cls is FailureClass.RATE else 0.0
+        retry_at = self._trip(tick.cadence, cadence, now, reason, at_least) if handling.trips_breaker else None
         if not handling.burns_attempt:
             return Verdict(Action.REQUEUE, f"{reason} ({cls.value} failure: attempt not counted)", failure_class=cls,
                            outcome=f"failed_{cls.value}")
@@ -204,10 +211,10 @@ class Guardrails:
             self.events.emit("circuit_closed", cadence=cadence)
             self.circuits.save()
 
-    def _trip(self, name: str, cadence: Cadence, now: datetime, reason: str) -> datetime:
+    def _trip(self, name: str, cadence: Cadence, now: datetime, reason: str, at_least: float) -> datetime:
         """Count a failure toward the cadence's backoff and breaker; when the cadence may run again."""
         wait = schedule(cadence.backoff_seconds) if cadence.backoff_seconds else None
-        retry_at = self.backoff.record_failure(name, now, wait)
+        retry_at = self.backoff.record_failure(name, now, wait, at_least=at_least)
         before = self.breakers.circuits.get(name)
         was_open = before is not None and before.state is not State.CLOSED
         circuit = self.breakers.record_failure(name, now, reason)
