@@ -113,6 +113,7 @@ VARS: dict[str, Var] = {
         Var("MAESTRO_MAX_INBOX", "1000", _positive_int, "Backlog ceiling: `maestro enqueue` exits 75 beyond it."),
         Var("MAESTRO_MAX_ATTEMPTS", "2", _positive_int, "Attempts per tick before `dlq/` (per cadence: `max_attempts`)."),
         Var("MAESTRO_SPAWN_TIMEOUT_SECONDS", "1800", _positive, "Sub-session timeout (per cadence: `timeout_seconds`)."),
+        Var("MAESTRO_INLINE_TIMEOUT_SECONDS", "60", _positive, "Inline handler and guard timeout (per cadence: `timeout_seconds`)."),
         Var("MAESTRO_KILL_GRACE_SECONDS", "5", _non_negative, "SIGTERM -> SIGKILL grace when a sub-session's tree is ended."),
         Var("MAESTRO_STOP_GRACE_SECONDS", "30", _non_negative, "On SIGTERM, how long running sub-sessions may finish."),
         Var("MAESTRO_REAP_SECONDS", "30", _positive, "How often stale claims and tmp leftovers are swept."),
@@ -148,6 +149,7 @@ class Settings:
     max_inbox: int
     max_attempts: int
     spawn_timeout: float
+    inline_timeout: float
     kill_grace: float
     stop_grace: float
     reap_seconds: float
@@ -173,6 +175,7 @@ class Settings:
         "max_inbox": "MAESTRO_MAX_INBOX",
         "max_attempts": "MAESTRO_MAX_ATTEMPTS",
         "spawn_timeout": "MAESTRO_SPAWN_TIMEOUT_SECONDS",
+        "inline_timeout": "MAESTRO_INLINE_TIMEOUT_SECONDS",
         "kill_grace": "MAESTRO_KILL_GRACE_SECONDS",
         "stop_grace": "MAESTRO_STOP_GRACE_SECONDS",
         "reap_seconds": "MAESTRO_REAP_SECONDS",

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import copy
-import functools
-import importlib
 import json
 import os
 import queue
@@ -13,13 +11,15 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Literal
+
+from maestro_py import loader
 
 NOOP = "noop"
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
@@ -36,6 +36,7 @@ class HandlerResult:
     ok: bool  # handler succeeded / guard said "escalate"
     detail: str  # short text for the event log: return value repr or the tail of the output
     error: str | None  # the call itself failed (raised, timed out, not found); distinct from guard=false
+    interrupted: bool = False  # cut short because the daemon is stopping: not the tick's fault
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,13 @@ def call(
     env: dict[str, str],
     timeout: float,
     kind: Kind = "handler",
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> HandlerResult:
-    """Run a handler or guard for `tick` and report how it went; never raises for the callee's faults."""
+    """Run a handler or guard for `tick` and report how it went; never raises for the callee's faults.
+
+    `cancelled` is polled while the call runs: when it turns true (the daemon is stopping) the call is cut
+    short and the result says `interrupted`.
+    """
     try:
         parsed = parse(spec)
     except ValueError as exc:
@@ -85,28 +91,30 @@ def call(
         return HandlerResult(True, NOOP, None)
     if parsed.form == "function":
         assert parsed.module is not None and parsed.function is not None
-        return _call_function(parsed.module, parsed.function, tick, root=root, timeout=timeout, kind=kind)
-    return _run_command(parsed.argv, tick, root=root, env=env, timeout=timeout, kind=kind)
+        return _call_function(parsed.module, parsed.function, tick, root=root, timeout=timeout, kind=kind,
+                              cancelled=cancelled)
+    return _run_command(parsed.argv, tick, root=root, env=env, timeout=timeout, kind=kind, cancelled=cancelled)
 
 
 # -- module:function ----------------------------------------------------------
 
-_IMPORT_LOCK = threading.Lock()
-# module name -> (root it came from, source file, (mtime_ns, size)) for modules imported from an agent root,
-# so an edited helper is re-imported and a same-named helper from another root is not mistaken for it.
-_ORIGINS: dict[str, tuple[Path, Path, tuple[int, int]]] = {}
-
-
 def _call_function(
-    module: str, function: str, tick: dict[str, Any], *, root: Path, timeout: float, kind: Kind
+    module: str, function: str, tick: dict[str, Any], *, root: Path, timeout: float, kind: Kind,
+    cancelled: Callable[[], bool],
 ) -> HandlerResult:
     global _WORKER
+    stuck = [t for t in _ABANDONED if t.is_alive()]
+    _ABANDONED[:] = stuck
+    if len(stuck) >= MAX_ABANDONED:
+        # Python cannot kill a thread: past this many stuck calls, starting more would only pile them up.
+        return HandlerResult(False, "", f"{len(stuck)} earlier module:function calls are still stuck in background "
+                                        "threads; not starting another (fix the helper, then restart the daemon)")
     outcome = _Outcome()
 
     def target() -> None:
         # Importing happens here too, so a helper that hangs at import time is bounded by the timeout.
         try:
-            fn = _load(module, function, root)
+            fn = loader.load(module, function, root)
         except BaseException as exc:  # noqa: BLE001 - any import-time failure is the helper's, not ours
             outcome.load_error = exc
             return
@@ -116,10 +124,14 @@ def _call_function(
             outcome.raised = exc
 
     worker = _WORKER = _WORKER or _Worker()  # a worker is dropped when a call overruns (below)
-    if not worker.run(target, timeout):
+    finished = worker.run(target, timeout, cancelled)
+    if finished is not True:
         # Python cannot kill a thread: the call is abandoned (a daemon thread), not stopped, and the next
-        # call gets a fresh worker.
+        # call gets a fresh worker. At most MAX_ABANDONED of them may pile up (above).
         _WORKER = None
+        _ABANDONED.append(worker.thread)
+        if finished is None:
+            return HandlerResult(False, "", "interrupted: the daemon is stopping", interrupted=True)
         return HandlerResult(False, "", f"timed out after {timeout:g}s (left running in a background thread)")
     if outcome.load_error is not None:
         error = f"cannot load {module}:{function}: {_describe(outcome.load_error)}"
@@ -141,7 +153,8 @@ class _Worker:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name="maestro-handler", daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, name="maestro-handler", daemon=True)
+        self.thread.start()
 
     def _serve(self) -> None:
         while True:
@@ -151,14 +164,23 @@ class _Worker:
             finally:
                 done.set()
 
-    def run(self, job: Callable[[], None], timeout: float) -> bool:
-        """Run `job` on the worker; False if it did not finish within `timeout` seconds."""
+    def run(self, job: Callable[[], None], timeout: float, cancelled: Callable[[], bool]) -> bool | None:
+        """Run `job` on the worker: True if it finished, False if not within `timeout` s, None if cancelled."""
         done = threading.Event()
         self._jobs.put((job, done))
-        return done.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not done.wait(min(CANCEL_POLL, max(0.0, deadline - time.monotonic()))):
+            if cancelled():
+                return None
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
 
 _WORKER: _Worker | None = None
+_ABANDONED: list[threading.Thread] = []  # workers left running a call that overran or was cancelled
+MAX_ABANDONED = 4
+CANCEL_POLL = 0.1  # seconds between looks at `cancelled` while a handler runs
 
 
 @dataclass
@@ -166,94 +188,6 @@ class _Outcome:
     value: Any = None
     raised: BaseException | None = None
     load_error: BaseException | None = None
-
-
-def _load(module_name: str, function_name: str, root: Path) -> Callable[[dict[str, Any]], Any]:
-    root = _resolved(root)
-    module = _imported(module_name, root)
-    if module is not None:  # the common case: imported before, from this root, unchanged (one stat)
-        return _attribute(module, module_name, function_name)
-    with _IMPORT_LOCK:
-        _forget_stale(module_name, root)
-        entry = str(root)
-        sys.path.insert(0, entry)
-        writes_bytecode = sys.dont_write_bytecode
-        # Keep __pycache__ out of agent roots; it also sidesteps the 1-second pyc staleness window.
-        sys.dont_write_bytecode = True
-        try:
-            importlib.invalidate_caches()
-            module = importlib.import_module(module_name)
-        finally:
-            sys.dont_write_bytecode = writes_bytecode
-            try:
-                sys.path.remove(entry)
-            except ValueError:
-                pass
-        _remember(module_name, root)
-    return _attribute(module, module_name, function_name)
-
-
-def _attribute(module: Any, module_name: str, function_name: str) -> Callable[[dict[str, Any]], Any]:
-    fn: Callable[[dict[str, Any]], Any] | None = getattr(module, function_name, None)
-    if fn is None:
-        raise LookupError(f"module {module_name!r} has no attribute {function_name!r}")
-    if not callable(fn):
-        raise TypeError(f"{module_name}.{function_name} is not callable")
-    return fn
-
-
-def _prefixes(module_name: str) -> list[str]:
-    parts = module_name.split(".")
-    return [".".join(parts[: i + 1]) for i in range(len(parts))]
-
-
-def _signature(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _resolved(root: Path) -> Path:
-    return root.resolve()
-
-
-def _imported(module_name: str, root: Path) -> Any:
-    """The module if it is imported and nothing in its package chain is stale for `root`; else None."""
-    for name in _prefixes(module_name):
-        origin = _ORIGINS.get(name)
-        if name not in sys.modules:
-            return None
-        if origin is not None and (origin[0] != root or _signature(origin[1]) != origin[2]):
-            return None
-    return sys.modules[module_name]
-
-
-def _forget_stale(module_name: str, root: Path) -> None:
-    """Drop cached agent modules that were edited since import or that belong to another root."""
-    stale = False
-    for name in _prefixes(module_name):
-        origin = _ORIGINS.get(name)
-        if origin is not None and name in sys.modules:
-            origin_root, source, signature = origin
-            stale = stale or origin_root != root or _signature(source) != signature
-        if stale:  # once a package is stale, everything below it must be re-imported too
-            sys.modules.pop(name, None)
-            _ORIGINS.pop(name, None)
-
-
-def _remember(module_name: str, root: Path) -> None:
-    for name in _prefixes(module_name):
-        module = sys.modules.get(name)
-        source = getattr(module, "__file__", None)
-        if not source:
-            continue
-        path = Path(source).resolve()
-        signature = _signature(path)
-        if signature is not None and path.is_relative_to(root):
-            _ORIGINS[name] = (root, path, signature)
 
 
 # -- commands -----------------------------------------------------------------
@@ -267,6 +201,7 @@ def _run_command(
     env: dict[str, str],
     timeout: float,
     kind: Kind,
+    cancelled: Callable[[], bool],
 ) -> HandlerResult:
     # Imported here, not at the top: the registry checks handler specs with this module, and `maestro
     # enqueue` (run by cron) loads the registry but never runs a command.
@@ -296,15 +231,17 @@ def _run_command(
         except OSError as exc:
             return HandlerResult(False, "", f"cannot start {argv[0]}: {exc.strerror or exc}")
         try:
-            proc.communicate(payload, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proctree.kill_group(proc.pid)
-            proc.communicate()
-            return HandlerResult(False, _read_tail(out), f"timed out after {timeout:g}s")
+            ended = _wait_command(proc, payload, timeout, cancelled)
         except BaseException:
             proctree.kill_group(proc.pid)
             proc.wait()
             raise
+        if ended is not True:
+            proctree.kill_group(proc.pid)
+            proc.communicate()
+            if ended is None:
+                return HandlerResult(False, _read_tail(out), "interrupted: the daemon is stopping", interrupted=True)
+            return HandlerResult(False, _read_tail(out), f"timed out after {timeout:g}s")
         detail = _read_tail(out)
     code = proc.returncode
     if code == 0:
@@ -315,6 +252,23 @@ def _run_command(
     if code < 0:
         return HandlerResult(False, detail, f"killed by signal {_signal_name(-code)}")
     return HandlerResult(False, detail, f"exited with status {code}")
+
+
+def _wait_command(proc: subprocess.Popen[bytes], payload: bytes, timeout: float,
+                  cancelled: Callable[[], bool]) -> bool | None:
+    """Feed `proc` its input and wait: True if it exited, False on timeout, None if cancelled meanwhile."""
+    deadline = time.monotonic() + timeout
+    data: bytes | None = payload
+    while True:
+        try:
+            proc.communicate(data, timeout=min(CANCEL_POLL, max(0.0, deadline - time.monotonic())))
+            return True
+        except subprocess.TimeoutExpired:
+            data = None  # already handed over; a retried communicate() continues where it stopped
+        if cancelled():
+            return None
+        if time.monotonic() >= deadline:
+            return False
 
 
 def _signal_name(number: int) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import traceback
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from maestro_py import inline
@@ -36,7 +36,7 @@ class Dispatcher:
 
     def __init__(self, *, layout: Layout, settings: Settings, bus: Bus, guardrails: Guardrails, live: LiveRuns,
                  spawner: Spawner, settler: Settler, events: EventLog, notifier: Notifier,
-                 counters: Counter[str], clock: Clock) -> None:
+                 counters: Counter[str], clock: Clock, stopping: Callable[[], bool] = lambda: False) -> None:
         self.layout = layout
         self.settings = settings
         self.bus = bus
@@ -48,6 +48,7 @@ class Dispatcher:
         self.notifier = notifier
         self.counters = counters
         self.clock = clock
+        self.stopping = stopping  # polled by inline calls: a drain or stop cuts them short
 
     def dispatch(self, registry: Registry, env: Mapping[str, str]) -> bool:
         """Claim and start what the guardrails allow; True if anything was claimed or settled.
@@ -62,7 +63,7 @@ class Dispatcher:
         inline_left = INLINE_BATCH
         spawned = False
         window_ends = self.clock.monotonic() + INLINE_WINDOW
-        while inline_left > 0 and self.clock.monotonic() < window_ends:
+        while inline_left > 0 and self.clock.monotonic() < window_ends and not self.stopping():
             entry = self._next_entry(registry, spawned)
             if entry is None:
                 break
@@ -122,10 +123,12 @@ class Dispatcher:
         self.notifier.ping(self.clock.monotonic())  # the call may block the loop up to its timeout
         started = self.clock.monotonic()
         result = inline.call(cadence.handler or "noop", claim.tick.to_json(), root=self.layout.root, env=env,
-                             timeout=self._timeout(cadence), kind="handler")
+                             timeout=self._inline_timeout(cadence), kind="handler", cancelled=self.stopping)
         duration_ms = round((self.clock.monotonic() - started) * 1000)
         self.counters["inline"] += 1
-        if result.ok and result.error is None:
+        if result.interrupted:
+            self._interrupted(claim, result.error, mode="inline", duration_ms=duration_ms)
+        elif result.ok and result.error is None:
             self.bus.complete(claim, "ok", mode="inline", detail=result.detail, duration_ms=duration_ms)
             self.counters["succeeded"] += 1
         else:
@@ -135,7 +138,10 @@ class Dispatcher:
     def _guard_says_escalate(self, claim: Claim, cadence: Cadence, env: Mapping[str, str]) -> bool:
         self.notifier.ping(self.clock.monotonic())  # the guard may block the loop up to its timeout
         result = inline.call(cadence.guard or "noop", claim.tick.to_json(), root=self.layout.root,
-                             env=env, timeout=self._timeout(cadence), kind="guard")
+                             env=env, timeout=self._inline_timeout(cadence), kind="guard", cancelled=self.stopping)
+        if result.interrupted:
+            self._interrupted(claim, result.error, mode="guarded")
+            return False
         if result.error is not None:
             self._inline_failed(claim, cadence, f"guard failed: {result.error}", mode="guarded")
             return False
@@ -145,6 +151,11 @@ class Dispatcher:
             self.bus.complete(claim, "nothing_to_do", mode="guarded", detail=result.detail)
             return False
         return True
+
+    def _interrupted(self, claim: Claim, reason: str | None, **details: object) -> None:
+        """A handler or guard cut short by a drain or stop: back to inbox/, attempt intact."""
+        self.bus.requeue(claim, reason or "interrupted: the daemon is stopping", **details)
+        self.counters["requeued"] += 1
 
     def _inline_failed(self, claim: Claim, cadence: Cadence, reason: str, **details: object) -> None:
         self.settler.apply(claim, self.guardrails.inline_failed(claim.tick, cadence, reason), **details)
@@ -205,3 +216,7 @@ class Dispatcher:
 
     def _timeout(self, cadence: Cadence) -> float:
         return cadence.timeout_seconds or self.settings.spawn_timeout
+
+    def _inline_timeout(self, cadence: Cadence) -> float:
+        """Inline work blocks the loop: its own, much shorter default."""
+        return cadence.timeout_seconds or self.settings.inline_timeout

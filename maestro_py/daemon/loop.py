@@ -91,7 +91,7 @@ class Daemon:
         self.dispatcher = Dispatcher(
             layout=self.layout, settings=settings, bus=self.bus, guardrails=self.guardrails, live=self.live,
             spawner=self.spawner, settler=self.settler, events=self.events, notifier=self.notifier,
-            counters=self.counters, clock=clock)
+            counters=self.counters, clock=clock, stopping=lambda: self.stopping)
         self.status = StatusWriter(self.layout, self.redactor, self.events, clock.monotonic)
         self.started_at = clock.now()
         self.stopping = False     # first SIGTERM/SIGINT: drain
