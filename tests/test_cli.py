@@ -207,3 +207,37 @@ def test_logs_escape_controls_even_in_values_without_spaces(runner: CliRunner, r
     assert out.exit_code == 0, out.output
     _no_terminal_controls(out.stdout)
     assert "tail=\\x1b]0;owned\\x07" in out.stdout or 'tail="\\u001b]0;owned\\u0007"' in out.stdout
+
+
+def test_a_quarantined_file_fixed_by_hand_is_replayed(runner: CliRunner, root: Path) -> None:
+    from maestro_py.bus.store import Bus
+
+    from tests.fakes import events, read_json
+
+    lay = Layout(root)
+    bus = Bus(lay)
+    for _ in range(2):  # the second copy goes to dlq/ as hello-1.json.1: it goes back under its own name
+        (lay.folder(Folder.INBOX) / "hello-1.json").write_text('{"cadence": "hel')
+        bus.quarantine(lay.folder(Folder.INBOX) / "hello-1.json", "not valid JSON: Unterminated string")
+    dlq = lay.folder(Folder.DLQ)
+    still = invoke(runner, root, "dlq", "replay", "hello-1.json.1")
+    assert still.exit_code == 1
+    error = one_line_error(still)
+    assert "still not a valid tick" in error and "not valid JSON: Unterminated string" in error
+    assert (dlq / "hello-1.json.1.reason.json").exists() and not list(lay.folder(Folder.INBOX).iterdir())
+    (dlq / "hello-1.json.1").write_text('{"cadence": "hello", "payload": {"fixed": true}}')  # the hand fix
+    done = invoke(runner, root, "dlq", "replay", "hello-1.json.1")
+    assert done.exit_code == 0, done.output
+    assert done.stdout == "replayed hello-1.json.1\n"
+    tick = read_json(lay.folder(Folder.INBOX) / "hello-1.json")
+    assert tick["id"] == "hello-1" and tick["payload"] == {"fixed": True}
+    audit = tick["history"][-1]
+    assert audit["outcome"] == "replayed" and audit["reason"] == "replayed from quarantine by operator"
+    assert audit["quarantine_reason"] == "not valid JSON: Unterminated string"
+    assert sorted(p.name for p in dlq.iterdir()) == ["hello-1.json", "hello-1.json.reason.json"]
+    assert [e["quarantined"] for e in events(lay) if e["stage"] == "replayed"] == [True]
+    # The other copy, fixed too, cannot overwrite the tick now queued under that name.
+    (dlq / "hello-1.json").write_text('{"cadence": "hello"}')
+    clash = invoke(runner, root, "dlq", "replay", "hello-1")
+    assert clash.exit_code == 1 and "File exists" in one_line_error(clash)
+    assert (dlq / "hello-1.json.reason.json").exists()

@@ -65,21 +65,24 @@ def dlq_show(c: Context, tick_id: str) -> None:
 @click.option("--reset-attempts", is_flag=True, help="Give the ticks a fresh retry budget.")
 @pass_ctx
 def dlq_replay(c: Context, tick_ids: tuple[str, ...], all_: bool, reset_attempts: bool) -> None:
-    """Move ticks back to the inbox, with an audit entry in their history."""
+    """Move ticks back to the inbox, with an audit entry in their history (quarantined files once fixed by hand)."""
     if bool(tick_ids) == all_:
         raise CliError("give tick ids or --all (not both)", EX_USAGE)
     bus = Bus(c.layout, max_inbox=10**9)
     ids = [i["id"] for i in bus.dead_letters() if i["kind"] == "tick"] if all_ else list(tick_ids)
-    failed = 0
+    errors: list[str] = []
     for tick_id in ids:
         try:
             bus.replay(tick_id, reset_attempts=reset_attempts)
             click.echo(escape(f"replayed {tick_id}"))
         except (TickInvalid, FileNotFoundError, FileExistsError) as exc:
-            failed += 1
-            click.echo(escape(f"maestro: cannot replay {tick_id}: {exc}"), err=True)
-    if failed:
-        raise CliError(f"{failed} of {len(ids)} could not be replayed")
+            errors.append(escape(f"cannot replay {tick_id}: {exc}"))
+    if len(ids) == 1 and errors:
+        raise CliError(errors[0])  # one id: its reason is the one line
+    for error in errors:
+        click.echo(f"maestro: {error}", err=True)
+    if errors:
+        raise CliError(f"{len(errors)} of {len(ids)} could not be replayed")
 
 
 @dlq.command("purge")
