@@ -214,6 +214,7 @@ class Registry:
         self._root = layout.root.resolve()
         self._cadences = dict(cadences)
         self._defaults = dict(defaults)
+        self.settles_at: float | None = None  # set by the daemon (monotonic): until then an unknown cadence waits
 
     @classmethod
     def load(cls, layout: Layout) -> "Registry":

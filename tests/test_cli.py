@@ -152,3 +152,92 @@ def test_readme_layout_lists_every_module() -> None:
         if path.name not in ("__init__.py", "__main__.py"):
             found.setdefault(path.parent.relative_to(package).as_posix(), set()).add(path.name)
     assert found == {name: files for name, files in listed.items() if files}
+
+
+# -- text from a run reaches the terminal escaped -------------------------------------------------------
+
+HOSTILE_TEXT = "\x1b]0;owned\x07API Error: 500\x1b[2J\nsecond line\r\x9b31m\u202eevil"
+
+
+def _dead_letter_with_hostile_text(root: Path) -> str:
+    """A dead-lettered tick whose reason is a run's raw output, and a quarantined file named and filled likewise."""
+    from maestro_py.bus.store import Bus
+
+    bus = Bus(Layout(root))
+    tick = bus.enqueue("hello")
+    bus.index.promote(bus.clock.now())
+    claim = bus.claim(tick.filename)
+    bus.dead_letter(claim, HOSTILE_TEXT)
+    bad = Layout(root).folder(Folder.INBOX) / "bad\x1b[2J\nname.json"
+    bad.write_text("\x1b]0;x\x07 not json")
+    bus.quarantine(bad, "not valid JSON")
+    return tick.id
+
+
+def _no_terminal_controls(text: str) -> None:
+    assert not any(ch in text for ch in "\x1b\x07\r\x9b\u202e"), repr(text)
+
+
+def test_dlq_list_and_show_escape_what_came_from_a_run(runner: CliRunner, root: Path) -> None:
+    tick_id = _dead_letter_with_hostile_text(root)
+    listed = invoke(runner, root, "dlq", "list")
+    assert listed.exit_code == 0, listed.output
+    _no_terminal_controls(listed.stdout)
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2  # one line per dead letter: the reason's newline is shown as \n
+    assert any(line.startswith(tick_id) and "\\x1b]0;owned\\x07API Error: 500" in line and "\\nsecond line" in line
+               for line in lines)
+    assert any(line.startswith("bad\\x1b[2J\\nname.json  quarantined") for line in lines)
+    shown = invoke(runner, root, "dlq", "show", tick_id)
+    assert shown.exit_code == 0 and "API Error: 500" in shown.stdout
+    _no_terminal_controls(shown.stdout)
+    quarantined = invoke(runner, root, "dlq", "show", "bad\x1b[2J\nname.json")
+    assert quarantined.exit_code == 0 and "\\x1b]0;x\\x07 not json" in quarantined.stdout
+    _no_terminal_controls(quarantined.stdout)
+    reasons = {i["id"]: i["reason"] for i in json.loads(invoke(runner, root, "dlq", "list", "--json").stdout)}
+    assert reasons[tick_id] == HOSTILE_TEXT  # --json keeps the text whole (JSON escapes it)
+
+
+def test_logs_escape_controls_even_in_values_without_spaces(runner: CliRunner, root: Path) -> None:
+    from maestro_py.bus.events import EventLog
+
+    EventLog(Layout(root)).emit("failed", level="error", id="t1", cadence="hello", tail="\x1b]0;owned\x07",
+                                reason="x\x9b2J y\u202e")
+    out = invoke(runner, root, "logs")
+    assert out.exit_code == 0, out.output
+    _no_terminal_controls(out.stdout)
+    assert "tail=\\x1b]0;owned\\x07" in out.stdout or 'tail="\\u001b]0;owned\\u0007"' in out.stdout
+
+
+def test_a_quarantined_file_fixed_by_hand_is_replayed(runner: CliRunner, root: Path) -> None:
+    from maestro_py.bus.store import Bus
+
+    from tests.fakes import events, read_json
+
+    lay = Layout(root)
+    bus = Bus(lay)
+    for _ in range(2):  # the second copy goes to dlq/ as hello-1.json.1: it goes back under its own name
+        (lay.folder(Folder.INBOX) / "hello-1.json").write_text('{"cadence": "hel')
+        bus.quarantine(lay.folder(Folder.INBOX) / "hello-1.json", "not valid JSON: Unterminated string")
+    dlq = lay.folder(Folder.DLQ)
+    still = invoke(runner, root, "dlq", "replay", "hello-1.json.1")
+    assert still.exit_code == 1
+    error = one_line_error(still)
+    assert "still not a valid tick" in error and "not valid JSON: Unterminated string" in error
+    assert (dlq / "hello-1.json.1.reason.json").exists() and not list(lay.folder(Folder.INBOX).iterdir())
+    (dlq / "hello-1.json.1").write_text('{"cadence": "hello", "payload": {"fixed": true}}')  # the hand fix
+    done = invoke(runner, root, "dlq", "replay", "hello-1.json.1")
+    assert done.exit_code == 0, done.output
+    assert done.stdout == "replayed hello-1.json.1\n"
+    tick = read_json(lay.folder(Folder.INBOX) / "hello-1.json")
+    assert tick["id"] == "hello-1" and tick["payload"] == {"fixed": True}
+    audit = tick["history"][-1]
+    assert audit["outcome"] == "replayed" and audit["reason"] == "replayed from quarantine by operator"
+    assert audit["quarantine_reason"] == "not valid JSON: Unterminated string"
+    assert sorted(p.name for p in dlq.iterdir()) == ["hello-1.json", "hello-1.json.reason.json"]
+    assert [e["quarantined"] for e in events(lay) if e["stage"] == "replayed"] == [True]
+    # The other copy, fixed too, cannot overwrite the tick now queued under that name.
+    (dlq / "hello-1.json").write_text('{"cadence": "hello"}')
+    clash = invoke(runner, root, "dlq", "replay", "hello-1")
+    assert clash.exit_code == 1 and "File exists" in one_line_error(clash)
+    assert (dlq / "hello-1.json.reason.json").exists()

@@ -223,3 +223,27 @@ def test_timeout_ends_the_whole_tree_including_escaped_tools(layout: Layout, tmp
     assert dead["history"][-1]["timed_out"] is True
     (row,) = ledger_rows(layout)
     assert row["cost_usd"] is None and row["input_tokens"] is None
+
+
+def test_a_tick_written_in_place_by_a_slow_writer_runs_and_a_torn_one_is_quarantined(layout: Layout,
+                                                                                     tmp_path: Path) -> None:
+    """`(printf '{"cadence":'; sleep 1; printf '"beat"}') > inbox/x.json`: the daemon sees the file empty, then
+    half written; it waits for the rest. A file left half written is quarantined once it stops changing."""
+    write_agent(layout, "[beat]\nmode = 'inline'\nhandler = 'noop'\n", {})
+    proc = start_daemon(layout, daemon_env(tmp_path, MAESTRO_POLL_MS="100"))
+    inbox = layout.folder(Folder.INBOX)
+    try:
+        wait_for(lambda: (read_status(layout) or {}).get("state") == "running", what="the daemon up")
+        (inbox / "torn.json").write_text('{"cadence": "be')
+        with open(inbox / "slow.json", "w") as fh:
+            fh.write('{"cadence":')
+            fh.flush()
+            time.sleep(1.0)  # ten polls, and the inotify event of the creation, while it is half written
+            fh.write('"beat"}')
+        wait_for(lambda: tick_ids(layout, Folder.DONE) == ["slow"], what="the slow tick done")
+        wait_for(lambda: (layout.folder(Folder.DLQ) / "torn.json.reason.json").exists(), what="the torn one quarantined")
+        assert "Unterminated string" in read_json(layout.folder(Folder.DLQ) / "torn.json.reason.json")["reason"]
+        assert sorted(p.name for p in layout.folder(Folder.DLQ).iterdir()) == ["torn.json", "torn.json.reason.json"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0

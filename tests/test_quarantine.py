@@ -145,3 +145,88 @@ def test_claim_cost_does_not_grow_with_the_backlog(bus: Bus, layout: Layout) -> 
     index.refresh()  # the folder changed: a rescan lists it but reads no known file again
     assert reads == 0
     assert len(tick_ids(layout, Folder.CLAIMED)) == 100
+
+
+# -- a tick written in place by a slow writer ------------------------------------------------------------
+
+@pytest.fixture
+def live_bus(layout: Layout) -> tuple[Bus, "FakeClock"]:
+    """A bus whose fake clock starts at the real time, so files written now are fresh to it."""
+    from datetime import datetime, timezone
+
+    from tests.fakes import FakeClock
+
+    clock = FakeClock(datetime.now(timezone.utc))
+    return Bus(layout, clock=clock), clock
+
+
+def test_every_cut_of_a_tick_reads_as_unfinished() -> None:
+    """The index waits on what parse_tick says of a file that ends too soon: pin that wording."""
+    from datetime import datetime, timezone
+
+    from maestro_py.bus.inbox import UNFINISHED
+    from maestro_py.bus.tick import parse_tick
+    from maestro_py.errors import TickInvalid
+
+    data = ('{"cadence": "good", "payload": {"t": "caf\u00e9 \\u00e9 \\"q\\"", "n": -1.5e3, "ok": true, '
+            '"no": false, "x": null, "l": [1, {}]}}').encode()
+    for cut in range(len(data)):
+        with pytest.raises(TickInvalid) as exc:
+            parse_tick(data[:cut], stem="t", fallback_time=datetime.now(timezone.utc))
+        assert str(exc.value).startswith(UNFINISHED), (data[:cut], str(exc.value))
+
+
+def test_a_tick_written_in_two_parts_across_the_grace_is_waited_for(live_bus, layout: Layout) -> None:
+    bus, clock = live_bus
+    path = layout.folder(Folder.INBOX) / "slow.json"
+    with open(path, "w") as fh:
+        fh.write('{"cadence":')
+        fh.flush()
+        assert bus.index.refresh(force=True) == 0
+        assert bus.index.pending() == ["slow.json"] and names(layout, Folder.DLQ) == []
+        clock.advance(1.5)
+        assert bus.index.refresh() == 0  # not written to since, still young: left alone
+        fh.write(' "good"}')
+    os.utime(path, (clock.now().timestamp(),) * 2)  # the second part lands 1.5 s (fake) after the first
+    clock.advance(1.5)  # past the grace counted from the first part
+    assert bus.index.refresh() == 1  # the folder did not change: the pending file is looked at anyway
+    bus.index.promote(clock.now())
+    assert [e.name for e in bus.index.heads()] == ["slow.json"] and bus.index.pending() == []
+    assert names(layout, Folder.DLQ) == []
+
+
+def test_a_file_that_stays_unfinished_is_quarantined_after_the_grace(live_bus, layout: Layout) -> None:
+    from maestro_py.bus.inbox import FRESH_SECONDS
+
+    bus, clock = live_bus
+    (layout.folder(Folder.INBOX) / "torn.json").write_text('{"cadence": "go')
+    bus.index.notice("torn.json")  # a wake-up event
+    assert bus.index.pending() == ["torn.json"] and names(layout, Folder.DLQ) == []
+    clock.advance(FRESH_SECONDS + 0.1)
+    bus.index.refresh()
+    assert bus.index.pending() == [] and names(layout, Folder.INBOX) == []
+    assert "not valid JSON: Unterminated string" in read_json(layout.folder(Folder.DLQ) / "torn.json.reason.json")[
+        "reason"]
+
+
+@pytest.mark.parametrize("kind", ["garbage bytes", "not an object", "no cadence", "nul byte", "id mismatch",
+                                  "not json name", "huge", "symlink", "fifo", "directory"])
+def test_a_fresh_file_no_more_writing_can_fix_is_quarantined_at_once(kind: str, live_bus, layout: Layout) -> None:
+    bus, _ = live_bus
+    make, reason = BAD[kind]
+    make(layout.folder(Folder.INBOX))
+    bus.index.refresh(force=True)
+    assert bus.index.pending() == [] and names(layout, Folder.INBOX) == []
+    (note,) = [n for n in names(layout, Folder.DLQ) if n.endswith(".reason.json")]
+    assert reason in read_json(layout.folder(Folder.DLQ) / note)["reason"]
+
+
+def test_a_pending_file_that_vanishes_is_forgotten(live_bus, layout: Layout) -> None:
+    bus, _ = live_bus
+    path = layout.folder(Folder.INBOX) / "gone.json"
+    path.write_text("")
+    bus.index.refresh(force=True)
+    assert bus.index.pending() == ["gone.json"]
+    path.unlink()
+    bus.index.refresh()
+    assert bus.index.pending() == [] and names(layout, Folder.DLQ) == []

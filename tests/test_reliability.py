@@ -324,3 +324,129 @@ def test_an_emergency_stop_is_counted_as_such_while_an_overlap_also_waits(layout
     daemon.step()  # the run is being ended, and still counts as running during this step
     assert daemon.counters["skipped_emergency_stop"] >= 1
     assert daemon.counters["skipped_overlap_wait"] == waited
+
+
+# -- an edit of the registry in progress ----------------------------------------------------------------
+
+BEAT = '[beat]\nmode = "inline"\nhandler = "noop"\n'
+OTHER = '[other]\nmode = "inline"\nhandler = "noop"\n'
+
+
+def _edit_registry(layout: Layout, text: str) -> None:
+    """Write cadences.toml as an editor does, each edit with an mtime of its own (a coarse clock could repeat one)."""
+    import os
+    import time
+
+    before = layout.registry_file.stat().st_mtime_ns if layout.registry_file.exists() else time.time_ns()
+    layout.registry_file.write_text(text)
+    os.utime(layout.registry_file, ns=(before + 10**9, before + 10**9))
+
+
+def _registry_events(layout: Layout) -> list[str]:
+    return [e["stage"] for e in events(layout) if e["stage"].startswith("registry_")]
+
+
+def test_a_registry_truncated_then_rewritten_dead_letters_no_queued_tick(layout: Layout, clock: FakeClock) -> None:
+    """`: > cadences.toml`, 5 ticks, the file written again 0.4 s later: all 5 run, none is dead-lettered."""
+    write_agent(layout, BEAT)
+    daemon = make_daemon(layout, clock, FakeSpawner())
+    daemon.step()
+    _edit_registry(layout, "")  # the editor truncates...
+    ids = enqueue(layout, clock, "beat", 5)
+    run_steps(daemon, 5)
+    clock.advance(0.4)
+    _edit_registry(layout, BEAT)  # ...then writes
+    run_steps(daemon)
+    assert tick_ids(layout, Folder.DONE) == sorted(ids)
+    assert tick_ids(layout, Folder.DLQ) == []
+    assert _registry_events(layout) == ["registry_suspect", "registry_reloaded"]
+
+
+def test_an_emptied_registry_never_turns_an_inline_cadence_into_a_spawn(layout: Layout, clock: FakeClock) -> None:
+    """With cadences/beat.md present, an empty cadences.toml makes `beat` an implicit escalate cadence: the
+    truncated file must not be what the queued ticks run with."""
+    write_agent(layout, BEAT, {"beat": "Beat."})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    daemon.step()
+    _edit_registry(layout, "")
+    ids = enqueue(layout, clock, "beat", 3)
+    run_steps(daemon, 5)
+    assert spawner.count == 0 and tick_ids(layout, Folder.DONE) == sorted(ids)
+    assert all(read_json(layout.folder(Folder.DONE) / f"{i}.json")["history"][-1]["mode"] == "inline" for i in ids)
+
+
+def test_ticks_of_a_cadence_missing_from_a_half_written_registry_wait_for_it(layout: Layout,
+                                                                             clock: FakeClock) -> None:
+    write_agent(layout, OTHER + BEAT)
+    daemon = make_daemon(layout, clock, FakeSpawner())
+    daemon.step()
+    _edit_registry(layout, OTHER)  # the first half of the new file: `beat` is not there yet
+    ids = enqueue(layout, clock, "beat", 3)
+    run_steps(daemon, 5)
+    assert tick_ids(layout, Folder.INBOX) == sorted(ids) and tick_ids(layout, Folder.DLQ) == []
+    assert [attempts(layout, i) for i in ids] == [0, 0, 0]  # not claimed: no attempt burnt
+    assert daemon.counters["deferred_registry"] > 0
+    clock.advance(5)
+    _edit_registry(layout, OTHER + BEAT)
+    run_steps(daemon)
+    assert tick_ids(layout, Folder.DONE) == sorted(ids)
+    assert read_json(layout.consumer_file)["counters"]["deferred_registry"] > 0
+
+
+def test_a_cadence_that_really_vanished_is_dead_lettered_after_the_grace(layout: Layout, clock: FakeClock) -> None:
+    from maestro_py.daemon.housekeeping import REGISTRY_GRACE
+
+    write_agent(layout, OTHER + BEAT)
+    daemon = make_daemon(layout, clock, FakeSpawner())
+    daemon.step()
+    _edit_registry(layout, OTHER)
+    ids = enqueue(layout, clock, "beat", 2)
+    run_steps(daemon, 3)
+    clock.advance(REGISTRY_GRACE - 0.5)
+    run_steps(daemon, 3)
+    assert tick_ids(layout, Folder.INBOX) == sorted(ids)
+    clock.advance(1)
+    run_steps(daemon, 3)
+    assert tick_ids(layout, Folder.DLQ) == sorted(ids)
+    for tick_id in ids:
+        dead = read_json(layout.folder(Folder.DLQ) / f"{tick_id}.json")
+        assert "unknown cadence 'beat'" in dead["dlq_reason"] and dead["attempts"] == 0
+
+
+def test_a_registry_that_stays_empty_is_applied_after_the_grace(layout: Layout, clock: FakeClock) -> None:
+    from maestro_py.daemon.housekeeping import REGISTRY_GRACE
+
+    write_agent(layout, BEAT)
+    daemon = make_daemon(layout, clock, FakeSpawner())
+    daemon.step()
+    _edit_registry(layout, "")
+    run_steps(daemon, 3)
+    assert daemon.registry.get("beat") is not None  # suspect: the previous registry is kept
+    clock.advance(REGISTRY_GRACE)
+    daemon.step()
+    assert daemon.registry.get("beat") is None
+    (applied,) = [e for e in events(layout) if e["stage"] == "registry_reloaded"]
+    assert applied["empty"] is True and applied["level"] == "warn"
+    (tick,) = enqueue(layout, clock, "beat")
+    run_steps(daemon, 3)
+    assert tick_ids(layout, Folder.DLQ) == [tick]  # the wait was counted from the edit: it is over
+
+
+def test_a_tick_whose_prompt_file_is_being_saved_waits_for_it(layout: Layout, clock: FakeClock) -> None:
+    """An editor that saves cadences/memo.md by deleting and writing it: the implicit cadence is gone a moment."""
+    import os
+
+    write_agent(layout, "", {"memo": "Write the memo."})
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner)
+    daemon.step()
+    layout.prompt_file("memo").unlink()
+    stamp = layout.cadences_dir.stat().st_mtime_ns + 10**9
+    os.utime(layout.cadences_dir, ns=(stamp, stamp))
+    (tick,) = enqueue(layout, clock, "memo")
+    run_steps(daemon, 3)
+    assert tick_ids(layout, Folder.INBOX) == [tick] and spawner.count == 0
+    layout.prompt_file("memo").write_text("Write the memo.")
+    run_steps(daemon, 3)
+    assert spawner.count == 1 and tick_ids(layout, Folder.DONE) == [tick]

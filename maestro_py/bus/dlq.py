@@ -84,22 +84,50 @@ class DeadLetters:
         return out
 
     def replay(self, tick_id: str, *, reset_attempts: bool = False, by: str = "operator") -> Tick:
-        """dlq/ -> inbox/ with an audit entry; TickInvalid if it is not a replayable tick."""
-        path = self.dlq / f"{tick_id}.json"
-        if os.path.lexists(f"{path}{REASON_SUFFIX}") or not os.path.lexists(path):
-            raise TickInvalid(f"{tick_id} is not a dead-lettered tick (quarantined files are fixed by hand)")
-        tick, _ = read_tick_file(path, tick_id)
+        """dlq/ -> inbox/ with an audit entry: a dead-lettered tick, or a quarantined file once it has been fixed
+        by hand (named as `dlq list` shows it). TickInvalid, saying why, if it is neither or still not a tick."""
+        path, note = self._replayable(tick_id)
+        name = note.get("name") if note is not None and isinstance(note.get("name"), str) else path.name
+        try:  # under the name it had in inbox/ (its copy in dlq/ may carry a ".1")
+            tick, _ = read_tick_file(path, name[:-5] if name.endswith(".json") else name)
+        except TickInvalid as exc:
+            if note is None:
+                raise
+            raise TickInvalid(f"still not a valid tick (fix {path} by hand, then replay it): {exc}") from None
         before = tick.attempts
         if reset_attempts:
             tick.attempts = 0
         tick.not_before = None
-        self._record(tick, tick.attempts, "replayed", f"replayed from dlq by {by}",
-                     {"attempts_before": before, "reset_attempts": reset_attempts})
+        details: dict[str, Any] = {"attempts_before": before, "reset_attempts": reset_attempts}
+        if note is not None:
+            details["quarantine_reason"] = note.get("reason")
+        self._record(tick, tick.attempts, "replayed", f"replayed from {'quarantine' if note else 'dlq'} by {by}",
+                     details)
         self._publish(tick, self.inbox / tick.filename, overwrite=False)
         unlink_missing_ok(path)
+        if note is not None:
+            unlink_missing_ok(self.dlq / f"{path.name}{REASON_SUFFIX}")
         self.index.add(tick)
-        self.events.emit("replayed", id=tick.id, cadence=tick.cadence, reset_attempts=reset_attempts)
+        self.events.emit("replayed", id=tick.id, cadence=tick.cadence, reset_attempts=reset_attempts,
+                         quarantined=note is not None)
         return tick
+
+    def _replayable(self, tick_id: str) -> tuple[Path, dict[str, Any] | None]:
+        """The dead letter `tick_id` names, and its quarantine note if it is a quarantined file."""
+        for name in (tick_id, f"{tick_id}.json"):
+            path = self.dlq / name
+            if "/" in name or name in (".", "..") or name.endswith(REASON_SUFFIX) or not os.path.lexists(path):
+                continue
+            note_path = self.dlq / f"{name}{REASON_SUFFIX}"
+            if os.path.lexists(note_path):
+                try:
+                    note = json.loads(note_path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    note = {}
+                return path, note if isinstance(note, dict) else {}
+            if name.endswith(".json"):
+                return path, None
+        raise TickInvalid(f"{tick_id} is not in dlq/ (see `maestro dlq list`)")
 
     def purge_dead_letters(self, *, older_than_days: float | None = None) -> list[str]:
         """Delete dead letters (and quarantine notes) older than N days, or all; returns the names."""

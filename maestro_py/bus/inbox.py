@@ -6,6 +6,12 @@ retry, requeue, reap, replay) is indexed from the tick in memory, and a claim ta
 arrives from elsewhere (another process's enqueue, a hand-dropped file) is read once, when first seen (a
 wake-up event, or a rescan when the folder's mtime changed); after that, picking the next tick is a heap
 operation.
+
+A file written in place (not written aside and renamed in) can be seen before its writer is done. One that
+does not parse *yet* (it ends too soon) and was modified in the last FRESH_SECONDS is left alone, kept in a
+small pending set and looked at again on every `refresh`/`notice` until it parses or has stopped changing
+for that long; then it is quarantined like any bad file. Everything else that is wrong (a link, a FIFO, too
+big, a bad name, complete JSON that is not a tick) is quarantined at once: no more writing can fix it.
 """
 
 from __future__ import annotations
@@ -21,10 +27,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from maestro_py.bus.tick import Tick
+from maestro_py.bus.tick import MAX_TICK_BYTES, Tick
+from maestro_py.clock import Clock, SystemClock
 from maestro_py.errors import TickInvalid
 
 PARSED_KEPT = 8192  # parsed ticks kept for their claim (~1.2 KB each: ≤ 10 MB), so a claim need not read again
+FRESH_SECONDS = 2.0  # a file modified this recently that does not parse yet may still be being written
+PENDING_MAX = 1024   # files waited on at once; past that a flood of them is quarantined at once, as before
+# How `parse_tick` describes bytes that end too soon (a JSON value or a UTF-8 sequence cut short): more
+# bytes may still make them a tick. Pinned by tests/test_quarantine.py.
+UNFINISHED = ("not valid JSON: Expecting", "not valid JSON: Unterminated string", "not valid JSON: Invalid \\uXXXX",
+              "not valid UTF-8 (unexpected end of data")
 
 
 @dataclass(frozen=True)
@@ -61,34 +74,42 @@ class InboxIndex:
     """Which queued ticks are runnable, in FIFO order by id, per cadence."""
 
     def __init__(self, folder: Path, inspect: Callable[[str], Seen],
-                 quarantine: Callable[[Path, str], Path | None]) -> None:
+                 quarantine: Callable[[Path, str], Path | None], *, clock: Clock | None = None) -> None:
         self.folder = folder
         self._inspect = inspect          # reads a file found in the folder (raises TickInvalid)
         self._quarantine = quarantine    # moves a bad one to dlq/
+        self._clock = clock or SystemClock()  # wall time, to compare with file mtimes
         self._known: dict[str, Entry] = {}
         self._ready: dict[str, list[str]] = {}            # cadence -> heap of names
         self._delayed: list[tuple[float, str]] = []       # heap of (due, name)
         self._fingerprints: dict[str, Counter[str]] = {}  # cadence -> payload hash -> count
         self._parsed: dict[str, Seen] = {}                # name -> the parse, for the first PARSED_KEPT
+        self._pending: dict[str, tuple[int, int, int]] = {}  # name -> (ino, size, mtime_ns) of an unfinished file
         self._scanned_mtime: int | None = None
         self._now = 0.0  # time of the last promote()
 
     # -- discovery --------------------------------------------------------
     def refresh(self, *, force: bool = False) -> int:
-        """Rescan `inbox/` if it changed since the last scan; returns how many new ticks were seen."""
+        """Rescan `inbox/` if it changed since the last scan; returns how many new ticks were seen.
+
+        Files still being written are looked at again whether or not the folder changed: writing to a file
+        does not change its folder's mtime.
+        """
+        added = self._recheck_pending()
         try:
             mtime = os.stat(self.folder).st_mtime_ns
         except FileNotFoundError:
-            return 0
+            return added
         if not force and mtime == self._scanned_mtime:
-            return 0
+            return added
         self._scanned_mtime = mtime
         with os.scandir(self.folder) as it:
             present = {e.name for e in it}
         for gone in self._known.keys() - present:
             self._forget(gone)
-        added = 0
-        for name in sorted(present - self._known.keys()):
+        for gone in self._pending.keys() - present:
+            del self._pending[gone]
+        for name in sorted(present - self._known.keys() - self._pending.keys()):
             added += self.notice(name)
         return added
 
@@ -99,10 +120,14 @@ class InboxIndex:
         try:
             seen = self._inspect(name)
         except FileNotFoundError:
+            self._pending.pop(name, None)
             return 0
         except TickInvalid as exc:
-            self._quarantine(self.folder / name, str(exc))
+            if not self._unfinished(name, str(exc)):
+                self._pending.pop(name, None)
+                self._quarantine(self.folder / name, str(exc))
             return 0
+        self._pending.pop(name, None)
         self.add(seen.tick)
         if len(self._parsed) < PARSED_KEPT:
             self._parsed[name] = seen
@@ -112,6 +137,7 @@ class InboxIndex:
         """Index a tick that is now in `inbox/` (the bus has just moved it there, or a scan found it)."""
         entry = Entry.of(tick)
         self._forget(entry.name)
+        self._pending.pop(entry.name, None)
         self._known[entry.name] = entry
         self._fingerprints.setdefault(entry.cadence, Counter())[entry.fingerprint] += 1
         if entry.due is None:
@@ -173,10 +199,48 @@ class InboxIndex:
             heapq.heappop(self._delayed)
         return None
 
+    def pending(self) -> list[str]:
+        """Names of files that do not parse yet and may still be being written, sorted."""
+        return sorted(self._pending)
+
     def __len__(self) -> int:
         return len(self._known)
 
     # -- internals --------------------------------------------------------
+    def _unfinished(self, name: str, reason: str) -> bool:
+        """True (and the file kept pending) if it may still be being written: it ends too soon for a tick,
+        is a regular file of a size a tick can have, and was modified within FRESH_SECONDS."""
+        if not reason.startswith(UNFINISHED):
+            return False
+        try:
+            st = os.lstat(self.folder / name)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_TICK_BYTES or not self._fresh(st):
+            return False
+        if name not in self._pending and len(self._pending) >= PENDING_MAX:
+            return False
+        self._pending[name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        return True
+
+    def _fresh(self, st: os.stat_result) -> bool:
+        # Either side of now: a writer's clock a little ahead (a network share) must not quarantine it early.
+        return abs(self._clock.now().timestamp() - st.st_mtime) < FRESH_SECONDS
+
+    def _recheck_pending(self) -> int:
+        """Look again at files that did not parse yet: read those that changed or have stopped changing."""
+        added = 0
+        for name, version in list(self._pending.items()):
+            try:
+                st = os.lstat(self.folder / name)
+            except FileNotFoundError:
+                del self._pending[name]
+                continue
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == version and self._fresh(st):
+                continue  # not written to since, and not yet quiet for long: nothing new to read
+            added += self.notice(name)
+        return added
+
     def _head(self, cadence: str, heap: list[str]) -> Entry | None:
         """Skip lazily deleted names at the top of a cadence's heap."""
         while heap:

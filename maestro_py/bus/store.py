@@ -79,11 +79,11 @@ class Bus(DeadLetters):
         self.done = layout.folder(Folder.DONE)
         self.dlq = layout.folder(Folder.DLQ)
         self._group: list[tuple[Claim, Path, dict[str, Any]]] | None = None  # completions awaiting their sync
-        self.index = InboxIndex(self.inbox, self.inspect, self.quarantine)
+        self.index = InboxIndex(self.inbox, self.inspect, self.quarantine, clock=self.clock)
 
     def reindex(self) -> None:
         """Rebuild the index from the folder (after a step failed half-way through an update)."""
-        self.index = InboxIndex(self.inbox, self.inspect, self.quarantine)
+        self.index = InboxIndex(self.inbox, self.inspect, self.quarantine, clock=self.clock)
 
     # -- delivery ---------------------------------------------------------
     def enqueue(self, cadence: str, *, source: str = "cli", payload: dict[str, Any] | None = None,

@@ -1,4 +1,7 @@
-"""`maestro dlq list|show|replay|purge`: dead letters, for an operator to read, retry or drop."""
+"""`maestro dlq list|show|replay|purge`: dead letters, for an operator to read, retry or drop.
+
+What a dead letter holds came from a run's output or a stranger's file: it reaches the terminal through
+`logview.escape`, as in `maestro logs`, so escape sequences in it are shown, never obeyed."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import click
 from maestro_py.bus.store import Bus
 from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx
 from maestro_py.errors import TickInvalid
+from maestro_py.ops.logview import escape
 from maestro_py.paths import Folder
 
 
@@ -30,7 +34,7 @@ def dlq_list(c: Context, as_json: bool) -> None:
         click.echo("dlq is empty")
     for item in items:
         what = item["cadence"] or item["kind"]
-        click.echo(f"{item['id']}  {what}  attempts={item['attempts']}  {item['reason']}")
+        click.echo(escape(f"{item['id']}  {what}  attempts={item['attempts']}  {item['reason']}"))
 
 
 @dlq.command("show")
@@ -47,10 +51,10 @@ def dlq_show(c: Context, tick_id: str) -> None:
                 text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)  # tick files are one line
             except ValueError:
                 pass  # a quarantined file: shown as it is
-            click.echo(text.rstrip())
+            click.echo(_lines(text))
             note = folder / f"{name}.reason.json"
             if note.is_file():
-                click.echo(note.read_text(encoding="utf-8").rstrip())
+                click.echo(_lines(note.read_text(encoding="utf-8", errors="replace")))
             return
     raise CliError(f"no dead letter {tick_id!r} in {folder}")
 
@@ -61,21 +65,24 @@ def dlq_show(c: Context, tick_id: str) -> None:
 @click.option("--reset-attempts", is_flag=True, help="Give the ticks a fresh retry budget.")
 @pass_ctx
 def dlq_replay(c: Context, tick_ids: tuple[str, ...], all_: bool, reset_attempts: bool) -> None:
-    """Move ticks back to the inbox, with an audit entry in their history."""
+    """Move ticks back to the inbox, with an audit entry in their history (quarantined files once fixed by hand)."""
     if bool(tick_ids) == all_:
         raise CliError("give tick ids or --all (not both)", EX_USAGE)
     bus = Bus(c.layout, max_inbox=10**9)
     ids = [i["id"] for i in bus.dead_letters() if i["kind"] == "tick"] if all_ else list(tick_ids)
-    failed = 0
+    errors: list[str] = []
     for tick_id in ids:
         try:
             bus.replay(tick_id, reset_attempts=reset_attempts)
-            click.echo(f"replayed {tick_id}")
+            click.echo(escape(f"replayed {tick_id}"))
         except (TickInvalid, FileNotFoundError, FileExistsError) as exc:
-            failed += 1
-            click.echo(f"maestro: cannot replay {tick_id}: {exc}", err=True)
-    if failed:
-        raise CliError(f"{failed} of {len(ids)} could not be replayed")
+            errors.append(escape(f"cannot replay {tick_id}: {exc}"))
+    if len(ids) == 1 and errors:
+        raise CliError(errors[0])  # one id: its reason is the one line
+    for error in errors:
+        click.echo(f"maestro: {error}", err=True)
+    if errors:
+        raise CliError(f"{len(errors)} of {len(ids)} could not be replayed")
 
 
 @dlq.command("purge")
@@ -85,3 +92,8 @@ def dlq_purge(c: Context, days: float | None) -> None:
     """Delete dead letters (all, or those older than --older-than DAYS)."""
     removed = Bus(c.layout).purge_dead_letters(older_than_days=days)
     click.echo(f"purged {len(removed)} dead letter(s)")
+
+
+def _lines(text: str) -> str:
+    """A multi-line text with its line breaks kept and every other control character escaped."""
+    return "\n".join(escape(line) for line in text.rstrip().split("\n"))

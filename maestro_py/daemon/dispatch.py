@@ -106,10 +106,15 @@ class Dispatcher:
         return merged
 
     def _next_entry(self, registry: Registry, spawned: bool) -> Entry | None:
-        """The oldest runnable tick whose cadence may run now; refused heads wait in `inbox/`."""
+        """The oldest runnable tick whose cadence may run now; refused heads wait in `inbox/`, and so do those
+        of an unknown cadence shortly after a registry edit (then they are dead-lettered)."""
         now = self.clock.now()
+        settling = registry.settles_at is not None and self.clock.monotonic() < registry.settles_at
         for entry in self.bus.index.heads():
             cadence = registry.get(entry.cadence)
+            if cadence is None and settling:  # the registry was just edited: its cadence may be on its way back
+                self.counters["deferred_registry"] += 1
+                continue
             if cadence is None or cadence.mode == "inline":
                 return entry
             refusal = self.guardrails.refusal(cadence, now, spawned_this_step=spawned)

@@ -23,6 +23,8 @@ from maestro_py.redact import Redactor
 from maestro_py.registry import Registry, RegistryError
 from maestro_py.session import command, proctree
 
+REGISTRY_GRACE = 10.0  # seconds an edit of the registry gets to finish: editors truncate, then write
+
 
 class Housekeeping:
     """Keeps the daemon's view of its agent root current; owns the registry and environment it runs with."""
@@ -42,7 +44,9 @@ class Housekeeping:
         self.events = events
         self.counters = counters
         self.clock = clock
-        self._registry_mtime = _mtime(layout.registry_file)
+        self._registry_version = _version(layout.registry_file)
+        self._cadences_version = _version(layout.cadences_dir)
+        self._emptied_at: float | None = None  # when cadences.toml lost every cadence (not applied yet)
         self._env_mtime = _mtime(layout.env_file)
         self._next_reap = 0.0
         self._next_prune = 0.0
@@ -67,16 +71,46 @@ class Housekeeping:
 
     # -- files an operator edits ------------------------------------------
     def _reload_registry(self) -> None:
-        mtime = _mtime(self.layout.registry_file)
-        if mtime == self._registry_mtime:
+        """Follow edits of `cadences.toml` and `cadences/`, giving each REGISTRY_GRACE to finish.
+
+        Meanwhile a tick of a cadence the registry does not know waits in `inbox/` (`Registry.settles_at`),
+        and a file that has lost every cadence is not applied (`registry_suspect`) unless it stays so.
+        """
+        now = self.clock.monotonic()
+        folder = _version(self.layout.cadences_dir)
+        if folder != self._cadences_version:  # a prompt file came or went: implicit cadences changed
+            self._cadences_version = folder
+            self.registry.settles_at = now + REGISTRY_GRACE
+        version = _version(self.layout.registry_file)
+        emptied_at = self._emptied_at
+        if version != self._registry_version:
+            self._registry_version, emptied_at, self._emptied_at = version, None, None
+        elif emptied_at is None or now - emptied_at < REGISTRY_GRACE:
             return
-        self._registry_mtime = mtime
         try:
-            self.registry = Registry.load(self.layout)
-            self.budget.cadence_limits = cadence_limits(self.registry)
-            self.events.emit("registry_reloaded")
+            registry = Registry.load(self.layout)
         except RegistryError as exc:
+            self._emptied_at = None  # an invalid file is never applied: nothing left to wait for
+            self.registry.settles_at = now + REGISTRY_GRACE  # half written, perhaps: its ticks wait too
             self.events.emit("registry_invalid", level="error", error=str(exc), keeping="previous registry")
+            return
+        if emptied_at is None and _configured(self.registry) and not _configured(registry):
+            self._emptied_at = now
+            self.registry.settles_at = now + REGISTRY_GRACE
+            self.events.emit("registry_suspect", level="warn", reason="cadences.toml now defines no cadence",
+                             keeping=f"previous registry unless it stays so for {REGISTRY_GRACE:g}s")
+            return
+        self._emptied_at = None
+        # The wait counts from the edit (an emptied file applied late has waited already), or from a later
+        # change of cadences/ noted on the registry it replaces.
+        edited = (emptied_at if emptied_at is not None else now) + REGISTRY_GRACE
+        registry.settles_at = max(edited, self.registry.settles_at or edited)
+        self.registry = registry
+        self.budget.cadence_limits = cadence_limits(registry)
+        if emptied_at is None:
+            self.events.emit("registry_reloaded")
+        else:
+            self.events.emit("registry_reloaded", level="warn", empty=True)
 
     def _reload_env(self) -> None:
         """A changed `.env` (a new key, say) is picked up without a restart and lifts the auth halt."""
@@ -122,6 +156,20 @@ class Housekeeping:
                                  max_mb=self.settings.logs_max_mb, protect=protect, dry_run=False)
         if report.changed:
             self.events.emit("pruned", level="warn" if report.errors else "info", **report.summary())
+
+
+def _configured(registry: Registry) -> bool:
+    """True if `cadences.toml` defines a cadence (prompt files alone make implicit ones, which do not count)."""
+    return any(c is not None and c.configured for c in map(registry.get, registry.names()))
+
+
+def _version(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten: mtime, size and inode (an edit within one mtime tick too)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def _mtime(path: Any) -> float | None:

@@ -189,15 +189,27 @@ def _days(layout: Layout, now: datetime) -> list[Path]:
 
 
 def format_event(event: Event) -> str:
-    """`ts level stage cadence id key=value…`, long values cut to VALUE_WIDTH characters."""
+    """`ts level stage cadence id key=value…`, long values cut to VALUE_WIDTH characters, nothing a terminal
+    would act on (see `escape`)."""
     data = event.data
     head = [str(data.get("ts", "-")), f"{str(data.get('level', '-')):<5}", str(data.get("stage", "-")),
             str(data.get("cadence") or "-"), str(data.get("id") or "-")]
-    rest = [f"{key}={_value(value)}" for key, value in data.items() if key not in HEAD_KEYS and value is not None]
-    return " ".join(head + rest)
+    rest = [f"{escape(str(key))}={_value(value)}" for key, value in data.items()
+            if key not in HEAD_KEYS and value is not None]
+    return " ".join([escape(h) for h in head] + rest)
+
+
+def escape(text: str) -> str:
+    """`text` fit for a terminal on one line: every character `str.isprintable` refuses (C0 and C1 controls
+    such as ESC and BEL, DEL, newlines, tabs, bidi overrides) written as Python writes it in a repr (\\x1b, \\n)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _value(value: Any) -> str:
-    text = value if isinstance(value, str) and _BARE.match(value) else json.dumps(value, ensure_ascii=False,
-                                                                                  default=str)
+    # A run's output reaches events (a stderr tail, a dead letter's reason): JSON escapes only C0 controls,
+    # so what it leaves (C1, DEL, bidi) is escaped too, and only printable text goes out bare.
+    bare = isinstance(value, str) and _BARE.match(value) and value.isprintable()
+    text = value if bare else escape(json.dumps(value, ensure_ascii=False, default=str))
     return text if len(text) <= VALUE_WIDTH else text[:VALUE_WIDTH - 1] + "…"
