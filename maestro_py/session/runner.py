@@ -349,12 +349,9 @@ class ProcessSession:
     # -- outcome ----------------------------------------------------------------------------------
 
     def _build_outcome(self, timed_out: bool, stopped: bool) -> RunOutcome:
-        stdout = self._settle_log(self._spec.stdout_log)
-        stderr = stdout if self._spec.stderr_log == self._spec.stdout_log else self._settle_log(self._spec.stderr_log)
-        for path in runlog.log_paths(self._spec):
-            runlog.delete_if_empty(path)
-        tail_source = stderr if stderr.strip() else stdout
-        tail = self._redact_text(tail_source[-runlog.TAIL_BYTES:].decode("utf-8", errors="replace"))
+        # Logs are redacted and capped as streams and read back from their ends: a run printing gigabytes
+        # costs the daemon a few MiB.
+        stdout, tail = runlog.settle_run(self._spec, self._offsets, self._redactors, False)
         return replace(self._bare_outcome(timed_out, stopped), result=parse_result(stdout), tail=tail)
 
     def _bare_outcome(self, timed_out: bool, stopped: bool) -> RunOutcome:
@@ -374,12 +371,6 @@ class ProcessSession:
             tail="",
             killed_pids=killed,
         )
-
-    def _settle_log(self, path: Path) -> bytes:
-        return runlog.settle(path, self._offsets.get(path, 0), self._redactors)
-
-    def _redact_text(self, text: str) -> str:
-        return runlog.redact_text(text, self._redactors)
 
 
 def _process(pid: int) -> psutil.Process | None:
