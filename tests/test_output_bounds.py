@@ -12,10 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from maestro_py.config import Settings
+from maestro_py.errors import ConfigError
+from maestro_py.paths import Folder, Layout
 from maestro_py.redact import MASK, Redactor
 from maestro_py.session import runlog
+from maestro_py.session.command import SpawnSpec
 from maestro_py.session.metering import parse_result
-from tests.fakes import REPO
+from maestro_py.session.runner import ProcessSpawner
+from tests.fakes import REPO, daemon_env, ledger_rows, read_json, tick_ids, write_agent
 
 MIB = 1 << 20
 KEY = "sk-ant-api03-" + "K" * 60
@@ -27,6 +32,10 @@ RESULT = json.dumps({"type": "result", "subtype": "success", "is_error": False, 
 # A child that prints MB mebibytes of 1 KiB lines, then a result line.
 BIG = ("import sys\nline = b'x' * 1023 + b'\\n'\nfor _ in range(int(sys.argv[1]) * 1024):\n"
        "    sys.stdout.buffer.write(line)\nsys.stdout.buffer.write(sys.argv[2].encode() + b'\\n')\n")
+# A child that prints forever; on SIGTERM it prints a result and exits, as the CLI may.
+ENDLESS = ("import signal, sys\nasked = []\nsignal.signal(signal.SIGTERM, lambda *_: asked.append(1))\n"
+           "line = b'y' * 1023 + b'\\n'\nwhile not asked:\n    sys.stdout.buffer.write(line * 64)\n"
+           "sys.stdout.buffer.write(b'\\n' + sys.argv[1].encode() + b'\\n')\n")
 # Spawns BIG through the real spawner in this fresh process and reports its peak RSS before and after.
 MEASURE = """
 import json, os, resource, sys
@@ -45,6 +54,12 @@ print(json.dumps({"grew_kib": after - before, "text": out.result.text if out and
 """
 
 
+def spec(tmp_path: Path, argv: list[str], *, cap: int | None, timeout: float = 30) -> SpawnSpec:
+    return SpawnSpec(argv=argv, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, cwd=tmp_path, stdin=b"",
+                     stdout_log=tmp_path / "out.log", stderr_log=tmp_path / "err.log", timeout=timeout, grace=2,
+                     log_max_bytes=cap)
+
+
 # -- the spawner ---------------------------------------------------------------------------------------
 
 def test_a_result_after_100_mib_of_output_is_found_in_bounded_memory(tmp_path: Path) -> None:
@@ -56,6 +71,29 @@ def test_a_result_after_100_mib_of_output_is_found_in_bounded_memory(tmp_path: P
     assert report["ok"] and report["text"] == "done"
     assert report["log"] > 100 * MIB  # under the cap: kept whole
     assert report["grew_kib"] < 48 * 1024, report
+
+
+def test_a_run_printing_forever_is_ended_at_the_cap(tmp_path: Path) -> None:
+    s = spec(tmp_path, [sys.executable, "-c", ENDLESS, RESULT], cap=2 * MIB)
+    out = ProcessSpawner().spawn(s).wait(timeout=30)
+    assert out is not None, "the run was not ended"
+    assert out.truncated and out.log_cap == 2 * MIB
+    assert not out.timed_out and not out.stopped
+    assert not out.ok  # even though it printed a success result when asked to stop
+    assert out.result is not None and out.result.text == "done"  # the end of its output is kept: still metered
+    log = s.stdout_log.read_bytes()
+    assert len(log) <= 2 * MIB + 256
+    assert log.endswith(b"\n[maestro: output truncated at 2 MiB; run ended]\n")
+    assert b"bytes of output dropped here (over the 2 MiB cap)]\n" in log
+    assert log.startswith(b"y" * 1023 + b"\n")
+    assert "run ended" in out.tail
+
+
+def test_a_run_under_the_cap_is_left_whole(tmp_path: Path) -> None:
+    s = spec(tmp_path, [sys.executable, "-c", BIG, "1", RESULT], cap=2 * MIB)
+    out = ProcessSpawner().spawn(s).wait(timeout=30)
+    assert out is not None and out.ok and not out.truncated
+    assert s.stdout_log.stat().st_size == MIB + len(RESULT) + 1
 
 
 # -- settling a log --------------------------------------------------------------------------------------
@@ -152,3 +190,39 @@ def test_endless_key_shaped_output_does_not_grow_the_redactor() -> None:
         out = stream.feed(b"k" * runlog.CHUNK)
         assert len(stream._carry) <= 3 * runlog.CHUNK
     assert out  # output flows even though no cut is clean
+
+
+# -- the setting and the daemon --------------------------------------------------------------------------
+
+def test_the_run_log_cap_setting() -> None:
+    assert Settings.from_env({}).run_log_max_mb == 64
+    assert Settings.from_env({"MAESTRO_RUN_LOG_MAX_MB": "2"}).run_log_max_mb == 2
+    for bad in ["0", "-1", "0.5", "5000", "1e400", "nan", "inf", "lots"]:
+        with pytest.raises(ConfigError, match="MAESTRO_RUN_LOG_MAX_MB") as error:
+            Settings.from_env({"MAESTRO_RUN_LOG_MAX_MB": bad})
+        assert "\n" not in str(error.value)
+
+
+def test_the_daemon_ends_a_run_printing_forever_and_records_it(layout: Layout, tmp_path: Path) -> None:
+    flood = tmp_path / "claude-flood"
+    flood.write_text(f"#!{sys.executable}\nimport signal, sys\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+                     "while True:\n    sys.stdout.buffer.write(b'w' * 65535 + b'\\n')\n")
+    flood.chmod(0o755)
+    write_agent(layout, "[memo]\nmax_attempts = 1\ntimeout_seconds = 60\n", {"memo": "Write the memo."})
+    env = daemon_env(tmp_path, CLAUDE_BIN=str(flood), MAESTRO_RUN_LOG_MAX_MB="1")
+
+    def maestro(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "maestro_py", "--root", str(layout.root), *args], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+
+    tick = maestro("enqueue", "memo").stdout.strip()
+    assert maestro("run", "--once").returncode == 0
+    assert tick_ids(layout, Folder.DLQ) == [tick]
+    last = read_json(layout.folder(Folder.DLQ) / f"{tick}.json")["history"][-1]
+    assert last["truncated"] is True and last["failure_class"] == "transient"
+    assert last["reason"] == "output over the 1 MiB cap; run ended"
+    assert last["tail"].endswith("[maestro: output truncated at 1 MiB; run ended]\n")
+    (log,) = layout.subsessions_dir.glob("*.stdout.log")
+    assert log.stat().st_size <= MIB + 256
+    (row,) = ledger_rows(layout)
+    assert row["ok"] is False

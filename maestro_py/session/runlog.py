@@ -23,6 +23,7 @@ CHUNK = MIB  # logs are read, redacted and copied this much at a time, never who
 # Longer than any credential: a secret crossing a cut lies within this many bytes of it.
 SECRET_SPAN = 64 << 10
 _CUT_TRIES = 4  # cuts tried per chunk before the output waits for more (a secret at each one)
+CHECK_INTERVAL = 0.1  # how often the watcher compares the logs with their cap (a stat each)
 _NOT_IN_TOKENS = re.compile(rb"[^A-Za-z0-9_\-.~+/=]")  # keys and tokens are made of the other bytes
 _LOG_FLAGS = os.O_CREAT | os.O_WRONLY | os.O_APPEND
 
@@ -91,6 +92,19 @@ def settle(path: Path, offset: int, redactors: Sequence[Redactor], cap: int | No
         _rewrite(path, pieces, redactors)
     except OSError:
         pass  # unreadable or unwritable: the file stays as the child left it, and its bytes are redacted on read
+
+
+def over_cap(spec: SpawnSpec, offsets: dict[Path, int]) -> bool:
+    """True once one of the run's logs has grown past its cap since the spawn."""
+    if spec.log_max_bytes is None:
+        return False
+    for path in log_paths(spec):
+        try:
+            if os.stat(path).st_size - offsets.get(path, 0) > spec.log_max_bytes:
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def settle_run(spec: SpawnSpec, offsets: dict[Path, int], redactors: Sequence[Redactor],

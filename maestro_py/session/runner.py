@@ -41,11 +41,14 @@ class RunOutcome:
     result: CliResult | None
     tail: str
     killed_pids: list[int] = field(default_factory=list)
+    truncated: bool = False  # its output passed the log cap, so it was ended (its log is cut to the cap)
+    log_cap: int | None = None  # that cap in bytes (SpawnSpec.log_max_bytes)
 
     @property
     def ok(self) -> bool:
-        """True only for a clean exit with a parsed, non-error result."""
-        return self.exit_code == 0 and self.result is not None and self.result.is_error is False
+        """True only for a clean exit with a parsed, non-error result, not ended for its output."""
+        return self.exit_code == 0 and self.result is not None and self.result.is_error is False \
+            and not self.truncated
 
 
 class SubSession(Protocol):
@@ -201,6 +204,7 @@ class ProcessSession:
         self._remembered: dict[int, psutil.Process] = {}
         self._killed: set[int] = set()
         self._root_killed = False  # kill() signalled the root itself
+        self._truncated = False  # its output passed the log cap and the watcher ended it
         self._thread = threading.Thread(target=self._watch, name=f"maestro-watch-{self.pid}", daemon=True)
 
     def poll(self) -> RunOutcome | None:
@@ -277,10 +281,14 @@ class ProcessSession:
                 timed_out = True
                 self._end(self._spec.grace)
                 break
+            if runlog.over_cap(self._spec, self._offsets):
+                self._truncated = True  # ended as for a timeout: a child printing forever must not fill the disk
+                self._end(self._spec.grace)
+                break
             if now >= next_refresh:
                 self._refresh()
                 next_refresh = now + REFRESH_INTERVAL
-            self._wake.wait(min(REFRESH_INTERVAL, max(0.0, next_refresh - now), max(0.0, deadline - now)))
+            self._wake.wait(min(runlog.CHECK_INTERVAL, max(0.0, next_refresh - now), max(0.0, deadline - now)))
         else:
             # kill() from another thread may have ended it before this loop noticed the request.
             with self._lock:
@@ -351,7 +359,7 @@ class ProcessSession:
     def _build_outcome(self, timed_out: bool, stopped: bool) -> RunOutcome:
         # Logs are redacted and capped as streams and read back from their ends: a run printing gigabytes
         # costs the daemon a few MiB.
-        stdout, tail = runlog.settle_run(self._spec, self._offsets, self._redactors, False)
+        stdout, tail = runlog.settle_run(self._spec, self._offsets, self._redactors, self._truncated)
         return replace(self._bare_outcome(timed_out, stopped), result=parse_result(stdout), tail=tail)
 
     def _bare_outcome(self, timed_out: bool, stopped: bool) -> RunOutcome:
@@ -370,6 +378,8 @@ class ProcessSession:
             result=None,
             tail="",
             killed_pids=killed,
+            truncated=self._truncated,
+            log_cap=self._spec.log_max_bytes,
         )
 
 
