@@ -69,6 +69,14 @@ def _at_most_max(value: float) -> float:
     return value
 
 
+def _run_log_mib(text: str) -> float:
+    value = float(text)
+    # Above 4 GiB a runaway run fills disks before it is stopped; below 1 MiB ordinary runs would be cut.
+    if not 1 <= value <= 4096:
+        raise ValueError("must be a number of MiB from 1 to 4096")
+    return value
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -133,6 +141,8 @@ VARS: dict[str, Var] = {
         Var("MAESTRO_RESERVE_USD", "0.25", _non_negative, "Reservation in dollars for a cadence's first run."),
         Var("MAESTRO_RETENTION_DAYS", "14", _positive, "Age after which `done/` ticks and per-run logs are pruned."),
         Var("MAESTRO_LOGS_MAX_MB", "500", _positive, "Cap (MiB) on `done/` ticks + per-run logs together; oldest pruned first."),
+        Var("MAESTRO_RUN_LOG_MAX_MB", "64", _run_log_mib,
+            "Cap (MiB) on each log of one run: past it the run is ended and its log cut (start and end kept)."),
         Var("MAESTRO_PREFER_SUBSCRIPTION_AUTH", "false", _bool, "Strip ANTHROPIC_API_KEY from sub-sessions (use the CLI's login)."),
         Var("CLAUDE_BIN", "PATH, then usual install places", str, "The `claude` executable."),
         Var("CLAUDE_CODE_MAX_RETRIES", "2", str, "Set in sub-sessions unless already set (the CLI's own default retries for ~3 min)."),
@@ -169,6 +179,7 @@ class Settings:
     reserve_usd: float
     retention_days: float
     logs_max_mb: float
+    run_log_max_mb: float
 
     _SOURCES = {
         "poll_ms": "MAESTRO_POLL_MS",
@@ -195,6 +206,7 @@ class Settings:
         "reserve_usd": "MAESTRO_RESERVE_USD",
         "retention_days": "MAESTRO_RETENTION_DAYS",
         "logs_max_mb": "MAESTRO_LOGS_MAX_MB",
+        "run_log_max_mb": "MAESTRO_RUN_LOG_MAX_MB",
     }
 
     def governor(self, cadence_limits: dict[str, Limit] | None = None) -> Governor:

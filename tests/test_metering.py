@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from maestro_py.session.metering import CliResult, Usage, parse_result
+from maestro_py.session import metering
+from maestro_py.session.metering import RESULT_WINDOW, CliResult, Usage, parse_result
 
 
 def ok_result(**overrides: Any) -> dict[str, Any]:
@@ -198,3 +199,68 @@ def test_raw_keeps_the_whole_object() -> None:
     obj = ok_result(terminal_reason="completed")
     res = parse(obj)
     assert res is not None and res.raw == obj
+
+
+# -- bounded search (issue 14, item 3: 80k stream-json lines without a result took 200 s) -------------------
+
+ASSISTANT = json.dumps({"type": "assistant", "message": {"role": "assistant", "content": [
+    {"type": "tool_use", "name": "Bash", "input": {"command": "make", "result": "pending"}}]}}).encode()
+
+
+class ParseMeter:
+    """Wraps metering's one JSON entry point and counts the characters it is handed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.chars = 0
+        self._real = metering._result_or_none
+        monkeypatch.setattr(metering, "_result_or_none", self)
+
+    def __call__(self, text: str, *args: int) -> dict[str, Any] | None:
+        self.calls += 1
+        self.chars += len(text) - (args[0] if args else 0)
+        return self._real(text, *args)
+
+
+def test_many_lines_without_a_result_are_each_parsed_at_most_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each line names a "result" key, so each one must be parsed; the old join-from-every-line loop handed the
+    # parser ~n²/2 lines' worth of text (here ~700 MB) and took seconds.
+    stdout = b"\n".join([ASSISTANT] * 5000) + b"\n"
+    meter = ParseMeter(monkeypatch)
+    assert parse_result(stdout) is None
+    assert meter.calls <= 5000 + 16
+    assert meter.chars <= len(stdout)
+
+
+def test_lines_that_cannot_be_a_result_are_not_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    line = json.dumps({"type": "assistant", "message": {"content": [{"type": "text", "text": "hi"}]}}).encode()
+    meter = ParseMeter(monkeypatch)
+    assert parse_result(b"\n".join([line] * 20_000)) is None
+    assert meter.calls == 0
+
+
+def test_only_the_end_of_the_output_is_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    bulk = b"\n".join([ASSISTANT] * (3 * RESULT_WINDOW // len(ASSISTANT))) + b"\n"
+    result = json.dumps(ok_result(result="after megabytes")).encode()
+    meter = ParseMeter(monkeypatch)
+    res = parse_result(bulk + result + b"\n")
+    assert res is not None and res.text == "after megabytes"
+    assert meter.chars == len(result)  # found at once, from the end
+    # Without a result, the work stops at the window: at most its size, not the 12 MiB printed.
+    meter.chars = 0
+    assert parse_result(bulk) is None
+    assert meter.chars <= RESULT_WINDOW
+    # A result further from the end than the window is not looked for (the run is charged its reservation).
+    assert parse_result(result + b"\n" + bulk) is None
+
+
+def test_pretty_printed_result_after_junk_and_before_a_trailing_line() -> None:
+    pretty = json.dumps(ok_result(permission_denials=[{"tool": "Bash"}, {"tool": "Edit"}]), indent=2).encode()
+    res = parse_result(b"{not json\n" + pretty + b"\nbye\n")
+    assert res is not None and res.usage.input_tokens == 1234
+
+
+def test_many_unclosed_lines_cost_a_bounded_number_of_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    meter = ParseMeter(monkeypatch)
+    assert parse_result(b'{"a": [\n' * 50_000) is None
+    assert meter.calls <= 16

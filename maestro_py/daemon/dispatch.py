@@ -217,6 +217,7 @@ class Dispatcher:
             timeout=self._timeout(cadence),
             grace=self.settings.kill_grace,
             interrupt_first=min(3.0, max(0.5, self.settings.kill_grace)),
+            log_max_bytes=int(self.settings.run_log_max_mb * (1 << 20)),
         )
 
     def _timeout(self, cadence: Cadence) -> float:

@@ -181,3 +181,5 @@ class SpawnSpec:
     # The real CLI answers SIGINT by killing its own tools and exiting at once with an
     # `error_during_execution` result; after SIGTERM it may make one more billed request first.
     interrupt_first: float = 0.0
+    # Bytes each log may grow by in this run: past it the run is ended and the log cut (None: no cap).
+    log_max_bytes: int | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 from dataclasses import dataclass, field
@@ -15,6 +16,11 @@ _MODEL_KEYS: dict[str, str] = {
     "cacheCreationInputTokens": "cache_creation_tokens",
 }
 TOKEN_FIELDS: tuple[str, ...] = tuple(_MODEL_KEYS.values())
+# How much of a run's stdout (from its end) is searched for the result. The CLI prints its result last; a result
+# line longer than this (a final answer of megabytes) is not found, and the run is charged its reservation.
+RESULT_WINDOW = 4 << 20
+_PRETTY_ATTEMPTS = 16  # lines tried as the start of a pretty-printed (multi-line) result object
+_DECODER = json.JSONDecoder()
 
 
 @dataclass(frozen=True)
@@ -89,19 +95,32 @@ def parse_result(stdout: bytes) -> CliResult | None:
 
 
 def find_result_object(stdout: bytes) -> dict[str, Any] | None:
-    """The last `{"type":"result",...}` object in `stdout` (json mode, stream-json lines, or junk before it)."""
-    text = stdout.decode("utf-8", errors="replace")
-    lines = text.splitlines()
-    # stream-json (or junk printed before the object): the result is the last line that is one.
-    for line in reversed(lines):
-        line = line.strip()
-        if line.startswith("{") and (obj := _result_or_none(line)) is not None:
+    """The last `{"type":"result",...}` object in `stdout` (json mode, stream-json lines, or junk before it).
+
+    Only the last RESULT_WINDOW bytes are searched, each line parsed at most once, plus a few attempts at a
+    pretty-printed object: the work is linear and bounded however much a run printed (a timed-out
+    stream-json run leaves tens of thousands of lines and no result).
+    """
+    text = stdout[-RESULT_WINDOW:].decode("utf-8", errors="replace")
+    # Lines that open an object without closing it, as (-indent, offset of the "{"): a heap of the best few, so
+    # the outermost (least indented), then the last, are tried as the start of a pretty-printed object.
+    opened: list[tuple[int, int]] = []
+    end = len(text)
+    while end > 0:
+        begin = text.rfind("\n", 0, end) + 1
+        raw, end = text[begin:end], begin - 1
+        line = raw.strip()
+        if not line.startswith("{"):
+            continue
+        if not line.endswith("}"):
+            indent = len(raw) - len(raw.lstrip())
+            push = heapq.heappush if len(opened) < _PRETTY_ATTEMPTS else heapq.heappushpop
+            push(opened, (-indent, begin + indent))
+        # Every result object says "type": "result"; lines without that word need no parsing at all.
+        elif '"result"' in line and (obj := _result_or_none(line)) is not None:
             return obj
-    # A pretty-printed object spans lines: try the whole text, then from each line that opens an object.
-    if (obj := _result_or_none(text)) is not None:
-        return obj
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith("{") and (obj := _result_or_none("\n".join(lines[i:]))) is not None:
+    for _, start in sorted(opened, key=lambda o: (-o[0], -o[1])):
+        if (obj := _result_or_none(text, start)) is not None:
             return obj
     return None
 
@@ -139,9 +158,10 @@ def usage_from_result(obj: dict[str, Any]) -> Usage:
     )
 
 
-def _result_or_none(text: str) -> dict[str, Any] | None:
+def _result_or_none(text: str, start: int = 0) -> dict[str, Any] | None:
+    """The result object at `text[start:]` (what follows it is ignored), or None."""
     try:
-        obj = json.loads(text)
+        obj, _ = _DECODER.raw_decode(text, start)
     except (ValueError, RecursionError):
         return None
     if isinstance(obj, dict) and obj.get("type") == "result":

@@ -44,11 +44,14 @@ class RunOutcome:
     result: CliResult | None
     tail: str
     killed_pids: list[int] = field(default_factory=list)
+    truncated: bool = False  # its output passed the log cap, so it was ended (its log is cut to the cap)
+    log_cap: int | None = None  # that cap in bytes (SpawnSpec.log_max_bytes)
 
     @property
     def ok(self) -> bool:
-        """True only for a clean exit with a parsed, non-error result."""
-        return self.exit_code == 0 and self.result is not None and self.result.is_error is False
+        """True only for a clean exit with a parsed, non-error result, not ended for its output."""
+        return self.exit_code == 0 and self.result is not None and self.result.is_error is False \
+            and not self.truncated
 
 
 class SubSession(Protocol):
@@ -206,6 +209,7 @@ class ProcessSession:
         self._remembered: dict[int, psutil.Process] = {}
         self._killed: set[int] = set()
         self._root_killed = False  # kill() signalled the root itself
+        self._truncated = False  # its output passed the log cap and the watcher ended it
         self._thread = threading.Thread(target=self._watch, name=f"maestro-watch-{self.pid}", daemon=True)
 
     def poll(self) -> RunOutcome | None:
@@ -282,10 +286,14 @@ class ProcessSession:
                 timed_out = True
                 self._end(self._spec.grace)
                 break
+            if runlog.over_cap(self._spec, self._offsets):
+                self._truncated = True  # ended as for a timeout: a child printing forever must not fill the disk
+                self._end(self._spec.grace)
+                break
             if now >= next_refresh:
                 self._refresh()
                 next_refresh = now + REFRESH_INTERVAL
-            self._wake.wait(min(REFRESH_INTERVAL, max(0.0, next_refresh - now), max(0.0, deadline - now)))
+            self._wake.wait(min(runlog.CHECK_INTERVAL, max(0.0, next_refresh - now), max(0.0, deadline - now)))
         else:
             # kill() from another thread may have ended it before this loop noticed the request.
             with self._lock:
@@ -354,12 +362,9 @@ class ProcessSession:
     # -- outcome ----------------------------------------------------------------------------------
 
     def _build_outcome(self, timed_out: bool, stopped: bool) -> RunOutcome:
-        stdout = self._settle_log(self._spec.stdout_log)
-        stderr = stdout if self._spec.stderr_log == self._spec.stdout_log else self._settle_log(self._spec.stderr_log)
-        for path in runlog.log_paths(self._spec):
-            runlog.delete_if_empty(path)
-        tail_source = stderr if stderr.strip() else stdout
-        tail = self._redact_text(tail_source[-runlog.TAIL_BYTES:].decode("utf-8", errors="replace"))
+        # Logs are redacted and capped as streams and read back from their ends: a run printing gigabytes
+        # costs the daemon a few MiB.
+        stdout, tail = runlog.settle_run(self._spec, self._offsets, self._redactors, self._truncated)
         return replace(self._bare_outcome(timed_out, stopped), result=parse_result(stdout), tail=tail)
 
     def _bare_outcome(self, timed_out: bool, stopped: bool) -> RunOutcome:
@@ -378,13 +383,9 @@ class ProcessSession:
             result=None,
             tail="",
             killed_pids=killed,
+            truncated=self._truncated,
+            log_cap=self._spec.log_max_bytes,
         )
-
-    def _settle_log(self, path: Path) -> bytes:
-        return runlog.settle(path, self._offsets.get(path, 0), self._redactors)
-
-    def _redact_text(self, text: str) -> str:
-        return runlog.redact_text(text, self._redactors)
 
 
 def _process(pid: int) -> psutil.Process | None:
