@@ -11,7 +11,7 @@ import pytest
 
 from maestro_py.bus.store import Bus
 from maestro_py.paths import Folder, Layout
-from tests.fakes import events, names, read_json, tick_ids
+from tests.fakes import FakeClock, events, names, read_json, tick_ids
 
 GOOD = {"cadence": "good", "payload": {}}
 
@@ -150,7 +150,7 @@ def test_claim_cost_does_not_grow_with_the_backlog(bus: Bus, layout: Layout) -> 
 # -- a tick written in place by a slow writer ------------------------------------------------------------
 
 @pytest.fixture
-def live_bus(layout: Layout) -> tuple[Bus, "FakeClock"]:
+def live_bus(layout: Layout) -> tuple[Bus, FakeClock]:
     """A bus whose fake clock starts at the real time, so files written now are fresh to it."""
     from datetime import datetime, timezone
 
