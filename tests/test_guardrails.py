@@ -230,3 +230,12 @@ def test_a_rate_limited_run_is_never_retried_at_once(rails: Guardrails, clock: A
     assert rails.refusal(cadence(), clock.now() + timedelta(seconds=59), spawned_this_step=False) is Refusal.BACKOFF
     transient = rails.record(tick(name="other"), cadence("other"), outcome("500"))
     assert transient.retry_at == clock.now()  # other classes keep the configured schedule
+
+
+def test_a_timeout_says_the_limit_and_whether_anything_was_printed(rails: Guardrails) -> None:
+    """Timeouts used to be recorded only as "timed out", with an empty tail."""
+    silent = dataclasses.replace(outcome("garbage"), timed_out=True, signal=9, tail="", timeout_s=1800.0)
+    verdict = rails.record(tick(), cadence(), silent)
+    assert verdict.reason == "timed out after 1800 s: it printed nothing before it was ended"
+    talked = dataclasses.replace(silent, tail="retrying in 32 s")
+    assert rails.record(tick(), cadence("other"), talked).reason == "timed out after 1800 s: its last output is in `tail`"

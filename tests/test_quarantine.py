@@ -154,8 +154,6 @@ def live_bus(layout: Layout) -> tuple[Bus, FakeClock]:
     """A bus whose fake clock starts at the real time, so files written now are fresh to it."""
     from datetime import datetime, timezone
 
-    from tests.fakes import FakeClock
-
     clock = FakeClock(datetime.now(timezone.utc))
     return Bus(layout, clock=clock), clock
 

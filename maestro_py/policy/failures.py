@@ -73,7 +73,9 @@ def classify(outcome: RunOutcome) -> FailureClass:
 def failure_reason(outcome: RunOutcome) -> str:
     """One line for the tick's history: why the run failed."""
     if outcome.timed_out:
-        return "timed out"
+        limit = f" after {outcome.timeout_s:g} s" if outcome.timeout_s else ""
+        said = "its last output is in `tail`" if outcome.tail.strip() else "it printed nothing before it was ended"
+        return f"timed out{limit}: {said}"
     result = outcome.result
     if result is not None and result.is_error:
         status = f" (HTTP {result.api_error_status})" if result.api_error_status else ""

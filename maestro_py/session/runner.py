@@ -46,6 +46,7 @@ class RunOutcome:
     killed_pids: list[int] = field(default_factory=list)
     truncated: bool = False  # its output passed the log cap, so it was ended (its log is cut to the cap)
     log_cap: int | None = None  # that cap in bytes (SpawnSpec.log_max_bytes)
+    timeout_s: float | None = None  # the limit it ran under (SpawnSpec.timeout)
 
     @property
     def ok(self) -> bool:
@@ -385,6 +386,7 @@ class ProcessSession:
             killed_pids=killed,
             truncated=self._truncated,
             log_cap=self._spec.log_max_bytes,
+            timeout_s=self._spec.timeout,
         )
 
 
