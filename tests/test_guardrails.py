@@ -239,3 +239,19 @@ def test_a_timeout_says_the_limit_and_whether_anything_was_printed(rails: Guardr
     assert verdict.reason == "timed out after 1800 s: it printed nothing before it was ended"
     talked = dataclasses.replace(silent, tail="retrying in 32 s")
     assert rails.record(tick(), cadence("other"), talked).reason == "timed out after 1800 s: its last output is in `tail`"
+
+
+def test_a_5xx_the_cli_was_free_to_retry_but_did_not_is_permanent(rails: Guardrails) -> None:
+    """No `api_retry` line before a 5xx means the API said not to retry (x-should-retry: false)."""
+    base = outcome("500")
+    assert base.result is not None
+    refused = dataclasses.replace(base, result=dataclasses.replace(base.result, api_retries=0))
+    verdict = rails.record(tick(), cadence(), refused, cli_retries=True)
+    assert verdict.action is Action.DEAD_LETTER and verdict.permanent
+    assert "the API said not to retry it" in (verdict.reason or "")
+    # The CLI was told not to retry (CLAUDE_CODE_MAX_RETRIES=0), or it retried, or nobody knows: transient.
+    for result, allowed in ((refused.result, False), (dataclasses.replace(base.result, api_retries=2), True),
+                            (base.result, True)):
+        again = rails.record(tick(name="other"), cadence("other"), dataclasses.replace(base, result=result),
+                             cli_retries=allowed)
+        assert again.failure_class is FailureClass.TRANSIENT

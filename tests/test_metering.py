@@ -264,3 +264,15 @@ def test_many_unclosed_lines_cost_a_bounded_number_of_attempts(monkeypatch: pyte
     meter = ParseMeter(monkeypatch)
     assert parse_result(b'{"a": [\n' * 50_000) is None
     assert meter.calls <= 16
+
+
+def test_stream_json_counts_the_cli_s_retries() -> None:
+    """The API's "do not retry" is visible only as the absence of `api_retry` lines in stream-json."""
+    init = json.dumps({"type": "system", "subtype": "init", "session_id": "s"}, separators=(",", ":"))
+    retry = json.dumps({"type": "system", "subtype": "api_retry", "attempt": 1, "error_status": 500},
+                       separators=(",", ":"))
+    err = ok_result(is_error=True, api_error_status=500, result="API Error: 500", modelUsage={}, total_cost_usd=0)
+    for lines, expected in (([init, retry, retry], 2), ([init], 0), ([], None)):
+        out = "\n".join([*lines, json.dumps(err, separators=(",", ":"))]).encode()
+        res = parse_result(out)
+        assert res is not None and res.api_retries == expected, lines

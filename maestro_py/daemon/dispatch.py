@@ -197,7 +197,8 @@ class Dispatcher:
         estimate = self.guardrails.spawned(tick.id, cadence)
         self.live.add(tick.id, Running(claim, session, cadence, now, str(stdout_log), str(stderr_log),
                                        payload_fingerprint(tick.payload), estimate,
-                                       io_errors_at_start=self.counters["io_errors"]))
+                                       io_errors_at_start=self.counters["io_errors"],
+                                       cli_retries=command.cli_retries(env)))
         self.events.emit("spawned", id=tick.id, cadence=tick.cadence, attempt=claim.attempt, pid=session.pid,
                          stdout_log=str(stdout_log), stderr_log=str(stderr_log))
         return True

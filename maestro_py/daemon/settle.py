@@ -13,11 +13,9 @@ from maestro_py.bus.store import Bus, Claim
 from maestro_py.clock import Clock, iso
 from maestro_py.daemon.live import LiveRuns, Running, Settlement
 from maestro_py.policy.budget import Governor, charge_for
-from maestro_py.policy.failures import FailureClass
 from maestro_py.policy.guardrails import Action, Guardrails, Verdict
 from maestro_py.session.ledger import Ledger
 from maestro_py.session.metering import Usage
-from maestro_py.session.runlog import cap_mib
 from maestro_py.session.runner import RunOutcome
 
 
@@ -89,14 +87,9 @@ class Settler:
         }
         if outcome.truncated:
             details["truncated"] = True
-        if outcome.truncated and run.end_reason is None:
-            # Ended for printing past the log cap, whatever the CLI printed after the signal: transient (a runaway
-            # tool may not run away again; attempts and the breaker bound the retries).
-            verdict = self.guardrails.failed(tick, run.cadence, FailureClass.TRANSIENT,
-                                             f"output over the {cap_mib(outcome.log_cap or 0)} MiB cap; run ended")
-        else:
-            verdict = self.guardrails.record(tick, run.cadence, outcome, ended_by=run.end_reason,
-                                             disk_trouble=lambda: self._disk_trouble_during(run))
+        verdict = self.guardrails.record(tick, run.cadence, outcome, ended_by=run.end_reason,
+                                         disk_trouble=lambda: self._disk_trouble_during(run),
+                                         cli_retries=run.cli_retries)
         if verdict.failure_class is not None:
             details["tail"] = outcome.tail  # what the CLI said, for the tick's history and the event
         if outcome.timed_out:

@@ -50,8 +50,15 @@ _BY_STATUS: dict[int, FailureClass] = {
 _AUTH_TEXT = re.compile(r"Not logged in|Invalid API key|Failed to authenticate|OAuth token", re.IGNORECASE)
 
 
-def classify(outcome: RunOutcome) -> FailureClass:
-    """The failure class of a run that did not succeed."""
+def refused_retry(outcome: RunOutcome, cli_retries: bool) -> bool:
+    """True if the API said not to retry (`x-should-retry: false`): a 5xx the CLI, which retries 5xx, did not."""
+    result = outcome.result
+    return (cli_retries and result is not None and result.api_retries == 0
+            and result.api_error_status is not None and 500 <= result.api_error_status < 529)
+
+
+def classify(outcome: RunOutcome, *, cli_retries: bool = False) -> FailureClass:
+    """The failure class of a run that did not succeed (`cli_retries`: the CLI was allowed to retry)."""
     result = outcome.result
     if outcome.timed_out or outcome.signal is not None:
         return FailureClass.TRANSIENT
@@ -60,6 +67,8 @@ def classify(outcome: RunOutcome) -> FailureClass:
     status = result.api_error_status
     if status in _BY_STATUS:
         return _BY_STATUS[status]
+    if refused_retry(outcome, cli_retries):
+        return FailureClass.PERMANENT  # the server knows: another attempt would cost a start and fail the same
     if result.text and _AUTH_TEXT.search(result.text):
         return FailureClass.AUTH
     if status is not None and status >= 500:
@@ -70,7 +79,7 @@ def classify(outcome: RunOutcome) -> FailureClass:
     return FailureClass.TRANSIENT
 
 
-def failure_reason(outcome: RunOutcome) -> str:
+def failure_reason(outcome: RunOutcome, *, cli_retries: bool = False) -> str:
     """One line for the tick's history: why the run failed."""
     if outcome.timed_out:
         limit = f" after {outcome.timeout_s:g} s" if outcome.timeout_s else ""
@@ -79,7 +88,8 @@ def failure_reason(outcome: RunOutcome) -> str:
     result = outcome.result
     if result is not None and result.is_error:
         status = f" (HTTP {result.api_error_status})" if result.api_error_status else ""
-        return f"claude reported an error{status}: {(result.text or '').strip()[:500]}"
+        told = "; the API said not to retry it" if refused_retry(outcome, cli_retries) else ""
+        return f"claude reported an error{status}{told}: {(result.text or '').strip()[:500]}"
     if outcome.signal:
         return f"killed by signal {outcome.signal}"
     if result is None:

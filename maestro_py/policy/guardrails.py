@@ -26,6 +26,7 @@ from maestro_py.policy.budget import Estimate, Governor
 from maestro_py.policy.failures import HANDLING, FailureClass, classify, failure_reason
 from maestro_py.registry import Cadence
 from maestro_py.session.command import auth_fix
+from maestro_py.session.runlog import cap_mib
 from maestro_py.session.runner import RunOutcome
 
 
@@ -156,19 +157,25 @@ class Guardrails:
 
     # -- after a run ------------------------------------------------------
     def record(self, tick: Tick, cadence: Cadence, outcome: RunOutcome, *, ended_by: str | None = None,
-               disk_trouble: Callable[[], str | None] = lambda: None) -> Verdict:
+               disk_trouble: Callable[[], str | None] = lambda: None, cli_retries: bool = False) -> Verdict:
         """What a finished sub-session teaches the guards, and where its tick goes. Call once per run.
 
         `ended_by`: the daemon ended the run itself (drain, emergency stop), so it is requeued even if the
         CLI printed a success after the signal. `disk_trouble`: asked only when a run left no parsable
-        result, whether the disk failed meanwhile (then the failure is not the tick's).
+        result, whether the disk failed meanwhile (then the failure is not the tick's). `cli_retries`: the CLI
+        was allowed to retry (so a 5xx it did not retry is one the API said not to).
         """
         if ended_by is not None:
             return Verdict(Action.REQUEUE, ended_by, outcome="requeued")
+        if outcome.truncated:
+            # Ended for printing past the log cap, whatever the CLI printed after the signal: transient (a runaway
+            # tool may not run away again; attempts and the breaker bound the retries).
+            return self.failed(tick, cadence, FailureClass.TRANSIENT,
+                               f"output over the {cap_mib(outcome.log_cap or 0)} MiB cap; run ended")
         if outcome.ok and not outcome.timed_out:
             self._succeeded(cadence.name)
             return Verdict(Action.COMPLETE, outcome="ok")
-        cls, reason = classify(outcome), failure_reason(outcome)
+        cls, reason = classify(outcome, cli_retries=cli_retries), failure_reason(outcome, cli_retries=cli_retries)
         if cls is FailureClass.UNKNOWN:
             trouble = disk_trouble()
             if trouble is not None:  # its output could not be written: the disk failed, not the tick

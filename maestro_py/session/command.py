@@ -22,7 +22,9 @@ CHILD_DEFAULTS = {
     "CLAUDE_CODE_MAX_RETRIES": "2",
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
 }
-BASE_ARGS = ("--print", "--output-format", "json", "--no-session-persistence")
+# stream-json (with --verbose, which it requires) ends with the same result object as json, and before it says
+# what json hides: one `api_retry` line per retry the CLI made (none: the API said not to retry).
+BASE_ARGS = ("--print", "--output-format", "stream-json", "--verbose", "--no-session-persistence")
 _PLACEHOLDER_PREFIXES = ("your-api-key", "placeholder", "xxx", "sk-ant-xxx")
 _TRUE = ("1", "true", "yes", "on")
 MAX_PROMPT_BYTES = 10 * 1024 * 1024  # far above any prompt; the CLI takes it on stdin
@@ -51,6 +53,11 @@ def resolve_claude(env: Mapping[str, str], home: Path | None = None) -> str:
             return str(candidate)
     raise SpawnError("claude not found: set CLAUDE_BIN, or put claude on PATH "
                      "(looked in ~/.claude/local, /opt/homebrew/bin, /usr/local/bin, the npm global bin)")
+
+
+def cli_retries(env: Mapping[str, str]) -> bool:
+    """True if the CLI will retry failed requests itself (CLAUDE_CODE_MAX_RETRIES is not 0)."""
+    return env.get("CLAUDE_CODE_MAX_RETRIES", CHILD_DEFAULTS["CLAUDE_CODE_MAX_RETRIES"]).strip() != "0"
 
 
 def prefers_subscription(env: Mapping[str, str]) -> bool:
@@ -101,7 +108,7 @@ def child_env(env: Mapping[str, str], root: Path, owner: str | None = None) -> d
 
 def argv(claude: str, *, model: str | None, extra: tuple[str, ...] | list[str],
          max_budget_usd: float | None = None) -> list[str]:
-    """`claude --print --output-format json --no-session-persistence` plus the cadence's flags."""
+    """`claude --print --output-format stream-json --verbose --no-session-persistence` plus the cadence's flags."""
     out = [claude, *BASE_ARGS]
     if model:
         out += ["--model", model]

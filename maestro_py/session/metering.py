@@ -1,4 +1,5 @@
-"""Read what a sub-session cost from the CLI's `--output-format json` result object (pure parsing, no I/O)."""
+"""Read what a sub-session cost from the CLI's result object, `--output-format stream-json` or `json` (pure
+parsing, no I/O)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,11 @@ class CliResult:
     session_id: str | None
     usage: Usage
     raw: dict[str, Any]
+    api_retries: int | None = None  # `api_retry` lines before it (stream-json); None: not known
+
+
+_STREAM_INIT = b'{"type":"system","subtype":"init"'
+_API_RETRY = b'"type":"system","subtype":"api_retry"'  # as the CLI prints it; quoted text inside a string is escaped
 
 
 def parse_result(stdout: bytes) -> CliResult | None:
@@ -83,6 +89,9 @@ def parse_result(stdout: bytes) -> CliResult | None:
     obj = find_result_object(stdout)
     if obj is None:
         return None
+    window = stdout[-RESULT_WINDOW:]
+    # The count is known only if the stream's first line is in the window (json mode has none of these).
+    retries = window.count(_API_RETRY) if _STREAM_INIT in window else None
     return CliResult(
         subtype=_str(obj.get("subtype")),
         is_error=obj.get("is_error") if isinstance(obj.get("is_error"), bool) else None,
@@ -91,6 +100,7 @@ def parse_result(stdout: bytes) -> CliResult | None:
         session_id=_str(obj.get("session_id")),
         usage=usage_from_result(obj),
         raw=obj,
+        api_retries=retries,
     )
 
 

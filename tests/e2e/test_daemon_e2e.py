@@ -110,7 +110,9 @@ def test_success_is_metered_from_model_usage_and_logged(make_agent: MakeAgent, f
 
     log = only(agent.stdout_logs(), "stdout log")
     assert log.stat().st_mode & 0o777 == 0o600
-    result = json.loads(log.read_text())
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # stream-json: one event per line
+    assert lines[0]["type"] == "system" and lines[0]["subtype"] == "init"
+    result = lines[-1]
     assert result["type"] == "result" and result["is_error"] is False and result["result"] == REPLY_TEXT
     assert result["session_id"] == row["session_id"]
 
@@ -129,7 +131,7 @@ def test_cut_stream_still_metered_from_model_usage(make_agent: MakeAgent, fake_a
 
     assert tick_ids(agent.layout, Folder.DONE) == [tick]
     assert [p.stream for p in fake_api.posts()] == [True, False]  # cut stream, then the fallback
-    result = json.loads(only(agent.stdout_logs(), "stdout log").read_text())
+    result = json.loads(only(agent.stdout_logs(), "stdout log").read_text().splitlines()[-1])  # the result line
     # Top-level usage is all zeros under the fallback: a daemon reading it would record 0 tokens.
     assert result["usage"]["input_tokens"] == 0 and result["usage"]["output_tokens"] == 0
     row = only(agent.ledger(), "ledger row")
@@ -190,7 +192,7 @@ def test_prefer_subscription_auth_withholds_the_api_key(make_agent: MakeAgent, f
     assert [r for r in fake_api.requests if FAKE_KEY in json.dumps(r.headers)] == []
     assert fake_api.post_count() == 0
     # The CLI ran and had no credential at all (where the tick goes is the daemon's auth policy).
-    result = json.loads(only(agent.stdout_logs(), "stdout log").read_text())
+    result = json.loads(only(agent.stdout_logs(), "stdout log").read_text().splitlines()[-1])  # the result line
     assert result["is_error"] is True and "Not logged in" in result["result"]
     assert tick_ids(agent.layout, Folder.CLAIMED) == [] and tick_ids(agent.layout, Folder.DONE) == []
     assert only(agent.ledger(), "ledger row")["tick"] == tick
