@@ -1,5 +1,5 @@
-"""A daemon that dies abnormally (SIGKILL, OOM, a crash) or is hung up on leaves no run going on unsupervised,
-and its successor never runs a tick again beside what is left of its last run (hardening item 1)."""
+"""A daemon that dies abnormally (SIGKILL, OOM, a crash) leaves no run going on unsupervised, and its successor
+never runs a tick again beside what is left of its last run (hardening item 1; SIGHUP: tests/test_daemon.py)."""
 
 from __future__ import annotations
 
@@ -8,24 +8,8 @@ from pathlib import Path
 
 import psutil
 
-from maestro_py.paths import Folder, Layout
-from tests.fakes import daemon_env, events, gone, maestro, read_json, spawns, start_daemon, tick_ids, wait_for, write_agent
-
-
-def test_sighup_drains_like_sigterm(layout: Layout, tmp_path: Path) -> None:
-    """A hang-up used to kill the daemon at once: no drain, the status left "running", the child orphaned."""
-    write_agent(layout, "", {"slow": "[[fake_claude:sleep:30]]"})
-    env = daemon_env(tmp_path, MAESTRO_STOP_GRACE_SECONDS="0.5")
-    tick = maestro(layout, "enqueue", "slow", env=env).stdout.strip()
-    proc = start_daemon(layout, env)
-    wait_for(lambda: len(spawns(tmp_path)) == 1, what="spawn")
-    child = int(spawns(tmp_path)[0].split()[0])
-    proc.send_signal(signal.SIGHUP)
-    assert proc.wait(timeout=15) == 0
-    assert gone(child)
-    assert read_json(layout.consumer_file)["state"] == "stopped"
-    assert tick_ids(layout, Folder.INBOX) == [tick]
-    assert read_json(layout.folder(Folder.INBOX) / f"{tick}.json")["attempts"] == 0
+from maestro_py.paths import Layout
+from tests.fakes import daemon_env, events, gone, maestro, spawns, start_daemon, wait_for, write_agent
 
 
 def test_a_sigkilled_daemon_takes_its_sub_session_with_it(layout: Layout, tmp_path: Path) -> None:

@@ -165,15 +165,18 @@ def test_idle_daemon_wakes_on_enqueue_without_waiting_for_the_poll(layout: Layou
         assert proc.wait(timeout=10) == 0
 
 
-def test_sigterm_drains_then_requeues_without_burning_an_attempt(layout: Layout, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_drains_then_requeues_without_burning_an_attempt(layout: Layout, tmp_path: Path, sig: int) -> None:
+    """A hang-up drains like SIGTERM (it used to kill the daemon at once, the status left "running")."""
     write_agent(layout, "", {"slow": "[[fake_claude:sleep:30]]"})
     env = daemon_env(tmp_path, MAESTRO_STOP_GRACE_SECONDS="0.5")
     tick = maestro(layout, "enqueue", "slow", env=env).stdout.strip()
     proc = start_daemon(layout, env)
     wait_for(lambda: len(spawns(tmp_path)) == 1, what="spawn")
     child = int(spawns(tmp_path)[0].split()[0])
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     assert proc.wait(timeout=15) == 0
+    assert read_json(layout.consumer_file)["state"] == "stopped"
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
     assert tick_ids(layout, Folder.INBOX) == [tick]
     data = read_json(layout.folder(Folder.INBOX) / f"{tick}.json")

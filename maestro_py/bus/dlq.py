@@ -65,10 +65,7 @@ class DeadLetters:
                 continue
             note_path = self.dlq / f"{name}{REASON_SUFFIX}"
             if os.path.lexists(note_path):
-                try:
-                    note = json.loads(note_path.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    note = {}
+                note = _read_note(note_path)
                 out.append({"id": name, "kind": "quarantined", "cadence": None, "attempts": None,
                             "reason": note.get("reason"), "at": note.get("at")})
                 continue
@@ -120,11 +117,7 @@ class DeadLetters:
                 continue
             note_path = self.dlq / f"{name}{REASON_SUFFIX}"
             if os.path.lexists(note_path):
-                try:
-                    note = json.loads(note_path.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    note = {}
-                return path, note if isinstance(note, dict) else {}
+                return path, _read_note(note_path)
             if name.endswith(".json"):
                 return path, None
         raise TickInvalid(f"{tick_id} is not in dlq/ (see `maestro dlq list`)")
@@ -161,6 +154,15 @@ class DeadLetters:
             target = folder / f"{name}.{n}"
             n += 1
         return target
+
+
+def _read_note(path: Path) -> dict[str, Any]:
+    """A quarantine note (`<name>.reason.json`); {} if it cannot be read."""
+    try:
+        note = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return note if isinstance(note, dict) else {}
 
 
 def _shown(name: str) -> str:
