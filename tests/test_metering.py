@@ -276,3 +276,15 @@ def test_stream_json_counts_the_cli_s_retries() -> None:
         out = "\n".join([*lines, json.dumps(err, separators=(",", ":"))]).encode()
         res = parse_result(out)
         assert res is not None and res.api_retries == expected, lines
+
+
+def test_the_last_rate_limit_event_is_read_from_the_stream() -> None:
+    init = '{"type":"system","subtype":"init","session_id":"s"}'
+    warn = '{"type":"rate_limit_event","rate_limit_info":{"status":"allowed_warning","utilization":0.95}}'
+    rejected = '{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1796114461}}'
+    err = json.dumps(ok_result(is_error=True, api_error_status=429, result="You've hit your session limit"),
+                     separators=(",", ":"))
+    res = parse_result("\n".join([init, warn, rejected, err]).encode())
+    assert res is not None and res.rate_limit == {"status": "rejected", "resetsAt": 1796114461}
+    res = parse_result("\n".join([init, err]).encode())
+    assert res is not None and res.rate_limit is None

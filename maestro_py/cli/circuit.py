@@ -9,7 +9,8 @@ import click
 from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.cli.common import EX_USAGE, CliError, Context, load_breakers, open_circuits, pass_ctx
 from maestro_py.clock import MAX_NUMBER, SystemClock, iso
-from maestro_py.policy.breaker import AUTH_HALT
+from maestro_py.ops.views import quota_line
+from maestro_py.policy.breaker import AUTH_HALT, QUOTA_HOLD
 
 
 @click.group()
@@ -29,6 +30,9 @@ def circuit_list(c: Context, as_json: bool) -> None:
     if not open_:
         click.echo("no open circuits")
     for name, doc in open_.items():
+        if name == QUOTA_HOLD:
+            click.echo(quota_line(doc, SystemClock().now()))
+            continue
         label = "AUTH HALT (all spawning stopped)" if name == AUTH_HALT else name
         until = doc["open_until"] or "until reset" + (" or credentials change" if name == AUTH_HALT else "")
         click.echo(f"{label}: {doc['state']} until {until}; failures={doc['failures']}; last error: {doc['last_error']}")

@@ -14,7 +14,8 @@ from maestro_py.clock import SystemClock
 from maestro_py.daemon.status import liveness, read_status
 from maestro_py.errors import AlreadyRunning
 from maestro_py.paths import Folder
-from maestro_py.policy.breaker import AUTH_HALT
+from maestro_py.ops.views import quota_line
+from maestro_py.policy.breaker import AUTH_HALT, QUOTA_HOLD
 from maestro_py.policy.budget import never_fits_lines
 from maestro_py.registry import RegistryError
 from maestro_py.session.command import auth_fix, prefers_subscription
@@ -81,7 +82,9 @@ def status(c: Context, as_json: bool) -> None:
         fix = auth_fix(subscription=prefers_subscription(c.env))
         click.echo(f"AUTH HALT: no sub-session will spawn ({halt['last_error']}); {fix}")
     for name, circ in out["circuits"].items():
-        if name != AUTH_HALT:
+        if name == QUOTA_HOLD:
+            click.echo(quota_line(circ, SystemClock().now()))
+        elif name != AUTH_HALT:
             click.echo(f"circuit {name}: {circ['state']} until {circ['open_until'] or 'reset'} ({circ['last_error']})")
     if doc:
         for run_ in doc.get("live_subsessions", []):

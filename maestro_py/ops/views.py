@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from maestro_py.clock import parse_iso
 from maestro_py.config import Settings
 from maestro_py.daemon.status import liveness, read_status
 from maestro_py.errors import MaestroError
@@ -58,3 +59,15 @@ def budget_rows(layout: Layout, settings: Settings, registry: Registry | None, n
         for item in doc.get("reservations") or []:
             governor.reserve(item["tick"], item["cadence"], Estimate(item["tokens"], item["usd"], "live"))
     return governor.summary(now, estimates)
+
+
+def quota_line(doc: dict[str, Any], now: datetime) -> str:
+    """The usage-limit hold as an operator reads it: "usage limit (five_hour): resets 05:53 UTC (in 58 min)…"."""
+    kind = str(doc.get("last_error") or "").split(":", 1)[0] or "usage limit"
+    until = doc.get("open_until")
+    if not until:
+        return f"usage limit ({kind}): held until `maestro circuit reset --all`"
+    at = parse_iso(until)
+    minutes = max(0, round((at - now).total_seconds() / 60))
+    when = f"resets {at:%H:%M} UTC (in {minutes} min)" if doc.get("state") == "open" else "reset passed: one probe run first"
+    return f"usage limit ({kind}): {when}; nothing spawns until then; `maestro circuit reset --all` lifts it"

@@ -26,6 +26,7 @@ from maestro_py.clock import Clock, iso, parse_iso
 from maestro_py.bus.fsio import atomic_write_json
 
 AUTH_HALT = "_auth"
+QUOTA_HOLD = "_quota"  # the subscription's usage limit: open until its reset, then one probe
 
 
 class State(str, enum.Enum):
@@ -86,6 +87,9 @@ class Breakers:
         halt = self.circuits.get(AUTH_HALT)
         if halt is not None and halt.state is State.OPEN:
             return halt
+        quota = self.circuits.get(QUOTA_HOLD)
+        if quota is not None and (quota.state is State.OPEN or quota.probe_in_flight):
+            return quota  # at the limit, or its one probe after the reset is still running
         circuit = self.circuits.get(cadence)
         if circuit is None or circuit.state is State.CLOSED:
             return None
@@ -107,10 +111,25 @@ class Breakers:
 
     # -- events -----------------------------------------------------------
     def on_spawn(self, cadence: str) -> None:
-        """A spawn was allowed: in HALF_OPEN it is the one probe."""
-        circuit = self.circuits.get(cadence)
-        if circuit is not None and circuit.state is State.HALF_OPEN:
-            circuit.probe_in_flight = True
+        """A spawn was allowed: in HALF_OPEN it is the one probe (of its cadence, or of the quota hold)."""
+        for circuit in (self.circuits.get(cadence), self.circuits.get(QUOTA_HOLD)):
+            if circuit is not None and circuit.state is State.HALF_OPEN:
+                circuit.probe_in_flight = True
+
+    def hold_quota(self, now: datetime, until: datetime, reason: str) -> Circuit:
+        """Stop all spawning until the usage limit resets at `until` (then one probe goes first)."""
+        hold = Circuit(QUOTA_HOLD, failures=1, last_error=reason[:500])
+        self._open(hold, now, max(1.0, (until - now).total_seconds()))
+        self.circuits[QUOTA_HOLD] = hold
+        return hold
+
+    def quota_probe_ended(self, *, hit_limit: bool) -> bool:
+        """A run ended while the hold was half-open: lift it unless the run met the limit again. True if lifted."""
+        hold = self.circuits.get(QUOTA_HOLD)
+        if hold is None or hold.state is not State.HALF_OPEN or hit_limit:
+            return False
+        del self.circuits[QUOTA_HOLD]
+        return True
 
     def record_success(self, cadence: str) -> bool:
         """A run succeeded: the cadence's circuit closes. True if that changed anything worth saving."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from maestro_py.session.runner import RunOutcome
 
@@ -19,6 +21,7 @@ class FailureClass(str, enum.Enum):
     UNKNOWN = "unknown"        # no parsable result
     SPAWN = "spawn"            # the CLI could not be started at all
     DISK = "disk"              # no parsable result while the log's disk is full or read-only: not the tick's fault
+    QUOTA = "quota"            # the subscription's usage limit: every cadence would hit it until it resets
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Handling:
     dead_letter: bool     # True: straight to dlq/, no retry
     trips_breaker: bool   # counts toward the cadence's circuit breaker and backoff
     halts_all: bool       # opens the global auth halt: nothing spawns until credentials change
+    holds_quota: bool = False  # opens the quota hold: nothing spawns until the usage limit resets
 
 
 HANDLING: dict[FailureClass, Handling] = {
@@ -39,7 +43,15 @@ HANDLING: dict[FailureClass, Handling] = {
     FailureClass.UNKNOWN: Handling(burns_attempt=True, dead_letter=False, trips_breaker=True, halts_all=False),
     FailureClass.SPAWN: Handling(burns_attempt=True, dead_letter=False, trips_breaker=True, halts_all=False),
     FailureClass.DISK: Handling(burns_attempt=False, dead_letter=False, trips_breaker=False, halts_all=False),
+    FailureClass.QUOTA: Handling(burns_attempt=False, dead_letter=False, trips_breaker=False, halts_all=False,
+                                 holds_quota=True),
 }
+# The CLI's words at a subscription or workspace usage limit, which change between versions. Matched only on the
+# result of a failed run (a run's own output may quote them), and only when no structured event says so.
+_LIMIT_TEXT = re.compile(r"usage limit reached|hit your (?:\w+ )?limit|out of usage credits|"
+                         r"reached your specified .{0,40}usage limits", re.IGNORECASE)
+QUOTA_DEFAULT_HOLD = 3600.0   # seconds, when the CLI gave no reset time
+QUOTA_MAX_HOLD = 7 * 86400.0
 
 _BY_STATUS: dict[int, FailureClass] = {
     401: FailureClass.AUTH, 403: FailureClass.AUTH,
@@ -48,6 +60,30 @@ _BY_STATUS: dict[int, FailureClass] = {
 }
 # The CLI's own words when it has no usable credential (it then reports api_error_status null or 401).
 _AUTH_TEXT = re.compile(r"Not logged in|Invalid API key|Failed to authenticate|OAuth token", re.IGNORECASE)
+
+
+def hit_usage_limit(outcome: RunOutcome) -> bool:
+    """A failed run stopped by the usage limit: the structured `rate_limit_event` says `rejected`, or, without
+    any event, the failed result's own text says so."""
+    result = outcome.result
+    if result is None or not result.is_error:
+        return False
+    if result.rate_limit is not None:
+        return result.rate_limit.get("status") == "rejected"
+    return bool(result.text and _LIMIT_TEXT.search(result.text))
+
+
+def quota_reset(outcome: RunOutcome, now: datetime, min_hold: float) -> tuple[datetime, str]:
+    """(until, kind) of a usage-limit hold: the event's reset time clamped to [now + min_hold, now + 7 days],
+    else an hour; the kind is the limit's window (five_hour, seven_day, …)."""
+    info = (outcome.result.rate_limit if outcome.result else None) or {}
+    kind = str(info.get("rateLimitType") or "usage limit")
+    try:
+        resets = float(info["resetsAt"])
+        wait = resets - now.timestamp() if math.isfinite(resets) else QUOTA_DEFAULT_HOLD
+    except (KeyError, TypeError, ValueError):
+        wait = QUOTA_DEFAULT_HOLD
+    return now + timedelta(seconds=min(max(wait, min_hold), QUOTA_MAX_HOLD)), kind
 
 
 def refused_retry(outcome: RunOutcome, cli_retries: bool) -> bool:
@@ -65,6 +101,8 @@ def classify(outcome: RunOutcome, *, cli_retries: bool = False) -> FailureClass:
     if result is None:
         return FailureClass.UNKNOWN
     status = result.api_error_status
+    if hit_usage_limit(outcome):
+        return FailureClass.QUOTA
     if status in _BY_STATUS:
         return _BY_STATUS[status]
     if refused_retry(outcome, cli_retries):

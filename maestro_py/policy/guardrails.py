@@ -21,9 +21,9 @@ from maestro_py.bus.events import EventLog
 from maestro_py.bus.tick import Tick
 from maestro_py.clock import Clock, iso
 from maestro_py.policy.backoff import Backoff, schedule
-from maestro_py.policy.breaker import AUTH_HALT, PersistedCircuits, State
+from maestro_py.policy.breaker import AUTH_HALT, QUOTA_HOLD, PersistedCircuits, State
 from maestro_py.policy.budget import Estimate, Governor
-from maestro_py.policy.failures import HANDLING, FailureClass, classify, failure_reason
+from maestro_py.policy.failures import HANDLING, FailureClass, classify, failure_reason, quota_reset
 from maestro_py.registry import Cadence
 from maestro_py.session.command import auth_fix
 from maestro_py.session.runlog import cap_mib
@@ -42,6 +42,7 @@ class Refusal(str, enum.Enum):
 
     EMERGENCY_STOP = "skipped_emergency_stop"
     AUTH_HALT = "skipped_auth_halt"
+    QUOTA_HOLD = "skipped_quota_hold"
     CIRCUIT_OPEN = "skipped_circuit_open"
     BACKOFF = "skipped_backoff"
     PACING = "skipped_pacing"
@@ -92,7 +93,7 @@ class Guardrails:
 
     def __init__(self, *, circuits: PersistedCircuits, backoff: Backoff, budget: Governor, live: LiveRuns,
                  max_live: int, max_attempts: int, credential: str, events: EventLog, clock: Clock,
-                 subscription: bool = False) -> None:
+                 subscription: bool = False, quota_min_hold: float = 60.0) -> None:
         self.circuits = circuits
         self.breakers = circuits.breakers
         self.backoff = backoff
@@ -102,6 +103,7 @@ class Guardrails:
         self.max_attempts = max_attempts
         self.credential = credential  # fingerprint of the credentials sub-sessions run with now
         self.subscription = subscription  # sub-sessions authenticate with the subscription login
+        self.quota_min_hold = quota_min_hold  # seconds a usage-limit hold lasts at least, whatever the reset says
         self.events = events
         self.clock = clock
         self.emergency: str | None = None
@@ -114,7 +116,7 @@ class Guardrails:
             return Refusal.EMERGENCY_STOP
         circuit = self.breakers.refusal(cadence.name, now)
         if circuit is not None:
-            return Refusal.AUTH_HALT if circuit.name == AUTH_HALT else Refusal.CIRCUIT_OPEN
+            return {AUTH_HALT: Refusal.AUTH_HALT, QUOTA_HOLD: Refusal.QUOTA_HOLD}.get(circuit.name, Refusal.CIRCUIT_OPEN)
         if self.backoff.holds(cadence.name, now) is not None:
             return Refusal.BACKOFF
         if spawned_this_step:
@@ -166,6 +168,7 @@ class Guardrails:
         was allowed to retry (so a 5xx it did not retry is one the API said not to).
         """
         if ended_by is not None:
+            self._quota_probe_ended(outcome, hit_limit=False, cut_short=True)
             return Verdict(Action.REQUEUE, ended_by, outcome="requeued")
         if outcome.truncated:
             # Ended for printing past the log cap, whatever the CLI printed after the signal: transient (a runaway
@@ -173,9 +176,13 @@ class Guardrails:
             return self.failed(tick, cadence, FailureClass.TRANSIENT,
                                f"output over the {cap_mib(outcome.log_cap or 0)} MiB cap; run ended")
         if outcome.ok and not outcome.timed_out:
+            self._quota_probe_ended(outcome, hit_limit=False)
             self._succeeded(cadence.name)
             return Verdict(Action.COMPLETE, outcome="ok")
         cls, reason = classify(outcome, cli_retries=cli_retries), failure_reason(outcome, cli_retries=cli_retries)
+        if cls is FailureClass.QUOTA:
+            return self._hold_quota(tick, outcome, reason)
+        self._quota_probe_ended(outcome, hit_limit=False)
         if cls is FailureClass.UNKNOWN:
             trouble = disk_trouble()
             if trouble is not None:  # its output could not be written: the disk failed, not the tick
@@ -198,6 +205,29 @@ class Guardrails:
             return Verdict(Action.REQUEUE, f"{reason} ({cls.value} failure: attempt not counted)", failure_class=cls,
                            outcome=f"failed_{cls.value}")
         return self._burn(tick, cadence, reason, retry_at, cls, permanent=handling.dead_letter)
+
+    def _hold_quota(self, tick: Tick, outcome: RunOutcome, reason: str) -> Verdict:
+        """The usage limit: hold every spawn until it resets; the tick goes back as it was."""
+        now = self.clock.now()
+        until, kind = quota_reset(outcome, now, self.quota_min_hold)
+        self.breakers.hold_quota(now, until, f"{kind}: {reason}")
+        self.circuits.save()
+        self.events.emit("quota_hold", level="warn", id=tick.id, cadence=tick.cadence, kind=kind, until=iso(until),
+                         reason=reason)
+        return Verdict(Action.REQUEUE, f"{reason} (usage limit: held until {iso(until)}; attempt not counted)",
+                       failure_class=FailureClass.QUOTA, outcome="failed_quota")
+
+    def _quota_probe_ended(self, outcome: RunOutcome, *, hit_limit: bool, cut_short: bool = False) -> None:
+        """The run after a reset answered without meeting the limit: the hold is lifted (cut short: another probe)."""
+        hold = self.breakers.circuits.get(QUOTA_HOLD)
+        if hold is None or hold.state is not State.HALF_OPEN:
+            return
+        if cut_short:
+            hold.probe_in_flight = False
+            return
+        if self.breakers.quota_probe_ended(hit_limit=hit_limit):
+            self.events.emit("quota_hold_lifted", level="warn", reason="a run after the reset was not refused")
+            self.circuits.save()
 
     def inline_failed(self, tick: Tick, cadence: Cadence, reason: str) -> Verdict:
         """An inline handler or a guard failed: an attempt burns, at once retryable; no breaker, no backoff."""

@@ -78,10 +78,12 @@ class CliResult:
     usage: Usage
     raw: dict[str, Any]
     api_retries: int | None = None  # `api_retry` lines before it (stream-json); None: not known
+    rate_limit: dict[str, Any] | None = None  # the last `rate_limit_event`'s `rate_limit_info` (subscription auth)
 
 
 _STREAM_INIT = b'{"type":"system","subtype":"init"'
 _API_RETRY = b'"type":"system","subtype":"api_retry"'  # as the CLI prints it; quoted text inside a string is escaped
+_RATE_LIMIT_EVENT = b'{"type":"rate_limit_event"'
 
 
 def parse_result(stdout: bytes) -> CliResult | None:
@@ -101,7 +103,25 @@ def parse_result(stdout: bytes) -> CliResult | None:
         usage=usage_from_result(obj),
         raw=obj,
         api_retries=retries,
+        rate_limit=last_rate_limit(window),
     )
+
+
+def last_rate_limit(window: bytes) -> dict[str, Any] | None:
+    """The `rate_limit_info` of the last `rate_limit_event` line in `window` (the CLI prints one per response
+    under subscription auth: `allowed`, `allowed_warning` near the limit, `rejected` at it), or None."""
+    at = window.rfind(_RATE_LIMIT_EVENT)
+    while at >= 0:
+        end = window.find(b"\n", at)
+        line = window[at:end if end >= 0 else len(window)].decode("utf-8", errors="replace")
+        try:
+            info = json.loads(line).get("rate_limit_info")
+        except (ValueError, AttributeError):
+            info = None
+        if isinstance(info, dict):
+            return info
+        at = window.rfind(_RATE_LIMIT_EVENT, 0, at)
+    return None
 
 
 def find_result_object(stdout: bytes) -> dict[str, Any] | None:

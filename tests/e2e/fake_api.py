@@ -239,7 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("request-id", self.server.api._request_id())
-        for k, v in (headers or {}).items():
+        for k, v in {**self.server.api.extra_headers, **(headers or {})}.items():
             self.send_header(k, v)
         self.send_header("Connection", "close")
         self.end_headers()
@@ -253,6 +253,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("request-id", self.server.api._request_id())
+        for k, v in self.server.api.extra_headers.items():
+            self.send_header(k, v)
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
@@ -408,6 +410,8 @@ class FakeMessagesAPI:
         self.cut_delay = 0.5  # seconds between the last streamed bytes and the RST in ``cut``
         self.retry_after: int | None = None  # sent with 429 when set
         self.should_retry: bool | None = None  # sent as x-should-retry with errors when set
+        # Sent with every response, e.g. the subscription's `anthropic-ratelimit-unified-*` headers.
+        self.extra_headers: dict[str, str] = {}
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._requests: list[RecordedRequest] = []
