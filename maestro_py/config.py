@@ -92,6 +92,15 @@ def _optional_int(text: str) -> int | None:
     return _positive_int(text)
 
 
+def _fraction(text: str) -> float | None:
+    if text.strip().lower() in ("", "off", "none"):
+        return None
+    value = float(text)
+    if not 0 < value <= 1:  # NaN too
+        raise ValueError("must be a fraction above 0 and at most 1 (e.g. 0.8), or off")
+    return value
+
+
 def _optional_float(text: str) -> float | None:
     if text.strip().lower() in ("", "unlimited", "none"):
         return None
@@ -137,6 +146,8 @@ VARS: dict[str, Var] = {
         Var("MAESTRO_DAILY_USD_BUDGET", "unlimited", _optional_float, "Dollars per day (local midnight), all cadences."),
         Var("MAESTRO_HOURLY_TOKEN_BUDGET", "unlimited", _optional_int, "Tokens per clock hour, all cadences."),
         Var("MAESTRO_HOURLY_USD_BUDGET", "unlimited", _optional_float, "Dollars per clock hour, all cadences."),
+        Var("MAESTRO_QUOTA_PAUSE_AT", "off", _fraction,
+            "Subscription headroom: pause new spawns when a run reports the usage window at this fraction."),
         Var("MAESTRO_RESERVE_TOKENS", "20000", _positive, "Reservation for a cadence's first run (no history, no `reserve_tokens`)."),
         Var("MAESTRO_RESERVE_USD", "0.25", _non_negative, "Reservation in dollars for a cadence's first run."),
         Var("MAESTRO_RETENTION_DAYS", "14", _positive, "Age after which `done/` ticks and per-run logs are pruned."),
@@ -175,6 +186,7 @@ class Settings:
     daily_usd: float | None
     hourly_tokens: int | None
     hourly_usd: float | None
+    quota_pause_at: float | None
     reserve_tokens: float
     reserve_usd: float
     retention_days: float
@@ -202,6 +214,7 @@ class Settings:
         "daily_usd": "MAESTRO_DAILY_USD_BUDGET",
         "hourly_tokens": "MAESTRO_HOURLY_TOKEN_BUDGET",
         "hourly_usd": "MAESTRO_HOURLY_USD_BUDGET",
+        "quota_pause_at": "MAESTRO_QUOTA_PAUSE_AT",
         "reserve_tokens": "MAESTRO_RESERVE_TOKENS",
         "reserve_usd": "MAESTRO_RESERVE_USD",
         "retention_days": "MAESTRO_RETENTION_DAYS",

@@ -130,3 +130,25 @@ def test_a_probe_that_meets_the_limit_again_holds_again(rails: Guardrails, clock
     rails.record(tick("memo"), cadence("memo"), run("429", rate_limit=rejected(clock, 1800)))
     hold = rails.breakers.circuits[QUOTA_HOLD]
     assert hold.state.value == "open" and hold.open_until == clock.now() + timedelta(seconds=1800)
+
+
+def test_headroom_pauses_at_the_configured_utilization_and_not_below(rails: Guardrails, clock: Any,
+                                                                      layout: Layout) -> None:
+    rails.quota_pause_at = 0.9
+    below = {"status": "allowed_warning", "utilization": 0.85, "rateLimitType": "five_hour",
+             "resetsAt": clock.now().timestamp() + 1200}
+    assert rails.record(tick("memo"), cadence("memo"), run("ok", rate_limit=below)).action is Action.COMPLETE
+    assert QUOTA_HOLD not in rails.breakers.circuits
+    assert rails.quota_usage["five_hour"]["utilization"] == 0.85
+    above = dict(below, utilization=0.95)
+    assert rails.record(tick("memo"), cadence("memo"), run("ok", rate_limit=above)).action is Action.COMPLETE
+    assert rails.refusal(cadence("brief"), clock.now(), spawned_this_step=False) is Refusal.QUOTA_HOLD
+    assert rails.breakers.circuits[QUOTA_HOLD].open_until == clock.now() + timedelta(seconds=1200)
+    (held,) = [e for e in events(layout) if e["stage"] == "quota_hold"]
+    assert held["utilization"] == 0.95 and "MAESTRO_QUOTA_PAUSE_AT=0.9" in held["reason"]
+
+
+def test_without_a_pause_setting_a_warning_only_records_the_utilization(rails: Guardrails) -> None:
+    warn = {"status": "allowed_warning", "utilization": 0.99, "rateLimitType": "seven_day"}
+    rails.record(tick("memo"), cadence("memo"), run("ok", rate_limit=warn))
+    assert QUOTA_HOLD not in rails.breakers.circuits and rails.quota_usage["seven_day"]["utilization"] == 0.99

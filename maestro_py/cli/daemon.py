@@ -87,6 +87,9 @@ def status(c: Context, as_json: bool) -> None:
         elif name != AUTH_HALT:
             click.echo(f"circuit {name}: {circ['state']} until {circ['open_until'] or 'reset'} ({circ['last_error']})")
     if doc:
+        for kind, usage in (doc.get("quota") or {}).items():
+            if isinstance(usage, dict) and isinstance(usage.get("utilization"), (int, float)):
+                click.echo(f"usage {kind}: {usage['utilization']:.0%} ({usage.get('status')}, as of {usage.get('at')})")
         for run_ in doc.get("live_subsessions", []):
             click.echo(f"running: {run_['cadence']} tick {run_['tick']} pid {run_['pid']} since {run_['started']}")
         counters = {k: v for k, v in (doc.get("counters") or {}).items() if v}

@@ -81,7 +81,7 @@ class Daemon:
             circuits=circuits, backoff=Backoff(parse_backoff(settings.backoff)), budget=self.budget, live=self.live,
             max_live=settings.max_live, max_attempts=settings.max_attempts,
             credential=command.credential_fingerprint(self.env), events=self.events, clock=clock,
-            subscription=command.prefers_subscription(self.env))
+            subscription=command.prefers_subscription(self.env), quota_pause_at=settings.quota_pause_at)
         self.settler = Settler(bus=self.bus, guardrails=self.guardrails, budget=self.budget, ledger=self.ledger,
                                live=self.live, events=self.events, counters=self.counters, clock=clock)
         self.housekeeping = Housekeeping(
@@ -261,6 +261,6 @@ class Daemon:
             owner=self.owner, root=self.layout.root, now=self.clock.now(), started_at=self.started_at,
             state=state or ("draining" if self.stopping else "emergency_stop" if emergency else "running"),
             watching=self._watching, emergency=emergency, live=self.live, queued=len(self.bus.index),
-            counters=self.counters, budget=self.budget)
+            counters=self.counters, budget=self.budget, quota=self.guardrails.quota_usage)
         self.notifier.status(status_line(state=doc["state"], queued=doc["queued"], live=len(self.live)))
         self.status.write(doc)

@@ -15,7 +15,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.tick import Tick
@@ -93,7 +93,7 @@ class Guardrails:
 
     def __init__(self, *, circuits: PersistedCircuits, backoff: Backoff, budget: Governor, live: LiveRuns,
                  max_live: int, max_attempts: int, credential: str, events: EventLog, clock: Clock,
-                 subscription: bool = False, quota_min_hold: float = 60.0) -> None:
+                 subscription: bool = False, quota_min_hold: float = 60.0, quota_pause_at: float | None = None) -> None:
         self.circuits = circuits
         self.breakers = circuits.breakers
         self.backoff = backoff
@@ -104,6 +104,8 @@ class Guardrails:
         self.credential = credential  # fingerprint of the credentials sub-sessions run with now
         self.subscription = subscription  # sub-sessions authenticate with the subscription login
         self.quota_min_hold = quota_min_hold  # seconds a usage-limit hold lasts at least, whatever the reset says
+        self.quota_pause_at = quota_pause_at  # utilization at which spawning pauses, leaving the rest to a human
+        self.quota_usage: dict[str, dict[str, Any]] = {}  # window kind -> last utilization the CLI reported
         self.events = events
         self.clock = clock
         self.emergency: str | None = None
@@ -178,6 +180,7 @@ class Guardrails:
         if outcome.ok and not outcome.timed_out:
             self._quota_probe_ended(outcome, hit_limit=False)
             self._succeeded(cadence.name)
+            self._note_usage(tick, outcome)
             return Verdict(Action.COMPLETE, outcome="ok")
         cls, reason = classify(outcome, cli_retries=cli_retries), failure_reason(outcome, cli_retries=cli_retries)
         if cls is FailureClass.QUOTA:
@@ -216,6 +219,24 @@ class Guardrails:
                          reason=reason)
         return Verdict(Action.REQUEUE, f"{reason} (usage limit: held until {iso(until)}; attempt not counted)",
                        failure_class=FailureClass.QUOTA, outcome="failed_quota")
+
+    def _note_usage(self, tick: Tick, outcome: RunOutcome) -> None:
+        """Remember the window's utilization; at MAESTRO_QUOTA_PAUSE_AT, pause spawning until it resets."""
+        info = outcome.result.rate_limit if outcome.result else None
+        if not info or not isinstance(info.get("utilization"), (int, float)):
+            return
+        kind, used = str(info.get("rateLimitType") or "usage limit"), float(info["utilization"])
+        now = self.clock.now()
+        self.quota_usage[kind] = {"utilization": used, "status": info.get("status"), "at": iso(now),
+                                  "resets_at": info.get("resetsAt")}
+        if self.quota_pause_at is None or used < self.quota_pause_at or info.get("status") != "allowed_warning":
+            return
+        until, _ = quota_reset(outcome, now, self.quota_min_hold)
+        reason = f"paused at {used:.0%} of the {kind} window (MAESTRO_QUOTA_PAUSE_AT={self.quota_pause_at:g})"
+        self.breakers.hold_quota(now, until, f"{kind}: {reason}")
+        self.circuits.save()
+        self.events.emit("quota_hold", level="warn", id=tick.id, cadence=tick.cadence, kind=kind, until=iso(until),
+                         reason=reason, utilization=used)
 
     def _quota_probe_ended(self, outcome: RunOutcome, *, hit_limit: bool, cut_short: bool = False) -> None:
         """The run after a reset answered without meeting the limit: the hold is lifted (cut short: another probe)."""

@@ -45,3 +45,18 @@ def test_the_usage_limit_costs_one_session_and_holds_every_tick(make_agent: Make
     agent.run_once()
     assert sorted(tick_ids(agent.layout, Folder.DONE)) == sorted(ticks)
     assert files_containing(agent.root, OAUTH) == []  # the token is in no file under the root
+
+
+def test_headroom_pauses_at_the_configured_utilization(make_agent: MakeAgent, fake_api: FakeMessagesAPI) -> None:
+    fake_api.extra_headers = {"anthropic-ratelimit-unified-status": "allowed_warning",
+                              "anthropic-ratelimit-unified-5h-utilization": "0.95",
+                              "anthropic-ratelimit-unified-5h-surpassed-threshold": "0.9",
+                              "anthropic-ratelimit-unified-representative-claim": "five_hour"}
+    agent = make_agent({name: "Say hi please." for name in ("memo", "brief")}, "",
+                       ANTHROPIC_API_KEY=None, CLAUDE_CODE_OAUTH_TOKEN=OAUTH, MAESTRO_PREFER_SUBSCRIPTION_AUTH="1",
+                       MAESTRO_QUOTA_PAUSE_AT="0.9")
+    first, second = agent.enqueue("memo"), agent.enqueue("brief")
+    agent.run_once()
+    assert tick_ids(agent.layout, Folder.DONE) == [first] and tick_ids(agent.layout, Folder.INBOX) == [second]
+    assert fake_api.post_count() == 1
+    assert "usage five_hour: 95%" in agent.maestro("status").stdout
