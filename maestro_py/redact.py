@@ -10,7 +10,8 @@ from typing import Any
 
 SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
 MASK = "[REDACTED]"
-# Anthropic keys and OAuth tokens have a recognisable prefix; catch them even when not in the env.
+# Anthropic keys (sk-ant-api…) and OAuth tokens (sk-ant-oat…, from `claude setup-token`) have a recognisable
+# prefix; catch them even when not in the env.
 _KEY_PATTERN = re.compile(r"sk-ant-[A-Za-z0-9_\-]{6,}")
 
 

@@ -48,6 +48,7 @@ class Housekeeping:
         self._cadences_version = _version(layout.cadences_dir)
         self._emptied_at: float | None = None  # when cadences.toml lost every cadence (not applied yet)
         self._env_mtime = _mtime(layout.env_file)
+        self._login = command.login_stamp(env)  # the CLI's stored login: (mtime, size), never its contents
         self._next_reap = 0.0
         self._next_prune = 0.0
 
@@ -113,9 +114,11 @@ class Housekeeping:
             self.events.emit("registry_reloaded", level="warn", empty=True)
 
     def _reload_env(self) -> None:
-        """A changed `.env` (a new key, say) is picked up without a restart and lifts the auth halt."""
+        """A changed `.env` (a new key, say) is picked up without a restart and lifts the auth halt; so does a
+        changed login file of the CLI (`claude` run again, a new `CLAUDE_CONFIG_DIR` login)."""
         mtime = _mtime(self.layout.env_file)
         if mtime == self._env_mtime:
+            self._check_login()
             return
         self._env_mtime = mtime
         try:
@@ -126,7 +129,17 @@ class Housekeeping:
         self.env = env
         scrub(self.env)
         self.redactor.update(self.env)
+        self._login = command.login_stamp(self.env)  # of the login file this `.env` names
         self.guardrails.use_credentials(command.credential_fingerprint(self.env), ".env credentials changed",
+                                        subscription=command.prefers_subscription(self.env))
+
+    def _check_login(self) -> None:
+        """The CLI's login file (`command.login_file`) changed: its fingerprint changed, so the auth halt lifts."""
+        stamp = command.login_stamp(self.env)
+        if stamp == self._login:
+            return
+        self._login = stamp
+        self.guardrails.use_credentials(command.credential_fingerprint(self.env), "the CLI's login changed",
                                         subscription=command.prefers_subscription(self.env))
 
     def _check_emergency_stop(self) -> None:

@@ -126,10 +126,10 @@ def check_claude(p: Probe) -> Check:
 
 
 def check_credential(p: Probe) -> Check:
-    """One 1-token request proves the API key works (unless subscription auth is preferred)."""
+    """Which credential the CLI will use; for an API key, one 1-token request proves it works."""
     key = (p.env.get("ANTHROPIC_API_KEY") or "").strip()
     if command.strips_api_key(p.env) or not key:
-        return _subscription(p)
+        return _subscription(p, command.credential_source(p.env))
     if p.offline:
         return Check("credential", Level.WARN, "skipped (--offline)")
     base = (p.env.get("ANTHROPIC_BASE_URL") or "").strip() or DEFAULT_API
@@ -152,17 +152,24 @@ def check_credential(p: Probe) -> Check:
     return Check("credential", Level.WARN, f"HTTP {status} from {url}{': ' + message if message else ''}")
 
 
-def _subscription(p: Probe) -> Check:
-    preferred = p.env.get("MAESTRO_PREFER_SUBSCRIPTION_AUTH", "").strip().lower() in ("1", "true", "yes", "on")
+def _subscription(p: Probe, source: str) -> Check:
+    """The credential when it is not an API key: an OAuth token from the environment, or the CLI's stored login."""
+    preferred = command.prefers_subscription(p.env)
     why = "MAESTRO_PREFER_SUBSCRIPTION_AUTH is set" if preferred else "no usable ANTHROPIC_API_KEY"
-    for var in ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN"):
-        if (p.env.get(var) or "").strip():
-            return Check("credential", Level.OK, f"subscription auth ({why}) with {var} (not verified)")
-    home = Path(p.env.get("HOME") or "~").expanduser()
-    if (home / ".claude" / ".credentials.json").is_file():
-        return Check("credential", Level.OK, f"subscription auth ({why}): a login is stored in {home}/.claude "
-                                             "(not verified)")
-    return Check("credential", Level.WARN, f"subscription auth ({why}): run `claude` once to log in")
+    if source == command.API_KEY:  # an ANTHROPIC_AUTH_TOKEN without a key
+        return Check("credential", Level.OK, "ANTHROPIC_AUTH_TOKEN from the environment (not verified)")
+    if source == command.OAUTH_TOKEN:
+        return Check("credential", Level.OK, f"subscription auth ({why}): the OAuth token CLAUDE_CODE_OAUTH_TOKEN "
+                                             "from the environment (not verified)")
+    login = command.login_file(p.env)
+    fix = (f"for a service, run `claude setup-token` and put its token in {p.layout.env_file} as "
+           "CLAUDE_CODE_OAUTH_TOKEN")
+    if login.is_file():
+        return Check("credential", Level.WARN, f"subscription auth ({why}): the interactive login in {login.parent} "
+                                               "(not verified); it expires in an unattended service (the CLI does "
+                                               f"not refresh it in --print mode): {fix}")
+    return Check("credential", Level.WARN, f"subscription auth ({why}): no login in {login.parent}: {fix}, or run "
+                                           "`claude` once to log in (on macOS that login is kept in the Keychain)")
 
 
 def _api_message(answer: bytes) -> str:

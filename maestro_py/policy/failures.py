@@ -93,12 +93,19 @@ def refused_retry(outcome: RunOutcome, cli_retries: bool) -> bool:
             and result.api_error_status is not None and 500 <= result.api_error_status < 529)
 
 
+def silent(outcome: RunOutcome) -> bool:
+    """A "success" that is not one: exit 0, `is_error: false`, yet not `ok` (no result text in zero turns)."""
+    result = outcome.result
+    return (outcome.exit_code == 0 and result is not None and result.is_error is False and not outcome.truncated
+            and not outcome.ok)
+
+
 def classify(outcome: RunOutcome, *, cli_retries: bool = False) -> FailureClass:
     """The failure class of a run that did not succeed (`cli_retries`: the CLI was allowed to retry)."""
     result = outcome.result
     if outcome.timed_out or outcome.signal is not None:
         return FailureClass.TRANSIENT
-    if result is None:
+    if result is None or silent(outcome):
         return FailureClass.UNKNOWN
     status = result.api_error_status
     if hit_usage_limit(outcome):
@@ -132,4 +139,6 @@ def failure_reason(outcome: RunOutcome, *, cli_retries: bool = False) -> str:
         return f"killed by signal {outcome.signal}"
     if result is None:
         return f"exit {outcome.exit_code} with no parsable result"
+    if silent(outcome):
+        return "exit 0 and is_error false, but no result text and no turns: nothing was done (unknown)"
     return f"exit {outcome.exit_code}"

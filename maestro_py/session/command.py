@@ -161,14 +161,46 @@ def read_prompt(path: Path, root: Path) -> str:
 
 
 CREDENTIAL_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN",
-                   "MAESTRO_PREFER_SUBSCRIPTION_AUTH", "ANTHROPIC_BASE_URL")
+                   "MAESTRO_PREFER_SUBSCRIPTION_AUTH", "ANTHROPIC_BASE_URL", "CLAUDE_CONFIG_DIR")
+API_KEY, OAUTH_TOKEN, LOGIN = "api_key", "oauth_token", "login"  # what `credential_source` answers
+
+
+def credential_source(env: Mapping[str, str]) -> str:
+    """Which credential the CLI will use with `child_env(env)`: an API credential, `CLAUDE_CODE_OAUTH_TOKEN`,
+    or the interactive login stored in its config folder (`login_file`)."""
+    if not strips_api_key(env) and env.get("ANTHROPIC_API_KEY", "").strip():
+        return API_KEY
+    if not prefers_subscription(env) and env.get("ANTHROPIC_AUTH_TOKEN", "").strip():
+        return API_KEY
+    return OAUTH_TOKEN if env.get("CLAUDE_CODE_OAUTH_TOKEN", "").strip() else LOGIN
+
+
+def login_file(env: Mapping[str, str]) -> Path:
+    """Where the CLI keeps an interactive login: `$CLAUDE_CONFIG_DIR/.credentials.json`, else `~/.claude/`'s."""
+    folder = env.get("CLAUDE_CONFIG_DIR", "").strip()
+    if folder:
+        return Path(folder).expanduser() / ".credentials.json"
+    home = env.get("HOME", "").strip()
+    return (Path(home) if home else Path.home()) / ".claude" / ".credentials.json"
+
+
+def login_stamp(env: Mapping[str, str]) -> tuple[int, int] | None:
+    """The login file's (mtime ns, size), None if it is absent: one stat, its contents are never read."""
+    try:
+        st = login_file(env).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def credential_fingerprint(env: Mapping[str, str]) -> str:
-    """A short digest of whatever decides how sub-sessions authenticate (never the secret itself)."""
+    """A short digest of whatever decides how sub-sessions authenticate (never the secret itself); when the CLI
+    will use the stored login, that file's (mtime, size) too, so a fresh login lifts the auth halt."""
     digest = hashlib.sha256()
     for name in CREDENTIAL_VARS:
         digest.update(f"{name}={env.get(name, '')}\0".encode())
+    if credential_source(env) == LOGIN:
+        digest.update(f"login={login_stamp(env)}\0".encode())
     return digest.hexdigest()[:16]
 
 

@@ -50,9 +50,11 @@ class RunOutcome:
 
     @property
     def ok(self) -> bool:
-        """True only for a clean exit with a parsed, non-error result, not ended for its output."""
-        return self.exit_code == 0 and self.result is not None and self.result.is_error is False \
-            and not self.truncated
+        """True only for a clean exit with a parsed, non-error result, not ended for its output (nor silent:
+        no result text in zero turns, seen under launchd, is `unknown`; see `failures.classify`)."""
+        r = self.result
+        return self.exit_code == 0 and r is not None and r.is_error is False and not self.truncated \
+            and (bool((r.text or "").strip()) or r.raw.get("num_turns") != 0)
 
 
 class SubSession(Protocol):
