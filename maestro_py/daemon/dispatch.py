@@ -17,7 +17,7 @@ from maestro_py.config import Settings
 from maestro_py.daemon.live import LiveRuns, Running
 from maestro_py.daemon.sdnotify import Notifier
 from maestro_py.daemon.settle import Settler
-from maestro_py.errors import SpawnError
+from maestro_py.errors import ClaudeUnavailable, SpawnError
 from maestro_py.paths import Layout
 from maestro_py.policy import overlap
 from maestro_py.policy.failures import FailureClass
@@ -174,6 +174,14 @@ class Dispatcher:
         stdout_log, stderr_log = self.layout.subsession_logs(local, tick.cadence, stamp)
         try:
             session = self.spawner.spawn(self._spec(cadence, claim, env, stdout_log, stderr_log))
+        except ClaudeUnavailable as exc:
+            # Missing, not executable, not a program: every cadence would fail the same, so it halts all spawns
+            # (no attempt burnt) until the binary changes (`Housekeeping` looks every few seconds).
+            self.counters["spawn_failures"] += 1
+            halted = self.guardrails.claude_unavailable(tick, f"spawn failed: {exc}", exc.path,
+                                                        command.claude_identity(env))
+            self.settler.apply(claim, halted, mode="escalate")
+            return False
         except (SpawnError, OSError) as exc:
             cause = exc if isinstance(exc, OSError) else exc.__cause__
             if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:

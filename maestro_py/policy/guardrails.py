@@ -21,11 +21,11 @@ from maestro_py.bus.events import EventLog
 from maestro_py.bus.tick import Tick
 from maestro_py.clock import Clock, iso
 from maestro_py.policy.backoff import Backoff, schedule
-from maestro_py.policy.breaker import AUTH_HALT, PersistedCircuits, State
+from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, PersistedCircuits, State
 from maestro_py.policy.budget import Estimate, Governor
 from maestro_py.policy.failures import HANDLING, FailureClass, classify, failure_reason
 from maestro_py.registry import Cadence
-from maestro_py.session.command import auth_fix
+from maestro_py.session.command import auth_fix, claude_fix
 from maestro_py.session.runlog import cap_mib
 from maestro_py.session.runner import RunOutcome
 
@@ -42,6 +42,7 @@ class Refusal(str, enum.Enum):
 
     EMERGENCY_STOP = "skipped_emergency_stop"
     AUTH_HALT = "skipped_auth_halt"
+    CLAUDE_MISSING = "skipped_claude_missing"
     CIRCUIT_OPEN = "skipped_circuit_open"
     BACKOFF = "skipped_backoff"
     PACING = "skipped_pacing"
@@ -113,6 +114,8 @@ class Guardrails:
         if self.emergency is not None:
             return Refusal.EMERGENCY_STOP
         circuit = self.breakers.refusal(cadence.name, now)
+        if circuit is not None and circuit.name == CLAUDE_MISSING:
+            return Refusal.CLAUDE_MISSING
         if circuit is not None:
             return Refusal.AUTH_HALT if circuit.name == AUTH_HALT else Refusal.CIRCUIT_OPEN
         if self.backoff.holds(cadence.name, now) is not None:
@@ -198,6 +201,27 @@ class Guardrails:
             return Verdict(Action.REQUEUE, f"{reason} ({cls.value} failure: attempt not counted)", failure_class=cls,
                            outcome=f"failed_{cls.value}")
         return self._burn(tick, cadence, reason, retry_at, cls, permanent=handling.dead_letter)
+
+    def claude_unavailable(self, tick: Tick, reason: str, path: str | None, identity: str) -> Verdict:
+        """The `claude` binary could not be started: halt every spawn (one event) and requeue the tick as it
+        was; the same for every cadence, so no breaker, no backoff and no attempt. `identity`: what lifts it."""
+        self.breakers.halt_claude(self.clock.now(), reason, identity)
+        self.circuits.save()
+        self.events.emit("claude_missing", level="error", id=tick.id, cadence=tick.cadence, path=path,
+                         reason=reason, fix=claude_fix())
+        return Verdict(Action.REQUEUE, f"{reason} (claude is not usable: attempt not counted; spawning halted)",
+                       failure_class=FailureClass.SPAWN, outcome="failed_claude_missing")
+
+    @property
+    def claude_halted(self) -> bool:
+        """True while spawning is halted because `claude` could not be started."""
+        return CLAUDE_MISSING in self.breakers.circuits
+
+    def claude_changed(self, identity: str) -> None:
+        """`claude` resolves to `identity` now: lift a `claude` halt set for another (or no) binary."""
+        if self.breakers.claude_changed(identity):
+            self.events.emit("claude_found", level="warn", reason="the claude binary can be found now")
+            self.circuits.save()
 
     def inline_failed(self, tick: Tick, cadence: Cadence, reason: str) -> Verdict:
         """An inline handler or a guard failed: an attempt burns, at once retryable; no breaker, no backoff."""
