@@ -128,3 +128,52 @@ def test_doctor_fails_on_a_missing_or_broken_claude_and_on_the_halt(layout: Layo
     assert halt_line.startswith("fail") and "npm install -g @anthropic-ai/claude-code" in halt_line
     assert not [line for line in result.stdout.splitlines() if line.split()[1:2] == ["circuits"]
                 and "_claude" in line]
+
+
+# -- `maestro service`: the service finds the claude found at install time -----------------------------
+
+def _executable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\necho 9.9.9\n")
+    path.chmod(0o755)
+    return path
+
+
+def _service(runner, layout: Layout, *args: str, env: dict[str, str | None]):
+    result = invoke(runner, layout.root, "service", "print", "--python", "/opt/py/bin/python", *args, env=env)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_service_units_carry_the_claude_found_at_install_time_and_its_folder_on_path(
+        layout: Layout, tmp_path: Path, runner) -> None:
+    import plistlib
+
+    write_agent(layout, "[memo]\nschedule = '0 8 * * *'\n", {"memo": "write"})
+    # The native installer's place, not on the PATH a service starts with: found all the same.
+    claude = _executable(tmp_path / "home" / ".local" / "bin" / "claude")
+    env = {"CLAUDE_BIN": None, "PATH": str(tmp_path / "empty")}
+    unit = _service(runner, layout, "--systemd", "--user", env=env).stdout
+    daemon_unit = unit.split("# ==> ")[1]
+    assert f"Environment=CLAUDE_BIN={claude}\n" in daemon_unit
+    assert f"Environment=PATH={claude.parent}:/usr/local/sbin:/usr/local/bin:" in daemon_unit
+    assert "CLAUDE_BIN" not in unit.split("# ==> ", 2)[2]  # the enqueue triggers run no claude
+    plists = _service(runner, layout, "--launchd", env=env).stdout.split("# ==> ")[1:]
+    daemon_env = plistlib.loads(plists[0].split("\n", 1)[1].encode())["EnvironmentVariables"]
+    assert daemon_env["CLAUDE_BIN"] == str(claude)
+    assert daemon_env["PATH"].split(":")[0] == str(claude.parent) and "/opt/homebrew/bin" in daemon_env["PATH"]
+    # An explicit --claude wins; a CLAUDE_BIN in .env stays in charge (the unit's would silently override it).
+    other = _executable(tmp_path / "npm-global" / "bin" / "claude")
+    assert f"Environment=CLAUDE_BIN={other}\n" in _service(runner, layout, "--systemd", "--user", "--claude",
+                                                           str(other), env=env).stdout
+    (layout.root / ".env").write_text(f"CLAUDE_BIN={other}\n")
+    unit = _service(runner, layout, "--systemd", "--user", env=env).stdout
+    assert "CLAUDE_BIN" not in unit and f"Environment=PATH={other.parent}:" in unit
+
+
+def test_service_install_without_any_claude_warns_and_writes_no_claude_bin(layout: Layout, tmp_path: Path,
+                                                                         runner) -> None:
+    write_agent(layout, prompts={"memo": "write"})
+    result = _service(runner, layout, "--systemd", "--user", env={"CLAUDE_BIN": None, "PATH": str(tmp_path)})
+    assert "claude not found" in result.stderr and "--claude" in result.stderr
+    assert "CLAUDE_BIN" not in result.stdout and "Environment=PATH" not in result.stdout
