@@ -78,6 +78,28 @@ def test_a_claude_that_is_not_a_program_halts_until_it_is_replaced(layout: Layou
     assert not layout.circuit_file.exists()
 
 
+def test_a_claude_whose_interpreter_is_missing_halts_like_a_missing_claude(layout: Layout, clock: FakeClock,
+                                                                          tmp_path: Path) -> None:
+    """A node CLI under launchd's bare PATH: `env` exits 127 before the CLI starts, with no result line."""
+    write_agent(layout, prompts={"memo": "write the memo", "brief": "write the brief"})
+    claude = tmp_path / "claude"
+    claude.write_text("#!/usr/bin/env maestro-test-no-such-node\n")
+    claude.chmod(0o755)
+    daemon = make_daemon(layout, clock, ProcessSpawner(), CLAUDE_BIN=claude, MAESTRO_MAX_ATTEMPTS=2)
+    ticks = enqueue(layout, clock, "memo", 2) + enqueue(layout, clock, "brief", 2)
+    wait_for(lambda: (daemon.step(), _halt_events(layout))[1], what="the claude halt")
+    for _ in range(3):
+        run_steps(daemon, 10)
+        clock.advance(60)
+    assert tick_ids(layout, Folder.DLQ) == [] and all(attempts(layout, t) == 0 for t in ticks)
+    [halt] = _halt_events(layout)
+    assert "exited 127" in halt["reason"] and "maestro-test-no-such-node" in halt["reason"]
+    claude.unlink()
+    fast_fake_claude(tmp_path)
+    clock.advance(5)
+    _settle(daemon, layout, 4)
+
+
 def test_the_claude_halt_survives_a_restart_and_shows_in_status_list_and_reset(
         layout: Layout, clock: FakeClock, tmp_path: Path, runner) -> None:
     write_agent(layout, prompts={"memo": "write the memo"})

@@ -173,7 +173,8 @@ class Dispatcher:
         stamp = f"{local:%H%M%S}-a{claim.attempt}-{tick.id[-6:]}"
         stdout_log, stderr_log = self.layout.subsession_logs(local, tick.cadence, stamp)
         try:
-            session = self.spawner.spawn(self._spec(cadence, claim, env, stdout_log, stderr_log))
+            spec = self._spec(cadence, claim, env, stdout_log, stderr_log)
+            session = self.spawner.spawn(spec)
         except ClaudeUnavailable as exc:
             # Missing, not executable, not a program: every cadence would fail the same, so it halts all spawns
             # (no attempt burnt) until the binary changes (`Housekeeping` looks every few seconds).
@@ -206,7 +207,8 @@ class Dispatcher:
         self.live.add(tick.id, Running(claim, session, cadence, now, str(stdout_log), str(stderr_log),
                                        payload_fingerprint(tick.payload), estimate,
                                        io_errors_at_start=self.counters["io_errors"],
-                                       cli_retries=command.cli_retries(env)))
+                                       cli_retries=command.cli_retries(env),
+                                       claude=(spec.argv[0], command.claude_identity(env))))
         self.events.emit("spawned", id=tick.id, cadence=tick.cadence, attempt=claim.attempt, pid=session.pid,
                          stdout_log=str(stdout_log), stderr_log=str(stderr_log))
         return True

@@ -35,6 +35,9 @@ from maestro_py.session.runner import RunOutcome
 # more than 60 s (the CLI does not wait that long: claude-cli-facts §retry-after). Either way an immediate
 # retry would cost a CLI start and its requests for nothing: the rate class waits at least this long.
 RATE_MIN_WAIT = 60.0
+# Exit codes of a run that never became the CLI: 126 "cannot execute", 127 "not found", as `env` (a script's
+# `#!/usr/bin/env node` under launchd's bare PATH) and shells report them. With no result line, `claude` is broken.
+CANNOT_EXEC = (126, 127)
 
 
 class Refusal(str, enum.Enum):
@@ -160,13 +163,15 @@ class Guardrails:
 
     # -- after a run ------------------------------------------------------
     def record(self, tick: Tick, cadence: Cadence, outcome: RunOutcome, *, ended_by: str | None = None,
-               disk_trouble: Callable[[], str | None] = lambda: None, cli_retries: bool = False) -> Verdict:
+               disk_trouble: Callable[[], str | None] = lambda: None, cli_retries: bool = False,
+               claude: tuple[str, str] | None = None) -> Verdict:
         """What a finished sub-session teaches the guards, and where its tick goes. Call once per run.
 
         `ended_by`: the daemon ended the run itself (drain, emergency stop), so it is requeued even if the
         CLI printed a success after the signal. `disk_trouble`: asked only when a run left no parsable
         result, whether the disk failed meanwhile (then the failure is not the tick's). `cli_retries`: the CLI
-        was allowed to retry (so a 5xx it did not retry is one the API said not to).
+        was allowed to retry (so a 5xx it did not retry is one the API said not to). `claude`: the binary the
+        run started and its identity (a run that could not become the CLI halts like a missing binary).
         """
         if ended_by is not None:
             return Verdict(Action.REQUEUE, ended_by, outcome="requeued")
@@ -175,6 +180,10 @@ class Guardrails:
             # tool may not run away again; attempts and the breaker bound the retries).
             return self.failed(tick, cadence, FailureClass.TRANSIENT,
                                f"output over the {cap_mib(outcome.log_cap or 0)} MiB cap; run ended")
+        if claude is not None and outcome.result is None and outcome.exit_code in CANNOT_EXEC:
+            said = (outcome.tail.strip().splitlines() or ["no output"])[-1][:300]
+            return self.claude_unavailable(tick, f"{claude[0]} exited {outcome.exit_code} without a result, so it "
+                                                 f"could not run: {said}", claude[0], claude[1])
         if outcome.ok and not outcome.timed_out:
             self._succeeded(cadence.name)
             return Verdict(Action.COMPLETE, outcome="ok")
