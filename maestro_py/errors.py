@@ -35,3 +35,15 @@ class ConfigError(MaestroError):
 
 class SpawnError(MaestroError):
     """A sub-session could not be started (binary missing, not executable, argument list too long)."""
+
+
+class ClaudeUnavailable(SpawnError):
+    """The `claude` executable cannot be started at all: missing, not executable, or not a program.
+
+    Not the tick's fault and the same for every cadence: the daemon halts spawning (`_claude`) instead of
+    burning attempts, and lifts the halt when the binary appears.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path  # the binary that failed (None: nothing was found to try)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the committed service examples (launchd/ and systemd/) for the bundled example agent.
 # Every input is pinned so the output depends only on examples/agent/cadences.toml and the generator:
-# a placeholder interpreter and root, and the stop timeout of the default settings (30 + 5 + 15 s).
+# a placeholder interpreter, root and claude, and the stop timeout of the default settings (30 + 5 + 15 s).
 # tests/test_service.py runs this into a temporary folder and compares.
 #
 #   bash scripts/gen-service-examples.sh [OUT_DIR]     (default: the repository top level)
@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-.}"
 PY="${PYTHON:-.venv/bin/python}"
-ARGS=(--python /opt/maestro/.venv/bin/python --deploy-root /opt/maestro/examples/agent --stop-timeout 50)
+ARGS=(--python /opt/maestro/.venv/bin/python --deploy-root /opt/maestro/examples/agent --stop-timeout 50
+      --claude /opt/maestro/.tools/claude/node_modules/.bin/claude)
 MAESTRO=("$PY" -m maestro_py --root examples/agent service install "${ARGS[@]}")
 
 mkdir -p "$OUT/launchd" "$OUT/systemd"

@@ -83,6 +83,7 @@ def test_refusals_come_in_the_readme_order(rails: Guardrails, clock: Any, live: 
     rails.backoff.record_failure("memo", now)                                        # backoff: 30 s
     rails.breakers.open_manually("memo", now, 60)                                    # circuit open
     rails.breakers.hold_quota(now, now + timedelta(hours=1), "five_hour: limit")   # quota hold
+    rails.breakers.halt_claude(now, "claude not found", "")                          # claude missing
     rails.breakers.halt_auth(now, "401", "key-a")                                    # auth halt
     rails.set_emergency("operator")                                                  # emergency stop
     seen = []
@@ -96,6 +97,8 @@ def test_refusals_come_in_the_readme_order(rails: Guardrails, clock: Any, live: 
     rails.set_emergency(None)
     refusal()
     rails.breakers.reset("_auth")
+    refusal()
+    rails.breakers.reset("_claude")
     refusal()
     rails.breakers.reset("_quota")
     refusal()

@@ -10,7 +10,7 @@ from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.cli.common import EX_USAGE, CliError, Context, load_breakers, open_circuits, pass_ctx
 from maestro_py.clock import MAX_NUMBER, SystemClock, iso
 from maestro_py.ops.views import quota_line
-from maestro_py.policy.breaker import AUTH_HALT, QUOTA_HOLD
+from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
 
 
 @click.group()
@@ -22,7 +22,7 @@ def circuit() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def circuit_list(c: Context, as_json: bool) -> None:
-    """Open and half-open circuits (the auth halt shows as `_auth`)."""
+    """Open and half-open circuits (the auth halt shows as `_auth`, a missing `claude` as `_claude`)."""
     open_ = {name: circ.to_json() for name, circ in open_circuits(c).items()}
     if as_json:
         click.echo(json.dumps(open_, indent=2))
@@ -32,6 +32,10 @@ def circuit_list(c: Context, as_json: bool) -> None:
     for name, doc in open_.items():
         if name == QUOTA_HOLD:
             click.echo(quota_line(doc, SystemClock().now()))
+            continue
+        if name == CLAUDE_MISSING:
+            click.echo(f"CLAUDE MISSING (all spawning stopped until it can be started, or reset): "
+                       f"{doc['last_error']}")
             continue
         label = "AUTH HALT (all spawning stopped)" if name == AUTH_HALT else name
         until = doc["open_until"] or "until reset" + (" or credentials change" if name == AUTH_HALT else "")

@@ -15,10 +15,10 @@ from maestro_py.daemon.status import liveness, read_status
 from maestro_py.errors import AlreadyRunning
 from maestro_py.paths import Folder
 from maestro_py.ops.views import quota_line
-from maestro_py.policy.breaker import AUTH_HALT, QUOTA_HOLD
+from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
 from maestro_py.policy.budget import never_fits_lines
 from maestro_py.registry import RegistryError
-from maestro_py.session.command import auth_fix, prefers_subscription
+from maestro_py.session.command import auth_fix, claude_fix, prefers_subscription
 
 
 @click.command()
@@ -64,6 +64,7 @@ def status(c: Context, as_json: bool) -> None:
         "queues": depths,
         "emergency_stop": c.layout.stop_file.exists(),
         "auth_halt": AUTH_HALT in circuits,
+        "claude_missing": CLAUDE_MISSING in circuits,
         "circuits": {n: circ.to_json() for n, circ in circuits.items()},
         "budget": budget_summary(c),
         "status": doc,
@@ -81,10 +82,13 @@ def status(c: Context, as_json: bool) -> None:
         halt = out["circuits"][AUTH_HALT]
         fix = auth_fix(subscription=prefers_subscription(c.env))
         click.echo(f"AUTH HALT: no sub-session will spawn ({halt['last_error']}); {fix}")
+    if out["claude_missing"]:
+        missing = out["circuits"][CLAUDE_MISSING]
+        click.echo(f"CLAUDE MISSING: no sub-session will spawn ({missing['last_error']}); {claude_fix()}")
     for name, circ in out["circuits"].items():
         if name == QUOTA_HOLD:
             click.echo(quota_line(circ, SystemClock().now()))
-        elif name != AUTH_HALT:
+        elif name not in (AUTH_HALT, CLAUDE_MISSING):
             click.echo(f"circuit {name}: {circ['state']} until {circ['open_until'] or 'reset'} ({circ['last_error']})")
     if doc:
         for kind, usage in (doc.get("quota") or {}).items():

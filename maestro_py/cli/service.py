@@ -19,7 +19,10 @@ from typing import Any
 import click
 
 from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx
+from maestro_py.config import load_env
+from maestro_py.errors import SpawnError
 from maestro_py.ops import service as svc
+from maestro_py.session.command import resolve_claude
 
 
 def run_command(argv: Sequence[str]) -> int:
@@ -47,6 +50,9 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--stop-timeout", type=click.IntRange(min=1), default=None,
                      help="Seconds to wait for a clean stop (default: stop grace + kill grace + 15)."),
         click.option("--run-as", default=None, help="systemd system units: User= (default: the root's owner)."),
+        click.option("--claude", "claude", default=None,
+                     help="The claude CLI the daemon runs, written into its unit as CLAUDE_BIN with its folder on "
+                          "PATH (default: the one found now: CLAUDE_BIN, PATH, ~/.local/bin, the npm global bin…)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -65,6 +71,7 @@ class Target:
             raise CliError("--user is for --systemd (launchd agents are always per-user)", EX_USAGE)
         if opts["run_as"] and (self.manager == svc.LAUNCHD or self.user):
             raise CliError("--run-as is only for system-wide units (--systemd without --user)", EX_USAGE)
+        self.claude_missing: str | None = None  # said once the files are out, so an error stays one line
         self.custom_dest = opts["dest"] is not None
         home = Path(os.path.expanduser("~"))
         self.dest = (Path(opts["dest"]).expanduser().absolute() if self.custom_dest
@@ -84,11 +91,26 @@ class Target:
                 watchdog_sec=svc.watchdog_sec(registry, settings.spawn_timeout) if watchdog is None else watchdog,
                 user=self.user,
                 run_as=None if self.manager == svc.LAUNCHD or self.user else opts["run_as"] or _owner(c.layout.root),
+                claude=self._claude(c, opts["claude"]),
+                # A CLAUDE_BIN in the unit would silently win over one in .env: there, .env stays in charge.
+                claude_bin=not load_env(c.layout, base={}).get("CLAUDE_BIN"),
             )
             self.spec = spec
             self.files = svc.generate(spec, self.manager)
         except svc.ServiceError as exc:
             raise CliError(str(exc), EX_USAGE) from None
+
+    def _claude(self, c: Context, given: str | None) -> str | None:
+        """The claude the service will run: `--claude`, else the one the daemon would find now (None if there is
+        none: the daemon then holds every spawn with a `claude_missing` event until it appears)."""
+        if given is not None:
+            return os.path.abspath(os.path.expanduser(given))
+        try:
+            return os.path.abspath(resolve_claude(c.env))
+        except SpawnError as exc:
+            self.claude_missing = (f"warning: {exc}; the service will not find it either (install it and run this "
+                                   "again, or pass --claude PATH)")
+            return None
 
     @property
     def tool(self) -> str:
@@ -150,6 +172,8 @@ def service_print(c: Context, **opts: Any) -> None:
     for i, f in enumerate(t.files):
         click.echo(("\n" if i else "") + f"# ==> {t.dest / f.name} <==")
         click.echo(f.content, nl=False)
+    if t.claude_missing:
+        click.echo(f"maestro: {t.claude_missing}", err=True)
 
 
 @service.command("install")
@@ -167,6 +191,8 @@ def service_install(c: Context, now: bool, **opts: Any) -> None:
         raise CliError(f"cannot write {t.dest}: {exc.strerror or exc}{hint}") from None
     for path in written:
         click.echo(f"wrote {path}")
+    if t.claude_missing:
+        click.echo(t.claude_missing)
     if t.manager == svc.LAUNCHD and t.spec.root == t.real_root and t.real_root.is_dir():
         (t.real_root / "logs").mkdir(exist_ok=True)  # launchd opens its log files but never creates folders
     commands = svc.activate(t.manager, t.user, t.files, t.dest, os.getuid())

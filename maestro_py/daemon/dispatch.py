@@ -17,7 +17,7 @@ from maestro_py.config import Settings
 from maestro_py.daemon.live import LiveRuns, Running
 from maestro_py.daemon.sdnotify import Notifier
 from maestro_py.daemon.settle import Settler
-from maestro_py.errors import SpawnError
+from maestro_py.errors import ClaudeUnavailable, SpawnError
 from maestro_py.paths import Layout
 from maestro_py.policy import overlap
 from maestro_py.policy.failures import FailureClass
@@ -173,7 +173,16 @@ class Dispatcher:
         stamp = f"{local:%H%M%S}-a{claim.attempt}-{tick.id[-6:]}"
         stdout_log, stderr_log = self.layout.subsession_logs(local, tick.cadence, stamp)
         try:
-            session = self.spawner.spawn(self._spec(cadence, claim, env, stdout_log, stderr_log))
+            spec = self._spec(cadence, claim, env, stdout_log, stderr_log)
+            session = self.spawner.spawn(spec)
+        except ClaudeUnavailable as exc:
+            # Missing, not executable, not a program: every cadence would fail the same, so it halts all spawns
+            # (no attempt burnt) until the binary changes (`Housekeeping` looks every few seconds).
+            self.counters["spawn_failures"] += 1
+            halted = self.guardrails.claude_unavailable(tick, f"spawn failed: {exc}", exc.path,
+                                                        command.claude_identity(env))
+            self.settler.apply(claim, halted, mode="escalate")
+            return False
         except (SpawnError, OSError) as exc:
             cause = exc if isinstance(exc, OSError) else exc.__cause__
             if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
@@ -198,7 +207,8 @@ class Dispatcher:
         self.live.add(tick.id, Running(claim, session, cadence, now, str(stdout_log), str(stderr_log),
                                        payload_fingerprint(tick.payload), estimate,
                                        io_errors_at_start=self.counters["io_errors"],
-                                       cli_retries=command.cli_retries(env)))
+                                       cli_retries=command.cli_retries(env),
+                                       claude=(spec.argv[0], command.claude_identity(env))))
         self.events.emit("spawned", id=tick.id, cadence=tick.cadence, attempt=claim.attempt, pid=session.pid,
                          stdout_log=str(stdout_log), stderr_log=str(stderr_log))
         return True

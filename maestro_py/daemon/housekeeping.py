@@ -24,6 +24,7 @@ from maestro_py.registry import Registry, RegistryError
 from maestro_py.session import command, proctree
 
 REGISTRY_GRACE = 10.0  # seconds an edit of the registry gets to finish: editors truncate, then write
+CLAUDE_RECHECK_SECONDS = 5.0  # while `claude` is missing, how often to look for it (a few stats each time)
 
 
 class Housekeeping:
@@ -51,12 +52,14 @@ class Housekeeping:
         self._login = command.login_stamp(env)  # the CLI's stored login: (mtime, size), never its contents
         self._next_reap = 0.0
         self._next_prune = 0.0
+        self._next_claude_check = 0.0
 
     def run(self, now_mono: float) -> None:
         """One step's housekeeping, cheapest first: each file check is one stat."""
         self._reload_registry()
         self._reload_env()
         self.guardrails.sync()
+        self._check_claude(now_mono)
         self.guardrails.advance(self.clock.now())
         self._check_emergency_stop()
         if now_mono >= self._next_reap:
@@ -132,6 +135,14 @@ class Housekeeping:
         self._login = command.login_stamp(self.env)  # of the login file this `.env` names
         self.guardrails.use_credentials(command.credential_fingerprint(self.env), ".env credentials changed",
                                         subscription=command.prefers_subscription(self.env))
+        self._next_claude_check = 0.0  # CLAUDE_BIN or PATH may have been fixed in .env: look at once
+
+    def _check_claude(self, now_mono: float) -> None:
+        """While spawning is halted for a missing or broken `claude`, look for it every few seconds."""
+        if not self.guardrails.claude_halted or now_mono < self._next_claude_check:
+            return
+        self._next_claude_check = now_mono + CLAUDE_RECHECK_SECONDS
+        self.guardrails.claude_changed(command.claude_identity(self.env))
 
     def _check_login(self) -> None:
         """The CLI's login file (`command.login_file`) changed: its fingerprint changed, so the auth halt lifts."""

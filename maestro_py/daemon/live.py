@@ -46,6 +46,7 @@ class Running:
     estimate: Estimate
     io_errors_at_start: int = 0
     cli_retries: bool = False              # the CLI was allowed to retry failed requests itself
+    claude: tuple[str, str] | None = None  # the binary it ran, and its `command.claude_identity` then
     end_reason: str | None = None          # set when the daemon ends it (drain, emergency stop)
     settlement: Settlement | None = None   # set when it has finished and its settle is under way
 

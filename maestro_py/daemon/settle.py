@@ -89,7 +89,7 @@ class Settler:
             details["truncated"] = True
         verdict = self.guardrails.record(tick, run.cadence, outcome, ended_by=run.end_reason,
                                          disk_trouble=lambda: self._disk_trouble_during(run),
-                                         cli_retries=run.cli_retries)
+                                         cli_retries=run.cli_retries, claude=run.claude)
         if verdict.failure_class is not None:
             details["tail"] = outcome.tail  # what the CLI said, for the tick's history and the event
         if outcome.timed_out:

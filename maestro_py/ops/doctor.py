@@ -22,7 +22,7 @@ from maestro_py.errors import ConfigError, SpawnError
 from maestro_py.ops import views
 from maestro_py.ops.probe import Check, Level, Probe
 from maestro_py.paths import Folder
-from maestro_py.policy.breaker import AUTH_HALT
+from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING
 from maestro_py.policy.budget import never_fits_lines
 from maestro_py.policy.emergency import read_stop_file
 from maestro_py.redact import Redactor
@@ -268,7 +268,7 @@ def check_stop(p: Probe) -> Check:
 
 
 def check_circuits(p: Probe) -> list[Check]:
-    """The auth halt (fail) and open per-cadence circuits (warn)."""
+    """The auth halt and the `claude` halt (fail), and open per-cadence circuits (warn)."""
     try:
         open_ = views.open_circuits(p.layout)
     except views.CircuitFileInvalid as exc:
@@ -280,6 +280,10 @@ def check_circuits(p: Probe) -> list[Check]:
         out.append(Check("auth-halt", Level.FAIL, f"no sub-session will spawn ({halt.last_error}); {fix}"))
     else:
         out.append(Check("auth-halt", Level.OK, "no auth halt"))
+    missing = open_.pop(CLAUDE_MISSING, None)
+    if missing is not None:  # the daemon lifts it itself once `claude` can be found; until then nothing spawns
+        out.append(Check("claude-halt", Level.FAIL, f"no sub-session will spawn ({missing.last_error}); "
+                                                    f"{command.claude_fix()}"))
     if open_:
         shown = ", ".join(f"{n} ({c.state.value} until {c.open_until.isoformat() if c.open_until else 'reset'})"
                           for n, c in open_.items())

@@ -9,6 +9,8 @@
 credentials change or an operator resets it. `Breakers` does no I/O; `CircuitFile` and
 `PersistedCircuits` keep `circuit-open.json` in step with it, so a daemon restarted by launchd/systemd
 keeps its breakers and an operator's `maestro circuit reset/open` reaches the running daemon.
+
+`CLAUDE_MISSING` is another reserved circuit: it refuses every spawn until the `claude` binary changes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from maestro_py.bus.fsio import atomic_write_json
 
 AUTH_HALT = "_auth"
 QUOTA_HOLD = "_quota"  # the subscription's usage limit: open until its reset, then one probe
+CLAUDE_MISSING = "_claude"  # the `claude` binary cannot be started: every spawn is refused until it can
 
 
 class State(str, enum.Enum):
@@ -87,6 +90,9 @@ class Breakers:
         halt = self.circuits.get(AUTH_HALT)
         if halt is not None and halt.state is State.OPEN:
             return halt
+        missing = self.circuits.get(CLAUDE_MISSING)
+        if missing is not None and missing.state is State.OPEN:
+            return missing
         quota = self.circuits.get(QUOTA_HOLD)
         if quota is not None and (quota.state is State.OPEN or quota.probe_in_flight):
             return quota  # at the limit, or its one probe after the reset is still running
@@ -160,6 +166,21 @@ class Breakers:
         halt = self.circuits.get(AUTH_HALT)
         if halt is not None and halt.credential != credential:
             del self.circuits[AUTH_HALT]
+            return True
+        return False
+
+    def halt_claude(self, now: datetime, error: str, identity: str) -> Circuit:
+        """Stop all spawning until the `claude` binary changes (`identity`: see `command.claude_identity`)."""
+        halt = Circuit(CLAUDE_MISSING, failures=1, last_error=error[:500], credential=identity)
+        self._open(halt, now, None)
+        self.circuits[CLAUDE_MISSING] = halt
+        return halt
+
+    def claude_changed(self, identity: str) -> bool:
+        """Lift the `claude` halt if a binary is found now and it is not the one that failed."""
+        halt = self.circuits.get(CLAUDE_MISSING)
+        if halt is not None and identity and halt.credential != identity:
+            del self.circuits[CLAUDE_MISSING]
             return True
         return False
 

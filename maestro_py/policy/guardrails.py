@@ -21,11 +21,11 @@ from maestro_py.bus.events import EventLog
 from maestro_py.bus.tick import Tick
 from maestro_py.clock import Clock, iso
 from maestro_py.policy.backoff import Backoff, schedule
-from maestro_py.policy.breaker import AUTH_HALT, QUOTA_HOLD, PersistedCircuits, State
+from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD, PersistedCircuits, State
 from maestro_py.policy.budget import Estimate, Governor
 from maestro_py.policy.failures import HANDLING, FailureClass, classify, failure_reason, quota_reset
 from maestro_py.registry import Cadence
-from maestro_py.session.command import auth_fix
+from maestro_py.session.command import auth_fix, claude_fix
 from maestro_py.session.runlog import cap_mib
 from maestro_py.session.runner import RunOutcome
 
@@ -35,6 +35,9 @@ from maestro_py.session.runner import RunOutcome
 # more than 60 s (the CLI does not wait that long: claude-cli-facts §retry-after). Either way an immediate
 # retry would cost a CLI start and its requests for nothing: the rate class waits at least this long.
 RATE_MIN_WAIT = 60.0
+# Exit codes of a run that never became the CLI: 126 "cannot execute", 127 "not found", as `env` (a script's
+# `#!/usr/bin/env node` under launchd's bare PATH) and shells report them. With no result line, `claude` is broken.
+CANNOT_EXEC = (126, 127)
 
 
 class Refusal(str, enum.Enum):
@@ -42,6 +45,7 @@ class Refusal(str, enum.Enum):
 
     EMERGENCY_STOP = "skipped_emergency_stop"
     AUTH_HALT = "skipped_auth_halt"
+    CLAUDE_MISSING = "skipped_claude_missing"
     QUOTA_HOLD = "skipped_quota_hold"
     CIRCUIT_OPEN = "skipped_circuit_open"
     BACKOFF = "skipped_backoff"
@@ -117,6 +121,8 @@ class Guardrails:
         if self.emergency is not None:
             return Refusal.EMERGENCY_STOP
         circuit = self.breakers.refusal(cadence.name, now)
+        if circuit is not None and circuit.name == CLAUDE_MISSING:
+            return Refusal.CLAUDE_MISSING
         if circuit is not None:
             return {AUTH_HALT: Refusal.AUTH_HALT, QUOTA_HOLD: Refusal.QUOTA_HOLD}.get(circuit.name, Refusal.CIRCUIT_OPEN)
         if self.backoff.holds(cadence.name, now) is not None:
@@ -161,13 +167,15 @@ class Guardrails:
 
     # -- after a run ------------------------------------------------------
     def record(self, tick: Tick, cadence: Cadence, outcome: RunOutcome, *, ended_by: str | None = None,
-               disk_trouble: Callable[[], str | None] = lambda: None, cli_retries: bool = False) -> Verdict:
+               disk_trouble: Callable[[], str | None] = lambda: None, cli_retries: bool = False,
+               claude: tuple[str, str] | None = None) -> Verdict:
         """What a finished sub-session teaches the guards, and where its tick goes. Call once per run.
 
         `ended_by`: the daemon ended the run itself (drain, emergency stop), so it is requeued even if the
         CLI printed a success after the signal. `disk_trouble`: asked only when a run left no parsable
         result, whether the disk failed meanwhile (then the failure is not the tick's). `cli_retries`: the CLI
-        was allowed to retry (so a 5xx it did not retry is one the API said not to).
+        was allowed to retry (so a 5xx it did not retry is one the API said not to). `claude`: the binary the
+        run started and its identity (a run that could not become the CLI halts like a missing binary).
         """
         if ended_by is not None:
             self._quota_probe_ended(outcome, hit_limit=False, cut_short=True)
@@ -177,6 +185,10 @@ class Guardrails:
             # tool may not run away again; attempts and the breaker bound the retries).
             return self.failed(tick, cadence, FailureClass.TRANSIENT,
                                f"output over the {cap_mib(outcome.log_cap or 0)} MiB cap; run ended")
+        if claude is not None and outcome.result is None and outcome.exit_code in CANNOT_EXEC:
+            said = (outcome.tail.strip().splitlines() or ["no output"])[-1][:300]
+            return self.claude_unavailable(tick, f"{claude[0]} exited {outcome.exit_code} without a result, so it "
+                                                 f"could not run: {said}", claude[0], claude[1])
         if outcome.ok and not outcome.timed_out:
             self._quota_probe_ended(outcome, hit_limit=False)
             self._succeeded(cadence.name)
@@ -248,6 +260,27 @@ class Guardrails:
             return
         if self.breakers.quota_probe_ended(hit_limit=hit_limit):
             self.events.emit("quota_hold_lifted", level="warn", reason="a run after the reset was not refused")
+            self.circuits.save()
+
+    def claude_unavailable(self, tick: Tick, reason: str, path: str | None, identity: str) -> Verdict:
+        """The `claude` binary could not be started: halt every spawn (one event) and requeue the tick as it
+        was; the same for every cadence, so no breaker, no backoff and no attempt. `identity`: what lifts it."""
+        self.breakers.halt_claude(self.clock.now(), reason, identity)
+        self.circuits.save()
+        self.events.emit("claude_missing", level="error", id=tick.id, cadence=tick.cadence, path=path,
+                         reason=reason, fix=claude_fix())
+        return Verdict(Action.REQUEUE, f"{reason} (claude is not usable: attempt not counted; spawning halted)",
+                       failure_class=FailureClass.SPAWN, outcome="failed_claude_missing")
+
+    @property
+    def claude_halted(self) -> bool:
+        """True while spawning is halted because `claude` could not be started."""
+        return CLAUDE_MISSING in self.breakers.circuits
+
+    def claude_changed(self, identity: str) -> None:
+        """`claude` resolves to `identity` now: lift a `claude` halt set for another (or no) binary."""
+        if self.breakers.claude_changed(identity):
+            self.events.emit("claude_found", level="warn", reason="the claude binary can be found now")
             self.circuits.save()
 
     def inline_failed(self, tick: Tick, cadence: Cadence, reason: str) -> Verdict:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from maestro_py.errors import SpawnError
+from maestro_py.errors import ClaudeUnavailable, SpawnError
 from maestro_py.session import proctree
 from maestro_py.bus.tick import Tick
 
@@ -38,12 +38,13 @@ def resolve_claude(env: Mapping[str, str], home: Path | None = None) -> str:
         path = Path(explicit).expanduser()
         if path.is_file() and os.access(path, os.X_OK):
             return str(path)
-        raise SpawnError(f"CLAUDE_BIN={explicit} is not an executable file")
+        raise ClaudeUnavailable(f"CLAUDE_BIN={explicit} is not an executable file", str(path))
     found = shutil.which("claude", path=env.get("PATH", os.defpath))
     if found:
         return found
     home = home or Path(env.get("HOME", "~")).expanduser()
-    candidates = [home / ".claude/local/claude", Path("/opt/homebrew/bin/claude"), Path("/usr/local/bin/claude")]
+    candidates = [home / ".claude/local/claude", home / ".local/bin/claude",  # the native installer's place
+                  Path("/opt/homebrew/bin/claude"), Path("/usr/local/bin/claude")]
     npm_prefix = env.get("NPM_CONFIG_PREFIX") or env.get("npm_config_prefix")
     if npm_prefix:
         candidates.append(Path(npm_prefix) / "bin/claude")
@@ -51,8 +52,27 @@ def resolve_claude(env: Mapping[str, str], home: Path | None = None) -> str:
     for candidate in candidates:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
-    raise SpawnError("claude not found: set CLAUDE_BIN, or put claude on PATH "
-                     "(looked in ~/.claude/local, /opt/homebrew/bin, /usr/local/bin, the npm global bin)")
+    raise ClaudeUnavailable("claude not found: set CLAUDE_BIN, or put claude on PATH "
+                            "(looked in ~/.claude/local, ~/.local/bin, /opt/homebrew/bin, /usr/local/bin, the npm global bin)")
+
+
+def claude_fix() -> str:
+    """What an operator does about a missing or broken `claude` (the halt's event, `status`, `doctor`)."""
+    return ("install the CLI (`npm install -g @anthropic-ai/claude-code`, or the native installer into "
+            "~/.local/bin) or set CLAUDE_BIN in .env to its full path; spawning resumes by itself once it can be "
+            "found (or `maestro circuit reset _claude`)")
+
+
+def claude_identity(env: Mapping[str, str]) -> str:
+    """What lifts a `claude` halt when it changes: the binary `resolve_claude` finds now (path, inode, size,
+    mtime) and PATH (a script's interpreter is looked up there); "" when none is found."""
+    try:
+        found = resolve_claude(env)
+        st = os.stat(found)
+    except (SpawnError, OSError):
+        return ""
+    seen = f"{found}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{env.get('PATH', '')}"
+    return hashlib.sha256(seen.encode(errors="surrogateescape")).hexdigest()[:16]
 
 
 def cli_retries(env: Mapping[str, str]) -> bool:

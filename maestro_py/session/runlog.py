@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from maestro_py.errors import SpawnError
+from maestro_py.errors import ClaudeUnavailable, SpawnError
 from maestro_py.redact import Redactor
 from maestro_py.session.command import SpawnSpec
 from maestro_py.session.metering import RESULT_WINDOW
@@ -203,6 +203,16 @@ def close_fds(*fds: int) -> None:
             pass
 
 
+def exec_error(spec: SpawnSpec, exc: OSError) -> SpawnError:
+    """The error for a failed exec: `ClaudeUnavailable` when the program itself cannot run (missing, not
+    executable, not a program), a plain SpawnError for anything else (a missing working directory, say)."""
+    reason = exec_reason(spec, exc)
+    on_cwd = exc.filename is not None and str(exc.filename) == str(spec.cwd)
+    if exc.errno in (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR) and not on_cwd:
+        return ClaudeUnavailable(reason, spec.argv[0])
+    return SpawnError(reason)
+
+
 def exec_reason(spec: SpawnSpec, exc: OSError) -> str:
     """One line saying why the CLI could not be started."""
     program = spec.argv[0]
@@ -215,6 +225,9 @@ def exec_reason(spec: SpawnSpec, exc: OSError) -> str:
         return f"cannot start {program}: no such file (is the claude CLI installed and on PATH?)"
     if exc.errno == errno.EACCES:
         return f"cannot start {program}: permission denied (not executable?)"
+    if exc.errno == errno.ENOEXEC:
+        return (f"cannot start {program}: exec format error (built for another machine, or a script "
+                "without a #! line)")
     return f"cannot start {program}: {exc.strerror or exc}"
 
 

@@ -113,7 +113,7 @@ class ProcessSpawner:
                         preexec_fn=functools.partial(proctree.die_with_parent, os.getpid()) if _LINUX else None,
                     )
                 except OSError as exc:
-                    raise SpawnError(runlog.exec_reason(spec, exc)) from exc
+                    raise runlog.exec_error(spec, exc) from exc
         except BaseException:
             runlog.close_fds(out_fd, err_fd)
             for path in runlog.log_paths(spec):
