@@ -34,7 +34,7 @@ MODES = ("escalate", "inline", "guarded")
 OVERLAPS = ("skip", "buffer_one", "allow")
 DEFAULTS_TABLE = "defaults"
 PER_CADENCE_ONLY = frozenset({"mode", "prompt", "handler", "guard", "schedule"})
-SESSION_ONLY = ("prompt", "model", "claude_args", "max_budget_usd")
+SESSION_ONLY = ("prompt", "model", "claude_args", "max_budget_usd", "output_format")
 
 
 class RegistryError(ConfigError):
@@ -79,6 +79,7 @@ class Cadence:
     budget_exempt: bool
     backoff_seconds: tuple[float, ...] | None
     configured: bool  # True if it has a table in cadences.toml
+    output_format: str = "stream-json"  # "json" for whoever relies on it (no retry or usage-limit events then)
 
 
 # -- value checks ---------------------------------------------------------------
@@ -190,6 +191,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "claude_args": _strings,
     "schedule": _schedule,
     "overlap": _choice(OVERLAPS),
+    "output_format": _choice(("stream-json", "json")),
     "max_budget_usd": _number(above=0),
     "budget_tokens_daily": _integer(at_least=1, wording="an integer > 0"),
     "budget_usd_daily": _number(above=0),
@@ -390,4 +392,5 @@ def _cadence(
         budget_exempt=values.get("budget_exempt", False),
         backoff_seconds=values.get("backoff_seconds"),
         configured=configured,
+        output_format=values.get("output_format", "stream-json"),
     )

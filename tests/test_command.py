@@ -34,3 +34,25 @@ def test_a_placeholder_key_is_withheld_but_a_real_auth_token_is_not(tmp_path: Pa
 def test_the_cli_defaults_are_set_unless_the_operator_set_them(tmp_path: Path) -> None:
     assert child_env({}, tmp_path)["CLAUDE_CODE_MAX_RETRIES"] == "2"
     assert child_env({"CLAUDE_CODE_MAX_RETRIES": "0"}, tmp_path)["CLAUDE_CODE_MAX_RETRIES"] == "0"
+
+
+def test_stream_json_by_default_and_json_for_a_cadence_that_relies_on_it(tmp_path: Path) -> None:
+    from maestro_py.registry import Registry, RegistryError
+    from maestro_py.session.command import argv
+    from tests.fakes import write_agent
+
+    layout = write_agent(tmp_path / "agent", "[old]\noutput_format = \"json\"\n", {"old": "hi", "new": "hi"})
+    registry = Registry.load(layout)
+    old, new = registry.get("old"), registry.get("new")
+    assert old is not None and new is not None
+    assert argv("claude", model=None, extra=(), output_format=new.output_format)[1:] == [
+        "--print", "--output-format", "stream-json", "--verbose", "--no-session-persistence"]
+    assert argv("claude", model=None, extra=(), output_format=old.output_format)[1:] == [
+        "--print", "--output-format", "json", "--no-session-persistence"]
+    write_agent(layout, "[old]\noutput_format = \"text\"\n", {"old": "hi"})
+    try:
+        Registry.load(layout)
+    except RegistryError as exc:
+        assert "output_format" in str(exc)
+    else:
+        raise AssertionError("output_format = text was accepted")

@@ -219,7 +219,7 @@ class Dispatcher:
             raise SpawnError(f"cadence {cadence.name} has no prompt file")
         return SpawnSpec(
             argv=command.argv(command.resolve_claude(env), model=cadence.model, extra=cadence.claude_args,
-                              max_budget_usd=cadence.max_budget_usd),
+                              max_budget_usd=cadence.max_budget_usd, output_format=cadence.output_format),
             env=command.child_env(env, self.layout.root, self.bus.owner.token),
             cwd=self.layout.root,
             stdin=command.prompt(cadence.prompt, claim.tick, self.layout.root),

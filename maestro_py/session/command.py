@@ -127,9 +127,11 @@ def child_env(env: Mapping[str, str], root: Path, owner: str | None = None) -> d
 
 
 def argv(claude: str, *, model: str | None, extra: tuple[str, ...] | list[str],
-         max_budget_usd: float | None = None) -> list[str]:
-    """`claude --print --output-format stream-json --verbose --no-session-persistence` plus the cadence's flags."""
-    out = [claude, *BASE_ARGS]
+         max_budget_usd: float | None = None, output_format: str = "stream-json") -> list[str]:
+    """`claude --print --output-format stream-json --verbose --no-session-persistence` plus the cadence's flags
+    (`output_format="json"`: `--output-format json`, without `--verbose`)."""
+    out = [claude, *BASE_ARGS] if output_format == "stream-json" else [
+        claude, "--print", "--output-format", "json", "--no-session-persistence"]
     if model:
         out += ["--model", model]
     if max_budget_usd is not None:
