@@ -146,6 +146,8 @@ VARS: dict[str, Var] = {
         Var("MAESTRO_DAILY_USD_BUDGET", "unlimited", _optional_float, "Dollars per day (local midnight), all cadences."),
         Var("MAESTRO_HOURLY_TOKEN_BUDGET", "unlimited", _optional_int, "Tokens per clock hour, all cadences."),
         Var("MAESTRO_HOURLY_USD_BUDGET", "unlimited", _optional_float, "Dollars per clock hour, all cadences."),
+        Var("MAESTRO_QUOTA_MIN_HOLD_SECONDS", "60", _positive,
+            "Shortest hold at a subscription usage limit, whatever reset time the CLI reports."),
         Var("MAESTRO_QUOTA_PAUSE_AT", "off", _fraction,
             "Subscription headroom: pause new spawns when a run reports the usage window at this fraction."),
         Var("MAESTRO_RESERVE_TOKENS", "20000", _positive, "Reservation for a cadence's first run (no history, no `reserve_tokens`)."),
@@ -186,6 +188,7 @@ class Settings:
     daily_usd: float | None
     hourly_tokens: int | None
     hourly_usd: float | None
+    quota_min_hold: float
     quota_pause_at: float | None
     reserve_tokens: float
     reserve_usd: float
@@ -214,6 +217,7 @@ class Settings:
         "daily_usd": "MAESTRO_DAILY_USD_BUDGET",
         "hourly_tokens": "MAESTRO_HOURLY_TOKEN_BUDGET",
         "hourly_usd": "MAESTRO_HOURLY_USD_BUDGET",
+        "quota_min_hold": "MAESTRO_QUOTA_MIN_HOLD_SECONDS",
         "quota_pause_at": "MAESTRO_QUOTA_PAUSE_AT",
         "reserve_tokens": "MAESTRO_RESERVE_TOKENS",
         "reserve_usd": "MAESTRO_RESERVE_USD",

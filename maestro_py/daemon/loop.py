@@ -81,7 +81,8 @@ class Daemon:
             circuits=circuits, backoff=Backoff(parse_backoff(settings.backoff)), budget=self.budget, live=self.live,
             max_live=settings.max_live, max_attempts=settings.max_attempts,
             credential=command.credential_fingerprint(self.env), events=self.events, clock=clock,
-            subscription=command.prefers_subscription(self.env), quota_pause_at=settings.quota_pause_at)
+            subscription=command.prefers_subscription(self.env), quota_pause_at=settings.quota_pause_at,
+            quota_min_hold=settings.quota_min_hold)
         self.settler = Settler(bus=self.bus, guardrails=self.guardrails, budget=self.budget, ledger=self.ledger,
                                live=self.live, events=self.events, counters=self.counters, clock=clock)
         self.housekeeping = Housekeeping(

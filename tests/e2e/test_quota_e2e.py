@@ -60,3 +60,25 @@ def test_headroom_pauses_at_the_configured_utilization(make_agent: MakeAgent, fa
     assert tick_ids(agent.layout, Folder.DONE) == [first] and tick_ids(agent.layout, Folder.INBOX) == [second]
     assert fake_api.post_count() == 1
     assert "usage five_hour: 95%" in agent.maestro("status").stdout
+
+
+def test_after_the_reset_one_probe_runs_first_then_the_rest(make_agent: MakeAgent, fake_api: FakeMessagesAPI) -> None:
+    fake_api.mode = "429"
+    fake_api.extra_headers = {"anthropic-ratelimit-unified-status": "rejected",
+                              "anthropic-ratelimit-unified-reset": str(int(time.time()) + 3),
+                              "anthropic-ratelimit-unified-representative-claim": "five_hour"}
+    agent = make_agent({name: "Say hi please." for name in ("memo", "brief", "digest")}, "",
+                       ANTHROPIC_API_KEY=None, CLAUDE_CODE_OAUTH_TOKEN=OAUTH, MAESTRO_PREFER_SUBSCRIPTION_AUTH="1",
+                       MAESTRO_MAX_LIVE_SUBSESSIONS="4", MAESTRO_QUOTA_MIN_HOLD_SECONDS="2")
+    ticks = [agent.enqueue("memo"), agent.enqueue("brief"), agent.enqueue("digest")]
+    agent.run_once()
+    assert fake_api.post_count() == 1 and tick_ids(agent.layout, Folder.DONE) == []
+    fake_api.mode, fake_api.extra_headers = "ok", {}
+    time.sleep(3.5)  # the reset the API announced (clamped to at least MAESTRO_QUOTA_MIN_HOLD_SECONDS)
+    agent.run_once()
+    assert sorted(tick_ids(agent.layout, Folder.DONE)) == sorted(ticks)
+    assert all(agent.tick(Folder.DONE, t)["attempts"] == 0 for t in ticks)
+    stages = [e["stage"] for e in events(agent.layout) if e["stage"] in ("spawned", "quota_hold_lifted")]
+    after = stages[stages.index("spawned", 1):]  # from the first spawn after the hold
+    assert after[:2] == ["spawned", "quota_hold_lifted"]  # the probe alone; only then the others
+    assert after.count("spawned") == 3 and fake_api.post_count() == 4
