@@ -5,7 +5,11 @@
 Three scenarios, each a real `maestro run` daemon:
   500     a cadence whose API always answers 500, triggered every (scaled) minute for one (scaled) hour;
   401     an invalid key, ten ticks over two cadences, live cap 4;
-  burst   twenty identical ticks dropped at once for one cadence (overlap = skip).
+  burst   twenty identical ticks dropped at once for one cadence (overlap = skip);
+  limit   a subscription at its usage limit (the CLI logged in by an OAuth token; the API answers 429 with
+          `anthropic-ratelimit-unified-status: rejected`, reset two hours away), ticks over three cadences
+          every (scaled) minute for one (scaled) hour. With --baseline DIR (a checkout of an earlier commit,
+          e.g. `git worktree add /tmp/maestro-old 9dc9b73`) the same hour runs on that code too.
 Time is compressed by --scale (60: one hour runs in 60 s): every duration setting (backoff, circuit open
 period) and the trigger period are divided by it, so the counts are those of an hour at the defaults.
 """
@@ -40,14 +44,16 @@ def base_env(api: FakeMessagesAPI, home: Path, **extra: str) -> dict[str, str]:
 
 
 def maestro(root: Path, env: dict[str, str], *args: str) -> str:
+    code = Path(env.get("PYTHONPATH", REPO))
     out = subprocess.run([sys.executable, "-m", "maestro_py", "--root", str(root), *args], env=env,
-                         capture_output=True, text=True, timeout=60, cwd=REPO)
+                         capture_output=True, text=True, timeout=60, cwd=code)
     return out.stdout.strip()
 
 
 def daemon(root: Path, env: dict[str, str]) -> subprocess.Popen:
+    code = Path(env.get("PYTHONPATH", REPO))
     return subprocess.Popen([sys.executable, "-m", "maestro_py", "--root", str(root), "run"], env=env,
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=code, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -133,14 +139,52 @@ def scenario_burst(tmp: Path) -> dict[str, object]:
     return {"ticks": 20, "spawns": spawns(root), "settled": len(list(done.iterdir()))}
 
 
+def scenario_limit(tmp: Path, scale: float, code: Path, name: str) -> dict[str, object]:
+    cadences = ("inbox", "memo", "digest")
+    root = setup(tmp, f"slimit-{name}", {c: f"Do the {c}." for c in cadences})
+    with FakeMessagesAPI(mode="429") as api:
+        api.extra_headers = {"anthropic-ratelimit-unified-status": "rejected",
+                             "anthropic-ratelimit-unified-reset": str(int(time.time()) + 7200),
+                             "anthropic-ratelimit-unified-representative-claim": "five_hour"}
+        env = base_env(api, tmp / f"homelimit-{name}", CLAUDE_CODE_OAUTH_TOKEN="sk-ant-oat01-" + "b" * 60,
+                       MAESTRO_PREFER_SUBSCRIPTION_AUTH="1", PYTHONPATH=str(code),
+                       MAESTRO_BACKOFF_SECONDS=",".join(f"{s / scale:g}" for s in (0, 30, 120)),
+                       MAESTRO_CIRCUIT_OPEN_SECONDS=f"{1800 / scale:g}",
+                       MAESTRO_CIRCUIT_MAX_OPEN_SECONDS=f"{21600 / scale:g}")
+        env.pop("ANTHROPIC_API_KEY")
+        proc = daemon(root, env)
+        hour, start, triggers = 3600 / scale, time.monotonic(), 0
+        while time.monotonic() - start < hour:
+            maestro(root, env, "enqueue", cadences[triggers % 3], "--source", "cron",
+                    "--payload", json.dumps({"n": triggers}))
+            triggers += 1
+            time.sleep(max(0.0, start + triggers * 60 / scale - time.monotonic()))
+        stop(proc)
+        posts = api.post_count()
+    dlq = [p for p in (root / "state" / "cadence-bus" / "dlq").iterdir() if not p.name.endswith(".reason.json")]
+    return {"triggers": triggers, "sessions": spawns(root), "api_posts": posts, "dead_lettered": len(dlq)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=60.0)
+    parser.add_argument("--only", choices=("500", "401", "burst", "limit"), default=None)
+    parser.add_argument("--baseline", type=Path, default=None, help="an earlier checkout for the limit scenario")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        results = {"scale": args.scale, "always_500": scenario_500(tmp, args.scale),
-                   "invalid_key": scenario_401(tmp), "burst_20": scenario_burst(tmp)}
+        results: dict[str, object] = {"scale": args.scale}
+        if args.only in (None, "500"):
+            results["always_500"] = scenario_500(tmp, args.scale)
+        if args.only in (None, "401"):
+            results["invalid_key"] = scenario_401(tmp)
+        if args.only in (None, "burst"):
+            results["burst_20"] = scenario_burst(tmp)
+        if args.only in (None, "limit"):
+            results["subscription_limit"] = {"hold": scenario_limit(tmp, args.scale, REPO, "now")}
+            if args.baseline is not None:
+                results["subscription_limit"]["baseline"] = scenario_limit(tmp, args.scale, args.baseline.resolve(),
+                                                                           "baseline")
     print(json.dumps(results, indent=2))
 
 
