@@ -130,7 +130,8 @@ def test_timeout_ends_the_tree_including_a_setsid_tool(tmp_path: Path) -> None:
     s = spec(tmp_path, "orphan", timeout=1.0, grace=0.3, FAKE_CLAUDE_PIDFILE=str(pidfile))
     session = ProcessSpawner().spawn(s)
     tool = int(wait_for_file(pidfile))
-    assert psutil.Process(tool).name() == "sleep"
+    # The pid is written once `setsid` has started; it becomes `sleep` when its exec is through.
+    wait_for(lambda: psutil.Process(tool).name() == "sleep", timeout=5, what="the tool exec'd")
     assert os.getsid(tool) == tool != os.getsid(session.pid)  # escaped the CLI's session
     out = session.wait(timeout=10)
     assert out is not None
