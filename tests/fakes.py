@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -23,6 +24,7 @@ from maestro_py.cli import cli
 from maestro_py.config import Settings
 from maestro_py.daemon.loop import Daemon
 from maestro_py.paths import Folder, Layout
+from maestro_py.registry import Cadence
 from maestro_py.session.metering import CliResult, Usage
 from maestro_py.session.command import SpawnSpec
 from maestro_py.session.runner import RunOutcome
@@ -307,3 +309,25 @@ def ledger_rows(layout: Layout) -> list[dict[str, Any]]:
         except ValueError:
             pytest.fail(f"torn ledger line: {line!r}")
     return rows
+
+
+class FakeLive:
+    """A stand-in for the daemon's live runs, as `Guardrails` sees them: a count and the cadences running."""
+
+    def __init__(self) -> None:
+        self.cadences: list[str] = []
+
+    def count(self) -> int:
+        return len(self.cadences)
+
+    def runs(self, cadence: str) -> bool:
+        return cadence in self.cadences
+
+
+def cadence_of(name: str = "memo", **overrides: Any) -> Cadence:
+    """An escalate cadence with every setting at its default, `overrides` applied."""
+    base = Cadence(name=name, mode="escalate", prompt=None, handler=None, guard=None, timeout_seconds=None,
+                   max_attempts=None, model=None, claude_args=(), schedule=None, overlap="skip", max_budget_usd=None,
+                   budget_tokens_daily=None, budget_usd_daily=None, reserve_tokens=None, reserve_usd=None,
+                   budget_exempt=False, backoff_seconds=None, configured=True)
+    return dataclasses.replace(base, **overrides)

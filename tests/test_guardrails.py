@@ -17,30 +17,10 @@ from maestro_py.policy.breaker import Breakers, CircuitFile, PersistedCircuits
 from maestro_py.policy.budget import Governor, Limit
 from maestro_py.policy.failures import FailureClass
 from maestro_py.policy.guardrails import Action, Guardrails, Refusal
-from maestro_py.registry import Cadence
 from maestro_py.session.runner import RunOutcome
+from tests.fakes import FakeLive as Live
+from tests.fakes import cadence_of as cadence
 from tests.fakes import cli_result
-
-
-class Live:
-    """A stand-in for the daemon's live runs: a count and the cadences running."""
-
-    def __init__(self) -> None:
-        self.cadences: list[str] = []
-
-    def count(self) -> int:
-        return len(self.cadences)
-
-    def runs(self, cadence: str) -> bool:
-        return cadence in self.cadences
-
-
-def cadence(name: str = "memo", **overrides: Any) -> Cadence:
-    base = Cadence(name=name, mode="escalate", prompt=None, handler=None, guard=None, timeout_seconds=None,
-                   max_attempts=None, model=None, claude_args=(), schedule=None, overlap="skip", max_budget_usd=None,
-                   budget_tokens_daily=None, budget_usd_daily=None, reserve_tokens=None, reserve_usd=None,
-                   budget_exempt=False, backoff_seconds=None, configured=True)
-    return dataclasses.replace(base, **overrides)
 
 
 def outcome(kind: str) -> RunOutcome:

@@ -17,29 +17,12 @@ from maestro_py.policy.breaker import QUOTA_HOLD, Breakers, CircuitFile, Persist
 from maestro_py.policy.budget import Governor
 from maestro_py.policy.failures import FailureClass
 from maestro_py.policy.guardrails import Action, Guardrails, Refusal
-from maestro_py.registry import Cadence
 from maestro_py.session.runner import RunOutcome
+from tests.fakes import FakeLive as Live
+from tests.fakes import cadence_of as cadence
 from tests.fakes import cli_result, events
 
 SENTENCE = "You've hit your session limit · resets 5:53am (UTC)"
-
-
-class Live:
-    def __init__(self) -> None:
-        self.cadences: list[str] = []
-
-    def count(self) -> int:
-        return len(self.cadences)
-
-    def runs(self, cadence: str) -> bool:
-        return cadence in self.cadences
-
-
-def cadence(name: str) -> Cadence:
-    return Cadence(name=name, mode="escalate", prompt=None, handler=None, guard=None, timeout_seconds=None,
-                   max_attempts=None, model=None, claude_args=(), schedule=None, overlap="skip", max_budget_usd=None,
-                   budget_tokens_daily=None, budget_usd_daily=None, reserve_tokens=None, reserve_usd=None,
-                   budget_exempt=False, backoff_seconds=None, configured=True)
 
 
 def tick(name: str) -> Tick:
