@@ -3,6 +3,7 @@ and one tick's trouble never takes the loop down (hardening items 5 and 10)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,24 @@ def test_an_unexpected_error_starting_one_tick_fails_that_tick_and_the_loop_goes
         clock.advance(3600)
     assert read_json(layout.folder(Folder.DONE) / f"{tick}.json")["history"][-2]["reason"].endswith("boom")
     assert [e["stage"] for e in events(layout)].count("internal_error") == 1
+
+
+def test_an_unexpected_error_while_settling_requeues_the_tick_and_charges_its_reservation(layout: Layout, clock: Any,
+                                                                                         monkeypatch: Any) -> None:
+    write_agent(layout, "[memo]\nreserve_tokens = 7000\n", {"memo": "[[fake:ok]]"})
+    daemon = make_daemon(layout, clock, FakeSpawner())
+    (tick,) = enqueue(layout, clock, "memo")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("judging failed")
+
+    monkeypatch.setattr(daemon.guardrails, "record", broken)
+    run_steps(daemon, 2)  # spawn, then a settle that fails: used to end the daemon, the reservation held for ever
+    (requeued,) = [e for e in events(layout) if e["stage"] == "requeued"]
+    assert requeued["id"] == tick and "internal error while settling" in requeued["reason"]
+    first = json.loads(layout.ledger_file.read_text().splitlines()[0])
+    assert first["total_tokens"] is None and first["charged_tokens"] == 7000  # unknown, charged, not free
+    monkeypatch.undo()
+    run_steps(daemon, 5)  # the loop goes on: the tick runs again and settles
+    done = read_json(layout.folder(Folder.DONE) / f"{tick}.json")
+    assert done["attempts"] == 0 and daemon.budget.reservations == {}

@@ -48,6 +48,7 @@ class Settler:
                 self.events.emit("internal_error", level="error", id=tick_id, cadence=run.claim.tick.cadence,
                                  during="settle", error=f"{type(exc).__name__}: {exc}",
                                  traceback=traceback.format_exc()[-2000:])
+                self._charge_unknown(run)
                 self.bus.requeue(run.claim, f"internal error while settling ({type(exc).__name__}: {exc}); "
                                             "requeued, attempt not counted")
                 self.counters["requeued"] += 1
@@ -65,6 +66,20 @@ class Settler:
             pending.ledgered = True
             self.budget.charge(pending.row, self.clock.now())
         self.apply(run.claim, pending.verdict, **pending.details)
+
+    def _charge_unknown(self, run: Running) -> None:
+        """A run whose settle failed half-way: unless it is ledgered already, it gets a row with unknown usage,
+        charged its reservation (unknown spend never reads as free, and the reservation is not left held)."""
+        if run.settlement is not None and run.settlement.ledgered:
+            return
+        tick = run.claim.tick
+        held = self.budget.release(tick.id) or run.estimate
+        row = {"ts": iso(self.clock.now()), "tick": tick.id, "cadence": tick.cadence, "attempt": run.claim.attempt,
+               "ok": False, **Usage.unknown().to_row(), "metered": False, "reserved_tokens": round(held.tokens),
+               "reserved_usd": round(held.usd, 6), "charged_tokens": round(held.tokens), "charged_usd": held.usd,
+               "error": "settle failed; usage unknown"}
+        self.ledger.append(row)
+        self.budget.charge(row, self.clock.now())
 
     def _judge(self, run: Running, outcome: RunOutcome) -> Settlement:
         claim, tick = run.claim, run.claim.tick
