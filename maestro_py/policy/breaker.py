@@ -124,15 +124,12 @@ class Breakers:
 
     def hold_quota(self, now: datetime, until: datetime, reason: str) -> Circuit:
         """Stop all spawning until the usage limit resets at `until` (then one probe goes first)."""
-        hold = Circuit(QUOTA_HOLD, failures=1, last_error=reason[:500])
-        self._open(hold, now, max(1.0, (until - now).total_seconds()))
-        self.circuits[QUOTA_HOLD] = hold
-        return hold
+        return self._halt(QUOTA_HOLD, now, reason, None, max(1.0, (until - now).total_seconds()))
 
-    def quota_probe_ended(self, *, hit_limit: bool) -> bool:
-        """A run ended while the hold was half-open: lift it unless the run met the limit again. True if lifted."""
+    def lift_quota(self) -> bool:
+        """A run after the reset was not refused: lift the half-open hold. True if it was lifted."""
         hold = self.circuits.get(QUOTA_HOLD)
-        if hold is None or hold.state is not State.HALF_OPEN or hit_limit:
+        if hold is None or hold.state is not State.HALF_OPEN:
             return False
         del self.circuits[QUOTA_HOLD]
         return True
@@ -156,33 +153,19 @@ class Breakers:
 
     def halt_auth(self, now: datetime, error: str, credential: str) -> Circuit:
         """Stop all spawning until the credentials change (or a reset)."""
-        halt = Circuit(AUTH_HALT, failures=1, last_error=error[:500], credential=credential)
-        self._open(halt, now, None)
-        self.circuits[AUTH_HALT] = halt
-        return halt
+        return self._halt(AUTH_HALT, now, error, credential)
 
     def credentials_changed(self, credential: str) -> bool:
         """Lift the auth halt if the credentials differ from the ones that failed."""
-        halt = self.circuits.get(AUTH_HALT)
-        if halt is not None and halt.credential != credential:
-            del self.circuits[AUTH_HALT]
-            return True
-        return False
+        return self._lift_if_changed(AUTH_HALT, credential)
 
     def halt_claude(self, now: datetime, error: str, identity: str) -> Circuit:
         """Stop all spawning until the `claude` binary changes (`identity`: see `command.claude_identity`)."""
-        halt = Circuit(CLAUDE_MISSING, failures=1, last_error=error[:500], credential=identity)
-        self._open(halt, now, None)
-        self.circuits[CLAUDE_MISSING] = halt
-        return halt
+        return self._halt(CLAUDE_MISSING, now, error, identity)
 
     def claude_changed(self, identity: str) -> bool:
         """Lift the `claude` halt if a binary is found now and it is not the one that failed."""
-        halt = self.circuits.get(CLAUDE_MISSING)
-        if halt is not None and identity and halt.credential != identity:
-            del self.circuits[CLAUDE_MISSING]
-            return True
-        return False
+        return bool(identity) and self._lift_if_changed(CLAUDE_MISSING, identity)
 
     def open_manually(self, cadence: str, now: datetime, seconds: float | None) -> Circuit:
         """An operator opens a circuit (for `seconds`, or until reset)."""
@@ -200,6 +183,21 @@ class Breakers:
         return names
 
     # -- internals --------------------------------------------------------
+    def _halt(self, name: str, now: datetime, error: str, key: str | None, seconds: float | None = None) -> Circuit:
+        """Open the global circuit `name` (all spawning stops) for `seconds`, or until `key` changes or a reset."""
+        halt = Circuit(name, failures=1, last_error=error[:500], credential=key)
+        self._open(halt, now, seconds)
+        self.circuits[name] = halt
+        return halt
+
+    def _lift_if_changed(self, name: str, key: str) -> bool:
+        """Lift the global circuit `name` if it was set for another `key`; True if lifted."""
+        halt = self.circuits.get(name)
+        if halt is None or halt.credential == key:
+            return False
+        del self.circuits[name]
+        return True
+
     def _open(self, circuit: Circuit, now: datetime, seconds: float | None) -> None:
         self._change(circuit, State.OPEN)
         circuit.opened_at = now

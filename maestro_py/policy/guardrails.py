@@ -178,7 +178,7 @@ class Guardrails:
         run started and its identity (a run that could not become the CLI halts like a missing binary).
         """
         if ended_by is not None:
-            self._quota_probe_ended(outcome, hit_limit=False, cut_short=True)
+            self._quota_probe_ended(cut_short=True)
             return Verdict(Action.REQUEUE, ended_by, outcome="requeued")
         if outcome.truncated:
             # Ended for printing past the log cap, whatever the CLI printed after the signal: transient (a runaway
@@ -190,14 +190,14 @@ class Guardrails:
             return self.claude_unavailable(tick, f"{claude[0]} exited {outcome.exit_code} without a result, so it "
                                                  f"could not run: {said}", claude[0], claude[1])
         if outcome.ok and not outcome.timed_out:
-            self._quota_probe_ended(outcome, hit_limit=False)
+            self._quota_probe_ended()
             self._succeeded(cadence.name)
             self._note_usage(tick, outcome)
             return Verdict(Action.COMPLETE, outcome="ok")
         cls, reason = classify(outcome, cli_retries=cli_retries), failure_reason(outcome, cli_retries=cli_retries)
         if cls is FailureClass.QUOTA:
             return self._hold_quota(tick, outcome, reason)
-        self._quota_probe_ended(outcome, hit_limit=False)
+        self._quota_probe_ended()
         if cls is FailureClass.UNKNOWN:
             trouble = disk_trouble()
             if trouble is not None:  # its output could not be written: the disk failed, not the tick
@@ -223,12 +223,7 @@ class Guardrails:
 
     def _hold_quota(self, tick: Tick, outcome: RunOutcome, reason: str) -> Verdict:
         """The usage limit: hold every spawn until it resets; the tick goes back as it was."""
-        now = self.clock.now()
-        until, kind = quota_reset(outcome, now, self.quota_min_hold)
-        self.breakers.hold_quota(now, until, f"{kind}: {reason}")
-        self.circuits.save()
-        self.events.emit("quota_hold", level="warn", id=tick.id, cadence=tick.cadence, kind=kind, until=iso(until),
-                         reason=reason)
+        until = self._set_quota_hold(tick, outcome, reason)
         return Verdict(Action.REQUEUE, f"{reason} (usage limit: held until {iso(until)}; attempt not counted)",
                        failure_class=FailureClass.QUOTA, outcome="failed_quota")
 
@@ -238,27 +233,32 @@ class Guardrails:
         if not info or not isinstance(info.get("utilization"), (int, float)):
             return
         kind, used = str(info.get("rateLimitType") or "usage limit"), float(info["utilization"])
-        now = self.clock.now()
-        self.quota_usage[kind] = {"utilization": used, "status": info.get("status"), "at": iso(now),
+        self.quota_usage[kind] = {"utilization": used, "status": info.get("status"), "at": iso(self.clock.now()),
                                   "resets_at": info.get("resetsAt")}
         if self.quota_pause_at is None or used < self.quota_pause_at or info.get("status") != "allowed_warning":
             return
-        until, _ = quota_reset(outcome, now, self.quota_min_hold)
         reason = f"paused at {used:.0%} of the {kind} window (MAESTRO_QUOTA_PAUSE_AT={self.quota_pause_at:g})"
+        self._set_quota_hold(tick, outcome, reason, utilization=used)
+
+    def _set_quota_hold(self, tick: Tick, outcome: RunOutcome, reason: str, **fields: Any) -> datetime:
+        """Hold every spawn until the window `outcome` reports resets; save it, say so once; the reset time."""
+        now = self.clock.now()
+        until, kind = quota_reset(outcome, now, self.quota_min_hold)
         self.breakers.hold_quota(now, until, f"{kind}: {reason}")
         self.circuits.save()
         self.events.emit("quota_hold", level="warn", id=tick.id, cadence=tick.cadence, kind=kind, until=iso(until),
-                         reason=reason, utilization=used)
+                         reason=reason, **fields)
+        return until
 
-    def _quota_probe_ended(self, outcome: RunOutcome, *, hit_limit: bool, cut_short: bool = False) -> None:
-        """The run after a reset answered without meeting the limit: the hold is lifted (cut short: another probe)."""
+    def _quota_probe_ended(self, *, cut_short: bool = False) -> None:
+        """A run ended while the hold was half-open without meeting the limit: the hold is lifted (cut short by the
+        daemon: it proved nothing, so another probe may go)."""
         hold = self.breakers.circuits.get(QUOTA_HOLD)
         if hold is None or hold.state is not State.HALF_OPEN:
             return
         if cut_short:
             hold.probe_in_flight = False
-            return
-        if self.breakers.quota_probe_ended(hit_limit=hit_limit):
+        elif self.breakers.lift_quota():
             self.events.emit("quota_hold_lifted", level="warn", reason="a run after the reset was not refused")
             self.circuits.save()
 
