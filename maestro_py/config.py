@@ -107,6 +107,32 @@ def _optional_float(text: str) -> float | None:
     return _positive(text)
 
 
+def _governor_url(text: str) -> str | None:
+    if text.strip().lower() in ("", "unset", "none", "off"):
+        return None
+    from maestro_py.fleet.model import check_url
+
+    try:
+        return check_url(text.strip())
+    except ConfigError as exc:
+        raise ValueError(str(exc).split(": ", 1)[-1]) from None
+
+
+def _lease_seconds(text: str) -> float:
+    value = _positive(text)
+    if value < 5:
+        raise ValueError("must be at least 5 seconds (leases are renewed every third of it)")
+    return value
+
+
+def _agent(text: str) -> str | None:
+    if text == "the root folder's name":
+        return None
+    from maestro_py.paths import agent_name
+
+    return agent_name(text)
+
+
 def _backoff(text: str) -> str:
     parse_backoff(text)  # validate now; the daemon builds the strategy
     return text.strip()
@@ -156,6 +182,13 @@ VARS: dict[str, Var] = {
         Var("MAESTRO_LOGS_MAX_MB", "500", _positive, "Cap (MiB) on `done/` ticks + per-run logs together; oldest pruned first."),
         Var("MAESTRO_RUN_LOG_MAX_MB", "64", _run_log_mib,
             "Cap (MiB) on each log of one run: past it the run is ended and its log cut (start and end kept)."),
+        Var("MAESTRO_GOVERNOR_URL", "unset", _governor_url,
+            "Fleet governor store shared by many agent roots: `sqlite:////abs/path/governor.db` or `postgresql://…`."),
+        Var("MAESTRO_FLEET_MAX_LIVE", "unlimited", _optional_int,
+            "Live sub-sessions at once across every root sharing the governor store."),
+        Var("MAESTRO_FLEET_LEASE_SECONDS", "120", _lease_seconds,
+            "A fleet reservation's lease, renewed while its run lives; past it, a dead holder's run is charged."),
+        Var("MAESTRO_AGENT_NAME", "the root folder's name", _agent, "This root's name in the governor store (`agent:NAME`)."),
         Var("MAESTRO_PREFER_SUBSCRIPTION_AUTH", "false", _bool, "Strip ANTHROPIC_API_KEY from sub-sessions (use the CLI's login)."),
         Var("CLAUDE_BIN", "PATH, then usual install places", str, "The `claude` executable."),
         Var("CLAUDE_CODE_MAX_RETRIES", "2", str, "Set in sub-sessions unless already set (the CLI's own default retries for ~3 min)."),
@@ -195,6 +228,10 @@ class Settings:
     retention_days: float
     logs_max_mb: float
     run_log_max_mb: float
+    governor_url: str | None
+    fleet_max_live: int | None
+    fleet_lease_seconds: float
+    agent: str | None
 
     _SOURCES = {
         "poll_ms": "MAESTRO_POLL_MS",
@@ -224,6 +261,10 @@ class Settings:
         "retention_days": "MAESTRO_RETENTION_DAYS",
         "logs_max_mb": "MAESTRO_LOGS_MAX_MB",
         "run_log_max_mb": "MAESTRO_RUN_LOG_MAX_MB",
+        "governor_url": "MAESTRO_GOVERNOR_URL",
+        "fleet_max_live": "MAESTRO_FLEET_MAX_LIVE",
+        "fleet_lease_seconds": "MAESTRO_FLEET_LEASE_SECONDS",
+        "agent": "MAESTRO_AGENT_NAME",
     }
 
     def governor(self, cadence_limits: dict[str, Limit] | None = None) -> Governor:
@@ -245,8 +286,18 @@ class Settings:
             try:
                 values[f.name] = var.parse(raw)
             except ValueError as exc:
-                raise ConfigError(f"{var.name}={raw!r}: {_why(exc)}") from None
+                shown = _shown(var.name, raw)
+                raise ConfigError(f"{var.name}={shown!r}: {_why(exc)}") from None
         return cls(**values)
+
+
+def _shown(name: str, raw: str) -> str:
+    """A setting's value as an error may quote it: a URL without its password."""
+    if name == "MAESTRO_GOVERNOR_URL":
+        from maestro_py.fleet.model import safe_url
+
+        return safe_url(raw)
+    return raw
 
 
 def _why(exc: ValueError) -> str:

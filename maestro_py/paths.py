@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,12 @@ class Folder(str, enum.Enum):
     CLAIMED = "claimed"
     DONE = "done"
     DLQ = "dlq"
+
+
+def agent_name(text: str) -> str:
+    """A label- and unit-name-safe agent name: lower case, [a-z0-9._-], never empty."""
+    cleaned = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:64]
+    return cleaned or "agent"
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,11 @@ class Layout:
     @property
     def ledger_file(self) -> Path:
         return self.state_dir / "cost-ledger.jsonl"
+
+    @property
+    def fleet_outbox_file(self) -> Path:
+        """Settles and releases the governor store has not taken yet (pushed when it is back)."""
+        return self.state_dir / "fleet-outbox.jsonl"
 
     # -- logs -------------------------------------------------------------
     @property

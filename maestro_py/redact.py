@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
+URL_VARS = ("MAESTRO_GOVERNOR_URL",)  # settings whose value may carry a password (user:password@host)
 MASK = "[REDACTED]"
 # Anthropic keys (sk-ant-api…) and OAuth tokens (sk-ant-oat…, from `claude setup-token`) have a recognisable
 # prefix; catch them even when not in the env.
@@ -25,6 +26,8 @@ class Redactor:
         """Mask the secrets of `env` from now on (in place: everyone holding this redactor sees them)."""
         # Short values (placeholders, "x") would mask ordinary words; real secrets are long.
         values = {env[name] for name in SECRET_VARS if len(env.get(name, "")) >= 8}
+        for name in URL_VARS:  # as written in the URL, and decoded
+            values |= {pw for pw in _url_passwords(env.get(name, "")) if len(pw) >= 4}
         # Each secret as it is and as it reads inside a JSON string (quotes, backslashes, control
         # characters escaped), so masking an encoded JSON line is as safe as masking each value.
         forms = values | {json.dumps(v, ensure_ascii=False)[1:-1] for v in values}
@@ -56,3 +59,14 @@ class Redactor:
         for secret in self._values:
             value = value.replace(secret.encode(), MASK.encode())
         return re.sub(_KEY_PATTERN.pattern.encode(), MASK.encode(), value)
+
+
+def _url_passwords(url: str) -> set[str]:
+    """The password in a URL (`scheme://user:password@host/…`) as written and decoded; empty if none."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password if "@" in url else None
+    except ValueError:
+        return set()
+    return {password, unquote(password)} if password else set()

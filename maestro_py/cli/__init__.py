@@ -26,6 +26,7 @@ COMMANDS: Mapping[str, str] = {
     "circuit": "maestro_py.cli.circuit:circuit",
     "dlq": "maestro_py.cli.dlq:dlq",
     "budget": "maestro_py.cli.budget:budget",
+    "governor": "maestro_py.cli.governor:governor",
     "doctor": "maestro_py.cli.doctor:doctor_cmd",
     "logs": "maestro_py.cli.logs:logs_cmd",
     "prune": "maestro_py.cli.logs:prune_cmd",

@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
 from maestro_py.cli.common import Context, budget_summary, fmt_amount, pass_ctx
+from maestro_py.cli.governor import fleet_lines
 from maestro_py.policy.budget import never_fits_lines
 
 
+def fleet_summary(c: Context) -> tuple[list[dict[str, Any]], str | None]:
+    """The governor store's scopes (marked `"source": "governor"`), or why they cannot be read."""
+    url = c.settings().governor_url
+    if not url:
+        return [], None
+    from maestro_py.clock import SystemClock
+    from maestro_py.fleet import open_store
+    from maestro_py.fleet.model import StoreUnavailable
+
+    store = open_store(url)
+    try:
+        rows = store.summary(SystemClock().now())
+    except StoreUnavailable as exc:
+        return [], f"unavailable: {exc}"
+    finally:
+        store.close()
+    return [{"source": "governor", **row, "never_fits": []} for row in rows], None
+
+
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print every scope as JSON (governor scopes carry source).")
 @pass_ctx
 def budget(c: Context, as_json: bool) -> None:
-    """Per window and scope: total, spent, reserved, remaining, runs, top cadences, reset time."""
+    """Per window and scope: total, spent, reserved, remaining, runs, top cadences, reset time; then the
+    governor store's scopes with their top agents and cadences, when MAESTRO_GOVERNOR_URL names one."""
     rows = budget_summary(c)
+    fleet, trouble = fleet_summary(c)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows + fleet + ([{"source": "governor", "error": trouble}] if trouble else []), indent=2))
         return
     for row in rows:
         click.echo(f"{row['scope']} {row['window']} (resets {row['resets_at']}): {row['runs']} runs")
@@ -30,3 +53,7 @@ def budget(c: Context, as_json: bool) -> None:
             click.echo("  top: " + ", ".join(f"{t['cadence']} ${t['usd']:.4f}" for t in row["top_cadences"]))
         for line in never_fits_lines(row["never_fits"]):
             click.echo(f"  {line}")
+    if trouble:
+        click.echo(f"governor store: {trouble}")
+    for row in fleet:
+        click.echo("governor " + fleet_lines(row))

@@ -94,6 +94,14 @@ def status(c: Context, as_json: bool) -> None:
         for kind, usage in (doc.get("quota") or {}).items():
             if isinstance(usage, dict) and isinstance(usage.get("utilization"), (int, float)):
                 click.echo(f"usage {kind}: {usage['utilization']:.0%} ({usage.get('status')}, as of {usage.get('at')})")
+        gov = doc.get("governor")
+        if isinstance(gov, dict):
+            if gov.get("available"):
+                click.echo(f"governor: {gov.get('store')} as agent {gov.get('agent')}"
+                           + (f"; {gov['outbox']} settle(s) waiting to be pushed" if gov.get("outbox") else ""))
+            else:
+                click.echo(f"GOVERNOR UNAVAILABLE since {gov.get('since')}: no sub-session will spawn until "
+                           f"{gov.get('store')} answers ({gov.get('reason')}); inline work goes on")
         for run_ in doc.get("live_subsessions", []):
             click.echo(f"running: {run_['cadence']} tick {run_['tick']} pid {run_['pid']} since {run_['started']}")
         counters = {k: v for k, v in (doc.get("counters") or {}).items() if v}

@@ -56,7 +56,10 @@ class Dispatcher:
         The batch's completions are one group commit: durable together, with one sync at the end.
         """
         with self.bus.group_commit():
-            return self._batch(registry, env)
+            try:
+                return self._batch(registry, env)
+            finally:
+                self.guardrails.unadmit()
 
     def _batch(self, registry: Registry, env: Mapping[str, str]) -> bool:
         progressed = self._coalesce(registry)
@@ -64,6 +67,7 @@ class Dispatcher:
         spawned = False
         window_ends = self.clock.monotonic() + INLINE_WINDOW
         while inline_left > 0 and self.clock.monotonic() < window_ends and not self.stopping():
+            self.guardrails.unadmit()  # a fleet reservation the last entry did not spawn with goes back
             entry = self._next_entry(registry, spawned)
             if entry is None:
                 break
@@ -117,7 +121,8 @@ class Dispatcher:
                 continue
             if cadence is None or cadence.mode == "inline":
                 return entry
-            refusal = self.guardrails.refusal(cadence, now, spawned_this_step=spawned)
+            refusal = self.guardrails.refusal(cadence, now, spawned_this_step=spawned,
+                                              tick_id=entry.name.removesuffix(".json"))
             if refusal is None:
                 return entry
             self.counters[refusal.value] += 1
@@ -203,9 +208,9 @@ class Dispatcher:
             self.settler.apply(claim, verdict, mode="escalate")
             return False
         self.counters["escalated"] += 1
-        estimate = self.guardrails.spawned(tick.id, cadence)
+        estimate, run_id = self.guardrails.spawned(tick.id, cadence)
         self.live.add(tick.id, Running(claim, session, cadence, now, str(stdout_log), str(stderr_log),
-                                       payload_fingerprint(tick.payload), estimate,
+                                       payload_fingerprint(tick.payload), estimate, run_id=run_id,
                                        io_errors_at_start=self.counters["io_errors"],
                                        cli_retries=command.cli_retries(env),
                                        claude=(spec.argv[0], command.claude_identity(env))))

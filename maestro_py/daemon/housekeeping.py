@@ -62,6 +62,8 @@ class Housekeeping:
         self._check_claude(now_mono)
         self.guardrails.advance(self.clock.now())
         self._check_emergency_stop()
+        if self.guardrails.fleet is not None:  # renew leases, push the outbox, retry a store that was down
+            self.guardrails.fleet.housekeep()
         if now_mono >= self._next_reap:
             self._next_reap = now_mono + self.settings.reap_seconds
             self.reap()

@@ -44,6 +44,7 @@ class Running:
     stderr_log: str
     fingerprint: str
     estimate: Estimate
+    run_id: str | None = None              # its reservation in the governor store (None: no store)
     io_errors_at_start: int = 0
     cli_retries: bool = False              # the CLI was allowed to retry failed requests itself
     claude: tuple[str, str] | None = None  # the binary it ran, and its `command.claude_identity` then

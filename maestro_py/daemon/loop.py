@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import traceback
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.owner import Owner
@@ -34,12 +35,15 @@ from maestro_py.policy.backoff import Backoff, parse_backoff
 from maestro_py.policy.breaker import Breakers, CircuitFile, PersistedCircuits
 from maestro_py.policy.budget import cadence_limits
 from maestro_py.policy.guardrails import Guardrails
-from maestro_py.paths import Folder, Layout
+from maestro_py.paths import Folder, Layout, agent_name
 from maestro_py.redact import Redactor
 from maestro_py.registry import Registry
 from maestro_py.session import command, proctree
 from maestro_py.session.ledger import Ledger
 from maestro_py.session.runner import ProcessSpawner, Spawner
+
+if TYPE_CHECKING:
+    from maestro_py.fleet.gate import FleetGate
 
 log = logging.getLogger("maestro")
 
@@ -77,12 +81,13 @@ class Daemon:
                             max_open_seconds=settings.circuit_max_open_seconds)
         circuits = PersistedCircuits(breakers, CircuitFile(self.layout.circuit_file, self.layout.folder(Folder.TMP)),
                                      self.events, clock)
+        self.fleet = fleet_gate(self.layout, settings, self.events, clock)
         self.guardrails = Guardrails(
             circuits=circuits, backoff=Backoff(parse_backoff(settings.backoff)), budget=self.budget, live=self.live,
             max_live=settings.max_live, max_attempts=settings.max_attempts,
             credential=command.credential_fingerprint(self.env), events=self.events, clock=clock,
             subscription=command.prefers_subscription(self.env), quota_pause_at=settings.quota_pause_at,
-            quota_min_hold=settings.quota_min_hold)
+            quota_min_hold=settings.quota_min_hold, fleet=self.fleet)
         self.settler = Settler(bus=self.bus, guardrails=self.guardrails, budget=self.budget, ledger=self.ledger,
                                live=self.live, events=self.events, counters=self.counters, clock=clock)
         self.housekeeping = Housekeeping(
@@ -122,6 +127,8 @@ class Daemon:
                                  reason="a previous daemon of this root left them running")
             previous = self._install_signals()
             self.guardrails.restore()
+            if self.fleet is not None:  # leases an earlier process of this root left are charged now
+                self.fleet.start()
             self._watching = self.wakeup.start()
             self.events.emit("daemon_started", pid=os.getpid(), once=once, watchdog=self._watching,
                              wakeup=self.wakeup.mechanism, root=str(self.layout.root))
@@ -150,6 +157,8 @@ class Daemon:
                 self.notifier.stopping()  # no-op if the drain already said so
                 self._write_status(force=True, state="stopped")
                 self.notifier.close()
+                if self.fleet is not None:
+                    self.fleet.close()
                 self.events.emit("daemon_stopped", pid=os.getpid(), counters=dict(self.counters))
         finally:
             lock.release()
@@ -262,6 +271,20 @@ class Daemon:
             owner=self.owner, root=self.layout.root, now=self.clock.now(), started_at=self.started_at,
             state=state or ("draining" if self.stopping else "emergency_stop" if emergency else "running"),
             watching=self._watching, emergency=emergency, live=self.live, queued=len(self.bus.index),
-            counters=self.counters, budget=self.budget, quota=self.guardrails.quota_usage)
+            counters=self.counters, budget=self.budget, quota=self.guardrails.quota_usage,
+            governor=self.fleet.status() if self.fleet is not None else None)
         self.notifier.status(status_line(state=doc["state"], queued=doc["queued"], live=len(self.live)))
         self.status.write(doc)
+
+
+def fleet_gate(layout: Layout, settings: Settings, events: EventLog, clock: Clock) -> "FleetGate | None":
+    """The governor store's gate when MAESTRO_GOVERNOR_URL names one (not connected yet), else None."""
+    if settings.governor_url is None:
+        return None
+    from maestro_py.fleet.gate import FleetGate
+    from maestro_py.fleet import open_store
+
+    return FleetGate(open_store(settings.governor_url), agent=settings.agent or agent_name(layout.root.name),
+                     host=socket.gethostname(), pid=os.getpid(), max_live=settings.fleet_max_live,
+                     lease_seconds=settings.fleet_lease_seconds, outbox=layout.fleet_outbox_file, events=events,
+                     clock=clock)

@@ -65,6 +65,7 @@ class Settler:
             self.ledger.append(pending.row)
             pending.ledgered = True
             self.budget.charge(pending.row, self.clock.now())
+            self._charge_fleet(run, pending.row)
         self.apply(run.claim, pending.verdict, **pending.details)
 
     def _charge_unknown(self, run: Running) -> None:
@@ -77,9 +78,16 @@ class Settler:
         row = {"ts": iso(self.clock.now()), "tick": tick.id, "cadence": tick.cadence, "attempt": run.claim.attempt,
                "ok": False, **Usage.unknown().to_row(), "metered": False, "reserved_tokens": round(held.tokens),
                "reserved_usd": round(held.usd, 6), "charged_tokens": round(held.tokens), "charged_usd": held.usd,
-               "error": "settle failed; usage unknown"}
+               "error": "settle failed; usage unknown", "run_id": run.run_id}
         self.ledger.append(row)
         self.budget.charge(row, self.clock.now())
+        self._charge_fleet(run, row)
+
+    def _charge_fleet(self, run: Running, row: dict[str, Any]) -> None:
+        """The same charge in the governor store (or its outbox, when the store cannot be reached)."""
+        fleet = self.guardrails.fleet
+        if fleet is not None:
+            fleet.settle(run.run_id, tokens=row["charged_tokens"], usd=row["charged_usd"], measured=row["metered"])
 
     def _judge(self, run: Running, outcome: RunOutcome) -> Settlement:
         claim, tick = run.claim, run.claim.tick
@@ -100,6 +108,8 @@ class Settler:
             "reserved_tokens": round(held.tokens), "reserved_usd": round(held.usd, 6),
             "charged_tokens": charged_tokens, "charged_usd": charged_usd,
         }
+        if run.run_id is not None:
+            row["run_id"] = run.run_id
         if outcome.truncated:
             details["truncated"] = True
         verdict = self.guardrails.record(tick, run.cadence, outcome, ended_by=run.end_reason,

@@ -67,7 +67,8 @@ def new_counters() -> Counter[str]:
 
 def status_doc(*, owner: Owner, root: Path, now: datetime, started_at: datetime, state: str, watching: bool,
                emergency: str | None, live: LiveRuns, queued: int, counters: Counter[str],
-               budget: Governor, quota: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+               budget: Governor, quota: dict[str, dict[str, Any]] | None = None,
+               governor: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `consumer.json` document (its schema, in one place)."""
     return {
         "pid": owner.pid,
@@ -87,6 +88,7 @@ def status_doc(*, owner: Owner, root: Path, now: datetime, started_at: datetime,
         "counters": dict(counters),
         "budget": budget.summary(now),
         "quota": quota or {},  # the subscription's usage windows, as the last run reported them
+        "governor": governor,  # the fleet governor store, when one is configured (None: per-root budget only)
         "reservations": [{"tick": tid, "cadence": cad, "tokens": est.tokens, "usd": est.usd, "basis": est.basis}
                          for tid, (cad, est) in budget.reservations.items()],
     }

@@ -325,6 +325,32 @@ def check_budget(p: Probe) -> Check:
     return Check("budget", Level.OK, "; ".join(shown))
 
 
+def check_governor(p: Probe) -> Check:
+    """The fleet governor store answers (when MAESTRO_GOVERNOR_URL names one): else nothing spawns."""
+    try:
+        url = Settings.from_env(p.env).governor_url
+    except ConfigError:
+        return Check("governor", Level.WARN, "skipped: a setting is invalid (see settings)")
+    if url is None:
+        return Check("governor", Level.OK, "no governor store: this root's own budget only")
+    from maestro_py.fleet import open_store
+    from maestro_py.fleet.model import StoreUnavailable, safe_url
+
+    store = open_store(url)
+    try:
+        limits = store.limits()
+        live = store.live(p.now())
+    except StoreUnavailable as exc:
+        return Check("governor", Level.FAIL, f"{exc}; no sub-session will spawn until it answers")
+    finally:
+        store.close()
+    waiting = ((read_status(p.layout) or {}).get("governor") or {}).get("outbox") or 0
+    detail = f"{safe_url(url)} answers: {len(limits)} limit(s), {len(live)} live run(s) in the fleet"
+    if waiting:
+        return Check("governor", Level.WARN, f"{detail}; {waiting} settle(s) not pushed yet")
+    return Check("governor", Level.OK, detail)
+
+
 def _amount(unit: str, value: float) -> str:
     return f"${value:.4f}" if unit == "usd" else f"{value:,.0f} tokens"
 
@@ -345,7 +371,8 @@ def check_disk(p: Probe) -> Check:
 
 CHECKS: tuple[Callable[[Probe], Check | list[Check]], ...] = (
     check_env_file, check_settings, check_registry, check_prompts, check_claude, check_credential,
-    check_writable, check_daemon, check_claims, check_dlq, check_stop, check_circuits, check_budget, check_disk,
+    check_writable, check_daemon, check_claims, check_dlq, check_stop, check_circuits, check_budget,
+    check_governor, check_disk,
 )
 
 

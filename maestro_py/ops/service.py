@@ -22,6 +22,7 @@ from pathlib import Path
 from maestro_py.ops import cron
 from maestro_py.errors import MaestroError
 from maestro_py.bus.fsio import atomic_write
+from maestro_py.paths import agent_name  # noqa: F401  (re-exported: `svc.agent_name`)
 from maestro_py.registry import Registry
 
 LAUNCHD, SYSTEMD = "launchd", "systemd"
@@ -91,12 +92,6 @@ class Command:
 
 
 # -- inputs -----------------------------------------------------------------------
-
-
-def agent_name(text: str) -> str:
-    """A label- and unit-name-safe agent name: lower case, [a-z0-9._-], never empty."""
-    cleaned = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:64]
-    return cleaned or "agent"
 
 
 def stop_timeout(stop_grace: float, kill_grace: float) -> int:

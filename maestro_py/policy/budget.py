@@ -149,7 +149,8 @@ def _zone_file(path: Path) -> tzinfo | None:
 
 
 def window_bounds(window: str, now: datetime, zone: tzinfo | None = None) -> tuple[datetime, datetime]:
-    """(start, reset), in UTC, of the daily (midnight in `zone`; None: the C library's) or hourly window of `now`."""
+    """(start, reset), in UTC, of the daily or monthly (midnight in `zone`; None: the C library's) or hourly
+    window of `now`."""
     # Arithmetic and results are on UTC instants: a datetime in a real zone adds and compares in wall-clock
     # time, which is exactly what goes wrong on DST days.
     local = now.astimezone(zone)
@@ -162,6 +163,11 @@ def window_bounds(window: str, now: datetime, zone: tzinfo | None = None) -> tup
     # Midnight to midnight on the wall clock, each converted on its own: 23 h and 25 h days come out right.
     # (Naive when `zone` is None: `astimezone` then asks the C library, which knows the DST rules.)
     day = local.date()
+    if window == "monthly":  # the first's midnight to the next first's, the same way
+        first = day.replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+        return (datetime.combine(first, time(), tzinfo=zone).astimezone(timezone.utc),
+                datetime.combine(following, time(), tzinfo=zone).astimezone(timezone.utc))
     start = datetime.combine(day, time(), tzinfo=zone).astimezone(timezone.utc)
     reset = datetime.combine(day + timedelta(days=1), time(), tzinfo=zone).astimezone(timezone.utc)
     return start, reset

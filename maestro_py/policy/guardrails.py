@@ -15,7 +15,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.tick import Tick
@@ -23,6 +23,8 @@ from maestro_py.clock import Clock, iso
 from maestro_py.policy.backoff import Backoff, schedule
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD, PersistedCircuits, State
 from maestro_py.policy.budget import Estimate, Governor
+if TYPE_CHECKING:
+    from maestro_py.fleet.gate import FleetGate
 from maestro_py.policy.failures import HANDLING, FailureClass, classify, failure_reason, quota_reset
 from maestro_py.registry import Cadence
 from maestro_py.session.command import auth_fix, claude_fix
@@ -54,6 +56,13 @@ class Refusal(str, enum.Enum):
     AUTH_PROBE = "skipped_auth_probe"
     OVERLAP_WAIT = "skipped_overlap_wait"
     BUDGET = "deferred_budget"
+    GOVERNOR_UNAVAILABLE = "skipped_governor_unavailable"
+    FLEET_LIVE_CAP = "skipped_fleet_live_cap"
+    FLEET_BUDGET = "deferred_fleet_budget"
+
+
+FLEET_REFUSALS = {"unavailable": Refusal.GOVERNOR_UNAVAILABLE, "live_cap": Refusal.FLEET_LIVE_CAP,
+                  "budget": Refusal.FLEET_BUDGET}
 
 
 class Action(str, enum.Enum):
@@ -97,11 +106,13 @@ class Guardrails:
 
     def __init__(self, *, circuits: PersistedCircuits, backoff: Backoff, budget: Governor, live: LiveRuns,
                  max_live: int, max_attempts: int, credential: str, events: EventLog, clock: Clock,
-                 subscription: bool = False, quota_min_hold: float = 60.0, quota_pause_at: float | None = None) -> None:
+                 subscription: bool = False, quota_min_hold: float = 60.0, quota_pause_at: float | None = None,
+                 fleet: FleetGate | None = None) -> None:
         self.circuits = circuits
         self.breakers = circuits.breakers
         self.backoff = backoff
         self.budget = budget
+        self.fleet = fleet  # the governor store's gate, when MAESTRO_GOVERNOR_URL names one
         self.live = live
         self.max_live = max_live
         self.max_attempts = max_attempts
@@ -116,8 +127,12 @@ class Guardrails:
         self.credentials_verified = False  # until one run succeeds with these credentials, run one at a time
 
     # -- before a spawn ---------------------------------------------------
-    def refusal(self, cadence: Cadence, now: datetime, *, spawned_this_step: bool) -> Refusal | None:
-        """Why `cadence` may not spawn now (checked in `Refusal`'s order), or None if it may."""
+    def refusal(self, cadence: Cadence, now: datetime, *, spawned_this_step: bool,
+                tick_id: str | None = None) -> Refusal | None:
+        """Why `cadence` may not spawn now (checked in `Refusal`'s order), or None if it may.
+
+        With a governor store and a `tick_id`, the last gate reserves the run's live slot and amount in the
+        store: the caller then either spawns it (`spawned`) or gives the reservation back (`unadmit`)."""
         if self.emergency is not None:
             return Refusal.EMERGENCY_STOP
         circuit = self.breakers.refusal(cadence.name, now)
@@ -139,18 +154,46 @@ class Guardrails:
             return Refusal.OVERLAP_WAIT  # unless `overlap = "allow"`, a cadence runs one sub-session at a time
         if self._budget_refuses(cadence, now):
             return Refusal.BUDGET
+        if self.fleet is not None and tick_id is not None:
+            return self._fleet_refuses(tick_id, cadence, now)
         return None
+
+    def fleet_estimate(self, cadence: Cadence) -> Estimate:
+        """What a run reserves in the governor store: its estimate, or exactly `max_budget_usd` where the cadence
+        sets it (the CLI stops past it between turns, so a run overshoots by at most one turn)."""
+        estimate = self.estimate(cadence)
+        if cadence.max_budget_usd is None:
+            return estimate
+        return Estimate(estimate.tokens, float(cadence.max_budget_usd), f"{estimate.basis}; max_budget_usd")
+
+    def _fleet_refuses(self, tick_id: str, cadence: Cadence, now: datetime) -> Refusal | None:
+        assert self.fleet is not None
+        answer = self.fleet.admit(tick_id, cadence.name, self.fleet_estimate(cadence), now)
+        if answer.admitted:
+            return None
+        if answer.reason == "budget" and self.fleet.first_report(answer, now):
+            self.events.emit("fleet_budget_exhausted", level="error" if answer.never_fits else "warn",
+                             cadence=cadence.name, scope=answer.scope, window=answer.window,
+                             resets_at=iso(answer.resets_at) if answer.resets_at else None,
+                             never_fits=answer.never_fits, reason=f"{cadence.name} waits: {answer.detail}")
+        return FLEET_REFUSALS[answer.reason or "unavailable"]
+
+    def unadmit(self) -> None:
+        """Give back a fleet reservation that did not become a spawn (the claim or the guard said no)."""
+        if self.fleet is not None:
+            self.fleet.unadmit()
 
     def estimate(self, cadence: Cadence) -> Estimate:
         """What a run of `cadence` is expected to cost (its reservation)."""
         return self.budget.estimate(cadence.name, cadence.reserve_tokens, cadence.reserve_usd)
 
-    def spawned(self, tick_id: str, cadence: Cadence) -> Estimate:
-        """A spawn was allowed and started: in HALF_OPEN it is the one probe; its estimate is reserved."""
+    def spawned(self, tick_id: str, cadence: Cadence) -> tuple[Estimate, str | None]:
+        """A spawn was allowed and started: in HALF_OPEN it is the one probe; its estimate is reserved.
+        (The estimate, and the run id its fleet reservation is held under, if there is a governor store.)"""
         self.breakers.on_spawn(cadence.name)
         estimate = self.estimate(cadence)
         self.budget.reserve(tick_id, cadence.name, estimate)
-        return estimate
+        return estimate, self.fleet.spawned(tick_id) if self.fleet is not None else None
 
     def _budget_refuses(self, cadence: Cadence, now: datetime) -> bool:
         """Fail closed on spend: no spawn unless every applicable budget covers the reservation."""

@@ -1,0 +1,168 @@
+"""The fleet governor inside the daemon: in-process daemons of several agent roots sharing one SQLite store,
+driven step by step with the fake clock and spawner."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+from maestro_py.daemon.loop import Daemon
+from maestro_py.fleet import open_store
+from maestro_py.fleet.gate import RETRY_SECONDS
+from maestro_py.fleet.model import Lease
+from maestro_py.paths import Folder, Layout
+from tests.fakes import (FakeClock, FakeSpawner, enqueue, events, ledger_rows, make_daemon, read_json, run_steps,
+                         tick_ids, write_agent)
+
+RUN_TOKENS = 1290  # what one fake run spends (and so what a reservation of exactly one run is)
+MEMO = f'[memo]\nmode = "escalate"\nreserve_tokens = {RUN_TOKENS}\nreserve_usd = 0.01\n'
+
+
+def agent(tmp_path: Path, name: str, registry: str = MEMO) -> Layout:
+    return write_agent(tmp_path / name, registry, {"memo": "write the memo [[fake:ok]]"})
+
+
+def daemon(layout: Layout, clock: FakeClock, spawner: FakeSpawner, url: str, **env: object) -> Daemon:
+    d = make_daemon(layout, clock, spawner, MAESTRO_GOVERNOR_URL=url, **env)
+    d.guardrails.credentials_verified = True
+    return d
+
+
+def test_roots_sharing_a_store_share_its_budget_and_waiting_ticks_keep_their_attempts(
+        tmp_path: Path, clock: FakeClock) -> None:
+    url = f"sqlite:///{tmp_path}/governor.db"
+    open_store(url).set_limit("fleet", "daily", tokens=3 * RUN_TOKENS)  # exactly three runs, fleet-wide
+    spawner = FakeSpawner()
+    roots = [agent(tmp_path, f"a{i}") for i in range(3)]
+    daemons = [daemon(lay, clock, spawner, url) for lay in roots]
+    for lay in roots:
+        enqueue(lay, clock, "memo", 3)
+    for _ in range(10):
+        for d in daemons:
+            d.step()
+    assert spawner.count == 3
+    waiting = [t for lay in roots for t in tick_ids(lay, Folder.INBOX)]
+    assert len(waiting) == 6
+    assert all(read_json(lay.folder(Folder.INBOX) / f"{t}.json")["attempts"] == 0
+               for lay in roots for t in tick_ids(lay, Folder.INBOX))
+    assert sum(d.counters["deferred_fleet_budget"] for d in daemons) > 0
+    refused = [e for lay in roots for e in events(lay) if e["stage"] == "fleet_budget_exhausted"]
+    assert refused and refused[0]["scope"] == "fleet" and "fleet daily budget" in refused[0]["reason"]
+    charges = open_store(url).charges()
+    assert len(charges) == 3 and {c["source"] for c in charges} == {"settled"}
+    assert sum(c["tokens"] for c in charges) == 3 * RUN_TOKENS  # spent == the budget, not a token over
+    rows = [r for lay in roots for r in ledger_rows(lay)]
+    assert sorted(r["run_id"] for r in rows) == sorted(c["run_id"] for c in charges)  # the same run ids
+
+
+def test_a_full_fleet_pool_refuses_before_reserving_and_a_settled_run_frees_its_slot(
+        tmp_path: Path, clock: FakeClock) -> None:
+    url = f"sqlite:///{tmp_path}/governor.db"
+    spawner = FakeSpawner(default="hang")
+    a, b = agent(tmp_path, "a", MEMO.replace("[[fake:ok]]", "")), agent(tmp_path, "b")
+    da = daemon(a, clock, spawner, url, MAESTRO_FLEET_MAX_LIVE=1)
+    db = daemon(b, clock, spawner, url, MAESTRO_FLEET_MAX_LIVE=1)
+    a.prompt_file("memo").write_text("hang here")
+    enqueue(a, clock, "memo")
+    enqueue(b, clock, "memo")
+    run_steps(da, 3)
+    run_steps(db, 3)
+    assert spawner.count == 1 and db.counters["skipped_fleet_live_cap"] > 0
+    store = open_store(url)
+    assert [r["agent"] for r in store.live(clock.now())] == ["a"]  # b's refusal held nothing
+    spawner.sessions[0].finish("ok")
+    run_steps(da, 2)
+    run_steps(db, 2)
+    assert spawner.count == 2 and store.live(clock.now()) == []  # b's run took the slot, ran and gave it back
+
+
+def test_an_unreachable_store_stops_spawns_not_inline_work_and_spawning_resumes_by_itself(
+        tmp_path: Path, clock: FakeClock) -> None:
+    folder = tmp_path / "store"
+    url = f"sqlite:///{folder}/governor.db"  # the folder does not exist yet: the store cannot be opened
+    lay = agent(tmp_path, "a", MEMO + '[ping]\nmode = "inline"\nhandler = "noop"\n')
+    spawner = FakeSpawner()
+    d = daemon(lay, clock, spawner, url)
+    enqueue(lay, clock, "memo")
+    enqueue(lay, clock, "ping")
+    run_steps(d, 5)
+    assert spawner.count == 0 and d.counters["skipped_governor_unavailable"] > 0
+    assert len(tick_ids(lay, Folder.DONE)) == 1  # the inline tick ran
+    (memo,) = tick_ids(lay, Folder.INBOX)
+    assert read_json(lay.folder(Folder.INBOX) / f"{memo}.json")["attempts"] == 0
+    assert [e["stage"] for e in events(lay)].count("governor_unavailable") == 1
+    d._write_status(force=True)
+    status = read_json(lay.consumer_file)["governor"]
+    assert status["available"] is False and "governor.db" in status["store"] and status["since"]
+
+    folder.mkdir()
+    clock.advance(RETRY_SECONDS)
+    run_steps(d, 5)
+    assert spawner.count == 1 and tick_ids(lay, Folder.DONE)
+    assert "governor_available" in [e["stage"] for e in events(lay)]
+    d._write_status(force=True)
+    assert read_json(lay.consumer_file)["governor"]["available"] is True
+
+
+def test_a_settle_the_store_cannot_take_waits_in_the_outbox_and_is_pushed_once(tmp_path: Path,
+                                                                              clock: FakeClock) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    url = f"sqlite:///{folder}/governor.db"
+    lay = agent(tmp_path, "a", MEMO.replace("[[fake:ok]]", ""))
+    lay.prompt_file("memo").write_text("hang here")
+    spawner = FakeSpawner(default="hang")
+    d = daemon(lay, clock, spawner, url)
+    enqueue(lay, clock, "memo")
+    run_steps(d, 2)
+    assert spawner.count == 1
+    d.fleet.store.close()
+    moved = tmp_path / "elsewhere"
+    folder.rename(moved)  # the store is gone while the run lives
+    spawner.sessions[0].finish("ok")
+    run_steps(d, 2)
+    assert tick_ids(lay, Folder.DONE)  # the tick settled all the same
+    (row,) = ledger_rows(lay)
+    outbox = lay.fleet_outbox_file.read_text().splitlines()
+    assert len(outbox) == 1 and row["run_id"] in outbox[0]
+    d._write_status(force=True)
+    assert read_json(lay.consumer_file)["governor"]["outbox"] == 1
+
+    moved.rename(folder)
+    clock.advance(RETRY_SECONDS)
+    run_steps(d, 2)
+    assert not lay.fleet_outbox_file.exists()
+    charges = open_store(url).charges()
+    assert [(c["run_id"], c["tokens"], c["source"]) for c in charges] == [(row["run_id"], RUN_TOKENS, "settled")]
+    assert open_store(url).live(clock.now()) == []
+
+
+def test_a_guard_that_finds_nothing_to_do_gives_its_reservation_back(tmp_path: Path, clock: FakeClock) -> None:
+    url = f"sqlite:///{tmp_path}/governor.db"
+    lay = agent(tmp_path, "a", '[memo]\nmode = "guarded"\nguard = "noop"\n')
+    (lay.root / "handlers.py").write_text("def nothing(tick):\n    return False\n")
+    lay.registry_file.write_text('[memo]\nmode = "guarded"\nguard = "handlers:nothing"\n')
+    spawner = FakeSpawner()
+    d = daemon(lay, clock, spawner, url, MAESTRO_FLEET_MAX_LIVE=1)
+    enqueue(lay, clock, "memo", 2)
+    run_steps(d, 4)
+    assert spawner.count == 0 and len(tick_ids(lay, Folder.DONE)) == 2
+    assert open_store(url).live(clock.now()) == [] and open_store(url).charges() == []
+
+
+def test_a_restarted_daemon_charges_the_lease_its_predecessor_left(tmp_path: Path, clock: FakeClock) -> None:
+    url = f"sqlite:///{tmp_path}/governor.db"
+    lay = agent(tmp_path, "a", MEMO.replace("[[fake:ok]]", ""))
+    lay.prompt_file("memo").write_text("hang here")
+    store = open_store(url)
+    left = Lease("old-run", "a", "memo", socket.gethostname(), 1, "t-old", 1000, 0.01)
+    assert store.reserve(left, clock.now(), lease_seconds=120, max_live=None).admitted
+    d = daemon(lay, clock, FakeSpawner(), url)
+    run_steps(d, 1)
+    assert [(c["run_id"], c["tokens"], c["source"]) for c in store.charges()] == [("old-run", 1000, "lease_expired")]
+    assert "governor_reclaimed" in [e["stage"] for e in events(lay)]
+    clock.advance(timedelta(hours=1).total_seconds())
+    shutil.rmtree(lay.root / "state", ignore_errors=True)  # nothing local is needed to keep the charge
+    assert len(store.charges()) == 1
