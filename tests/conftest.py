@@ -63,3 +63,40 @@ def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
     return CliRunner()
+
+
+# -- a real PostgreSQL server (tests/pgserver.py) -------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server for the whole session, or a skip that says why none can be had here."""
+    from tests.pgserver import PgServer, pg_available
+
+    why = pg_available()
+    if why is None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            why = "psycopg is not installed (pip install -e '.[test]')"
+    if why is not None:
+        print(f"\nPostgreSQL tests skipped: {why}")
+        pytest.skip(f"no PostgreSQL server: {why}")
+    server = PgServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty database on the session's server (dropped afterwards); the server is running."""
+    import uuid
+
+    if not pg_server.running:  # a test that stopped it failed before starting it again
+        pg_server.start()
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = pg_server.create_database(name)
+    yield url
+    if not pg_server.running:
+        pg_server.start()
+    pg_server.drop_database(name)
