@@ -166,3 +166,22 @@ def test_a_restarted_daemon_charges_the_lease_its_predecessor_left(tmp_path: Pat
     clock.advance(timedelta(hours=1).total_seconds())
     shutil.rmtree(lay.root / "state", ignore_errors=True)  # nothing local is needed to keep the charge
     assert len(store.charges()) == 1
+
+
+def test_the_overshoot_is_at_most_what_runs_live_together_spend_beyond_their_reservations(
+        tmp_path: Path, clock: FakeClock) -> None:
+    """Each run reserves 1,000 tokens and spends 1,290: three fit a 3,000-token budget at once, so the fleet
+    ends 3 × 290 over it, and not one run more (the fourth waits)."""
+    url = f"sqlite:///{tmp_path}/governor.db"
+    open_store(url).set_limit("fleet", "daily", tokens=3000)
+    spawner = FakeSpawner()
+    low = MEMO.replace(f"reserve_tokens = {RUN_TOKENS}", "reserve_tokens = 1000")
+    roots = [agent(tmp_path, f"a{i}", low) for i in range(3)]
+    daemons = [daemon(lay, clock, spawner, url) for lay in roots]
+    for lay in roots:
+        enqueue(lay, clock, "memo", 3)
+    for _ in range(10):
+        for d in daemons:
+            d.step()
+    spent = sum(c["tokens"] for c in open_store(url).charges())
+    assert spawner.count == 3 and spent - 3000 == 3 * (RUN_TOKENS - 1000)
