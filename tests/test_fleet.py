@@ -30,18 +30,25 @@ def daemon(layout: Layout, clock: FakeClock, spawner: FakeSpawner, url: str, **e
     return d
 
 
-def test_roots_sharing_a_store_share_its_budget_and_waiting_ticks_keep_their_attempts(
-        tmp_path: Path, clock: FakeClock) -> None:
-    url = f"sqlite:///{tmp_path}/governor.db"
-    open_store(url).set_limit("fleet", "daily", tokens=3 * RUN_TOKENS)  # exactly three runs, fleet-wide
+def three_roots_at_once(tmp_path: Path, clock: FakeClock, url: str, *, tokens: int,
+                        registry: str = MEMO) -> tuple[FakeSpawner, list[Layout], list[Daemon]]:
+    """Three roots with three ticks each, a fleet daily limit of `tokens`, their daemons stepped in turn."""
+    open_store(url).set_limit("fleet", "daily", tokens=tokens)
     spawner = FakeSpawner()
-    roots = [agent(tmp_path, f"a{i}") for i in range(3)]
+    roots = [agent(tmp_path, f"a{i}", registry) for i in range(3)]
     daemons = [daemon(lay, clock, spawner, url) for lay in roots]
     for lay in roots:
         enqueue(lay, clock, "memo", 3)
     for _ in range(10):
         for d in daemons:
             d.step()
+    return spawner, roots, daemons
+
+
+def test_roots_sharing_a_store_share_its_budget_and_waiting_ticks_keep_their_attempts(
+        tmp_path: Path, clock: FakeClock) -> None:
+    url = f"sqlite:///{tmp_path}/governor.db"
+    spawner, roots, daemons = three_roots_at_once(tmp_path, clock, url, tokens=3 * RUN_TOKENS)  # exactly three runs
     assert spawner.count == 3
     waiting = [t for lay in roots for t in tick_ids(lay, Folder.INBOX)]
     assert len(waiting) == 6
@@ -173,15 +180,7 @@ def test_the_overshoot_is_at_most_what_runs_live_together_spend_beyond_their_res
     """Each run reserves 1,000 tokens and spends 1,290: three fit a 3,000-token budget at once, so the fleet
     ends 3 × 290 over it, and not one run more (the fourth waits)."""
     url = f"sqlite:///{tmp_path}/governor.db"
-    open_store(url).set_limit("fleet", "daily", tokens=3000)
-    spawner = FakeSpawner()
     low = MEMO.replace(f"reserve_tokens = {RUN_TOKENS}", "reserve_tokens = 1000")
-    roots = [agent(tmp_path, f"a{i}", low) for i in range(3)]
-    daemons = [daemon(lay, clock, spawner, url) for lay in roots]
-    for lay in roots:
-        enqueue(lay, clock, "memo", 3)
-    for _ in range(10):
-        for d in daemons:
-            d.step()
+    spawner, _, _ = three_roots_at_once(tmp_path, clock, url, tokens=3000, registry=low)
     spent = sum(c["tokens"] for c in open_store(url).charges())
     assert spawner.count == 3 and spent - 3000 == 3 * (RUN_TOKENS - 1000)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from maestro_py.cli.common import Context, budget_summary, fmt_amount, pass_ctx
+from maestro_py.cli.common import Context, budget_summary, figure_lines, pass_ctx
 from maestro_py.cli.governor import fleet_lines
 from maestro_py.policy.budget import never_fits_lines
 
@@ -44,11 +44,8 @@ def budget(c: Context, as_json: bool) -> None:
         return
     for row in rows:
         click.echo(f"{row['scope']} {row['window']} (resets {row['resets_at']}): {row['runs']} runs")
-        for unit in ("tokens", "usd"):
-            click.echo(f"  {unit:<6} total {fmt_amount(row['total'][unit], unit)}"
-                       f"  spent {fmt_amount(row['spent'][unit], unit)}"
-                       f"  reserved {fmt_amount(row['reserved'][unit], unit)}"
-                       f"  remaining {fmt_amount(row['remaining'][unit], unit)}")
+        for line in figure_lines(row):
+            click.echo(line)
         if row["top_cadences"]:
             click.echo("  top: " + ", ".join(f"{t['cadence']} ${t['usd']:.4f}" for t in row["top_cadences"]))
         for line in never_fits_lines(row["never_fits"]):

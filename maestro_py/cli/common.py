@@ -107,6 +107,13 @@ def budget_summary(c: Context) -> list[dict[str, Any]]:
     return views.budget_rows(c.layout, c.settings(), c.registry(), SystemClock().now())
 
 
+def figure_lines(row: dict[str, Any]) -> list[str]:
+    """A budget row's total, spent, reserved and remaining, one line per unit (`budget`, `governor show`)."""
+    return [f"  {unit:<6} total {fmt_amount(row['total'][unit], unit)}  spent {fmt_amount(row['spent'][unit], unit)}"
+            f"  reserved {fmt_amount(row['reserved'][unit], unit)}"
+            f"  remaining {fmt_amount(row['remaining'][unit], unit)}" for unit in ("tokens", "usd")]
+
+
 def fmt_amount(value: Any, unit: str) -> str:
     """A budget amount as `status` and `budget` print it (None is unlimited)."""
     if value is None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from maestro_py.cli.common import EX_USAGE, CliError, Context, fmt_amount, pass_ctx
+from maestro_py.cli.common import EX_USAGE, CliError, Context, figure_lines, fmt_amount, pass_ctx
 from maestro_py.clock import MAX_COUNT, MAX_NUMBER, SystemClock
 from maestro_py.errors import ConfigError
 
@@ -87,12 +87,8 @@ def governor_show(c: Context, as_json: bool, url: str | None) -> None:
 def fleet_lines(row: dict[str, Any]) -> str:
     """One store scope as `governor show` and `budget` print it."""
     zone = f", {row['tz']}" if row.get("tz") else ""
-    lines = [f"{row['scope']} {row['window']} (resets {row['resets_at']}{zone}): {row['runs']} runs, {row['live']} live"]
-    for unit in ("tokens", "usd"):
-        lines.append(f"  {unit:<6} total {fmt_amount(row['total'][unit], unit)}"
-                     f"  spent {fmt_amount(row['spent'][unit], unit)}"
-                     f"  reserved {fmt_amount(row['reserved'][unit], unit)}"
-                     f"  remaining {fmt_amount(row['remaining'][unit], unit)}")
+    lines = [f"{row['scope']} {row['window']} (resets {row['resets_at']}{zone}): {row['runs']} runs, {row['live']} live",
+             *figure_lines(row)]
     if row["top_agents"]:
         lines.append("  top agents: " + ", ".join(f"{t['agent']} ${t['usd']:.4f}" for t in row["top_agents"]))
     if row["top_cadences"]:

@@ -86,6 +86,8 @@ class FleetGate:
                iso(answer.resets_at) if answer.resets_at else "")
         if answer.reason == "live_cap" or key in self._announced:
             return False
+        if len(self._announced) >= 256:  # old windows' keys: forget them rather than grow
+            self._announced.clear()
         self._announced.add(key)
         return True
 
