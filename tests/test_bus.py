@@ -321,3 +321,18 @@ def test_event_log_moves_to_the_next_days_file_at_midnight(layout: Layout, clock
     files = sorted(layout.events_dir.glob("bus-*.jsonl"))
     assert len(files) == 2
     assert [json.loads(f.read_text())["stage"] for f in files] == ["one", "two"]
+
+
+def test_event_listeners_get_each_event_masked_and_one_that_raises_is_ignored(layout: Layout) -> None:
+    from maestro_py.bus.events import EventLog
+    from maestro_py.redact import Redactor
+
+    log = EventLog(layout, redactor=Redactor({"ANTHROPIC_API_KEY": "sk-ant-listener-secret-123"}))
+    seen: list[dict] = []
+
+    def broken(event: dict) -> None:
+        raise RuntimeError("boom")
+
+    log.listeners += [broken, seen.append]
+    log.emit("auth_halt", level="error", reason="key sk-ant-listener-secret-123 refused")
+    assert [(e["stage"], e["reason"]) for e in seen] == [("auth_halt", "key [REDACTED] refused")]

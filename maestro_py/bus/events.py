@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.paths import Layout
@@ -26,6 +26,9 @@ class EventLog:
         self.failures = 0  # appends that failed (disk full…); the daemon keeps running
         self._open: tuple[Path, int] | None = None  # the day's file stays open between events
         self._day: tuple[float, float, Path] | None = None  # [start, end) of the local day, and its file
+        # Called with each event, secrets masked, after it is written (stderr lines, alerts, metrics); the
+        # file stays the source of truth, and a listener that raises is ignored.
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def emit(self, stage: str, *, level: str = "info", id: str | None = None, cadence: str | None = None,
              **details: Any) -> None:
@@ -39,6 +42,13 @@ class EventLog:
         except OSError:
             self.failures += 1
             self.close()  # reopen next time (the folder may have been removed or remounted)
+        if self.listeners:
+            masked = self.redactor.data(event)
+            for listener in self.listeners:
+                try:
+                    listener(masked)
+                except Exception:  # noqa: BLE001 - a listener must not stop the work
+                    pass
 
     def _path(self, now: datetime) -> Path:
         """Today's (local) log file; recomputed only when the day changes, as this runs for every event."""
