@@ -113,7 +113,7 @@ def test_secret_never_reaches_any_file_under_the_root(layout: Layout, tmp_path: 
     maestro(layout, "enqueue", "leaky", env=env)
     maestro(layout, "enqueue", "bad", env=env)
     assert maestro(layout, "run", "--once", env=env).returncode == 0
-    assert maestro(layout, "status", "--json", env=env).returncode == 0
+    assert maestro(layout, "status", "--json", env=env).returncode == 3  # ran once and exited: not running
     hits = [p for p in layout.root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert hits == []
     assert len(spawns(tmp_path)) == 2

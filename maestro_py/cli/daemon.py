@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
@@ -11,8 +12,9 @@ from maestro_py.bus.store import Bus
 from maestro_py.cli.common import (EX_USAGE, CliError, Context, budget_summary, fmt_amount, open_circuits,
                                    pass_ctx)
 from maestro_py.clock import SystemClock
-from maestro_py.daemon.status import liveness, read_status
-from maestro_py.errors import AlreadyRunning
+from maestro_py.config import VARS, Settings
+from maestro_py.daemon.status import EX_HEALTHY, health, liveness, read_status, stale_after
+from maestro_py.errors import AlreadyRunning, ConfigError
 from maestro_py.paths import Folder
 from maestro_py.ops.views import quota_line
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
@@ -50,17 +52,29 @@ def run(c: Context, once: bool, no_watch: bool) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--wait-healthy", type=click.FloatRange(0, 3600), default=None, metavar="SECONDS",
+              help="Wait up to SECONDS for the daemon to be alive with a fresh heartbeat (for deploy scripts).")
 @pass_ctx
-def status(c: Context, as_json: bool) -> None:
-    """Show whether the daemon is alive, queue depths, live sub-sessions and counters."""
-    doc = read_status(c.layout)
-    now = SystemClock().now()
-    live = liveness(c.layout, doc, now)
+def status(c: Context, as_json: bool, wait_healthy: float | None) -> int:
+    """Show whether the daemon is alive, queue depths, live sub-sessions and counters.
+
+    Exit 0 only when the daemon is alive and its heartbeat fresh; 3 when no daemon runs; 4 when a process
+    holds the root but its heartbeat is stale (stopped, wedged) or missing."""
+    limit = _stale_limit(c)
+    deadline = time.monotonic() + (wait_healthy or 0.0)
+    while True:
+        doc = read_status(c.layout)
+        now = SystemClock().now()
+        live = liveness(c.layout, doc, now)
+        code, words = health(live, limit)
+        if code == EX_HEALTHY or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
     depths = Bus(c.layout).depths() if c.layout.bus_dir.exists() else {f.value: 0 for f in Folder}
     circuits = open_circuits(c)
     out = {
         "root": str(c.layout.root),
-        "daemon": live,
+        "daemon": {**live, "health": words, "exit_code": code, "stale_after_s": limit},
         "queues": depths,
         "emergency_stop": c.layout.stop_file.exists(),
         "auth_halt": AUTH_HALT in circuits,
@@ -71,10 +85,8 @@ def status(c: Context, as_json: bool) -> None:
     }
     if as_json:
         click.echo(json.dumps(out, indent=2))
-        return
-    state = "alive" if live["alive"] else "not running"
-    age = f", heartbeat {live['heartbeat_age_s']}s ago" if live["heartbeat_age_s"] is not None else ""
-    click.echo(f"daemon: {state}" + (f" (pid {live['pid']}{age})" if live["pid"] else ""))
+        return code
+    click.echo(f"daemon: {words}")
     click.echo("queues: " + "  ".join(f"{k}={v}" for k, v in depths.items() if k != "tmp"))
     if out["emergency_stop"]:
         click.echo(f"EMERGENCY STOP is set ({c.layout.stop_file}); `maestro resume` clears it")
@@ -117,3 +129,13 @@ def status(c: Context, as_json: bool) -> None:
             click.echo(f"budget {row['scope']} {row['window']}: {line}")
     click.echo(f"ledger: {c.layout.ledger_file}")
     click.echo(f"events: {c.layout.events_dir}/bus-YYYY-MM-DD.jsonl   per-run logs: {c.layout.subsessions_dir}")
+    return code
+
+
+def _stale_limit(c: Context) -> float:
+    """The heartbeat age past which the daemon counts as stale (its poll interval; the default if unset or bad)."""
+    try:
+        poll_ms = Settings.from_env(c.env).poll_ms
+    except ConfigError:
+        poll_ms = int(VARS["MAESTRO_POLL_MS"].default)
+    return stale_after(poll_ms)

@@ -18,6 +18,7 @@ from maestro_py.bus.store import CLAIM_SEP, Bus
 from maestro_py.config import VARS, Settings
 from maestro_py.daemon.lock import holder
 from maestro_py.daemon.status import liveness, read_status
+from maestro_py.daemon.status import stale_after as status_stale_after
 from maestro_py.errors import ConfigError, SpawnError
 from maestro_py.ops import views
 from maestro_py.ops.probe import Check, Level, Probe
@@ -206,12 +207,12 @@ def check_writable(p: Probe) -> Check:
 
 
 def stale_after(env: Mapping[str, str]) -> float:
-    """Heartbeat age beyond which a daemon holding the lock is considered stuck: 3 × poll + 30 s."""
+    """Heartbeat age beyond which a daemon holding the lock is considered stuck (`status.stale_after`)."""
     try:
-        poll_s = Settings.from_env(env).poll_ms / 1000
+        poll_ms = Settings.from_env(env).poll_ms
     except ConfigError:
-        poll_s = int(VARS["MAESTRO_POLL_MS"].default) / 1000
-    return 3 * max(poll_s, 1.0) + 30
+        poll_ms = int(VARS["MAESTRO_POLL_MS"].default)
+    return status_stale_after(poll_ms)
 
 
 def check_daemon(p: Probe) -> Check:
