@@ -212,3 +212,11 @@ def test_an_unreachable_store_raises_store_unavailable_without_its_password(tmp_
 def test_a_store_url_that_cannot_work_is_a_config_error(bad: str) -> None:
     with pytest.raises(ConfigError):
         check_url(bad)
+
+
+def test_a_server_restart_between_calls_is_not_an_outage(pg_server, pg_url: str) -> None:
+    store = open_store(pg_url)
+    assert reserve(store, "before").admitted  # the store keeps this connection
+    pg_server.restart()
+    assert reserve(store, "after").admitted  # the dead connection is replaced, not reported as an outage
+    assert {r["run_id"] for r in store.live(NOW)} == {"before", "after"}

@@ -107,24 +107,34 @@ class SqlStore:
         """More schema a subclass needs (created in the same transaction)."""
 
     def _run(self, work: Any, *, write: bool, serial: bool = False) -> Any:
-        """`work(cursor)` in one transaction; a store error rolls back and raises StoreUnavailable."""
-        try:
-            conn = self._connection()
-            cur = conn.cursor()
+        """`work(cursor)` in one transaction; a store error rolls back and raises StoreUnavailable.
+
+        A connection kept from an earlier call may have died meanwhile (a server restart): the transaction is
+        tried once more on a new one before the store counts as unavailable (each `work` is one transaction
+        that either committed or did nothing, and settles are idempotent)."""
+        for fresh in ((False, True) if self._conn is not None else (True,)):
             try:
-                self._begin(cur, write=write, serial=serial)
-                result = work(cur)
-                conn.commit()
-                return result
-            except BaseException:
-                try:
-                    conn.rollback()
-                except self._errors():
-                    self.close()
-                raise
-        except self._errors() as exc:
-            self.close()
-            raise StoreUnavailable(f"governor store {safe_url(self.url)}: {_first_line(exc)}") from None
+                return self._attempt(work, write=write, serial=serial)
+            except self._errors() as exc:
+                self.close()
+                if fresh:
+                    raise StoreUnavailable(f"governor store {safe_url(self.url)}: {_first_line(exc)}") from None
+        raise AssertionError("unreachable")
+
+    def _attempt(self, work: Any, *, write: bool, serial: bool) -> Any:
+        conn = self._connection()
+        cur = conn.cursor()
+        try:
+            self._begin(cur, write=write, serial=serial)
+            result = work(cur)
+            conn.commit()
+            return result
+        except BaseException:
+            try:
+                conn.rollback()
+            except self._errors():
+                self.close()
+            raise
 
     def _q(self, cur: Any, text: str, params: Sequence[Any] = ()) -> Any:
         cur.execute(self._sql(text), tuple(params))
