@@ -82,9 +82,11 @@ def pg_server():
         print(f"\nPostgreSQL tests skipped: {why}")
         pytest.skip(f"no PostgreSQL server: {why}")
     server = PgServer()
-    server.start()
-    yield server
-    server.close()
+    try:  # close() even when start() fails: no server or temp folder outlives the session
+        server.start()
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

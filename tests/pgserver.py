@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -72,11 +73,17 @@ class PgServer:
         if self.user is not None:
             shutil.chown(self.dir, self.user)
             self.dir.chmod(0o700)
-        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", USER, "--no-sync", "-E", "UTF8")
         self.running = False
+        self._created = False  # the `maestro` database (self.url) is made on the first start
+        try:
+            self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", USER, "--no-sync", "-E", "UTF8")
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)  # no half-made cluster left in /tmp
+            raise
 
     @property
     def url(self) -> str:
+        """The `maestro` database, as the cluster's superuser over loopback TCP (trust: no password)."""
         return self.url_for("maestro")
 
     def url_for(self, dbname: str) -> str:
@@ -95,20 +102,42 @@ class PgServer:
     def start(self) -> None:
         options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        self.running = True  # before pg_ctl: a start that timed out may still have left a server to stop
         self._pg("pg_ctl", "-D", str(self.data), "-w", "-t", "30", "-o", options, "-l", str(self.dir / "server.log"),
                  "start")
-        self.running = True
+        if not self._created:
+            self._pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "maestro")
+            self._created = True
 
     def stop(self) -> None:
-        if self.running:
+        """Stop the server (fast: open sessions are cut). Teardown relies on it, so a failed fast stop falls
+        back to an immediate one, then to SIGKILL of the postmaster: no server outlives the tests."""
+        if not self.running:
+            return
+        try:
             self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop")
-            self.running = False
+        except (RuntimeError, subprocess.TimeoutExpired):
+            try:
+                self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "10", "stop")
+            except (RuntimeError, subprocess.TimeoutExpired):
+                self._kill_postmaster()
+        self.running = False
+
+    def _kill_postmaster(self) -> None:
+        """The last resort: SIGKILL the pid in postmaster.pid (its children exit when the postmaster is gone)."""
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass  # no pid file or no such process: nothing running
 
     def restart(self) -> None:
+        """Stop, then start again on the same port and data (the store goes down mid-run and comes back)."""
         self.stop()
         self.start()
 
     def close(self) -> None:
+        """Stop the server and remove its temp folder (data, log, sockets)."""
         try:
             self.stop()
         finally:
