@@ -276,6 +276,18 @@ class Settings:
             default_estimate=Estimate(self.reserve_tokens, self.reserve_usd, "default"),
         )
 
+    def in_force(self) -> dict[str, Any]:
+        """Every setting by its variable name, as parsed (the store URL without its password): `status --json`."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[self._SOURCES[f.name]] = _shown(self._SOURCES[f.name], value) if isinstance(value, str) else value
+        return out
+
+    def changed(self, other: "Settings") -> list[str]:
+        """The variable names whose values differ in `other`."""
+        return [self._SOURCES[f.name] for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
         """Parse every setting, defaulting what is unset or empty."""

@@ -106,6 +106,9 @@ def status(c: Context, as_json: bool, wait_healthy: float | None) -> int:
         for kind, usage in (doc.get("quota") or {}).items():
             if isinstance(usage, dict) and isinstance(usage.get("utilization"), (int, float)):
                 click.echo(f"usage {kind}: {usage['utilization']:.0%} ({usage.get('status')}, as of {usage.get('at')})")
+        if doc.get("restart_required"):
+            click.echo(f"RESTART REQUIRED: {', '.join(doc['restart_required'])} changed in .env; the daemon runs "
+                       "with the old value until it is restarted")
         gov = doc.get("governor")
         if isinstance(gov, dict):
             if gov.get("available"):

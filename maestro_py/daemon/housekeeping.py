@@ -4,6 +4,7 @@ let open circuits go half-open, and, now and then, reap stale claims and prune o
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ class Housekeeping:
 
     def __init__(self, *, layout: Layout, settings: Settings, env: dict[str, str], registry: Registry, bus: Bus,
                  guardrails: Guardrails, budget: Governor, live: LiveRuns, redactor: Redactor, events: EventLog,
-                 counters: Counter[str], clock: Clock) -> None:
+                 counters: Counter[str], clock: Clock,
+                 on_settings: Callable[[Settings], None] = lambda settings: None) -> None:
         self.layout = layout
         self.settings = settings
         self.env = env
@@ -45,6 +47,7 @@ class Housekeeping:
         self.events = events
         self.counters = counters
         self.clock = clock
+        self.on_settings = on_settings  # the daemon applies settings changed in `.env` (daemon/reconfigure.py)
         self._registry_version = _version(layout.registry_file)
         self._cadences_version = _version(layout.cadences_dir)
         self._emptied_at: float | None = None  # when cadences.toml lost every cadence (not applied yet)
@@ -128,10 +131,12 @@ class Housekeeping:
         self._env_mtime = mtime
         try:
             env = load_env(self.layout)
+            settings = Settings.from_env(env)
         except ConfigError as exc:  # a bad edit while running: say so, keep what runs now
             self.events.emit("env_invalid", level="error", error=str(exc), keeping="previous environment")
             return
         self.env = env
+        self.on_settings(settings)
         scrub(self.env)
         self.redactor.update(self.env)
         self._login = command.login_stamp(self.env)  # of the login file this `.env` names

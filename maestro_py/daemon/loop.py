@@ -93,7 +93,8 @@ class Daemon:
         self.housekeeping = Housekeeping(
             layout=self.layout, settings=settings, env=self.env, registry=registry, bus=self.bus,
             guardrails=self.guardrails, budget=self.budget, live=self.live, redactor=self.redactor,
-            events=self.events, counters=self.counters, clock=clock)
+            events=self.events, counters=self.counters, clock=clock, on_settings=self._settings_changed)
+        self.restart_required: list[str] = []  # settings changed in .env that only a restart applies
         self.dispatcher = Dispatcher(
             layout=self.layout, settings=settings, bus=self.bus, guardrails=self.guardrails, live=self.live,
             spawner=self.spawner, settler=self.settler, events=self.events, notifier=self.notifier,
@@ -263,6 +264,19 @@ class Daemon:
             wait = min(wait, ping_in)
         return max(wait, 0.0)
 
+    def _settings_changed(self, new: Settings) -> None:
+        """`.env` changed: apply its settings now; say which, and which wait for a restart."""
+        from maestro_py.daemon.reconfigure import reconfigure
+
+        applied, pending = reconfigure(self, new)
+        if applied:
+            self.events.emit("settings_changed", level="warn", applied=applied)
+        if pending != self.restart_required:
+            self.restart_required = pending
+            if pending:
+                self.events.emit("restart_required", level="warn", settings=pending,
+                                 reason="changed in .env; these take effect at the next start")
+
     def _write_status(self, *, force: bool = False, state: str | None = None) -> None:
         if not self.status.due(force=force):
             return
@@ -272,7 +286,8 @@ class Daemon:
             state=state or ("draining" if self.stopping else "emergency_stop" if emergency else "running"),
             watching=self._watching, emergency=emergency, live=self.live, queued=len(self.bus.index),
             counters=self.counters, budget=self.budget, quota=self.guardrails.quota_usage,
-            governor=self.fleet.status() if self.fleet is not None else None)
+            governor=self.fleet.status() if self.fleet is not None else None,
+            settings=self.settings.in_force(), restart_required=self.restart_required)
         self.notifier.status(status_line(state=doc["state"], queued=doc["queued"], live=len(self.live)))
         self.status.write(doc)
 

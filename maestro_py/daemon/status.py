@@ -102,7 +102,8 @@ def new_counters() -> Counter[str]:
 def status_doc(*, owner: Owner, root: Path, now: datetime, started_at: datetime, state: str, watching: bool,
                emergency: str | None, live: LiveRuns, queued: int, counters: Counter[str],
                budget: Governor, quota: dict[str, dict[str, Any]] | None = None,
-               governor: dict[str, Any] | None = None) -> dict[str, Any]:
+               governor: dict[str, Any] | None = None, settings: dict[str, Any] | None = None,
+               restart_required: list[str] | None = None) -> dict[str, Any]:
     """The `consumer.json` document (its schema, in one place)."""
     return {
         "pid": owner.pid,
@@ -122,7 +123,9 @@ def status_doc(*, owner: Owner, root: Path, now: datetime, started_at: datetime,
         "counters": dict(counters),
         "budget": budget.summary(now),
         "quota": quota or {},  # the subscription's usage windows, as the last run reported them
-        "governor": governor,  # the fleet governor store, when one is configured (None: per-root budget only)
+        "governor": governor,
+        "settings": settings or {},  # the settings in force (`.env` edits apply live: daemon/reconfigure.py)
+        "restart_required": restart_required or [],  # changed in .env, applied at the next start  # the fleet governor store, when one is configured (None: per-root budget only)
         "reservations": [{"tick": tid, "cadence": cad, "tokens": est.tokens, "usd": est.usd, "basis": est.basis}
                          for tid, (cad, est) in budget.reservations.items()],
     }

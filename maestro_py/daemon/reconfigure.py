@@ -1,0 +1,56 @@
+"""Settings changed in `.env` take effect in the running daemon: each part gets its new figures.
+
+A few settings name resources the daemon opened at start-up (the governor store, the agent's name in it):
+changing them needs a restart, which `restart_required` says (event, `status`, `doctor`) instead of
+silently keeping the old value.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from maestro_py.config import Settings
+from maestro_py.policy.backoff import parse_backoff
+from maestro_py.policy.budget import Estimate, Limit
+
+if TYPE_CHECKING:
+    from maestro_py.daemon.loop import Daemon
+
+RESTART_REQUIRED = ("MAESTRO_GOVERNOR_URL", "MAESTRO_AGENT_NAME")
+
+
+def reconfigure(daemon: "Daemon", new: Settings) -> tuple[list[str], list[str]]:
+    """Apply `new` to every part of `daemon`; (names applied, names that need a restart)."""
+    old = daemon.settings
+    changed = old.changed(new)
+    if not changed:
+        return [], []
+    pending = [name for name in changed if name in RESTART_REQUIRED]
+    if pending:  # keep what was opened with, in force and in what `status` shows
+        new = _keep(new, old)
+    daemon.settings = new
+    daemon.dispatcher.settings = new
+    daemon.housekeeping.settings = new
+    daemon.bus.max_inbox, daemon.bus.max_reaps = new.max_inbox, new.max_reaps
+    daemon.live.max_live = new.max_live
+    rails = daemon.guardrails
+    rails.max_live, rails.max_attempts = new.max_live, new.max_attempts
+    rails.quota_pause_at, rails.quota_min_hold = new.quota_pause_at, new.quota_min_hold
+    rails.backoff.wait = parse_backoff(new.backoff)
+    breakers = rails.breakers
+    breakers.threshold, breakers.open_seconds = new.circuit_threshold, new.circuit_open_seconds
+    breakers.max_open_seconds = new.circuit_max_open_seconds
+    budget = daemon.budget
+    budget.global_limits = {"daily": Limit(new.daily_tokens, new.daily_usd),
+                            "hourly": Limit(new.hourly_tokens, new.hourly_usd)}
+    budget.default_estimate = Estimate(new.reserve_tokens, new.reserve_usd, "default")
+    if daemon.fleet is not None:
+        daemon.fleet.max_live, daemon.fleet.lease_seconds = new.fleet_max_live, new.fleet_lease_seconds
+    return [name for name in changed if name not in pending], pending
+
+
+def _keep(new: Settings, old: Settings) -> Settings:
+    """`new` with the restart-only settings as `old` has them."""
+    from dataclasses import replace
+
+    return replace(new, governor_url=old.governor_url, agent=old.agent)
