@@ -81,7 +81,7 @@ def test_enqueue_at_capacity_exits_75_and_leaves_nothing(runner: CliRunner, root
 
 def test_bad_setting_names_the_variable(runner: CliRunner, root: Path) -> None:
     result = invoke(runner, root, "enqueue", "hello", env={"MAESTRO_MAX_INBOX": "lots"})
-    assert result.exit_code == 2
+    assert result.exit_code == 78  # EX_CONFIG: a configuration error, not a usage error
     assert "MAESTRO_MAX_INBOX='lots'" in one_line_error(result)
 
 
@@ -95,7 +95,7 @@ def test_env_file_is_loaded_and_real_environment_wins(runner: CliRunner, root: P
 def test_invalid_registry_names_file_key_and_problem(runner: CliRunner, root: Path) -> None:
     (root / "cadences.toml").write_text("[hello]\ntimeout_seconds = 'abc'\n")
     result = invoke(runner, root, "enqueue", "hello")
-    assert result.exit_code == 2
+    assert result.exit_code == 78
     line = one_line_error(result)
     assert "cadences.toml" in line and "timeout_seconds" in line
 
@@ -241,3 +241,18 @@ def test_a_quarantined_file_fixed_by_hand_is_replayed(runner: CliRunner, root: P
     clash = invoke(runner, root, "dlq", "replay", "hello-1")
     assert clash.exit_code == 1 and "File exists" in one_line_error(clash)
     assert (dlq / "hello-1.json.reason.json").exists()
+
+
+def test_a_configuration_error_at_start_up_exits_78_and_the_unit_does_not_restart_on_it(tmp_path: Path) -> None:
+    """A broken config used to exit 2, so Restart=on-failure restarted it every 10 s forever (issue 17, item 3)."""
+    from tests.fakes import daemon_env, maestro, write_agent
+
+    layout = write_agent(tmp_path / "agent", "[memo]\nmode = 'warp'\n", {"memo": "hi"})
+    env = daemon_env(tmp_path)
+    result = maestro(layout, "run", "--once", env=env)
+    assert result.returncode == 78 and "cadences.toml" in result.stderr
+    layout.registry_file.write_text("")
+    (layout.root / ".env").write_bytes(b"MAESTRO_POLL_MS=\xff\n")
+    assert maestro(layout, "run", "--once", env=env).returncode == 78  # a .env that is not UTF-8
+    unit = maestro(layout, "service", "print", "--systemd", env={**env, "MAESTRO_POLL_MS": "1000"})
+    assert "RestartPreventExitStatus=78" in unit.stdout or unit.returncode == 78

@@ -61,7 +61,7 @@ def test_no_store_configured_or_reachable_is_a_clear_error(runner: CliRunner, tm
     bare = tmp_path / "bare"
     write_agent(bare)
     result = invoke(runner, bare, "governor", "show")
-    assert result.exit_code == 2 and "MAESTRO_GOVERNOR_URL" in one_line_error(result)
+    assert result.exit_code == 78 and "MAESTRO_GOVERNOR_URL" in one_line_error(result)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

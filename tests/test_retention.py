@@ -285,5 +285,5 @@ def test_prune_command_dry_run_then_for_real(layout: Layout) -> None:
 
 def test_prune_command_rejects_a_bad_setting(layout: Layout) -> None:
     result = CliRunner().invoke(cli, ["--root", str(layout.root), "prune"], env={"MAESTRO_LOGS_MAX_MB": "0"})
-    assert result.exit_code == 2
+    assert result.exit_code == 78
     assert result.stderr.strip() == "maestro: MAESTRO_LOGS_MAX_MB='0': must be a number > 0"

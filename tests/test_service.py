@@ -342,10 +342,10 @@ def test_an_inexpressible_schedule_exits_2(runner: CliRunner, tmp_path: Path) ->
     assert not (tmp_path / "d").exists()
 
 
-def test_an_invalid_registry_exits_2(runner: CliRunner, tmp_path: Path) -> None:
+def test_an_invalid_registry_exits_78(runner: CliRunner, tmp_path: Path) -> None:
     root = example_agent(tmp_path / "agent", "[x]\nbogus = 1\n")
     result = invoke(runner, root, "service", "print", "--systemd")
-    assert result.exit_code == 2 and "unknown key" in one_line_error(result)
+    assert result.exit_code == 78 and "unknown key" in one_line_error(result)
 
 
 def fake_tool(folder: Path, name: str, log: Path, watch: Path, fail_on: str = "") -> None:

@@ -19,8 +19,9 @@ from maestro_py.registry import Registry, RegistryError
 if TYPE_CHECKING:
     from maestro_py.policy.breaker import Breakers, Circuit, CircuitFile
 
-EX_USAGE = 2
+EX_USAGE = 2        # a bad argument on the command line
 EX_TEMPFAIL = 75
+EX_CONFIG = 78      # sysexits EX_CONFIG: a bad setting, .env or cadences.toml (services do not restart on it)
 
 
 class CliError(click.ClickException):
@@ -45,6 +46,9 @@ class MaestroGroup(click.Group):
         except click.ClickException as exc:
             click.echo(f"maestro: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
+        except ConfigError as exc:  # raised before a command could wrap it (a bad .env read for --root)
+            click.echo(f"maestro: {exc}", err=True)
+            sys.exit(EX_CONFIG)
         except click.exceptions.Abort:
             click.echo("maestro: aborted", err=True)
             sys.exit(130)
@@ -62,18 +66,18 @@ class Context:
         self.env = load_env(self.layout)
 
     def settings(self) -> Settings:
-        """The settings from the environment; an invalid one is a usage error."""
+        """The settings from the environment; an invalid one is a configuration error (exit 78)."""
         try:
             return Settings.from_env(self.env)
         except ConfigError as exc:
-            raise CliError(str(exc), EX_USAGE) from None
+            raise CliError(str(exc), EX_CONFIG) from None
 
     def registry(self) -> Registry:
-        """The cadence registry; an invalid one is a usage error."""
+        """The cadence registry; an invalid one is a configuration error (exit 78)."""
         try:
             return Registry.load(self.layout)
         except RegistryError as exc:
-            raise CliError(str(exc), EX_USAGE) from None
+            raise CliError(str(exc), EX_CONFIG) from None
 
 
 pass_ctx = click.make_pass_decorator(Context)

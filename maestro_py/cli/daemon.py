@@ -9,7 +9,7 @@ import time
 import click
 
 from maestro_py.bus.store import Bus
-from maestro_py.cli.common import (EX_USAGE, CliError, Context, budget_summary, fmt_amount, open_circuits,
+from maestro_py.cli.common import (EX_CONFIG, CliError, Context, budget_summary, fmt_amount, open_circuits,
                                    pass_ctx)
 from maestro_py.clock import SystemClock
 from maestro_py.config import VARS, Settings
@@ -44,8 +44,8 @@ def run(c: Context, once: bool, no_watch: bool) -> None:
         code = daemon.run(once=once)
     except AlreadyRunning as exc:
         raise CliError(str(exc), 1) from None
-    except RegistryError as exc:
-        raise CliError(str(exc), EX_USAGE) from None
+    except (RegistryError, ConfigError) as exc:
+        raise CliError(str(exc), EX_CONFIG) from None
     if code:
         raise CliError("daemon exited with an error", code)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from maestro_py.cli.common import EX_USAGE, CliError, Context, figure_lines, fmt_amount, pass_ctx
+from maestro_py.cli.common import EX_CONFIG, EX_USAGE, CliError, Context, figure_lines, fmt_amount, pass_ctx
 from maestro_py.clock import MAX_COUNT, MAX_NUMBER, SystemClock
 from maestro_py.errors import ConfigError
 
@@ -22,11 +22,11 @@ def _store(c: Context, url: str | None) -> Any:
     url = url or c.settings().governor_url
     if not url:
         raise CliError("no governor store: set MAESTRO_GOVERNOR_URL in .env (sqlite:////abs/path/governor.db or "
-                       "postgresql://…) or pass --url", EX_USAGE)
+                       "postgresql://…) or pass --url", EX_CONFIG)
     try:
         return open_store(url)
     except ConfigError as exc:
-        raise CliError(str(exc), EX_USAGE) from None
+        raise CliError(str(exc), EX_CONFIG) from None
 
 
 def _call(work: Any) -> Any:

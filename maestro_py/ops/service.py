@@ -243,6 +243,7 @@ def systemd_files(spec: ServiceSpec) -> list[ServiceFile]:
               for name, value in claude_env(spec, SYSTEMD_PATH).items()),
             "Restart=on-failure",
             f"RestartSec={THROTTLE_SECONDS}",
+            "RestartPreventExitStatus=78",  # a configuration error: restarting cannot fix it (fix .env, then start)
             *([f"WatchdogSec={spec.watchdog_sec}"] if spec.watchdog_sec else []),
             "KillMode=mixed",  # SIGTERM to the daemon only: it drains and ends its sub-sessions itself
             f"TimeoutStopSec={spec.stop_timeout}",
