@@ -256,3 +256,11 @@ def test_a_configuration_error_at_start_up_exits_78_and_the_unit_does_not_restar
     assert maestro(layout, "run", "--once", env=env).returncode == 78  # a .env that is not UTF-8
     unit = maestro(layout, "service", "print", "--systemd", env={**env, "MAESTRO_POLL_MS": "1000"})
     assert "RestartPreventExitStatus=78" in unit.stdout or unit.returncode == 78
+
+
+def test_status_still_works_with_a_broken_registry_and_flags_it(runner: CliRunner, root: Path) -> None:
+    (root / "cadences.toml").write_text("[hello]\ntimeout_seconds = 'abc'\n")
+    result = invoke(runner, root, "status")
+    assert result.exit_code == 3 and "REGISTRY INVALID" in result.stdout and "timeout_seconds" in result.stdout
+    doc = json.loads(invoke(runner, root, "status", "--json").stdout)
+    assert "timeout_seconds" in doc["registry_error"]

@@ -103,12 +103,21 @@ def open_circuits(c: Context) -> dict[str, Circuit]:
         raise CliError(str(exc)) from None
 
 
-def budget_summary(c: Context) -> list[dict[str, Any]]:
-    """The budget as the daemon sees it (`ops.views.budget_rows`), for `status` and `budget`."""
+def budget_summary(c: Context, *, lenient: bool = False) -> list[dict[str, Any]]:
+    """The budget as the daemon sees it (`ops.views.budget_rows`), for `status` and `budget`. `lenient`: an invalid
+    registry leaves out the per-cadence limits instead of failing (the daemon keeps its previous registry)."""
     from maestro_py.clock import SystemClock
     from maestro_py.ops import views
 
-    return views.budget_rows(c.layout, c.settings(), c.registry(), SystemClock().now())
+    registry = c.registry() if not lenient else registry_or_none(c)
+    return views.budget_rows(c.layout, c.settings(), registry, SystemClock().now())
+
+
+def registry_or_none(c: Context) -> Registry | None:
+    try:
+        return Registry.load(c.layout)
+    except RegistryError:
+        return None
 
 
 def figure_lines(row: dict[str, Any]) -> list[str]:

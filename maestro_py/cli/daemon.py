@@ -19,7 +19,7 @@ from maestro_py.paths import Folder
 from maestro_py.ops.views import quota_line
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
 from maestro_py.policy.budget import never_fits_lines
-from maestro_py.registry import RegistryError
+from maestro_py.registry import Registry, RegistryError
 from maestro_py.session.command import auth_fix, claude_fix, prefers_subscription
 
 
@@ -61,6 +61,11 @@ def status(c: Context, as_json: bool, wait_healthy: float | None) -> int:
     Exit 0 only when the daemon is alive and its heartbeat fresh; 3 when no daemon runs; 4 when a process
     holds the root but its heartbeat is stale (stopped, wedged) or missing."""
     limit = _stale_limit(c)
+    try:  # a broken cadences.toml: the daemon keeps running on its previous registry, and status still works
+        Registry.load(c.layout)
+        registry_error = None
+    except RegistryError as exc:
+        registry_error = str(exc)
     deadline = time.monotonic() + (wait_healthy or 0.0)
     while True:
         doc = read_status(c.layout)
@@ -80,13 +85,16 @@ def status(c: Context, as_json: bool, wait_healthy: float | None) -> int:
         "auth_halt": AUTH_HALT in circuits,
         "claude_missing": CLAUDE_MISSING in circuits,
         "circuits": {n: circ.to_json() for n, circ in circuits.items()},
-        "budget": budget_summary(c),
+        "budget": budget_summary(c, lenient=True),
+        "registry_error": registry_error,
         "status": doc,
     }
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return code
     click.echo(f"daemon: {words}")
+    if registry_error:
+        click.echo(f"REGISTRY INVALID: {registry_error} (a running daemon keeps its previous registry)")
     click.echo("queues: " + "  ".join(f"{k}={v}" for k, v in depths.items() if k != "tmp"))
     if out["emergency_stop"]:
         click.echo(f"EMERGENCY STOP is set ({c.layout.stop_file}); `maestro resume` clears it")
