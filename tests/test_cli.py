@@ -264,3 +264,15 @@ def test_status_still_works_with_a_broken_registry_and_flags_it(runner: CliRunne
     assert result.exit_code == 3 and "REGISTRY INVALID" in result.stdout and "timeout_seconds" in result.stdout
     doc = json.loads(invoke(runner, root, "status", "--json").stdout)
     assert "timeout_seconds" in doc["registry_error"]
+
+
+def test_help_for_people(runner: CliRunner, root: Path) -> None:
+    """`maestro`, `maestro help`, `-h` print the help on stdout with exit 0 (issue 17, item 10)."""
+    for args in ([], ["help"], ["-h"], ["--help"]):
+        result = runner.invoke(cli, args, prog_name="maestro")
+        assert result.exit_code == 0 and "Usage: maestro" in result.stdout and "governor" in result.stdout, args
+    sub = runner.invoke(cli, ["help", "dlq", "purge"], prog_name="maestro")
+    assert sub.exit_code == 0 and "--yes" in sub.stdout
+    assert runner.invoke(cli, ["dlq", "list", "-h"]).stdout.count("Print the dead letters as JSON") == 1
+    bad = runner.invoke(cli, ["help", "nosuch"])
+    assert bad.exit_code == 2 and "no such command: nosuch" in one_line_error(bad)

@@ -272,8 +272,10 @@ def test_dlq_tools_list_show_replay_purge(layout: Layout, clock: FakeClock) -> N
     assert data["attempts"] == 0 and data["history"][-1]["outcome"] == "replayed"
     assert runner.invoke(cli, [*root, "dlq", "replay", "nope"]).exit_code == 1
     run_steps(daemon)
-    assert runner.invoke(cli, [*root, "dlq", "purge", "--older-than", "1"]).stdout.startswith("purged 0")
-    assert runner.invoke(cli, [*root, "dlq", "purge"]).stdout.startswith("purged 1")
+    assert runner.invoke(cli, [*root, "dlq", "purge", "--older-than", "1", "--yes"]).stdout.startswith("purged 0")
+    refused = runner.invoke(cli, [*root, "dlq", "purge"], input="")  # no terminal, no --yes: nothing goes
+    assert refused.exit_code == 2 and "pass --yes" in refused.stderr and tick_ids(layout, Folder.DLQ)
+    assert runner.invoke(cli, [*root, "dlq", "purge", "-y"]).stdout.startswith("purged 1")
     assert list(layout.folder(Folder.DLQ).iterdir()) == []
 
 

@@ -57,14 +57,36 @@ class LazyGroup(MaestroGroup):
         return command
 
 
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS)
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, invoke_without_command=True, no_args_is_help=False,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Agent root (default: $MAESTRO_AGENT_ROOT, else the current directory).")
 @click.version_option(package_name="maestro_py", prog_name="maestro")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None) -> None:
     """maestro: run scheduled AI work (cadences) safely from a filesystem tick bus."""
+    if ctx.invoked_subcommand is None:  # bare `maestro`: the help, on stdout, exit 0
+        click.echo(ctx.get_help())
+        return
+    if ctx.invoked_subcommand == "help":
+        return  # needs no agent root
     ctx.obj = Context(root)
+
+
+@cli.command("help")
+@click.argument("command", nargs=-1)
+@click.pass_context
+def help_cmd(ctx: click.Context, command: tuple[str, ...]) -> None:
+    """Show the help of maestro or of COMMAND (`maestro help dlq purge`)."""
+    group: click.Command = cli
+    parent = ctx.parent or ctx
+    for name in command:
+        sub = group.get_command(parent, name) if isinstance(group, click.Group) else None
+        if sub is None:
+            raise click.UsageError(f"no such command: {' '.join(command)}")
+        parent = click.Context(sub, info_name=name, parent=parent)
+        group = sub
+    click.echo(parent.get_help())
 
 
 def main() -> None:

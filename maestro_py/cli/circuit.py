@@ -19,7 +19,7 @@ def circuit() -> None:
 
 
 @circuit.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the open circuits as JSON.")
 @pass_ctx
 def circuit_list(c: Context, as_json: bool) -> None:
     """Open and half-open circuits (the auth halt shows as `_auth`, a missing `claude` as `_claude`)."""

@@ -6,6 +6,7 @@ What a dead letter holds came from a run's output or a stranger's file: it reach
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -22,7 +23,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the dead letters as JSON.")
 @pass_ctx
 def dlq_list(c: Context, as_json: bool) -> None:
     """Every dead letter with its reason."""
@@ -87,9 +88,16 @@ def dlq_replay(c: Context, tick_ids: tuple[str, ...], all_: bool, reset_attempts
 
 @dlq.command("purge")
 @click.option("--older-than", "days", type=click.FloatRange(min=0), default=None, help="Only those older than DAYS.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (scripts; needed without a terminal).")
 @pass_ctx
-def dlq_purge(c: Context, days: float | None) -> None:
-    """Delete dead letters (all, or those older than --older-than DAYS)."""
+def dlq_purge(c: Context, days: float | None, yes: bool) -> None:
+    """Delete dead letters (all, or those older than --older-than DAYS), after a confirmation or --yes."""
+    if not yes:
+        count = len(Bus(c.layout).dead_letters()) if c.layout.bus_dir.exists() else 0
+        what = f"dead letters older than {days:g} days" if days is not None else f"all {count} dead letter(s)"
+        if not sys.stdin.isatty():
+            raise CliError(f"purge would delete {what}: pass --yes to confirm (no terminal to ask)", EX_USAGE)
+        click.confirm(f"Delete {what}?", abort=True, err=True)
     removed = Bus(c.layout).purge_dead_letters(older_than_days=days)
     click.echo(f"purged {len(removed)} dead letter(s)")
 
