@@ -41,6 +41,19 @@ class Layout:
         chosen = root or os.environ.get("MAESTRO_AGENT_ROOT") or os.getcwd()
         return cls(Path(chosen).expanduser().resolve())
 
+    def check_agent_root(self) -> None:
+        """ConfigError unless this is an agent root: a folder with `.env`, `cadences.toml`, `cadences/` or `state/`
+        (a typo in `--root` must not read as an empty agent and exit 0)."""
+        from maestro_py.errors import ConfigError
+
+        markers = (self.env_file, self.registry_file, self.cadences_dir, self.state_dir)
+        if not self.root.is_dir():
+            raise ConfigError(f"{self.root}: no such folder, so not an agent root; create one with "
+                              f"`maestro --root {self.root} init`")
+        if not any(path.exists() for path in markers):
+            raise ConfigError(f"{self.root}: not an agent root (no .env, cadences.toml, cadences/ or state/); "
+                              f"run `maestro --root {self.root} init` to make it one")
+
     # -- configuration ----------------------------------------------------
     @property
     def env_file(self) -> Path:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -276,3 +278,25 @@ def test_help_for_people(runner: CliRunner, root: Path) -> None:
     assert runner.invoke(cli, ["dlq", "list", "-h"]).stdout.count("Print the dead letters as JSON") == 1
     bad = runner.invoke(cli, ["help", "nosuch"])
     assert bad.exit_code == 2 and "no such command: nosuch" in one_line_error(bad)
+
+
+def test_a_root_that_is_not_an_agent_root_is_refused(runner: CliRunner, tmp_path: Path) -> None:
+    """A typo in --root used to read as an empty agent with exit 0 (issue 17, item 9)."""
+    for root, says in ((tmp_path / "typo", "no such folder"), (tmp_path, "not an agent root")):
+        result = runner.invoke(cli, ["--root", str(root), "status"])
+        assert result.exit_code == 78 and says in one_line_error(result) and "init" in one_line_error(result)
+    assert not (tmp_path / "typo").exists()
+    assert runner.invoke(cli, ["--root", str(tmp_path / "new"), "init"]).exit_code == 0
+    assert runner.invoke(cli, ["--root", str(tmp_path / "new"), "dlq", "list"]).exit_code == 0
+
+
+def test_root_is_accepted_after_the_subcommand(tmp_path: Path) -> None:
+    from tests.fakes import daemon_env, write_agent
+
+    layout = write_agent(tmp_path / "agent", "", {"memo": "hi"})
+    env = daemon_env(tmp_path)
+    for args in (["enqueue", "memo", "--root", str(layout.root)], ["enqueue", f"--root={layout.root}", "memo"]):
+        result = subprocess.run([sys.executable, "-m", "maestro_py", *args], env=env, capture_output=True, text=True,
+                                timeout=60, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert len(list(layout.folder(Folder.INBOX).glob("*.json"))) == 2

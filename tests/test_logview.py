@@ -90,6 +90,7 @@ def test_monthly_archive_comes_first_and_torn_lines_are_skipped(layout: Layout) 
 
 
 def test_no_log_yet_prints_nothing(tmp_path: Path) -> None:
+    (tmp_path / "cadences").mkdir()  # an agent root, with no log yet
     assert logs(Layout(tmp_path)) == []
 
 

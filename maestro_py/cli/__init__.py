@@ -71,6 +71,8 @@ def cli(ctx: click.Context, root: str | None) -> None:
     if ctx.invoked_subcommand == "help":
         return  # needs no agent root
     ctx.obj = Context(root)
+    if ctx.invoked_subcommand != "init":
+        ctx.obj.layout.check_agent_root()
 
 
 @cli.command("help")

@@ -38,6 +38,7 @@ class MaestroGroup(click.Group):
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
         """Run the command; any error ends the process with one line on stderr and its exit code."""
+        args = root_first(sys.argv[1:] if args is None else list(args))
         try:
             rv = super().main(args, prog_name or "maestro", complete_var, standalone_mode=False, **extra)
         except click.exceptions.UsageError as exc:
@@ -56,6 +57,28 @@ class MaestroGroup(click.Group):
             click.echo(f"maestro: {exc}", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def root_first(args: list[str]) -> list[str]:
+    """`--root DIR` (or `--root=DIR`) anywhere before a `--` moves to the front: `maestro status --root X` works."""
+    out: list[str] = []
+    moved: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            out += args[i:]
+            break
+        if arg == "--root" and i + 1 < len(args):
+            moved = [arg, args[i + 1]]
+            i += 2
+            continue
+        if arg.startswith("--root="):
+            moved = [arg]
+        else:
+            out.append(arg)
+        i += 1
+    return moved + out
 
 
 class Context:
