@@ -303,6 +303,24 @@ class Settings:
         return cls(**values)
 
 
+# MAESTRO_* names that are not settings: the sub-session mark, and the test suite's own switches.
+NOT_SETTINGS = frozenset({"MAESTRO_SUBSESSION", "MAESTRO_TEST_FULL", "MAESTRO_TORTURE_SCALE", "MAESTRO_TORTURE_SEED",
+                          "MAESTRO_TORTURE_EXEC", "MAESTRO_CMD"})
+
+
+def unknown_settings(env: Mapping[str, str]) -> list[str]:
+    """One line per `MAESTRO_*` variable that is no setting, with the closest one ("did you mean"): a misspelt
+    budget must not read as "no budget configured"."""
+    import difflib
+
+    out = []
+    for name in sorted(n for n in env if n.startswith("MAESTRO_") and n not in VARS and n not in NOT_SETTINGS):
+        bare = {v.removeprefix("MAESTRO_"): v for v in VARS}  # the shared prefix would make everything look alike
+        near = difflib.get_close_matches(name.removeprefix("MAESTRO_"), list(bare), n=1, cutoff=0.6)
+        out.append(f"{name} is not a setting" + (f"; did you mean {bare[near[0]]}?" if near else ""))
+    return out
+
+
 def _shown(name: str, raw: str) -> str:
     """A setting's value as an error may quote it: a URL without its password."""
     if name == "MAESTRO_GOVERNOR_URL":

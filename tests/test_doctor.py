@@ -359,3 +359,16 @@ def test_a_crashing_check_fails_and_details_are_redacted(root: Path) -> None:
 
 def _version_ok(argv: list[str], env: Any, cwd: Path, timeout: float) -> tuple[int, str, str]:
     return 0, "1.0.0 (Claude Code)\n", ""
+
+
+def test_a_misspelt_setting_is_named_with_the_one_meant(tmp_path: Path) -> None:
+    """`MAESTRO_DAILY_BUDGET_USD=5` used to pass silently and doctor said "no budget configured" (issue 17, 5)."""
+    from maestro_py.config import unknown_settings
+    from maestro_py.ops.doctor import check_settings
+
+    env = {"MAESTRO_DAILY_BUDGET_USD": "5", "MAESTRO_SUBSESSION": "x", "MAESTRO_ZZZ": "1"}
+    assert unknown_settings(env) == ["MAESTRO_DAILY_BUDGET_USD is not a setting; did you mean MAESTRO_DAILY_USD_BUDGET?",
+                                     "MAESTRO_ZZZ is not a setting"]
+    layout = Layout(tmp_path)
+    check = check_settings(Probe(layout=layout, env=env))
+    assert check.level is Level.WARN and "did you mean MAESTRO_DAILY_USD_BUDGET?" in check.detail

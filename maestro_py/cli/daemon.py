@@ -12,7 +12,7 @@ from maestro_py.bus.store import Bus
 from maestro_py.cli.common import (EX_CONFIG, CliError, Context, budget_summary, fmt_amount, open_circuits,
                                    pass_ctx)
 from maestro_py.clock import SystemClock
-from maestro_py.config import VARS, Settings
+from maestro_py.config import VARS, Settings, unknown_settings
 from maestro_py.daemon.status import EX_HEALTHY, health, liveness, read_status, stale_after
 from maestro_py.errors import AlreadyRunning, ConfigError
 from maestro_py.paths import Folder
@@ -95,6 +95,8 @@ def status(c: Context, as_json: bool, wait_healthy: float | None) -> int:
     click.echo(f"daemon: {words}")
     if registry_error:
         click.echo(f"REGISTRY INVALID: {registry_error} (a running daemon keeps its previous registry)")
+    for line in unknown_settings(c.env):
+        click.echo(f"warning: {line}")
     click.echo("queues: " + "  ".join(f"{k}={v}" for k, v in depths.items() if k != "tmp"))
     if out["emergency_stop"]:
         click.echo(f"EMERGENCY STOP is set ({c.layout.stop_file}); `maestro resume` clears it")

@@ -22,7 +22,7 @@ from maestro_py.bus.events import EventLog
 from maestro_py.bus.owner import Owner
 from maestro_py.bus.store import Bus
 from maestro_py.clock import Clock, SystemClock
-from maestro_py.config import Settings
+from maestro_py.config import Settings, unknown_settings
 from maestro_py.daemon.dispatch import Dispatcher
 from maestro_py.daemon.housekeeping import Housekeeping
 from maestro_py.daemon.live import LiveRuns
@@ -131,6 +131,8 @@ class Daemon:
             if self.fleet is not None:  # leases an earlier process of this root left are charged now
                 self.fleet.start()
             self._watching = self.wakeup.start()
+            for line in unknown_settings(self.env):
+                self.events.emit("unknown_setting", level="warn", reason=line)
             self.events.emit("daemon_started", pid=os.getpid(), once=once, watchdog=self._watching,
                              wakeup=self.wakeup.mechanism, root=str(self.layout.root))
             scrub(os.environ)  # a reloaded .env is merged over os.environ

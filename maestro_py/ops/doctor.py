@@ -15,7 +15,7 @@ from pathlib import Path
 
 from maestro_py.bus.owner import Owner
 from maestro_py.bus.store import CLAIM_SEP, Bus
-from maestro_py.config import VARS, Settings
+from maestro_py.config import VARS, Settings, unknown_settings
 from maestro_py.daemon.lock import holder
 from maestro_py.daemon.status import liveness, read_status
 from maestro_py.daemon.status import stale_after as status_stale_after
@@ -61,6 +61,9 @@ def check_settings(p: Probe) -> Check:
         Settings.from_env(p.env)
     except ConfigError as exc:
         return Check("settings", Level.FAIL, str(exc))
+    unknown = unknown_settings(p.env)
+    if unknown:
+        return Check("settings", Level.WARN, "; ".join(unknown))
     return Check("settings", Level.OK, "all settings valid")
 
 
