@@ -300,3 +300,20 @@ def test_root_is_accepted_after_the_subcommand(tmp_path: Path) -> None:
                                 timeout=60, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     assert len(list(layout.folder(Folder.INBOX).glob("*.json"))) == 2
+
+
+def test_init_scaffolds_a_registry_a_gitignore_and_says_what_next(runner: CliRunner, tmp_path: Path) -> None:
+    """Issue 17, item 12: somewhere to put a schedule, the cost-safety settings, a .gitignore, next steps."""
+    from maestro_py.registry import Registry
+
+    result = runner.invoke(cli, ["--root", str(tmp_path / "a"), "init"])
+    assert result.exit_code == 0 and "next:" in result.stdout and "doctor" in result.stdout
+    lay = Layout(tmp_path / "a")
+    assert Registry.load(lay).get("hello").schedule == "0 9 * * 1-5"
+    assert (lay.root / ".gitignore").read_text().splitlines()[1:] == [".env", "state/", "logs/"]
+    env = lay.env_file.read_text()
+    assert all(f"# {name}=" in env for name in ("MAESTRO_DAILY_USD_BUDGET", "MAESTRO_CIRCUIT_THRESHOLD",
+                                                 "MAESTRO_RETENTION_DAYS"))
+    doctor = runner.invoke(cli, ["--root", str(lay.root), "doctor", "--offline", "--json"])
+    checks = {c["name"]: c["level"] for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["registry"] == "ok" and checks["prompts"] == "ok"

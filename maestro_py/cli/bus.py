@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,18 @@ def init(c: Context) -> None:
     if not any(lay.cadences_dir.glob("*.md")):
         sample.write_text((templates / "hello.md").read_text())
         created.append(str(sample.relative_to(lay.root)))
+    for name, template in (("cadences.toml", "cadences.toml"), (".gitignore", "gitignore")):
+        if not (lay.root / name).exists():
+            (lay.root / name).write_text((templates / template).read_text())
+            created.append(name)
     click.echo(f"initialised {lay.root}" + (f" (created {', '.join(created)})" if created else " (already set up)"))
+    if created:
+        root = shlex.quote(str(lay.root))
+        click.echo(f"next: put a key or subscription login in {root}/.env, then\n"
+                   f"  maestro --root {root} doctor          # check the set-up\n"
+                   f"  maestro --root {root} enqueue hello   # queue a tick\n"
+                   f"  maestro --root {root} run --once      # run what is queued, then exit\n"
+                   f"  maestro --root {root} service install --systemd --user   # or --launchd: run it for good")
 
 
 @click.command()
