@@ -16,22 +16,18 @@ Decisions the format leaves open:
 from __future__ import annotations
 
 import difflib
-import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from maestro_py import inline
 from maestro_py.bus.tick import CADENCE_RE
-from maestro_py.clock import MAX_COUNT, MAX_NUMBER
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout
+from maestro_py.registry_keys import FIELDS, Bad, show
 
 # \Z, not $: "$" also matches before a trailing newline, and names become file names.
-MODES = ("escalate", "inline", "guarded")
-OVERLAPS = ("skip", "buffer_one", "allow")
 DEFAULTS_TABLE = "defaults"
 PER_CADENCE_ONLY = frozenset({"mode", "prompt", "handler", "guard", "schedule"})
 SESSION_ONLY = ("prompt", "model", "claude_args", "max_budget_usd", "output_format")
@@ -80,127 +76,10 @@ class Cadence:
     backoff_seconds: tuple[float, ...] | None
     configured: bool  # True if it has a table in cadences.toml
     output_format: str = "stream-json"  # "json" for whoever relies on it (no retry or usage-limit events then)
+    timezone: str | None = None  # the zone `schedule` is in (None: the machine's); systemd timers only
 
 
 # -- value checks ---------------------------------------------------------------
-
-_NO_VALUE = object()
-
-
-class _Bad(Exception):
-    def __init__(self, problem: str, value: Any = _NO_VALUE) -> None:
-        super().__init__(problem)
-        self.problem = problem if value is _NO_VALUE else f"{problem}, got {_show(value)}"
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:79] + "…"
-
-
-def _is_number(value: Any) -> bool:
-    # TOML booleans are Python bools, which are ints: `timeout_seconds = true` must not mean 1.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _number(*, above: float | None = None, at_least: float | None = None) -> Callable[[Any], float]:
-    wanted = f"a number > {above:g}" if above is not None else f"a number >= {at_least:g}"
-
-    def check(value: Any) -> float:
-        if not _is_number(value) or (above is not None and value <= above) or (
-            at_least is not None and value < at_least
-        ):
-            raise _Bad(f"must be {wanted}", value)
-        if value > MAX_NUMBER:  # would overflow a date or a sum later
-            raise _Bad(f"must be at most {MAX_NUMBER:g}", value)
-        return float(value)
-
-    return check
-
-
-def _integer(*, at_least: int, wording: str) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or value < at_least:
-            raise _Bad(f"must be {wording}", value)
-        if value > MAX_COUNT:
-            raise _Bad(f"must be at most {MAX_COUNT}", value)
-        return value
-
-    return check
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in options:
-            raise _Bad("must be one of " + ", ".join(f'"{o}"' for o in options), value)
-        return str(value)
-
-    return check
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _Bad("must be a non-empty string", value)
-    return value
-
-
-def _runnable(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Bad('must be a string: "noop", "module:function" or a command', value)
-    try:
-        inline.parse(value)
-    except ValueError as exc:
-        raise _Bad(str(exc), value) from None
-    return value.strip()
-
-
-def _strings(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _Bad("must be a list of strings", value)
-    return tuple(value)
-
-
-def _schedule(value: Any) -> str:
-    if not isinstance(value, str) or len(value.split()) != 5:
-        raise _Bad("must be a 5-field cron expression (minute hour day-of-month month day-of-week)", value)
-    return " ".join(value.split())
-
-
-def _delays(value: Any) -> tuple[float, ...]:
-    if not isinstance(value, list) or not value or not all(_is_number(v) and v >= 0 for v in value):
-        raise _Bad("must be a non-empty list of numbers >= 0", value)
-    if any(v > MAX_NUMBER for v in value):
-        raise _Bad(f"must be numbers of at most {MAX_NUMBER:g} seconds", value)
-    return tuple(float(v) for v in value)
-
-
-def _flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad("must be true or false", value)
-    return value
-
-
-_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "mode": _choice(MODES),
-    "prompt": _text,
-    "handler": _runnable,
-    "guard": _runnable,
-    "timeout_seconds": _number(above=0),
-    "max_attempts": _integer(at_least=1, wording="an integer >= 1"),
-    "model": _text,
-    "claude_args": _strings,
-    "schedule": _schedule,
-    "overlap": _choice(OVERLAPS),
-    "output_format": _choice(("stream-json", "json")),
-    "max_budget_usd": _number(above=0),
-    "budget_tokens_daily": _integer(at_least=1, wording="an integer > 0"),
-    "budget_usd_daily": _number(above=0),
-    "reserve_tokens": _integer(at_least=0, wording="an integer >= 0"),
-    "reserve_usd": _number(at_least=0),
-    "budget_exempt": _flag,
-    "backoff_seconds": _delays,
-}
-
 
 # -- loading ----------------------------------------------------------------------
 
@@ -237,7 +116,7 @@ class Registry:
 
         for name, table in data.items():
             if not isinstance(table, dict):
-                problem = f"top-level keys must be tables ([defaults] or [<cadence>]), got {_show(table)}"
+                problem = f"top-level keys must be tables ([defaults] or [<cadence>]), got {show(table)}"
                 raise RegistryError(path, problem, key=name)
         defaults: dict[str, Any] = {}
         if DEFAULTS_TABLE in data:
@@ -294,14 +173,14 @@ def _check_table(path: Path, table: str, raw: dict[str, Any], *, defaults_table:
     """Validate and convert every key of one table."""
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        check = _FIELDS.get(key)
+        check = FIELDS.get(key)
         if check is None:
             raise RegistryError(path, _unknown(table, key, value), table=table, key=key)
         if defaults_table and key in PER_CADENCE_ONLY:
             raise RegistryError(path, "not allowed in [defaults]; set it per cadence", table=table, key=key)
         try:
             values[key] = check(value)
-        except _Bad as bad:
+        except Bad as bad:
             raise RegistryError(path, bad.problem, table=table, key=key) from None
     return values
 
@@ -310,7 +189,7 @@ def _unknown(table: str, key: str, value: Any) -> str:
     if isinstance(value, dict):
         # [inbox.processor] is TOML for a table "processor" inside "inbox", not a cadence name.
         return f'unknown key (for a cadence named "{table}.{key}", quote it: ["{table}.{key}"])'
-    close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+    close = difflib.get_close_matches(key, list(FIELDS), n=1)
     return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
 
 
@@ -383,6 +262,7 @@ def _cadence(
         model=values.get("model"),
         claude_args=values.get("claude_args", ()),
         schedule=values.get("schedule"),
+        timezone=values.get("timezone"),
         overlap=values.get("overlap", "skip"),
         max_budget_usd=values.get("max_budget_usd"),
         budget_tokens_daily=values.get("budget_tokens_daily"),

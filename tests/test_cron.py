@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maestro_py.ops import cron
-from maestro_py.ops.cron import CronError
+from maestro_py import cron
+from maestro_py.cron import CronError
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
@@ -306,3 +306,12 @@ def test_random_expressions_agree_with_launchd(expr: str) -> None:
         for minute in range(0, 2 * 24 * 60, 7):
             when = start + timedelta(minutes=minute)
             assert fires(when) == s.matches(when), when
+
+
+def test_macros_expand_and_reboot_is_refused() -> None:
+    from maestro_py import cron
+
+    assert cron.parse("@daily").expr == "0 0 * * *" and cron.parse("@HOURLY").expr == "0 * * * *"
+    assert cron.parse("@weekly").expr == "0 0 * * 0"
+    with pytest.raises(cron.CronError, match="unknown macro"):
+        cron.parse("@reboot")

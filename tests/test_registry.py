@@ -384,9 +384,10 @@ BAD_VALUES = [
     ("model", '""', "must be a non-empty string, got ''"),
     ("claude_args", '"--verbose"', "must be a list of strings, got '--verbose'"),
     ("claude_args", '["--a", 1]', "must be a list of strings, got ['--a', 1]"),
-    ("schedule", '"* * * *"', "must be a 5-field cron expression"),
-    ("schedule", '"@hourly"', "must be a 5-field cron expression"),
-    ("schedule", "5", "must be a 5-field cron expression"),
+    ("schedule", '"* * * *"', "is not a valid schedule: expected 5 fields"),
+    ("schedule", '"@reboot"', "is not a valid schedule: unknown macro"),
+    ("schedule", '"61 * * * *"', "is not a valid schedule: minute field '61': 61 is out of range 0-59"),
+    ("schedule", "5", "must be a cron expression"),
     ("overlap", '"queue"', 'must be one of "skip", "buffer_one", "allow", got \'queue\''),
     ("max_budget_usd", "0", "must be a number > 0, got 0"),
     ("max_budget_usd", "false", "must be a number > 0, got False"),
@@ -471,3 +472,27 @@ def test_name_regex_is_exported() -> None:
 
 def test_trailing_newline_in_table_name_rejected(layout: Layout) -> None:
     assert "cadence name must match" in load_error(layout, '["inbox\\n"]\nhandler = "noop"\n')
+
+
+def test_a_schedule_is_checked_in_full_at_load_and_may_have_a_time_zone(tmp_path: Path) -> None:
+    """`61 * * * *` used to pass load and doctor and fail only at `service print` (issue 17, item 6)."""
+    from maestro_py.ops import service as svc
+
+    layout = Layout(tmp_path)
+    (tmp_path / "cadences").mkdir()
+    (tmp_path / "cadences" / "memo.md").write_text("hi")
+    (tmp_path / "cadences.toml").write_text('[memo]\nschedule = "61 * * * *"\n')
+    with pytest.raises(RegistryError, match="minute"):
+        Registry.load(layout)
+    (tmp_path / "cadences.toml").write_text('[memo]\nschedule = "@daily"\ntimezone = "Mars/Base"\n')
+    with pytest.raises(RegistryError, match="IANA time zone"):
+        Registry.load(layout)
+    (tmp_path / "cadences.toml").write_text('[memo]\nschedule = "@daily"\ntimezone = "Europe/Paris"\n')
+    registry = Registry.load(layout)
+    assert registry.get("memo").schedule == "0 0 * * *" and registry.get("memo").timezone == "Europe/Paris"
+    spec = svc.ServiceSpec(root=tmp_path, python="/usr/bin/python3", name="a", schedules=svc.schedules(registry),
+                           stop_timeout=40, zones=svc.zones(registry))
+    timer = [f for f in svc.systemd_files(spec) if f.name.endswith(".timer")][0]
+    assert "OnCalendar=*-*-* 00:00:00 Europe/Paris" in timer.content
+    with pytest.raises(svc.ServiceError, match="launchd has no per-job time zone"):
+        svc.launchd_files(spec)

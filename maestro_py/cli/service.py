@@ -87,6 +87,7 @@ class Target:
                 python=_interpreter(opts["python"]),
                 name=opts["name"] if opts["name"] is not None else svc.agent_name(root.name),
                 schedules=svc.schedules(registry),
+                zones=svc.zones(registry),
                 stop_timeout=opts["stop_timeout"] or svc.stop_timeout(settings.stop_grace, settings.kill_grace),
                 watchdog_sec=svc.watchdog_sec(registry, settings.spawn_timeout) if watchdog is None else watchdog,
                 user=self.user,

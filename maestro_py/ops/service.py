@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from maestro_py.ops import cron
+from maestro_py import cron
 from maestro_py.errors import MaestroError
 from maestro_py.bus.fsio import atomic_write
 from maestro_py.paths import agent_name  # noqa: F401  (re-exported: `svc.agent_name`)
@@ -55,6 +55,7 @@ class ServiceSpec:
     run_as: str | None = None  # systemd system units: User=
     claude: str | None = None  # the `claude` found at install time: PATH gets its folder (a node CLI's node)
     claude_bin: bool = True  # also pin it as CLAUDE_BIN (False: `.env` sets CLAUDE_BIN, and must stay in charge)
+    zones: tuple[tuple[str, str], ...] = ()  # (cadence, time zone) for schedules not in the machine's zone
 
     def __post_init__(self) -> None:
         if self.claude is not None and not os.path.isabs(self.claude):
@@ -110,6 +111,16 @@ def watchdog_sec(registry: Registry, spawn_timeout: float) -> int:
         if cadence is not None and cadence.mode in ("inline", "guarded"):
             longest = max(longest, cadence.timeout_seconds or spawn_timeout)
     return max(WATCHDOG_MIN_SEC, math.ceil(longest + WATCHDOG_MARGIN_SEC)) if longest else WATCHDOG_MIN_SEC
+
+
+def zones(registry: Registry) -> tuple[tuple[str, str], ...]:
+    """(cadence, time zone) for every scheduled cadence with a `timezone` of its own."""
+    out = []
+    for name in registry.names():
+        cadence = registry.get(name)
+        if cadence is not None and cadence.schedule and cadence.timezone:
+            out.append((name, cadence.timezone))
+    return tuple(out)
 
 
 def schedules(registry: Registry) -> tuple[tuple[str, str], ...]:
@@ -189,6 +200,9 @@ def launchd_files(spec: ServiceSpec) -> list[ServiceFile]:
     }
     files = [_plist(label, daemon)]
     for cadence, expr, parsed in _parsed(spec):
+        if cadence in dict(spec.zones):
+            raise ServiceError(f"cadence {cadence!r}: launchd has no per-job time zone (timezone = "
+                               f"{dict(spec.zones)[cadence]!r}); remove it, or use --systemd")
         try:
             interval = cron.to_calendar_intervals(parsed)
         except cron.CronError as exc:
@@ -253,7 +267,8 @@ def systemd_files(spec: ServiceSpec) -> list[ServiceFile]:
     daemon_unit = systemd_unit(spec.name)
     files = [ServiceFile(daemon_unit, daemon, daemon_unit)]
     for cadence, expr, parsed in _parsed(spec):
-        calendars = cron.to_oncalendar(parsed)
+        zone = dict(spec.zones).get(cadence)
+        calendars = [f"{c} {zone}" if zone else c for c in cron.to_oncalendar(parsed)]
         timer_name = systemd_unit(spec.name, cadence, "timer")
         timer = _unit(header, {
             "Unit": [_spec_escape(f"Description=maestro: enqueue {cadence} (cron {expr}) for {spec.root}")],

@@ -67,8 +67,18 @@ class CronSchedule:
         return has(self.days, when.day) and has(self.weekdays, weekday)
 
 
+# The macros Vixie cron and cronie accept, as their 5 fields (`@reboot` is no time: refused).
+MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+          "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+
+
 def parse(expr: str) -> CronSchedule:
-    """Parse a 5-field cron expression; CronError names the field and the problem."""
+    """Parse a 5-field cron expression or a macro (`@daily`…); CronError names the field and the problem."""
+    if expr.strip().startswith("@"):
+        macro = expr.strip().lower()
+        if macro not in MACROS:
+            raise CronError(f"unknown macro {expr.strip()[:20]!r}: use one of {', '.join(MACROS)}")
+        expr = MACROS[macro]
     parts = expr.split()
     if len(parts) != 5:
         raise CronError(f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}")
