@@ -317,3 +317,11 @@ def test_init_scaffolds_a_registry_a_gitignore_and_says_what_next(runner: CliRun
     doctor = runner.invoke(cli, ["--root", str(lay.root), "doctor", "--offline", "--json"])
     checks = {c["name"]: c["level"] for c in json.loads(doctor.stdout)["checks"]}
     assert checks["registry"] == "ok" and checks["prompts"] == "ok"
+
+
+def test_circuit_open_refuses_a_cadence_that_does_not_exist(runner: CliRunner, root: Path) -> None:
+    result = invoke(runner, root, "circuit", "open", "helo")
+    assert result.exit_code == 2 and "no cadence 'helo'; did you mean 'hello'?" in one_line_error(result)
+    assert invoke(runner, root, "circuit", "open", "hello").exit_code == 0
+    listed = invoke(runner, root, "circuit", "list").stdout
+    assert "until until" not in listed and "open until reset" in listed

@@ -286,10 +286,10 @@ def test_circuit_cli_open_and_reset(layout: Layout, clock: FakeClock) -> None:
 
     root = ["--root", str(layout.root)]
     runner = CliRunner()
+    write_agent(layout, prompts={"memo": "write"})
     assert runner.invoke(cli, [*root, "circuit", "open", "memo"]).exit_code == 0
     listed = json.loads(runner.invoke(cli, [*root, "circuit", "list", "--json"]).stdout)
     assert listed["memo"]["state"] == "open" and listed["memo"]["manual"] is True
-    write_agent(layout, prompts={"memo": "write"})
     spawner = FakeSpawner()
     daemon = make_daemon(layout, clock, spawner)
     enqueue(layout, clock, "memo")

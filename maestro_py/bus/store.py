@@ -192,7 +192,9 @@ class Bus(DeadLetters):
             tick.attempts += 1
             self._record(tick, tick.attempts, outcome, reason, details)
             if permanent or tick.attempts >= max_attempts:
-                why = reason if permanent else f"attempts exhausted ({tick.attempts}/{max_attempts}): {reason}"
+                count = (f"{tick.attempts}/{max_attempts}" if tick.attempts <= max_attempts  # else the limit was lowered
+                         else f"{tick.attempts}, and the limit is {max_attempts} now")
+                why = reason if permanent else f"attempts exhausted ({count}): {reason}"
                 self.dead_letter(claim, why, recorded=True)
                 return "dlq"
             tick.not_before = iso(retry_at) if retry_at else None

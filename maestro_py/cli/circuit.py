@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 
 import click
@@ -38,7 +39,7 @@ def circuit_list(c: Context, as_json: bool) -> None:
                        f"{doc['last_error']}")
             continue
         label = "AUTH HALT (all spawning stopped)" if name == AUTH_HALT else name
-        until = doc["open_until"] or "until reset" + (" or credentials change" if name == AUTH_HALT else "")
+        until = doc["open_until"] or "reset" + (" or credentials change" if name == AUTH_HALT else "")
         click.echo(f"{label}: {doc['state']} until {until}; failures={doc['failures']}; last error: {doc['last_error']}")
 
 
@@ -66,6 +67,10 @@ def circuit_open(c: Context, cadence: str, seconds: float | None) -> None:
     """Open CADENCE's circuit by hand: its ticks wait in the inbox without burning attempts."""
     if not CADENCE_RE.match(cadence):
         raise CliError(f"invalid cadence name {cadence!r}", EX_USAGE)
+    known = c.registry().names()
+    if cadence not in known:  # a typo would open a circuit nothing ever reads
+        near = difflib.get_close_matches(cadence, known, n=1)
+        raise CliError(f"no cadence {cadence!r}" + (f"; did you mean {near[0]!r}?" if near else ""), EX_USAGE)
     breakers, file = load_breakers(c)
     circ = breakers.open_manually(cadence, SystemClock().now(), seconds)
     c.layout.ensure()

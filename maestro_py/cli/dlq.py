@@ -35,7 +35,8 @@ def dlq_list(c: Context, as_json: bool) -> None:
         click.echo("dlq is empty")
     for item in items:
         what = item["cadence"] or item["kind"]
-        click.echo(escape(f"{item['id']}  {what}  attempts={item['attempts']}  {item['reason']}"))
+        attempts = item["attempts"] if item["attempts"] is not None else "-"  # a quarantined file has none
+        click.echo(escape(f"{item['id']}  {what}  attempts={attempts}  {item['reason']}"))
 
 
 @dlq.command("show")
