@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Callable
@@ -17,6 +18,7 @@ from maestro_py.paths import Layout
 
 
 MAX_ENV_BYTES = 1024 * 1024
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://\S+\Z")
 
 
 def load_env(layout: Layout, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -118,6 +120,29 @@ def _governor_url(text: str) -> str | None:
         raise ValueError(str(exc).split(": ", 1)[-1]) from None
 
 
+def _notify_urls(text: str) -> tuple[str, ...]:
+    if text.strip().lower() in ("", "unset", "none", "off"):
+        return ()
+    from maestro_py.redact import split_urls
+
+    urls = split_urls(text)
+    for n, url in enumerate(urls, 1):
+        if not _URL_RE.match(url):  # never quote it: it holds tokens
+            raise ValueError(f"item {n} is not an apprise URL (scheme://…)")
+    return tuple(urls)
+
+
+def _notify_command(text: str) -> tuple[str, ...] | None:
+    if text.strip().lower() in ("", "unset", "none", "off"):
+        return None
+    import shlex
+
+    try:
+        return tuple(shlex.split(text)) or None
+    except ValueError as exc:  # unbalanced quotes, a trailing backslash
+        raise ValueError(f"cannot split the command: {exc}") from None
+
+
 def _lease_seconds(text: str) -> float:
     value = _positive(text)
     if value < 5:
@@ -189,6 +214,12 @@ VARS: dict[str, Var] = {
         Var("MAESTRO_FLEET_LEASE_SECONDS", "120", _lease_seconds,
             "A fleet reservation's lease, renewed while its run lives; past it, a dead holder's run is charged."),
         Var("MAESTRO_AGENT_NAME", "the root folder's name", _agent, "This root's name in the governor store (`agent:NAME`)."),
+        Var("MAESTRO_BUDGET_WARN_AT", "0.8", _fraction,
+            "Soft budget threshold: one `budget_warning` event (and alert) per scope and window past this fraction."),
+        Var("MAESTRO_NOTIFY_URLS", "unset", _notify_urls,
+            "Where alerts go: apprise URLs separated by spaces or commas (masked everywhere)."),
+        Var("MAESTRO_NOTIFY_COMMAND", "unset", _notify_command,
+            "A command (no shell) given each alert as JSON on stdin, bounded by a timeout."),
         Var("MAESTRO_PREFER_SUBSCRIPTION_AUTH", "false", _bool, "Strip ANTHROPIC_API_KEY from sub-sessions (use the CLI's login)."),
         Var("CLAUDE_BIN", "PATH, then usual install places", str, "The `claude` executable."),
         Var("CLAUDE_CODE_MAX_RETRIES", "2", str, "Set in sub-sessions unless already set (the CLI's own default retries for ~3 min)."),
@@ -232,6 +263,9 @@ class Settings:
     fleet_max_live: int | None
     fleet_lease_seconds: float
     agent: str | None
+    budget_warn_at: float | None
+    notify_urls: tuple[str, ...]
+    notify_command: tuple[str, ...] | None
 
     _SOURCES = {
         "poll_ms": "MAESTRO_POLL_MS",
@@ -265,6 +299,9 @@ class Settings:
         "fleet_max_live": "MAESTRO_FLEET_MAX_LIVE",
         "fleet_lease_seconds": "MAESTRO_FLEET_LEASE_SECONDS",
         "agent": "MAESTRO_AGENT_NAME",
+        "budget_warn_at": "MAESTRO_BUDGET_WARN_AT",
+        "notify_urls": "MAESTRO_NOTIFY_URLS",
+        "notify_command": "MAESTRO_NOTIFY_COMMAND",
     }
 
     def governor(self, cadence_limits: dict[str, Limit] | None = None) -> Governor:
@@ -327,6 +364,10 @@ def _shown(name: str, raw: str) -> str:
         from maestro_py.fleet.model import safe_url
 
         return safe_url(raw)
+    if name == "MAESTRO_NOTIFY_URLS":
+        from maestro_py.redact import MASK
+
+        return MASK
     return raw
 
 

@@ -10,6 +10,9 @@ from typing import Any
 
 SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
 URL_VARS = ("MAESTRO_GOVERNOR_URL",)  # settings whose value may carry a password (user:password@host)
+# Apprise URLs carry their tokens anywhere (slack://TokenA/TokenB/TokenC, tgram://bottoken/chatid): each URL
+# is a secret whole, and so is each token in it.
+NOTIFY_VARS = ("MAESTRO_NOTIFY_URLS",)
 MASK = "[REDACTED]"
 # Anthropic keys (sk-ant-api…) and OAuth tokens (sk-ant-oat…, from `claude setup-token`) have a recognisable
 # prefix; catch them even when not in the env.
@@ -28,6 +31,8 @@ class Redactor:
         values = {env[name] for name in SECRET_VARS if len(env.get(name, "")) >= 8}
         for name in URL_VARS:  # as written in the URL, and decoded
             values |= {pw for pw in _url_passwords(env.get(name, "")) if len(pw) >= 4}
+        for name in NOTIFY_VARS:
+            values |= notify_secrets(env.get(name, ""))
         # Each secret as it is and as it reads inside a JSON string (quotes, backslashes, control
         # characters escaped), so masking an encoded JSON line is as safe as masking each value.
         forms = values | {json.dumps(v, ensure_ascii=False)[1:-1] for v in values}
@@ -70,3 +75,32 @@ def _url_passwords(url: str) -> set[str]:
     except ValueError:
         return set()
     return {password, unquote(password)} if password else set()
+
+
+_URL_SPLIT = re.compile(r"\s+|,(?=\s*[A-Za-z][A-Za-z0-9+.\-]*://)")  # a comma inside a URL's query stays
+
+
+def split_urls(text: str) -> list[str]:
+    """The URLs of a list separated by spaces or commas (a comma followed by `scheme://` starts a new one)."""
+    return [url.strip(",") for url in _URL_SPLIT.split(text.strip()) if url.strip(",")]
+
+
+def notify_secrets(text: str) -> set[str]:
+    """What to mask of a list of notification URLs: each URL whole, and each of its user, password, path and
+    query segments of 8+ characters (as written and decoded). A host is masked too when it is a token (no
+    dot, not `localhost`): apprise puts tokens there (`slack://TokenA/…`), while a real host name is no secret."""
+    from urllib.parse import unquote
+
+    out: set[str] = set()
+    for url in split_urls(text):
+        out.add(url)
+        rest = url.split("://", 1)[-1]
+        rest, _, query = rest.partition("?")
+        netloc, _, path = rest.partition("/")
+        userinfo, at, host = netloc.rpartition("@")
+        pieces = userinfo.split(":") if at else []
+        pieces += [part for part in host.split(":") if "." not in part and part.lower() != "localhost"]
+        pieces += path.replace("#", "/").split("/")
+        pieces += [pair.partition("=")[2] for pair in query.split("&")]
+        out |= {form for piece in pieces for form in (piece, unquote(piece)) if len(form) >= 8}
+    return out
