@@ -46,6 +46,21 @@ def test_token_budget_lets_two_runs_settle_and_the_third_wait(layout: Layout, cl
     assert spawner.count == 3
 
 
+def test_a_soft_threshold_warns_once_per_scope_and_window(layout: Layout, clock: FakeClock) -> None:
+    write_agent(layout, "[memo]\nreserve_tokens = 100\nbudget_tokens_daily = 3000\n", {"memo": "[[fake:ok]]"})
+    daemon = make_daemon(layout, clock, FakeSpawner(), MAESTRO_DAILY_TOKEN_BUDGET=10_000, MAESTRO_BUDGET_WARN_AT=0.5)
+    for i in range(3):  # the cadence's own limit: 43 %, 86 %, 129 %; the global one: 13 %, 26 %, 39 %
+        enqueue(layout, clock, "memo", payload={"n": i})
+        run_steps(daemon, 5)
+    warned = [(e["scope"], e["window"], e["used_pct"]) for e in events(layout) if e["stage"] == "budget_warning"]
+    assert warned == [("cadence:memo", "daily", 86)]
+    clock.advance(24 * 3600)  # a new window warns again
+    for i in range(2):
+        enqueue(layout, clock, "memo", payload={"n": 10 + i})
+        run_steps(daemon, 5)
+    assert [e["used_pct"] for e in events(layout) if e["stage"] == "budget_warning"] == [86, 86]
+
+
 def test_fan_out_stops_at_the_budget_with_overshoot_within_one_reservation(layout: Layout, clock: FakeClock) -> None:
     write_agent(layout, "[fan]\noverlap = 'allow'\n", {"fan": "[[fake:hang]]"})
     spawner = FakeSpawner()

@@ -89,7 +89,8 @@ class Daemon:
             subscription=command.prefers_subscription(self.env), quota_pause_at=settings.quota_pause_at,
             quota_min_hold=settings.quota_min_hold, fleet=self.fleet)
         self.settler = Settler(bus=self.bus, guardrails=self.guardrails, budget=self.budget, ledger=self.ledger,
-                               live=self.live, events=self.events, counters=self.counters, clock=clock)
+                               live=self.live, events=self.events, counters=self.counters, clock=clock,
+                               warn_at=settings.budget_warn_at)
         self.housekeeping = Housekeeping(
             layout=self.layout, settings=settings, env=self.env, registry=registry, bus=self.bus,
             guardrails=self.guardrails, budget=self.budget, live=self.live, redactor=self.redactor,

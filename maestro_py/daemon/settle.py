@@ -12,7 +12,7 @@ from maestro_py.bus.fsio import disk_trouble
 from maestro_py.bus.store import Bus, Claim
 from maestro_py.clock import Clock, iso
 from maestro_py.daemon.live import LiveRuns, Running, Settlement
-from maestro_py.policy.budget import Governor, charge_for
+from maestro_py.policy.budget import Governor, charge_for, window_bounds
 from maestro_py.policy.guardrails import Action, Guardrails, Verdict
 from maestro_py.session.ledger import Ledger
 from maestro_py.session.metering import Usage
@@ -23,7 +23,7 @@ class Settler:
     """Turns finished runs into ledger rows and tick moves; every verdict goes through `apply`."""
 
     def __init__(self, *, bus: Bus, guardrails: Guardrails, budget: Governor, ledger: Ledger, live: LiveRuns,
-                 events: EventLog, counters: Counter[str], clock: Clock) -> None:
+                 events: EventLog, counters: Counter[str], clock: Clock, warn_at: float | None = None) -> None:
         self.bus = bus
         self.guardrails = guardrails
         self.budget = budget
@@ -32,6 +32,7 @@ class Settler:
         self.events = events
         self.counters = counters
         self.clock = clock
+        self.warn_at = warn_at  # MAESTRO_BUDGET_WARN_AT: the fraction of a limit that earns one budget_warning
 
     def settle_finished(self) -> bool:
         """Settle every run that has ended; True if any was. An OSError leaves the run to be settled again."""
@@ -65,6 +66,7 @@ class Settler:
             self.ledger.append(pending.row)
             pending.ledgered = True
             self.budget.charge(pending.row, self.clock.now())
+            self._warn_budget(pending.row)
             self._charge_fleet(run, pending.row)
         self.apply(run.claim, pending.verdict, **pending.details)
 
@@ -81,7 +83,26 @@ class Settler:
                "error": "settle failed; usage unknown", "run_id": run.run_id}
         self.ledger.append(row)
         self.budget.charge(row, self.clock.now())
+        self._warn_budget(row)
         self._charge_fleet(run, row)
+
+    def _warn_budget(self, row: dict[str, Any]) -> None:
+        """One `budget_warning` per scope and window once a charge takes its spend past `warn_at` of a limit.
+        Only the limits this run's cadence counts against are looked at, and only after a sub-session."""
+        if self.warn_at is None:
+            return
+        now = self.clock.now()
+        for scope, window, limit in self.budget.scopes(str(row.get("cadence", ""))):
+            tokens, usd = self.budget.spent(scope, window, now)
+            used = max(tokens / limit.tokens if limit.tokens else 0.0, usd / limit.usd if limit.usd else 0.0)
+            if used >= self.warn_at and self.budget.first_report(scope, window, now, "warn"):
+                resets = window_bounds(window, now, self.budget.zone)[1]
+                self.events.emit("budget_warning", level="warn", cadence=row.get("cadence"), scope=scope,
+                                 window=window, used_pct=round(used * 100), spent_tokens=round(tokens),
+                                 limit_tokens=limit.tokens, spent_usd=round(usd, 6), limit_usd=limit.usd,
+                                 resets_at=iso(resets),
+                                 reason=f"the {scope} {window} budget is {used:.0%} spent (warning at "
+                                        f"{self.warn_at:.0%}, MAESTRO_BUDGET_WARN_AT); it resets at {iso(resets)}")
 
     def _charge_fleet(self, run: Running, row: dict[str, Any]) -> None:
         """The same charge in the governor store (or its outbox, when the store cannot be reached)."""
@@ -119,6 +140,8 @@ class Settler:
             details["tail"] = outcome.tail  # what the CLI said, for the tick's history and the event
         if outcome.timed_out:
             self.counters["timeouts"] += 1
+            self.events.emit("run_timed_out", level="warn", id=tick.id, cadence=tick.cadence, attempt=claim.attempt,
+                             timeout_s=outcome.timeout_s, duration_ms=outcome.duration_ms)
         return Settlement(verdict, row, details)
 
     def _disk_trouble_during(self, run: Running) -> str | None:
