@@ -96,6 +96,14 @@ def call(
     return _run_command(parsed.argv, tick, root=root, env=env, timeout=timeout, kind=kind, cancelled=cancelled)
 
 
+def run_command(argv: tuple[str, ...], data: dict[str, Any], *, root: Path, env: dict[str, str],
+                timeout: float) -> HandlerResult:
+    """Run a shell-free command with `data` as JSON on stdin, its process group ended at `timeout` (the
+    alerts' MAESTRO_NOTIFY_COMMAND uses the same handling as a command handler)."""
+    return _run_command(tuple(argv), data, root=root, env=env, timeout=timeout, kind="handler",
+                        cancelled=lambda: False)
+
+
 # -- module:function ----------------------------------------------------------
 
 def _call_function(

@@ -7,6 +7,7 @@ the torture tests run at MAESTRO_TORTURE_SCALE (default 0.3, or 1 with MAESTRO_T
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.store import Bus
 from maestro_py.paths import Layout
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, FakeReceiver
 from tests.torture.support import FULL, SCALE
 
 SLOW_SKIPPED = "slow (a long torture variant): runs with MAESTRO_TEST_FULL=1, as .ci/run does"
@@ -48,6 +49,16 @@ def layout(tmp_path: Path) -> Layout:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc))
+
+
+@pytest.fixture
+def receiver() -> Iterator[FakeReceiver]:
+    """A loopback alert receiver (answers 200), stopped after the test."""
+    rec = FakeReceiver()
+    try:
+        yield rec
+    finally:
+        rec.stop()
 
 
 @pytest.fixture

@@ -7,11 +7,14 @@ import itertools
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -331,3 +334,83 @@ def cadence_of(name: str = "memo", **overrides: Any) -> Cadence:
                    budget_tokens_daily=None, budget_usd_daily=None, reserve_tokens=None, reserve_usd=None,
                    budget_exempt=False, backoff_seconds=None, configured=True)
     return dataclasses.replace(base, **overrides)
+
+
+# -- an alert receiver -----------------------------------------------------------------------------------
+
+class FakeReceiver:
+    """A loopback HTTP server standing in for Slack & co: apprise's `json://` URL posts each alert here.
+
+    `mode`: "ok" answers 200; "hang" accepts and reads the request, then never answers (until `stop()`);
+    "refuse" listens nowhere (its port was free a moment ago, so a connection is refused).
+    """
+
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode = mode
+        self.posts: list[tuple[str, bytes]] = []  # (path, raw body)
+        self.connections = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        if mode == "refuse":
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.port = sock.getsockname()[1]
+            return
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._cond:
+                    receiver.connections += 1
+                    receiver._cond.notify_all()
+                if receiver.mode == "hang":
+                    receiver._stop.wait(60)  # bounded: stop() ends it
+                    return
+                with receiver._cond:
+                    receiver.posts.append((self.path, body))
+                    receiver._cond.notify_all()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name="fake-receiver", daemon=True).start()
+
+    def url(self, path: str = "/alerts-hook") -> str:
+        """The apprise URL that posts JSON here."""
+        return f"json://127.0.0.1:{self.port}{path}"
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts received so far (apprise's JSON: title, message, type), oldest first."""
+        with self._cond:
+            return [json.loads(body) for _, body in self.posts]
+
+    def raw(self) -> bytes:
+        """Every byte received, for secret checks."""
+        with self._cond:
+            return b"".join(path.encode() + body for path, body in self.posts)
+
+    def wait(self, n: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Wait until `n` alerts have arrived (the test fails after `timeout`); all of them."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.posts) >= n, timeout):
+                pytest.fail(f"the receiver got {len(self.posts)} alerts, not {n}, within {timeout:g}s: {self.posts}")
+        return self.alerts
+
+    def titled(self, fragment: str) -> list[dict[str, Any]]:
+        """The alerts whose title contains `fragment`."""
+        return [a for a in self.alerts if fragment in a["title"]]
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

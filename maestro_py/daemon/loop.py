@@ -23,6 +23,7 @@ from maestro_py.bus.owner import Owner
 from maestro_py.bus.store import Bus
 from maestro_py.clock import Clock, SystemClock
 from maestro_py.config import Settings, unknown_settings
+from maestro_py.daemon.alerts import alerts_for
 from maestro_py.daemon.dispatch import Dispatcher
 from maestro_py.daemon.housekeeping import Housekeeping
 from maestro_py.daemon.live import LiveRuns
@@ -101,6 +102,8 @@ class Daemon:
             spawner=self.spawner, settler=self.settler, events=self.events, notifier=self.notifier,
             counters=self.counters, clock=clock, stopping=lambda: self.stopping)
         self.status = StatusWriter(self.layout, self.redactor, self.events, clock.monotonic)
+        # Alerts (MAESTRO_NOTIFY_URLS / _COMMAND) listen to the events and send from a thread of their own.
+        self.alerts = alerts_for(self.layout, settings, self.env, self.redactor, self.events, clock)
         self.started_at = clock.now()
         self.stopping = False     # first SIGTERM/SIGINT: drain
         self.forced = False       # second signal: end everything now
@@ -164,6 +167,8 @@ class Daemon:
                 if self.fleet is not None:
                     self.fleet.close()
                 self.events.emit("daemon_stopped", pid=os.getpid(), counters=dict(self.counters))
+                if self.alerts is not None:
+                    self.alerts.close()  # sends what is pending, bounded
         finally:
             lock.release()
         return 0
