@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from maestro_py.bus.events import EventLog
+from maestro_py.cli.common import EX_CONFIG
 from maestro_py.bus.store import Bus
 from maestro_py.clock import iso
 from maestro_py.daemon.alerts import Alerts
@@ -265,6 +266,31 @@ def test_a_soft_budget_threshold_warns_once_per_scope_and_window(layout: Layout,
         alert["message"]
 
 
+def test_alert_targets_and_the_warning_threshold_follow_an_edit_of_env(layout: Layout, clock: FakeClock,
+                                                                      receiver: FakeReceiver) -> None:
+    write_agent(layout, prompts={"memo": "Write it."})
+    daemon = make_daemon(layout, clock, FakeSpawner())
+    assert daemon.alerts is None
+    other = FakeReceiver()
+    try:
+        for url in (receiver.url(), other.url()):
+            layout.env_file.write_text(f"MAESTRO_NOTIFY_URLS={url}\nMAESTRO_BUDGET_WARN_AT=0.5\n")
+            st = layout.env_file.stat()
+            os.utime(layout.env_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a new mtime, surely
+            run_steps(daemon, 1)
+            assert daemon.alerts is not None
+            daemon.events.emit("io_error", level="error", error=f"OSError: disk full ({url[-4:]})", action="retry")
+            clock.advance(601)  # past the dedupe window
+            assert daemon.alerts.flush(10)
+        assert [a["title"] for a in receiver.alerts] == [a["title"] for a in other.alerts] == \
+            ["maestro agent: disk trouble"]
+        assert daemon.settler.warn_at == 0.5 and daemon.restart_required == []
+        shown = daemon.settings.in_force()["MAESTRO_NOTIFY_URLS"]
+        assert shown == [f"json://{MASK}"]  # what `status --json` shows: the scheme, never a token
+    finally:
+        other.stop()
+
+
 # -- the loop never waits on a send ------------------------------------------------------------------------
 
 STAMP = '[stamp]\nmode = "inline"\nhandler = "noop"\n[broken]\nmode = "inline"\nhandler = "false"\nmax_attempts = 1\n'
@@ -315,3 +341,41 @@ def test_a_hanging_or_refusing_receiver_does_not_slow_the_loop(tmp_path: Path) -
     for kind in ("hang", "refuse"):
         assert p50[kind] < 2 * p50["none"] + 50, p50
 
+
+# -- maestro notify test -----------------------------------------------------------------------------------
+
+def test_notify_test_sends_one_alert_and_exits_0(runner: CliRunner, tmp_path: Path, receiver: FakeReceiver) -> None:
+    layout = write_agent(tmp_path / "agent")
+    result = invoke(runner, layout.root, "notify", "test", env={"MAESTRO_NOTIFY_URLS": receiver.url()})
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "ok   target 1 (json)"
+    (alert,) = receiver.alerts
+    assert alert["title"] == "maestro agent: test alert" and alert["type"] == "info"
+
+
+def test_notify_test_names_the_failed_target_in_one_line_without_its_url(runner: CliRunner, tmp_path: Path,
+                                                                        receiver: FakeReceiver) -> None:
+    layout = write_agent(tmp_path / "agent")
+    refused = FakeReceiver("refuse")
+    urls = f"{receiver.url()}, {refused.url('/TokenB-secret-path')}"
+    result = invoke(runner, layout.root, "notify", "test", env={"MAESTRO_NOTIFY_URLS": urls})
+    assert result.exit_code == 1
+    line = one_line_error(result)
+    assert line.startswith("maestro: notify test: 1 of 2 targets failed: target 2 (json): ")
+    assert str(refused.port) not in line and "TokenB" not in line
+    assert len(receiver.alerts) == 1  # the working target still got it
+
+
+def test_notify_test_without_a_target_says_what_to_set(runner: CliRunner, tmp_path: Path) -> None:
+    layout = write_agent(tmp_path / "agent")
+    result = invoke(runner, layout.root, "notify", "test")
+    assert result.exit_code == 1 and "MAESTRO_NOTIFY_URLS" in one_line_error(result)
+
+
+def test_a_bad_notify_url_is_a_config_error_that_does_not_quote_it(runner: CliRunner, tmp_path: Path) -> None:
+    layout = write_agent(tmp_path / "agent")
+    result = invoke(runner, layout.root, "notify", "test",
+                    env={"MAESTRO_NOTIFY_URLS": "json://127.0.0.1/x hooks-TokenSecret99"})
+    assert result.exit_code == EX_CONFIG
+    line = one_line_error(result)
+    assert "item 2 is not an apprise URL" in line and "TokenSecret99" not in line
