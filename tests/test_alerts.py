@@ -145,7 +145,8 @@ def test_the_notify_command_reads_the_alert_as_json_without_credentials(layout: 
     assert "ANTHROPIC_API_KEY" not in doc["env"] and "MAESTRO_NOTIFY_URLS" not in doc["env"]
 
 
-def test_a_hung_command_is_ended_at_its_timeout(layout: Layout, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hung_command_is_ended_at_its_timeout(layout: Layout, clock: FakeClock,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("maestro_py.daemon.alerts.SEND_TIMEOUT", 0.5)
     alerts = alerts_to(layout, clock, command=["sleep", "30"], env={"PATH": os.environ["PATH"]})
     started = time.monotonic()

@@ -215,7 +215,8 @@ class Alerts:
                 elif alert is not None:
                     self._deliver(alert)
             except Exception as exc:  # noqa: BLE001 - the sender must outlive any one alert
-                self.notes.emit("alert_failed", level="error", error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
+                self.notes.emit("alert_failed", level="error",
+                                error=self.redactor.text(f"{type(exc).__name__}: {exc}"))
             finally:
                 with self._cond:
                     self._busy = False
@@ -244,8 +245,7 @@ class Alerts:
         self.stats["failed"] += 1
         if not target.failing:
             target.failing = True
-            self.notes.emit("alert_failed", level="error", target=target.label, kind=alert.kind,
-                            error=error,
+            self.notes.emit("alert_failed", level="error", target=target.label, kind=alert.kind, error=error,
                             action="reported once: alerts to this target are lost until it works again")
 
     def _crash_loop(self) -> None:
