@@ -317,8 +317,8 @@ class Settings:
         """Every setting by its variable name, as parsed (the store URL without its password): `status --json`."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            value = getattr(self, f.name)
-            out[self._SOURCES[f.name]] = _shown(self._SOURCES[f.name], value) if isinstance(value, str) else value
+            name, value = self._SOURCES[f.name], getattr(self, f.name)
+            out[name] = _shown(name, value) if isinstance(value, (str, tuple)) else value
         return out
 
     def changed(self, other: "Settings") -> list[str]:
@@ -358,8 +358,9 @@ def unknown_settings(env: Mapping[str, str]) -> list[str]:
     return out
 
 
-def _shown(name: str, raw: str) -> str:
-    """A setting's value as an error may quote it: a URL without its password."""
+def _shown(name: str, raw: Any) -> Any:
+    """A setting's value as an error or `status` may quote it: a URL without its password, notification URLs as
+    their schemes only."""
     if name == "MAESTRO_GOVERNOR_URL":
         from maestro_py.fleet.model import safe_url
 
@@ -367,7 +368,7 @@ def _shown(name: str, raw: str) -> str:
     if name == "MAESTRO_NOTIFY_URLS":
         from maestro_py.redact import MASK
 
-        return MASK
+        return [f"{url.split('://', 1)[0]}://{MASK}" for url in raw] if isinstance(raw, tuple) else MASK
     return raw
 
 

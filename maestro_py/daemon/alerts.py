@@ -281,3 +281,13 @@ def alerts_for(layout: Layout, settings: Settings, env: Mapping[str, str], redac
                     notes=EventLog(layout, clock=clock, redactor=redactor), layout=layout, clock=clock)
     events.listeners.append(alerts.observe)
     return alerts
+
+
+def follow(alerts: Alerts | None, layout: Layout, settings: Settings, env: Mapping[str, str], redactor: Redactor,
+           events: EventLog, clock: Clock) -> Alerts | None:
+    """The daemon's alerts after `.env` changed its targets: the same queue with the new targets (none: nothing is
+    sent), or alerts started now if there were none."""
+    if alerts is None:
+        return alerts_for(layout, settings, env, redactor, events, clock)
+    alerts.targets = targets_for(settings.notify_urls, settings.notify_command, layout.root, env)
+    return alerts

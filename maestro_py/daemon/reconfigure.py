@@ -46,6 +46,12 @@ def reconfigure(daemon: "Daemon", new: Settings) -> tuple[list[str], list[str]]:
     budget.default_estimate = Estimate(new.reserve_tokens, new.reserve_usd, "default")
     if daemon.fleet is not None:
         daemon.fleet.max_live, daemon.fleet.lease_seconds = new.fleet_max_live, new.fleet_lease_seconds
+    daemon.settler.warn_at = new.budget_warn_at
+    if (old.notify_urls, old.notify_command) != (new.notify_urls, new.notify_command):
+        from maestro_py.daemon.alerts import follow
+
+        daemon.alerts = follow(daemon.alerts, daemon.layout, new, daemon.housekeeping.env, daemon.redactor,
+                               daemon.events, daemon.clock)
     return [name for name in changed if name not in pending], pending
 
 
