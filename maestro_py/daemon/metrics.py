@@ -107,7 +107,7 @@ class Metrics:
 
     def __init__(self, *, layout: Layout, bus: Bus, live: LiveRuns, guardrails: Guardrails, counters: Counter[str],
                  registry: Callable[[], Registry], events: EventLog, ledger: Ledger, clock: Clock,
-                 started_at: float, max_live: int) -> None:
+                 started_at: float) -> None:
         self.layout = layout
         self.bus = bus
         self.live = live
@@ -117,7 +117,6 @@ class Metrics:
         self.events = events
         self.clock = clock
         self.started_at = started_at  # unix seconds
-        self.max_live = max_live
         self.stderr_dropped: Callable[[], int] | None = None  # set when events also go to stderr (console.py)
         self.failures = 0
         self._cadence = Bounded(MAX_CADENCES, always=lambda name: registry().get(name) is not None)
@@ -241,7 +240,7 @@ class Metrics:
             depth.add_metric([folder.value], count.get(mono, fresh=fresh))
         yield depth
         yield _gauge("maestro_live_subsessions", "Live claude sub-sessions", len(self.live))
-        yield _gauge("maestro_live_subsessions_limit", "MAESTRO_MAX_LIVE_SUBSESSIONS", self.max_live)
+        yield _gauge("maestro_live_subsessions_limit", "MAESTRO_MAX_LIVE_SUBSESSIONS", self.live.max_live)
 
     def _ticks(self, names: list[str]) -> Iterator[Metric]:
         settled = CounterMetricFamily("maestro_ticks_settled", "Ticks settled, by cadence and outcome (ok, "
