@@ -40,12 +40,15 @@ max_attempts = 2
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
 
-def read_metrics(layout: Layout) -> Samples:
-    """Every sample of the metrics file, by name then sorted labels (the parser must take the whole file)."""
+def read_metrics(layout: Layout, agent: str = "agent") -> Samples:
+    """Every sample of the metrics file, by name then sorted labels (the parser must take the whole file); each
+    carries the `agent` label, left out here."""
     out: Samples = {}
     for family in text_string_to_metric_families(layout.metrics_file.read_text()):
         for sample in family.samples:
-            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+            labels = dict(sample.labels)
+            assert labels.pop("agent") == agent, sample
+            out.setdefault(sample.name, {})[tuple(sorted(labels.items()))] = sample.value
     return out
 
 
@@ -292,14 +295,15 @@ def test_a_file_that_cannot_be_written_is_one_event_and_the_loop_goes_on(layout:
 def test_budget_gauges_match_maestro_budget_json(layout: Layout, tmp_path: Path) -> None:
     write_agent(layout, "[memo]\nbudget_usd_daily = 1\nbudget_tokens_daily = 900000\n",
                 {"memo": "Write it.", "other": "And this."})
-    env = daemon_env(tmp_path, MAESTRO_DAILY_USD_BUDGET="5", MAESTRO_DAILY_TOKEN_BUDGET="2000000")
+    env = daemon_env(tmp_path, MAESTRO_DAILY_USD_BUDGET="5", MAESTRO_DAILY_TOKEN_BUDGET="2000000",
+                     MAESTRO_AGENT_NAME="Inbox Bot")
     for cadence in ("memo", "memo", "other"):
         maestro(layout, "enqueue", cadence, "--payload", json.dumps({"n": os.urandom(4).hex()}), env=env)
     assert maestro(layout, "run", "--once", env=env).returncode == 0
     out = maestro(layout, "budget", "--json", env=env)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
-    m = read_metrics(layout)
+    m = read_metrics(layout, agent="inbox-bot")
     assert one(m, "maestro_up") == 0  # the daemon stopped
     assert {(r["scope"], r["window"]) for r in rows} == {("global", "daily"), ("cadence:memo", "daily")}
     for row in rows:

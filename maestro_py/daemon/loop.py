@@ -104,7 +104,8 @@ class Daemon:
         self.started_at = clock.now()
         self.metrics = Metrics(layout=self.layout, bus=self.bus, live=self.live, guardrails=self.guardrails,
                                counters=self.counters, registry=lambda: self.housekeeping.registry, events=self.events,
-                               ledger=self.ledger, clock=clock, started_at=self.started_at.timestamp())
+                               ledger=self.ledger, clock=clock, started_at=self.started_at.timestamp(),
+                               agent=settings.agent or agent_name(self.layout.root.name))
         self.stopping = False     # first SIGTERM/SIGINT: drain
         self.forced = False       # second signal: end everything now
         self._stop_deadline: float | None = None

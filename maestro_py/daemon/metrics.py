@@ -93,10 +93,13 @@ class Depth:
 
 
 class Families:
-    """A collector that yields metric families built beforehand (one registry, one render)."""
+    """A collector that yields metric families built beforehand, every sample labelled with its agent: one
+    machine's node_exporter may read the files of several roots, and their series must not clash."""
 
-    def __init__(self, families: Iterable[Metric]) -> None:
+    def __init__(self, families: Iterable[Metric], agent: str) -> None:
         self._families = list(families)
+        for family in self._families:
+            family.samples = [s._replace(labels={"agent": agent, **s.labels}) for s in family.samples]
 
     def collect(self) -> Iterator[Metric]:
         return iter(self._families)
@@ -107,8 +110,9 @@ class Metrics:
 
     def __init__(self, *, layout: Layout, bus: Bus, live: LiveRuns, guardrails: Guardrails, counters: Counter[str],
                  registry: Callable[[], Registry], events: EventLog, ledger: Ledger, clock: Clock,
-                 started_at: float) -> None:
+                 started_at: float, agent: str) -> None:
         self.layout = layout
+        self.agent = agent  # MAESTRO_AGENT_NAME, else the root folder's name: the `agent` label of every sample
         self.bus = bus
         self.live = live
         self.guardrails = guardrails
@@ -213,7 +217,7 @@ class Metrics:
     def render(self, doc: Mapping[str, Any], *, final: bool = False) -> bytes:
         """The exposition text: a fresh registry holding this moment's families."""
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(Families(self.families(doc, final=final)))
+        registry.register(Families(self.families(doc, final=final), self.agent))
         return generate_latest(registry)
 
     def families(self, doc: Mapping[str, Any], *, final: bool = False) -> Iterator[Metric]:
