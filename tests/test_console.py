@@ -65,7 +65,7 @@ def check_lines(layout: Layout, lines: list[str], *, journal: bool) -> None:
         shown.append(line)
     banner = next(i for i, line in enumerate(shown) if line.startswith("maestro 0.1.0 running on"))
     stop = next(i for i, line in enumerate(shown) if line.startswith("maestro stopped"))
-    assert stop == len(shown) - 1 and banner == 1
+    assert stop == len(shown) - 1 and " daemon_started " in shown[banner - 1]
     assert shown[:banner] + shown[banner + 1:stop] == expected
     if journal:
         assert [line[:3] for line in lines[:banner] + lines[banner + 1:stop]] == [LEVELS[e["level"]] for e in stages]
