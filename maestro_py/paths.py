@@ -103,6 +103,11 @@ class Layout:
         return self.state_dir / "cost-ledger.jsonl"
 
     @property
+    def metrics_file(self) -> Path:
+        """Prometheus metrics for node_exporter's textfile collector (`--collector.textfile.directory=<root>/state`)."""
+        return self.state_dir / "metrics.prom"
+
+    @property
     def fleet_outbox_file(self) -> Path:
         """Settles and releases the governor store has not taken yet (pushed when it is back)."""
         return self.state_dir / "fleet-outbox.jsonl"

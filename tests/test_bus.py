@@ -336,3 +336,18 @@ def test_event_listeners_get_each_event_masked_and_one_that_raises_is_ignored(la
     log.listeners += [broken, seen.append]
     log.emit("auth_halt", level="error", reason="key sk-ant-listener-secret-123 refused")
     assert [(e["stage"], e["reason"]) for e in seen] == [("auth_halt", "key [REDACTED] refused")]
+
+
+def test_event_listeners_get_an_unmasked_event_whole_and_a_masked_one_copied(layout: Layout) -> None:
+    from maestro_py.bus.events import EventLog
+    from maestro_py.redact import Redactor
+
+    secret = 'sk-ant-quoted"secret\\x'
+    log = EventLog(layout, redactor=Redactor({"ANTHROPIC_API_KEY": secret}))
+    seen: list[dict] = []
+    log.listeners.append(seen.append)
+    log.emit("done", id="t1", cadence="beat", outcome="ok", n=3, nested={"list": ["a", 1]})
+    log.emit("retry", id="t2", cadence="beat", reason=f"said {secret}", nested={"deep": [secret]})
+    assert seen[0]["nested"] == {"list": ["a", 1]} and seen[0]["n"] == 3 and seen[0]["outcome"] == "ok"
+    assert seen[1]["reason"] == "said [REDACTED]" and seen[1]["nested"] == {"deep": ["[REDACTED]"]}
+    assert secret not in json.dumps(seen) and "quoted" not in json.dumps(seen[1])

@@ -113,7 +113,8 @@ def test_launchd_plists_round_trip(agent: Path) -> None:
     docs = {f.unit: plistlib.loads(f.content.encode()) for f in files}
     daemon = docs["com.maestro.agent.daemon"]
     assert daemon["Label"] == "com.maestro.agent.daemon"
-    assert daemon["ProgramArguments"] == [PY, "-m", "maestro_py", "--root", str(agent), "run"]
+    # --log-stderr: its events, one line each, in launchd-daemon.err.log (launchd has no journal)
+    assert daemon["ProgramArguments"] == [PY, "-m", "maestro_py", "--root", str(agent), "run", "--log-stderr"]
     assert daemon["KeepAlive"] is True and daemon["RunAtLoad"] is True and daemon["ThrottleInterval"] == 10
     assert daemon["WorkingDirectory"] == str(agent)
     assert daemon["StandardOutPath"] == str(agent / "logs" / "launchd-daemon.out.log")

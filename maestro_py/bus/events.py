@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,14 +37,19 @@ class EventLog:
         now = self.clock.now()
         event: dict[str, Any] = {"ts": iso(now), "level": level, "stage": stage, "id": id, "cadence": cadence}
         event.update(details)
-        line = (self.redactor.json_line(event) + "\n").encode()
+        raw = json.dumps(event, ensure_ascii=False, default=str)
+        text = self.redactor.text(raw)
+        line = (text + "\n").encode()
         try:
             os.write(self._fd(self._path(now)), line)
         except OSError:
             self.failures += 1
             self.close()  # reopen next time (the folder may have been removed or remounted)
         if self.listeners:
-            masked = self.redactor.data(event)
+            # Nothing masked in the line means nothing to mask in the event (each secret is also looked for in its
+            # JSON-escaped form, and a key never contains an escape), so the masked copy, dearer than the line
+            # itself, is made only for events that need it.
+            masked = event if text is raw or text == raw else self.redactor.data(event)
             for listener in self.listeners:
                 try:
                     listener(masked)

@@ -26,21 +26,31 @@ from maestro_py.session.command import auth_fix, claude_fix, prefers_subscriptio
 @click.command()
 @click.option("--once", is_flag=True, help="Process everything runnable now, wait for its sub-sessions, exit.")
 @click.option("--no-watch", is_flag=True, help="Poll only (no filesystem notifications).")
+@click.option("--log-stderr", is_flag=True,
+              help="Also write each event as one readable line on stderr (automatic under systemd and launchd).")
 @pass_ctx
-def run(c: Context, once: bool, no_watch: bool) -> None:
+def run(c: Context, once: bool, no_watch: bool, log_stderr: bool) -> None:
     """Run the daemon: claim ticks and run them until stopped (SIGTERM drains, a second ends at once)."""
     import logging
+    import os
 
+    from maestro_py.daemon import console
     from maestro_py.daemon.loop import Daemon  # here, not at the top: `status` must not import the daemon
 
     # The daemon's own stderr (launchd's StandardErrorPath, journald) says what the event log cannot
     # when the disk under it is full or read-only.
+    journal = console.journal_stream(os.environ)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s maestro: %(message)s", stream=sys.stderr)
+    if journal:  # journald: each line with its priority
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(console.JournalFormatter("%(asctime)s maestro: %(message)s"))
     settings = c.settings()
     c.registry()  # report an invalid registry before taking the lock
     c.layout.ensure()
     try:
         daemon = Daemon(c.layout, settings, c.env, watch=not no_watch)
+        if console.wanted(os.environ, log_stderr):
+            console.attach(daemon, journal=journal)
         code = daemon.run(once=once)
     except AlreadyRunning as exc:
         raise CliError(str(exc), 1) from None

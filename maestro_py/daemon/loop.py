@@ -28,6 +28,7 @@ from maestro_py.daemon.dispatch import Dispatcher
 from maestro_py.daemon.housekeeping import Housekeeping
 from maestro_py.daemon.live import LiveRuns
 from maestro_py.daemon.lock import DaemonLock
+from maestro_py.daemon.metrics import Metrics
 from maestro_py.daemon.sdnotify import Notifier, scrub, status_line
 from maestro_py.daemon.settle import Settler
 from maestro_py.daemon.status import StatusWriter, new_counters, status_doc
@@ -105,6 +106,10 @@ class Daemon:
         # Alerts (MAESTRO_NOTIFY_URLS / _COMMAND) listen to the events and send from a thread of their own.
         self.alerts = alerts_for(self.layout, settings, self.env, self.redactor, self.events, clock)
         self.started_at = clock.now()
+        self.metrics = Metrics(layout=self.layout, bus=self.bus, live=self.live, guardrails=self.guardrails,
+                               counters=self.counters, registry=lambda: self.housekeeping.registry, events=self.events,
+                               ledger=self.ledger, clock=clock, started_at=self.started_at.timestamp(),
+                               agent=settings.agent or agent_name(self.layout.root.name))
         self.stopping = False     # first SIGTERM/SIGINT: drain
         self.forced = False       # second signal: end everything now
         self._stop_deadline: float | None = None
@@ -298,6 +303,7 @@ class Daemon:
             settings=self.settings.in_force(), restart_required=self.restart_required)
         self.notifier.status(status_line(state=doc["state"], queued=doc["queued"], live=len(self.live)))
         self.status.write(doc)
+        self.metrics.write(doc)  # state/metrics.prom, at most every second (see metrics.py)
 
 
 def fleet_gate(layout: Layout, settings: Settings, events: EventLog, clock: Clock) -> "FleetGate | None":

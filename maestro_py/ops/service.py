@@ -188,7 +188,7 @@ def launchd_files(spec: ServiceSpec) -> list[ServiceFile]:
     label = launchd_label(spec.name)
     daemon = {
         "Label": label,
-        "ProgramArguments": _argv(spec, "run"),
+        "ProgramArguments": _argv(spec, "run", "--log-stderr"),  # events in launchd-daemon.err.log
         "WorkingDirectory": str(spec.root),
         "EnvironmentVariables": {**env, **claude_env(spec, LAUNCHD_PATH)},
         "RunAtLoad": True,

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from maestro_py.redact import Redactor
 
@@ -18,10 +18,14 @@ class Ledger:
     def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
         self.path = path
         self.redactor = redactor or Redactor()
+        # Called with each row, secrets masked, once it is durable (the metrics' spend by cadence and model);
+        # a listener that raises is ignored.
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def append(self, row: dict[str, Any]) -> None:
         """Write one row durably under the ledger's flock (retention rewrites the file under the same lock)."""
-        line = (json.dumps(self.redactor.data(row), ensure_ascii=False, default=str) + "\n").encode()
+        masked = self.redactor.data(row)
+        line = (json.dumps(masked, ensure_ascii=False, default=str) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -31,11 +35,16 @@ class Ledger:
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                     os.write(fd, line)
                     os.fsync(fd)
-                    return
+                    break
             except FileNotFoundError:
                 pass
             finally:
                 os.close(fd)
+        for listener in self.listeners:
+            try:
+                listener(masked)
+            except Exception:  # noqa: BLE001 - a listener must not stop a settle
+                pass
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """Every parsable row, oldest first (a torn last line from a crash is skipped)."""
