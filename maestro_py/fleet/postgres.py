@@ -2,7 +2,8 @@
 
 Reserves are serialised by a row lock (`SELECT … FOR UPDATE` on the one row of `maestro_lock`), taken
 before the transaction reads anything; other writes (settle, renew, release) need no lock, as each is one
-atomic transaction that only moves an amount from held to charged. Every connection has short connect,
+atomic transaction that only moves an amount from held to charged, and a reserve reads what is charged and
+what is held in one statement (READ COMMITTED gives each statement its own snapshot). Every connection has short connect,
 statement and lock timeouts, so an unreachable or wedged server makes the call fail (fail closed) instead
 of blocking the daemon's loop.
 """

@@ -230,11 +230,15 @@ class SqlStore:
         for sl in limits:
             start, resets = window_bounds(sl.window, now, sl.zone())
             where, params = _filter(sl.scope)
-            spent_t, spent_u = self._q(cur, f"SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(usd), 0) FROM "
-                                            f"maestro_charges WHERE ts >= ? AND {where}",
-                                       (_epoch(start), *params)).fetchone()
-            held_t, held_u = self._q(cur, f"SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(usd), 0) FROM "
-                                          f"maestro_reservations WHERE {where}", params).fetchone()
+            # One statement, so one snapshot: settles are not serialised with reserves, and under PostgreSQL's
+            # READ COMMITTED a settle committing between two statements (its charge not yet seen, its reservation
+            # already gone) would hide that run's amount from both sums and admit one run too many.
+            charged = f"FROM maestro_charges WHERE ts >= ? AND {where}"
+            held = f"FROM maestro_reservations WHERE {where}"
+            spent_t, spent_u, held_t, held_u = self._q(
+                cur, f"SELECT (SELECT COALESCE(SUM(tokens), 0) {charged}), (SELECT COALESCE(SUM(usd), 0) {charged}), "
+                     f"(SELECT COALESCE(SUM(tokens), 0) {held}), (SELECT COALESCE(SUM(usd), 0) {held})",
+                (_epoch(start), *params, _epoch(start), *params, *params, *params)).fetchone()
             for unit, cap, used, want in (("tokens", sl.limit.tokens, spent_t + held_t, lease.tokens),
                                           ("usd", sl.limit.usd, spent_u + held_u, lease.usd)):
                 if cap is not None and cap - used < want:
