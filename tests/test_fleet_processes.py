@@ -54,12 +54,19 @@ def test_twenty_roots_started_at_once_spend_exactly_a_five_run_fleet_budget(tmp_
         env = daemon_env(tmp_path, MAESTRO_GOVERNOR_URL=machine_url)
         envs.append(env)
         enqueue_cli(lay, env, "memo", 2)
-    procs = [subprocess.Popen([sys.executable, "-m", "maestro_py", "--root", str(lay.root), "run", "--once"],
-                              env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for lay, env in zip(roots, envs)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=150)
-        assert proc.returncode == 0, err[-2000:]
+    def wave() -> None:  # every root's `maestro run --once`, all started at once
+        procs = [subprocess.Popen([sys.executable, "-m", "maestro_py", "--root", str(lay.root), "run", "--once"],
+                                  env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for lay, env in zip(roots, envs)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=150)
+            assert proc.returncode == 0, err[-2000:]
+
+    wave()
+    assert len(spawns(tmp_path)) <= 5
+    # On a loaded machine a reserve can time out waiting for the store (fail closed: that `--once` daemon exits
+    # with its ticks waiting). A second wave lets them try again: still exactly five runs, never a sixth.
+    wave()
     assert len(spawns(tmp_path)) == 5
     store = open_store(url)
     charges = store.charges()
