@@ -20,6 +20,14 @@ class InboxFull(MaestroError):
         self.limit = limit
 
 
+class TickNotQueued(MaestroError):
+    """An operator's move of a queued tick whose tick is not in `inbox/`; `state` says where it is (None: nowhere)."""
+
+    def __init__(self, message: str, state: str | None = None) -> None:
+        super().__init__(message)
+        self.state = state
+
+
 class AlreadyRunning(MaestroError):
     """Another daemon owns this agent root."""
 

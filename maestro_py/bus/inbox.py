@@ -7,6 +7,11 @@ arrives from elsewhere (another process's enqueue, a hand-dropped file) is read 
 wake-up event, or a rescan when the folder's mtime changed); after that, picking the next tick is a heap
 operation.
 
+A tick the index knows can be *replaced* in `inbox/` by another process (an operator's `tick retry-now` or
+`circuit reset` clears its `not_before`: written aside, renamed over it). The index keeps each file's inode, and
+a file found under a known name with another inode (a wake-up event, or a rescan, where `scandir` gives the
+inode for free) is read again, so its new due time counts at once.
+
 A file written in place (not written aside and renamed in) can be seen before its writer is done. One that
 does not parse *yet* (it ends too soon) and was modified in the last FRESH_SECONDS is left alone, kept in a
 small pending set and looked at again on every `refresh`/`notice` until it parses or has stopped changing
@@ -85,6 +90,7 @@ class InboxIndex:
         self._fingerprints: dict[str, Counter[str]] = {}  # cadence -> payload hash -> count
         self._parsed: dict[str, Seen] = {}                # name -> the parse, for the first PARSED_KEPT
         self._pending: dict[str, tuple[int, int, int]] = {}  # name -> (ino, size, mtime_ns) of an unfinished file
+        self._inodes: dict[str, int] = {}                 # name -> inode of the file indexed under it
         self._scanned_mtime: int | None = None
         self._now = 0.0  # time of the last promote()
 
@@ -104,19 +110,24 @@ class InboxIndex:
             return added
         self._scanned_mtime = mtime
         with os.scandir(self.folder) as it:
-            present = {e.name for e in it}
-        for gone in self._known.keys() - present:
+            present = {e.name: e.inode() for e in it}
+        for gone in self._known.keys() - present.keys():
             self._forget(gone)
-        for gone in self._pending.keys() - present:
+        for gone in self._pending.keys() - present.keys():
             del self._pending[gone]
-        for name in sorted(present - self._known.keys() - self._pending.keys()):
+        for name in [n for n in self._known if self._inodes.get(n, present[n]) != present[n]]:
+            self._forget(name)  # replaced under its name: read again below
+        for name in sorted(present.keys() - self._known.keys() - self._pending.keys()):
             added += self.notice(name)
         return added
 
     def notice(self, name: str) -> int:
-        """Learn about a file found in `inbox/` (a wake-up event or a scan); 1 if it is a new tick."""
+        """Learn about a file found in `inbox/` (a wake-up event or a scan); 1 if it is a new tick (or a known one
+        replaced under its name)."""
         if name in self._known:
-            return 0
+            if not self._replaced(name):
+                return 0
+            self._forget(name)
         try:
             seen = self._inspect(name)
         except FileNotFoundError:
@@ -128,17 +139,25 @@ class InboxIndex:
                 self._quarantine(self.folder / name, str(exc))
             return 0
         self._pending.pop(name, None)
-        self.add(seen.tick)
+        self.add(seen.tick, ino=seen.ino)
         if len(self._parsed) < PARSED_KEPT:
             self._parsed[name] = seen
         return 1
 
-    def add(self, tick: Tick) -> None:
-        """Index a tick that is now in `inbox/` (the bus has just moved it there, or a scan found it)."""
+    def add(self, tick: Tick, *, ino: int | None = None) -> None:
+        """Index a tick that is now in `inbox/` (the bus has just moved it there, or a scan found it); `ino`: its
+        file's inode, looked up when not given."""
         entry = Entry.of(tick)
         self._forget(entry.name)
         self._pending.pop(entry.name, None)
         self._known[entry.name] = entry
+        if ino is None:
+            try:
+                ino = os.lstat(self.folder / entry.name).st_ino
+            except OSError:
+                ino = None
+        if ino is not None:
+            self._inodes[entry.name] = ino
         self._fingerprints.setdefault(entry.cadence, Counter())[entry.fingerprint] += 1
         if entry.due is None:
             heapq.heappush(self._ready.setdefault(entry.cadence, []), entry.name)
@@ -252,8 +271,17 @@ class InboxIndex:
         del self._ready[cadence]
         return None
 
+    def _replaced(self, name: str) -> bool:
+        """True if the file now under a known name is not the one indexed (another inode)."""
+        try:
+            ino = os.lstat(self.folder / name).st_ino
+        except OSError:
+            return False
+        return self._inodes.get(name, ino) != ino
+
     def _forget(self, name: str) -> None:
         self._parsed.pop(name, None)
+        self._inodes.pop(name, None)
         entry = self._known.pop(name, None)
         if entry is not None:
             counts = self._fingerprints[entry.cadence]

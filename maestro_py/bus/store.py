@@ -1,5 +1,6 @@
 """The filesystem tick bus: the one place that moves tick files between state folders (`DeadLetters`, its
-`dlq/` side, lives in dlq.py), and keeps its index of `inbox/` (inbox.py) in step with every move.
+`dlq/` side, lives in dlq.py; `OperatorMoves`, an operator's cancel and release of a queued tick, in
+operator.py), and keeps its index of `inbox/` (inbox.py) in step with every move.
 
 A tick's state *is* the folder it is in (see `paths.Folder`):
 
@@ -28,40 +29,27 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from maestro_py.bus.claim import CLAIM_SEP, Claim
 from maestro_py.bus.dlq import REASON_SUFFIX, DeadLetters
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.fsio import flocked, fsync_dir, scan_dir, sync_files, unlink_missing_ok, write_tmp
 from maestro_py.bus.inbox import InboxIndex, Seen
+from maestro_py.bus.operator import OperatorMoves
 from maestro_py.bus.owner import Owner
 from maestro_py.bus.tick import Tick, encode, read_tick_file
 from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.paths import Folder, Layout
 
-CLAIM_SEP = "@"  # claimed/<id>@<owner-token>.json
 ENQUEUE_LOCK = "enqueue.lock"  # serializes the backlog ceiling's count-and-deliver
 MAX_DELAY_SECONDS = 366 * 86400
 
 
-@dataclass
-class Claim:
-    """A tick this process holds in `claimed/`."""
-
-    tick: Tick
-    path: Path
-
-    @property
-    def attempt(self) -> int:
-        """The number of the attempt being made now (1-based)."""
-        return self.tick.attempts + 1
-
-
-class Bus(DeadLetters):
+class Bus(DeadLetters, OperatorMoves):
     """Delivery, claiming and settling of ticks under one agent root, and the index of what is queued."""
 
     def __init__(self, layout: Layout, *, clock: Clock | None = None, events: EventLog | None = None,

@@ -32,6 +32,8 @@ COMMANDS: Mapping[str, str] = {
     "prune": "maestro_py.cli.logs:prune_cmd",
     "service": "maestro_py.cli.service:service",
     "notify": "maestro_py.cli.notify:notify",
+    "inbox": "maestro_py.cli.inbox:inbox",
+    "tick": "maestro_py.cli.tick:tick",
 }
 
 

@@ -155,3 +155,22 @@ def fmt_amount(value: Any, unit: str) -> str:
     if value is None:
         return "unlimited"
     return f"${value:.4f}" if unit == "usd" else f"{value:,}"
+
+
+def tick_id_arg(c: Context, text: str, *, dead_letters: bool = False) -> str:
+    """The tick id `text` names: the id, a unique prefix, or the 6-character suffix of the per-run log names
+    (`ops.ticks.resolve`), among every tick (or the dead letters). Ambiguous or too short: exit 2; none: exit 1."""
+    from maestro_py.bus.operator import STATES
+    from maestro_py.bus.store import Bus
+    from maestro_py.ops import ticks
+
+    if dead_letters:
+        ids = dict.fromkeys(ticks.dlq_names(c.layout), "")
+    else:
+        ids = {tick_id: STATES[folder] for tick_id, folder in Bus(c.layout).tick_ids().items()}
+    try:
+        return ticks.resolve(text, ids)
+    except (ticks.AmbiguousTickId, ticks.TickIdTooShort) as exc:
+        raise CliError(str(exc), EX_USAGE) from None
+    except ticks.NoSuchTick as exc:
+        raise CliError(f"{exc}" + (" in dlq/ (see `maestro dlq list`)" if dead_letters else ""), 1) from None

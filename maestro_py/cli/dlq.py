@@ -11,7 +11,7 @@ import sys
 import click
 
 from maestro_py.bus.store import Bus
-from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx
+from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx, tick_id_arg
 from maestro_py.errors import TickInvalid
 from maestro_py.ops.logview import escape
 from maestro_py.paths import Folder
@@ -43,8 +43,9 @@ def dlq_list(c: Context, as_json: bool) -> None:
 @click.argument("tick_id")
 @pass_ctx
 def dlq_show(c: Context, tick_id: str) -> None:
-    """Print one dead letter (its full history)."""
+    """Print one dead letter (its full history); the id may be shortened, as in git."""
     folder = c.layout.folder(Folder.DLQ)
+    tick_id = tick_id_arg(c, tick_id, dead_letters=True)
     for name in (f"{tick_id}.json", tick_id):
         path = folder / name
         if "/" not in name and path.is_file() and not path.is_symlink():
@@ -67,11 +68,13 @@ def dlq_show(c: Context, tick_id: str) -> None:
 @click.option("--reset-attempts", is_flag=True, help="Give the ticks a fresh retry budget.")
 @pass_ctx
 def dlq_replay(c: Context, tick_ids: tuple[str, ...], all_: bool, reset_attempts: bool) -> None:
-    """Move ticks back to the inbox, with an audit entry in their history (quarantined files once fixed by hand)."""
+    """Move ticks back to the inbox, with an audit entry in their history (quarantined files once fixed by hand).
+    Ids may be shortened, as in git."""
     if bool(tick_ids) == all_:
         raise CliError("give tick ids or --all (not both)", EX_USAGE)
     bus = Bus(c.layout, max_inbox=10**9)
-    ids = [i["id"] for i in bus.dead_letters() if i["kind"] == "tick"] if all_ else list(tick_ids)
+    ids = ([i["id"] for i in bus.dead_letters() if i["kind"] == "tick"] if all_
+           else [tick_id_arg(c, given, dead_letters=True) for given in tick_ids])
     errors: list[str] = []
     for tick_id in ids:
         try:

@@ -1,0 +1,41 @@
+"""`maestro inbox list`: the queued ticks, oldest first, and what each waits for."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from maestro_py.cli.common import Context, pass_ctx
+from maestro_py.clock import SystemClock, parse_iso
+from maestro_py.ops import ticks, when
+from maestro_py.ops.logview import escape
+
+
+@click.group()
+def inbox() -> None:
+    """List the queued ticks."""
+
+
+@inbox.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the queued ticks as JSON.")
+@pass_ctx
+def inbox_list(c: Context, as_json: bool) -> None:
+    """Queued ticks, oldest first: id, cadence, attempts, not-before (local time) and source."""
+    now = SystemClock().now()
+    items = ticks.queued(c.layout, now)
+    if as_json:
+        click.echo(json.dumps(items, indent=2, ensure_ascii=False))
+        return
+    if not items:
+        click.echo("inbox is empty")
+        return
+    for item in items:
+        due = ""
+        if item["not_before"]:
+            at = parse_iso(item["not_before"])
+            due = f"not before {when.local(at)} ({when.relative(at, now)}, {item['wait']})" if item["waiting"] else \
+                f"due since {when.local(at)}"
+        click.echo(escape(f"{item['id']}  {item['cadence']}  attempts={item['attempts']}  "
+                          f"{due or 'runnable'}  source={item['source']}"))
+    click.echo(f"{len(items)} queued")
