@@ -7,11 +7,17 @@ import json
 
 import click
 
+from maestro_py.bus.events import EventLog
+from maestro_py.bus.store import Bus
 from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.cli.common import EX_USAGE, CliError, Context, load_breakers, open_circuits, pass_ctx
 from maestro_py.clock import MAX_NUMBER, SystemClock, iso
+from maestro_py.daemon.status import liveness, read_status
+from maestro_py.errors import TickInvalid, TickNotQueued
+from maestro_py.ops.ticks import held_ticks
 from maestro_py.ops.views import quota_line
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
+from maestro_py.redact import Redactor
 
 
 @click.group()
@@ -46,16 +52,40 @@ def circuit_list(c: Context, as_json: bool) -> None:
 @circuit.command("reset")
 @click.argument("cadence", required=False)
 @click.option("--all", "all_", is_flag=True, help="Close every circuit and lift the auth halt.")
+@click.option("--keep-backoff", is_flag=True,
+              help="Leave the queued ticks the breaker or backoff held waiting until their retry times.")
 @pass_ctx
-def circuit_reset(c: Context, cadence: str | None, all_: bool) -> None:
-    """Close CADENCE's circuit (or all of them with --all)."""
+def circuit_reset(c: Context, cadence: str | None, all_: bool, keep_backoff: bool) -> None:
+    """Close CADENCE's circuit (or all of them with --all) and release the queued ticks it held."""
     if bool(cadence) == all_:
         raise CliError("give a CADENCE or --all (not both)", EX_USAGE)
     breakers, file = load_breakers(c)
     closed = breakers.reset(None if all_ else cadence)
+    now = SystemClock().now()
     c.layout.ensure()
-    file.save(breakers.to_doc(SystemClock().now()))
+    release = not keep_backoff and (all_ or cadence not in (AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD))
+    doc = breakers.to_doc(now)
+    if release and liveness(c.layout, read_status(c.layout), now)["alive"]:
+        # The running daemon ends these cadences' backoff too (`Guardrails.sync`), then drops the key.
+        doc = {**(doc or {"generated": iso(now), "open": {}}), "released": ["*"] if all_ else [cadence]}
+    file.save(doc)
     click.echo(f"closed: {', '.join(closed)}" if closed else "nothing was open")
+    held = held_ticks(c.layout, None if all_ else cadence, now)
+    if not held:
+        return
+    if not release:
+        click.echo(f"{len(held)} queued tick(s) keep the retry times the breaker or backoff gave them (--keep-backoff)")
+        return
+    bus = Bus(c.layout, events=EventLog(c.layout, redactor=Redactor(c.env)))
+    released = []
+    for tick_id in held:
+        try:
+            released.append(bus.release(tick_id, reason=f"circuit reset {'--all' if all_ else cadence} by operator"))
+        except (TickNotQueued, TickInvalid):
+            continue  # claimed (or settled) meanwhile: nothing to release
+    if released:
+        click.echo(f"released {len(released)} queued tick(s) the breaker or backoff held; they run at the daemon's "
+                   f"next loop: {', '.join(t.id for t in released)}")
 
 
 @circuit.command("open")

@@ -286,19 +286,21 @@ class PersistedCircuits:
             self.events.emit("circuit_restored", level="warn", cadence=name, state=circuit.state.value,
                              open_until=iso(circuit.open_until) if circuit.open_until else None)
 
-    def sync(self) -> None:
-        """Pick up an operator's edit of the file (the CLI writes it; the daemon re-reads it)."""
+    def sync(self) -> dict[str, Any] | None:
+        """Pick up an operator's edit of the file (the CLI writes it; the daemon re-reads it); the document read,
+        or None when nothing new was read."""
         if self.file.mtime() == self.file.written_mtime:
-            return
+            return None
         try:
             doc = self.file.load()
         except ValueError as exc:
             self.events.emit("circuit_file_invalid", level="error", error=str(exc), action="keeping current state")
             self.file.written_mtime = self.file.mtime()
-            return
+            return None
         self.breakers.load_doc(doc)
         self.file.written_mtime = self.file.mtime()
         self.events.emit("circuits_reloaded", open=sorted(self.breakers.open_circuits()))
+        return doc
 
     def save(self) -> None:
         """Write the current state (an unwritable file is logged: the in-memory breakers still hold)."""

@@ -387,5 +387,10 @@ class Guardrails:
         self.circuits.restore(self.credential)
 
     def sync(self) -> None:
-        """Pick up an operator's edit of `circuit-open.json`."""
-        self.circuits.sync()
+        """Pick up an operator's edit of `circuit-open.json`; the cadences its "released" key names ("*": all) end
+        their backoff too (`circuit reset`: the ticks it released run at the next loop), and the key is dropped."""
+        released = (self.circuits.sync() or {}).get("released")
+        if isinstance(released, list) and released:
+            for name in set(self.backoff.next_allowed) if "*" in released else set(map(str, released)):
+                self.backoff.record_success(name)
+            self.circuits.save()
