@@ -34,6 +34,7 @@ COMMANDS: Mapping[str, str] = {
     "notify": "maestro_py.cli.notify:notify",
     "inbox": "maestro_py.cli.inbox:inbox",
     "tick": "maestro_py.cli.tick:tick",
+    "cost": "maestro_py.cli.cost:cost_cmd",
 }
 
 
