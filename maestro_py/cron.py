@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time, timedelta, tzinfo
 
 FIELD_NAMES = ("minute", "hour", "day-of-month", "month", "day-of-week")
 _BOUNDS = {"minute": (0, 59), "hour": (0, 23), "day-of-month": (1, 31), "month": (1, 12), "day-of-week": (0, 7)}
@@ -256,3 +256,30 @@ def _product(branch: list[tuple[str, Values]]) -> list[dict[str, int]]:
     keys = [key for key, values in branch if values is not None]
     pools = [sorted(values) for _, values in branch if values is not None]
     return [dict(zip(keys, combo)) for combo in itertools.product(*pools)]
+
+
+# -- when it fires ------------------------------------------------------------------------
+
+
+def next_fire(expr: str | CronSchedule, after: datetime, zone: tzinfo | None = None,
+              horizon_days: int = 8 * 366) -> datetime | None:
+    """The first minute after `after` at which the expression fires, in `zone` (a cadence's `timezone`; None: the
+    machine's local time, as cron reads it), aware; None if none within `horizon_days` (a Feb 29 on a given weekday
+    can be years away)."""
+    s = parse(expr) if isinstance(expr, str) else expr
+    start = (after.astimezone(zone) + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    hours = sorted(s.hours) if s.hours is not None else list(range(24))
+    minutes = sorted(s.minutes) if s.minutes is not None else list(range(60))
+    day = start.date()
+    for _ in range(horizon_days):
+        # The earliest time of the day passes the hour and minute fields, so `matches` judges the day alone.
+        if s.matches(datetime.combine(day, time(hours[0], minutes[0]))):
+            for hour in hours:
+                for minute in minutes:
+                    if day == start.date() and (hour, minute) < (start.hour, start.minute):
+                        continue
+                    if zone is not None:
+                        return datetime.combine(day, time(hour, minute), tzinfo=zone)
+                    return datetime.combine(day, time(hour, minute)).astimezone()  # local, DST by the C library
+        day += timedelta(days=1)
+    return None

@@ -35,6 +35,7 @@ COMMANDS: Mapping[str, str] = {
     "inbox": "maestro_py.cli.inbox:inbox",
     "tick": "maestro_py.cli.tick:tick",
     "cost": "maestro_py.cli.cost:cost_cmd",
+    "cadences": "maestro_py.cli.cadences:cadences_cmd",
 }
 
 
