@@ -36,6 +36,7 @@ COMMANDS: Mapping[str, str] = {
     "tick": "maestro_py.cli.tick:tick",
     "cost": "maestro_py.cli.cost:cost_cmd",
     "cadences": "maestro_py.cli.cadences:cadences_cmd",
+    "dry-run": "maestro_py.cli.dryrun:dry_run",
 }
 
 

@@ -6,18 +6,16 @@ no doctor, no service manager).
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from pathlib import Path
-from typing import Any
 
 import click
 
 from maestro_py.bus.fsio import atomic_write_json
 from maestro_py.bus.store import MAX_DELAY_SECONDS, Bus
 from maestro_py.bus.tick import CADENCE_RE
-from maestro_py.cli.common import EX_TEMPFAIL, EX_USAGE, CliError, Context, pass_ctx
+from maestro_py.cli.common import EX_TEMPFAIL, EX_USAGE, CliError, Context, pass_ctx, payload_arg
 from maestro_py.clock import SystemClock, iso
 from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.paths import Folder
@@ -68,14 +66,7 @@ def enqueue(c: Context, cadence: str, source: str, payload: str | None, delay: f
     """Drop one tick for CADENCE into the inbox and print its id."""
     if not CADENCE_RE.match(cadence):
         raise CliError(f"invalid cadence name {cadence!r} (expected {CADENCE_RE.pattern})", EX_USAGE)
-    data: dict[str, Any] = {}
-    if payload is not None:
-        try:
-            data = json.loads(payload)
-        except ValueError as exc:
-            raise CliError(f"--payload is not valid JSON: {exc}", EX_USAGE) from None
-        if not isinstance(data, dict):
-            raise CliError("--payload must be a JSON object", EX_USAGE)
+    data = payload_arg(payload)
     if not 0 <= delay <= MAX_DELAY_SECONDS:  # NaN and infinity too
         raise CliError(f"--delay must be between 0 and {MAX_DELAY_SECONDS} seconds (366 days)", EX_USAGE)
     if len(source) > 200:

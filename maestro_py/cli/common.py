@@ -6,6 +6,7 @@ Only what `maestro enqueue` needs is imported at the top: a cron-fired enqueue p
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,19 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def payload_arg(text: str | None) -> dict[str, Any]:
+    """`--payload`: a JSON object (none: {}); anything else is a usage error (exit 2)."""
+    if text is None:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"--payload is not valid JSON: {exc}", EX_USAGE) from None
+    if not isinstance(data, dict):
+        raise CliError("--payload must be a JSON object", EX_USAGE)
+    return data
 
 
 def load_breakers(c: Context) -> tuple[Breakers, CircuitFile]:

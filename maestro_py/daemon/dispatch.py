@@ -5,7 +5,6 @@ from __future__ import annotations
 import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from maestro_py import inline
 from maestro_py.bus.events import EventLog
@@ -24,7 +23,6 @@ from maestro_py.policy.failures import FailureClass
 from maestro_py.policy.guardrails import Guardrails, Verdict
 from maestro_py.registry import Cadence, Registry
 from maestro_py.session import command
-from maestro_py.session.command import SpawnSpec
 from maestro_py.session.runner import Spawner
 
 INLINE_BATCH = 64  # inline ticks per step before the loop looks at its other duties again
@@ -175,10 +173,11 @@ class Dispatcher:
         tick = claim.tick
         now = self.clock.now()
         local = now.astimezone()
-        stamp = f"{local:%H%M%S}-a{claim.attempt}-{tick.id[-6:]}"
+        stamp = command.log_stamp(local, claim.attempt, tick.id)
         stdout_log, stderr_log = self.layout.subsession_logs(local, tick.cadence, stamp)
         try:
-            spec = self._spec(cadence, claim, env, stdout_log, stderr_log)
+            spec = command.spawn_spec(cadence, tick, env, self.layout.root, self.settings, owner=self.bus.owner.token,
+                                      stdout_log=stdout_log, stderr_log=stderr_log)
             session = self.spawner.spawn(spec)
         except ClaudeUnavailable as exc:
             # Missing, not executable, not a program: every cadence would fail the same, so it halts all spawns
@@ -217,27 +216,6 @@ class Dispatcher:
         self.events.emit("spawned", id=tick.id, cadence=tick.cadence, attempt=claim.attempt, pid=session.pid,
                          stdout_log=str(stdout_log), stderr_log=str(stderr_log))
         return True
-
-    def _spec(self, cadence: Cadence, claim: Claim, env: Mapping[str, str], stdout_log: Path,
-              stderr_log: Path) -> SpawnSpec:
-        if cadence.prompt is None:
-            raise SpawnError(f"cadence {cadence.name} has no prompt file")
-        return SpawnSpec(
-            argv=command.argv(command.resolve_claude(env), model=cadence.model, extra=cadence.claude_args,
-                              max_budget_usd=cadence.max_budget_usd, output_format=cadence.output_format),
-            env=command.child_env(env, self.layout.root, self.bus.owner.token),
-            cwd=self.layout.root,
-            stdin=command.prompt(cadence.prompt, claim.tick, self.layout.root),
-            stdout_log=stdout_log,
-            stderr_log=stderr_log,
-            timeout=self._timeout(cadence),
-            grace=self.settings.kill_grace,
-            interrupt_first=min(3.0, max(0.5, self.settings.kill_grace)),
-            log_max_bytes=int(self.settings.run_log_max_mb * (1 << 20)),
-        )
-
-    def _timeout(self, cadence: Cadence) -> float:
-        return cadence.timeout_seconds or self.settings.spawn_timeout
 
     def _inline_timeout(self, cadence: Cadence) -> float:
         """Inline work blocks the loop: its own, much shorter default."""

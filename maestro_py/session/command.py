@@ -10,11 +10,17 @@ import shutil
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from maestro_py.errors import ClaudeUnavailable, SpawnError
 from maestro_py.session import proctree
 from maestro_py.bus.tick import Tick
+
+if TYPE_CHECKING:  # annotations only: the registry and the settings import nothing from here
+    from maestro_py.config import Settings
+    from maestro_py.registry import Cadence
 
 # Set in the child unless the operator set them: without them the CLI retries ~3 minutes (even on 401)
 # before the daemon's own policies can act, and sends every prompt a second time for a billed title.
@@ -244,3 +250,30 @@ class SpawnSpec:
     interrupt_first: float = 0.0
     # Bytes each log may grow by in this run: past it the run is ended and the log cut (None: no cap).
     log_max_bytes: int | None = None
+
+
+def spawn_spec(cadence: Cadence, tick: Tick, env: Mapping[str, str], root: Path, settings: Settings, *,
+               owner: str | None, stdout_log: Path, stderr_log: Path, claude: str | None = None) -> SpawnSpec:
+    """Everything one sub-session of `cadence` for `tick` starts with: the daemon spawns exactly this, and `maestro
+    dry-run` shows it. `claude`: the binary, if already resolved (else `resolve_claude(env)`, which may raise)."""
+    if cadence.prompt is None:
+        raise SpawnError(f"cadence {cadence.name} has no prompt file")
+    return SpawnSpec(
+        argv=argv(claude or resolve_claude(env), model=cadence.model, extra=cadence.claude_args,
+                  max_budget_usd=cadence.max_budget_usd, output_format=cadence.output_format),
+        env=child_env(env, root, owner),
+        cwd=root,
+        stdin=prompt(cadence.prompt, tick, root),
+        stdout_log=stdout_log,
+        stderr_log=stderr_log,
+        timeout=cadence.timeout_seconds or settings.spawn_timeout,
+        grace=settings.kill_grace,
+        interrupt_first=min(3.0, max(0.5, settings.kill_grace)),
+        log_max_bytes=int(settings.run_log_max_mb * (1 << 20)),
+    )
+
+
+def log_stamp(local: datetime, attempt: int, tick_id: str) -> str:
+    """The per-run log names' stamp, `HHMMSS-a<attempt>-<last 6 of the id>` (`Layout.subsession_logs`); the six
+    characters are what `ops.ticks.resolve` accepts for the id."""
+    return f"{local:%H%M%S}-a{attempt}-{tick_id[-6:]}"
