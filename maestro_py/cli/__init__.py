@@ -37,6 +37,7 @@ COMMANDS: Mapping[str, str] = {
     "cost": "maestro_py.cli.cost:cost_cmd",
     "cadences": "maestro_py.cli.cadences:cadences_cmd",
     "dry-run": "maestro_py.cli.dryrun:dry_run",
+    "run-now": "maestro_py.cli.runnow:run_now",
 }
 
 

@@ -160,7 +160,7 @@ def describe(layout: Layout, tick_id: str) -> dict[str, Any] | None:
         if folder is Folder.CLAIMED:
             doc["claimed_by"] = path.name[:-5].partition("@")[2]
         if folder is Folder.DLQ:
-            doc.update(_dlq_fields(path))
+            doc.update(dlq_fields(path))
         doc["wait"] = wait_kind(tick) if folder is Folder.INBOX else None
         doc["runs"] = [row for row in Ledger(layout.ledger_file).rows() if row.get("tick") == tick.id]
         doc["logs"] = [str(p) for p in run_logs(layout, tick)]
@@ -186,7 +186,7 @@ def last_stdout_log(layout: Layout, tick: Tick, attempt: int | None = None) -> P
     return logs[-1] if logs else None
 
 
-def _dlq_fields(path: Path) -> dict[str, Any]:
+def dlq_fields(path: Path) -> dict[str, Any]:
     """A dead letter's reason and time (written beside the tick's own fields)."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
