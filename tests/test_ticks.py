@@ -202,3 +202,12 @@ def test_the_index_reads_a_known_tick_again_when_its_file_is_replaced(layout: La
     index.promote(clock.now())
     assert [e.name for e in index.heads()] == [tick.filename]
     assert index.notice(tick.filename) == 0  # the same file again: not read twice
+
+
+def test_retry_now_says_which_gate_still_holds_the_cadence(runner: CliRunner, layout: Layout,
+                                                           now_clock: FakeClock) -> None:
+    write_agent(layout, prompts={"memo": "write"}, files={".env": "CLAUDE_BIN=/bin/true\n"})
+    tick = _bus(layout, now_clock).enqueue("memo", delay=600)
+    assert invoke(runner, layout.root, "circuit", "open", "memo").exit_code == 0
+    out = invoke(runner, layout.root, "tick", "retry-now", tick.id[-6:])
+    assert out.exit_code == 0 and "it still waits: skipped_circuit_open" in out.stdout

@@ -127,8 +127,24 @@ def tick_retry_now(c: Context, tick_id: str) -> None:
         raise CliError(f"cannot retry now: {exc}; {NOT_QUEUED_HINTS.get(exc.state or '', 'nothing to run')}") from None
     except TickInvalid as exc:
         raise CliError(f"cannot retry {full}: not a valid tick ({exc}); moved to dlq/") from None
-    click.echo(escape(f"released {released.id} ({released.cadence}): runnable at the daemon's next loop, if the "
-                      f"gates allow (`maestro dry-run {released.cadence}` says which would hold it)"))
+    held = _holding_gate(c, released.cadence)
+    click.echo(escape(f"released {released.id} ({released.cadence}): " + (
+        f"it still waits: {held}" if held else "it runs at the daemon's next loop")))
+
+
+def _holding_gate(c: Context, cadence: str) -> str | None:
+    """The gate that would hold a run of `cadence` now, in words (`ops.gates`); None if none does or it cannot tell."""
+    from maestro_py.ops import gates, views
+
+    try:
+        registry = c.registry()
+        found = registry.get(cadence)
+        if found is None:
+            return None
+        first = gates.refused_by(gates.evaluate(c.layout, c.env, c.settings(), registry, found, SystemClock().now()))
+    except (CliError, views.CircuitFileInvalid):
+        return None
+    return f"{first.name}: {first.why}" if first else None
 
 
 def _bus(c: Context) -> Bus:
