@@ -25,6 +25,13 @@ COMMANDS: Mapping[str, str] = {
     "status": "maestro_py.cli.daemon:status",
     "circuit": "maestro_py.cli.circuit:circuit",
     "dlq": "maestro_py.cli.dlq:dlq",
+    # operator commands on ticks and cadences (issue 17)
+    "inbox": "maestro_py.cli.inbox:inbox",
+    "tick": "maestro_py.cli.tick:tick",
+    "cost": "maestro_py.cli.cost:cost_cmd",
+    "cadences": "maestro_py.cli.cadences:cadences_cmd",
+    "dry-run": "maestro_py.cli.dryrun:dry_run",
+    "run-now": "maestro_py.cli.runnow:run_now",
     "budget": "maestro_py.cli.budget:budget",
     "governor": "maestro_py.cli.governor:governor",
     "doctor": "maestro_py.cli.doctor:doctor_cmd",
@@ -32,12 +39,6 @@ COMMANDS: Mapping[str, str] = {
     "prune": "maestro_py.cli.logs:prune_cmd",
     "service": "maestro_py.cli.service:service",
     "notify": "maestro_py.cli.notify:notify",
-    "inbox": "maestro_py.cli.inbox:inbox",
-    "tick": "maestro_py.cli.tick:tick",
-    "cost": "maestro_py.cli.cost:cost_cmd",
-    "cadences": "maestro_py.cli.cadences:cadences_cmd",
-    "dry-run": "maestro_py.cli.dryrun:dry_run",
-    "run-now": "maestro_py.cli.runnow:run_now",
 }
 
 
