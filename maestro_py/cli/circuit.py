@@ -65,7 +65,8 @@ def circuit_reset(c: Context, cadence: str | None, all_: bool, keep_backoff: boo
     c.layout.ensure()
     release = not keep_backoff and (all_ or cadence not in (AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD))
     doc = breakers.to_doc(now)
-    if release and liveness(c.layout, read_status(c.layout), now)["alive"]:
+    alive = liveness(c.layout, read_status(c.layout), now)["alive"]
+    if release and alive:
         # The running daemon ends these cadences' backoff too (`Guardrails.sync`), then drops the key.
         doc = {**(doc or {"generated": iso(now), "open": {}}), "released": ["*"] if all_ else [cadence]}
     file.save(doc)
@@ -84,8 +85,9 @@ def circuit_reset(c: Context, cadence: str | None, all_: bool, keep_backoff: boo
         except (TickNotQueued, TickInvalid):
             continue  # claimed (or settled) meanwhile: nothing to release
     if released:
-        click.echo(f"released {len(released)} queued tick(s) the breaker or backoff held; they run at the daemon's "
-                   f"next loop: {', '.join(t.id for t in released)}")
+        when = "at the daemon's next loop" if alive else "once a daemon runs (`maestro run`)"
+        click.echo(f"released {len(released)} queued tick(s) the breaker or backoff held; they run {when}: "
+                   f"{', '.join(t.id for t in released)}")
 
 
 @circuit.command("open")
