@@ -15,6 +15,7 @@ from pathlib import Path
 from maestro_py.errors import ClaudeUnavailable, SpawnError
 from maestro_py.session import proctree
 from maestro_py.bus.tick import Tick
+from maestro_py.redact import SERVE_SECRETS
 
 # Set in the child unless the operator set them: without them the CLI retries ~3 minutes (even on 401)
 # before the daemon's own policies can act, and sends every prompt a second time for a billed title.
@@ -113,6 +114,8 @@ def child_env(env: Mapping[str, str], root: Path, owner: str | None = None) -> d
     any of them); `CLAUDE_CODE_OAUTH_TOKEN` is the subscription's own and stays.
     """
     out = dict(env)
+    for name in SERVE_SECRETS:  # the credentials that trigger runs are no business of a run (or its tools)
+        out.pop(name, None)
     out["AGENT_DIR"] = str(root)
     if owner is not None:
         out[proctree.SESSION_MARK] = proctree.session_mark(str(root), owner)
