@@ -31,6 +31,7 @@ COMMANDS: Mapping[str, str] = {
     "logs": "maestro_py.cli.logs:logs_cmd",
     "prune": "maestro_py.cli.logs:prune_cmd",
     "service": "maestro_py.cli.service:service",
+    "serve": "maestro_py.cli.serve:serve",
 }
 
 
