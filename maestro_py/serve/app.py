@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import stat
 import time
+from pathlib import Path
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -35,19 +34,9 @@ METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_METRICS_BYTES = 16 * 1024 * 1024
 
 
-def metrics_file(layout: Layout) -> Any:
+def metrics_file(layout: Layout) -> Path:
     """Where the daemon writes its Prometheus metrics (daemon/metrics.py): `state/metrics.prom`."""
     return layout.state_dir / "metrics.prom"
-
-
-@dataclass
-class Server:
-    """What the routes share: the root, the settings, and the intake of triggers."""
-
-    layout: Layout
-    settings: Settings
-    options: ServeOptions
-    intake: triggers.Intake
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -67,7 +56,6 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
     """The application for one agent root (the registry is read now: an invalid one raises RegistryError)."""
     keys = KeyStore(layout.serve_keys_file)
     intake = triggers.Intake(layout, options, triggers.Cadences(layout), keys, Redactor(env))
-    srv = Server(layout, settings, options, intake)
 
     @answering
     async def post_tick(request: Request) -> Response:
@@ -89,7 +77,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
                 return json_answer(200, {"ping": True, "enqueued": False})
         else:
             trigger = triggers.envelope(name, body, key)
-        status, answer = await run_in_threadpool(srv.intake.accept, trigger)
+        status, answer = await run_in_threadpool(intake.accept, trigger)
         extra = {"Location": answer["status_url"]}
         if answer.get("replayed"):
             extra["Idempotent-Replayed"] = "true"
@@ -126,7 +114,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
     @answering
     async def status_page(request: Request) -> Response:
         auth.read_access(request.headers, options, page=True)
-        registry = srv.intake.cadences.current()
+        registry = intake.cadences.current()
         snap = await run_in_threadpool(snapshot.take, layout, settings, registry, SystemClock().now())
         return Response(page.render(snap), media_type="text/html; charset=utf-8",
                         headers={**SECURITY_HEADERS, "Content-Security-Policy": page.CSP})
