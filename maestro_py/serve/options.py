@@ -6,9 +6,11 @@ import ipaddress
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from maestro_py.config import VARS, Settings
 from maestro_py.errors import ConfigError
+from maestro_py.redact import SERVE_SECRETS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
@@ -30,17 +32,17 @@ class ServeOptions:
     @classmethod
     def from_env(cls, env: Mapping[str, str], settings: Settings) -> "ServeOptions":
         """Parse the `maestro serve` settings (a bad one is a ConfigError naming the variable)."""
-        def get(name: str) -> object:
+        def get(name: str) -> Any:
             var = VARS[name]
             raw = env.get(name, "").strip() or var.default
             try:
                 return var.parse(raw)
             except ValueError as exc:
-                shown = "…" if name in ("MAESTRO_SERVE_TOKEN", "MAESTRO_WEBHOOK_SECRET") else raw
+                shown = "…" if name in SERVE_SECRETS else raw  # a rejected secret is still a secret
                 raise ConfigError(f"{name}={shown!r}: {exc}") from None
 
-        return cls(token=get("MAESTRO_SERVE_TOKEN"), webhook_secret=get("MAESTRO_WEBHOOK_SECRET"),  # type: ignore[arg-type]
-                   max_body=get("MAESTRO_SERVE_MAX_BODY_BYTES"), timeout=get("MAESTRO_SERVE_TIMEOUT_SECONDS"),  # type: ignore[arg-type]
+        return cls(token=get("MAESTRO_SERVE_TOKEN"), webhook_secret=get("MAESTRO_WEBHOOK_SECRET"),
+                   max_body=get("MAESTRO_SERVE_MAX_BODY_BYTES"), timeout=get("MAESTRO_SERVE_TIMEOUT_SECONDS"),
                    max_inbox=settings.max_inbox, poll_ms=settings.poll_ms)
 
     @property

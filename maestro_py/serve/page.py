@@ -16,6 +16,7 @@ from typing import Any
 
 from maestro_py.clock import parse_iso
 from maestro_py.ops.logview import escape as visible
+from maestro_py.policy.budget import amount, never_fits_lines
 from maestro_py.serve.chart import budget_bar, legend, spend_chart
 from maestro_py.serve.snapshot import Snapshot
 
@@ -113,10 +114,10 @@ def _budget(snap: Snapshot) -> str:
             total, spent, held = row["total"][unit], row["spent"][unit], row["reserved"][unit]
             if unit == "tokens" and total is None:
                 continue
-            fmt = (lambda v: f"${v:.4f}") if unit == "usd" else (lambda v: f"{v:,}")
-            words = (f"{fmt(spent)} spent, {fmt(held)} reserved of " + (fmt(total) if total is not None else "unlimited"))
+            limit = amount(unit, total) if total is not None else "unlimited"
+            words = f"{amount(unit, spent)} spent, {amount(unit, held)} reserved of {limit}"
             cells.append(f"<div>{budget_bar(spent, held, total, esc, words)} {esc(words)}</div>")
-        note = "".join(f'<div class="bad">never fits: {esc(n.get("cadence"))}</div>' for n in row.get("never_fits", []))
+        note = "".join(f'<div class="bad">{esc(line)}</div>' for line in never_fits_lines(row.get("never_fits", [])))
         rows.append(f'<tr class="budget" data-scope="{esc(row["scope"])}" data-window="{esc(row["window"])}">'
                     f'<td>{esc(row["scope"])}</td><td>{esc(row["window"])}</td><td>{"".join(cells)}{note}</td>'
                     f'<td>{esc(row["resets_at"])}</td><td class="num">{esc(row["runs"])}</td></tr>')
