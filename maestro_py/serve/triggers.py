@@ -156,6 +156,7 @@ class Intake:
         self.cadences = cadences
         self.keys = keys
         self.redactor = redactor
+        self._local = threading.local()
 
     def accept(self, trigger: Trigger) -> tuple[int, dict[str, Any]]:
         """(202 or 200, the answer) for a trigger, or an HttpError (404, 422, 503, 429, 413, 400)."""
@@ -179,10 +180,17 @@ class Intake:
             raise HttpError(503, f"emergency stop is set ({reason}); `maestro resume` lifts it",
                             {"Retry-After": str(RETRY_AFTER_STOP)})
 
+    def _bus(self) -> Bus:
+        """This worker thread's bus: a `Bus` and its event log's open file are not for sharing between threads."""
+        bus = getattr(self._local, "bus", None)
+        if bus is None:
+            events = EventLog(self.layout, redactor=self.redactor)
+            bus = self._local.bus = Bus(self.layout, events=events, max_inbox=self.options.max_inbox)
+        return bus
+
     def _enqueue(self, trigger: Trigger) -> Any:
-        events = EventLog(self.layout, redactor=self.redactor)  # one per request: its open file is not shared
+        bus = self._bus()
         try:
-            bus = Bus(self.layout, events=events, max_inbox=self.options.max_inbox)
             return bus.enqueue(trigger.cadence, source=trigger.source, payload=trigger.payload, delay=trigger.delay)
         except InboxFull as exc:
             raise HttpError(429, str(exc), {"Retry-After": str(RETRY_AFTER_FULL)}) from None
@@ -190,7 +198,7 @@ class Intake:
             status = 413 if str(exc).startswith("tick is too large") else 400
             raise HttpError(status, str(exc)) from None
         finally:
-            events.close()
+            bus.reindex()  # the server never claims: an index of what it delivered would only grow
 
     @staticmethod
     def _shape(tick_id: str, cadence: str) -> dict[str, Any]:
