@@ -8,6 +8,7 @@ response or log line.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import re
 import socket
@@ -202,6 +203,20 @@ def test_a_client_trickling_its_headers_is_disconnected_at_the_timeout(serve) ->
                               [b"X-Slow: a\r\n"] * 30, gap=0.2)
     assert data == b"" and took < 4
     assert s.post("hello").status == 202
+
+
+def test_pipelined_and_keep_alive_requests_are_each_answered(serve, agent: Layout) -> None:
+    s = serve(MAESTRO_SERVE_TIMEOUT_SECONDS=1)
+    one = (b"POST /v1/cadences/hello/ticks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+    data, _ = raw_exchange(s.port, one * 3 + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert data.count(b"HTTP/1.1 202 ") == 3 and data.count(b"HTTP/1.1 503 ") == 1
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+    for _ in range(3):  # one keep-alive connection, requests spaced under the timeout
+        conn.request("POST", "/v1/cadences/hello/ticks", b"{}")
+        assert conn.getresponse().status == 202
+        time.sleep(0.5)
+    conn.close()
+    assert len(inbox(agent)) == 6
 
 
 # -- refused: capacity and the emergency stop -----------------------------------------------------------------------

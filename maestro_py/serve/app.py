@@ -25,7 +25,7 @@ from maestro_py.daemon.status import EX_HEALTHY, health, liveness, read_status, 
 from maestro_py.paths import Layout
 from maestro_py.redact import Redactor
 from maestro_py.serve import auth, page, snapshot, ticks, triggers
-from maestro_py.serve.body import check_length, read_body
+from maestro_py.serve.body import read_body
 from maestro_py.serve.http import SECURITY_HEADERS, HttpError, error_answer, json_answer, text_answer
 from maestro_py.serve.idempotency import KeyStore, check_key
 from maestro_py.serve.options import ServeOptions
@@ -62,7 +62,6 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
         started = time.monotonic()
         headers = request.headers
         access = auth.trigger_access(headers, options)
-        check_length(headers, options.max_body)  # before the body is read, and before its name is looked at
         body = await read_body(request.receive, headers, limit=options.max_body, deadline=started + options.timeout,
                                timeout=options.timeout)
         if access is auth.Access.WEBHOOK:

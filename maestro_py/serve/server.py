@@ -60,6 +60,9 @@ def header_deadline_protocol(timeout: float) -> type[H11Protocol]:
         def _arm(self) -> None:
             if self._deadline is not None:
                 self._deadline.cancel()
+                self._deadline = None
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a pipelined request is being answered already: its body has the app's own deadline
             waiting_for = self.cycle  # a new request replaces the cycle once its headers are complete
             self._deadline = self.loop.call_later(timeout, self._expire, waiting_for)
 
