@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import stat
 import time
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -91,15 +92,17 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
                                  "MAESTRO_RETENTION_DAYS)")
         return json_answer(200, doc)
 
-    @answering
-    async def healthz(request: Request) -> Response:
-        now = SystemClock().now()
-        live = liveness(layout, read_status(layout), now)
+    def judge_health() -> dict[str, Any]:
+        live = liveness(layout, read_status(layout), SystemClock().now())
         limit = stale_after(settings.poll_ms)
         code, words = health(live, limit)
-        doc = {"healthy": code == EX_HEALTHY, "health": words, "exit_code": code, "pid": live["pid"],
-               "heartbeat_age_s": live["heartbeat_age_s"], "stale_after_s": limit}
-        return json_answer(200 if code == EX_HEALTHY else 503, doc)
+        return {"healthy": code == EX_HEALTHY, "health": words, "exit_code": code, "pid": live["pid"],
+                "heartbeat_age_s": live["heartbeat_age_s"], "stale_after_s": limit}
+
+    @answering
+    async def healthz(request: Request) -> Response:
+        doc = await run_in_threadpool(judge_health)
+        return json_answer(200 if doc["healthy"] else 503, doc)
 
     @answering
     async def metrics(request: Request) -> Response:
@@ -113,8 +116,8 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
     @answering
     async def status_page(request: Request) -> Response:
         auth.read_access(request.headers, options, page=True)
-        registry = intake.cadences.current()
-        snap = await run_in_threadpool(snapshot.take, layout, settings, registry, SystemClock().now())
+        snap = await run_in_threadpool(lambda: snapshot.take(layout, settings, intake.cadences.current(),
+                                                             SystemClock().now()))
         return Response(page.render(snap), media_type="text/html; charset=utf-8",
                         headers={**SECURITY_HEADERS, "Content-Security-Policy": page.CSP})
 
