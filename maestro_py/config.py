@@ -158,6 +158,14 @@ def _agent(text: str) -> str | None:
     return agent_name(text)
 
 
+def _serve_secret(text: str) -> str | None:
+    if text.strip().lower() in ("", "unset", "none"):
+        return None
+    if len(text.strip()) < 16 or any(ch.isspace() for ch in text.strip()):
+        raise ValueError("must be at least 16 characters without blanks (e.g. `openssl rand -hex 32`)")
+    return text.strip()
+
+
 def _backoff(text: str) -> str:
     parse_backoff(text)  # validate now; the daemon builds the strategy
     return text.strip()
@@ -220,6 +228,12 @@ VARS: dict[str, Var] = {
             "Where alerts go: apprise URLs separated by spaces or commas (masked everywhere)."),
         Var("MAESTRO_NOTIFY_COMMAND", "unset", _notify_command,
             "A command (no shell) given each alert as JSON on stdin, bounded by a timeout."),
+        Var("MAESTRO_SERVE_TOKEN", "unset", _serve_secret,
+            "`maestro serve`: the bearer token for triggers, the page and /metrics (needed to listen off loopback)."),
+        Var("MAESTRO_WEBHOOK_SECRET", "unset", _serve_secret,
+            "`maestro serve`: the secret of GitHub-style `X-Hub-Signature-256` webhooks (HMAC-SHA256 of the body)."),
+        Var("MAESTRO_SERVE_MAX_BODY_BYTES", "1048576", _positive_int, "`maestro serve`: the largest request body (413 past it)."),
+        Var("MAESTRO_SERVE_TIMEOUT_SECONDS", "10", _positive, "`maestro serve`: time a client has to send a request's body (408 past it)."),
         Var("MAESTRO_PREFER_SUBSCRIPTION_AUTH", "false", _bool, "Strip ANTHROPIC_API_KEY from sub-sessions (use the CLI's login)."),
         Var("CLAUDE_BIN", "PATH, then usual install places", str, "The `claude` executable."),
         Var("CLAUDE_CODE_MAX_RETRIES", "2", str, "Set in sub-sessions unless already set (the CLI's own default retries for ~3 min)."),

@@ -99,6 +99,11 @@ class Layout:
         return self.bus_dir / "daemon.lock"
 
     @property
+    def serve_keys_file(self) -> Path:
+        """`maestro serve`'s idempotency keys (SQLite), kept 24 h."""
+        return self.state_dir / "serve-keys.sqlite3"
+
+    @property
     def ledger_file(self) -> Path:
         return self.state_dir / "cost-ledger.jsonl"
 

@@ -8,7 +8,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
+SERVE_SECRETS = ("MAESTRO_SERVE_TOKEN", "MAESTRO_WEBHOOK_SECRET")  # `maestro serve`'s inbound credentials
+SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", *SERVE_SECRETS)
 URL_VARS = ("MAESTRO_GOVERNOR_URL",)  # settings whose value may carry a password (user:password@host)
 # Apprise URLs carry their tokens anywhere (slack://TokenA/TokenB/TokenC, tgram://bottoken/chatid): each URL
 # is a secret whole, and so is each token in it.

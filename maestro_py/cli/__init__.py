@@ -39,6 +39,7 @@ COMMANDS: Mapping[str, str] = {
     "prune": "maestro_py.cli.logs:prune_cmd",
     "service": "maestro_py.cli.service:service",
     "notify": "maestro_py.cli.notify:notify",
+    "serve": "maestro_py.cli.serve:serve",
 }
 
 

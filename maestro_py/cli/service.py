@@ -50,6 +50,10 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--stop-timeout", type=click.IntRange(min=1), default=None,
                      help="Seconds to wait for a clean stop (default: stop grace + kill grace + 15)."),
         click.option("--run-as", default=None, help="systemd system units: User= (default: the root's owner)."),
+        click.option("--serve", is_flag=True, help="Also `maestro serve` (HTTP triggers, status page) as a unit/agent."),
+        click.option("--serve-host", default=None, help="With --serve: its --host (default 127.0.0.1)."),
+        click.option("--serve-port", type=click.IntRange(1, 65535), default=None,
+                     help="With --serve: its --port (default 8787)."),
         click.option("--claude", "claude", default=None,
                      help="The claude CLI the daemon runs, written into its unit as CLAUDE_BIN with its folder on "
                           "PATH (default: the one found now: CLAUDE_BIN, PATH, ~/.local/bin, the npm global bin…)."),
@@ -81,6 +85,7 @@ class Target:
         settings = c.settings()
         registry = c.registry()
         watchdog = opts["watchdog_sec"]
+        serve = _serve(c, opts)
         try:
             spec = svc.ServiceSpec(
                 root=root,
@@ -95,6 +100,7 @@ class Target:
                 claude=self._claude(c, opts["claude"]),
                 # A CLAUDE_BIN in the unit would silently win over one in .env: there, .env stays in charge.
                 claude_bin=not load_env(c.layout, base={}).get("CLAUDE_BIN"),
+                serve=serve,
             )
             self.spec = spec
             self.files = svc.generate(spec, self.manager)
@@ -117,6 +123,21 @@ class Target:
     def tool(self) -> str:
         """launchctl or systemctl."""
         return "launchctl" if self.manager == svc.LAUNCHD else "systemctl"
+
+
+def _serve(c: Context, opts: dict[str, Any]) -> tuple[str, int] | None:
+    """(host, port) of the `maestro serve` unit, or None; off loopback only when the root sets a token."""
+    if not opts["serve"]:
+        if opts["serve_host"] is not None or opts["serve_port"] is not None:
+            raise CliError("--serve-host and --serve-port go with --serve", EX_USAGE)
+        return None
+    from maestro_py.serve.options import DEFAULT_HOST, DEFAULT_PORT, is_loopback  # no web stack: just the rule
+
+    host = opts["serve_host"] or DEFAULT_HOST
+    if not is_loopback(host) and not c.env.get("MAESTRO_SERVE_TOKEN", "").strip():
+        raise CliError(f"--serve-host {host} is not a loopback address: set MAESTRO_SERVE_TOKEN in the root's .env "
+                       "first (the server would refuse to start without it)", EX_USAGE)
+    return host, opts["serve_port"] or DEFAULT_PORT
 
 
 def _interpreter(given: str | None) -> str:
@@ -161,7 +182,7 @@ def _now_allowed(t: Target, now: bool) -> bool:
 
 @click.group()
 def service() -> None:
-    """launchd agents / systemd units for the daemon and every cadence with a `schedule`."""
+    """launchd agents / systemd units for the daemon and every cadence with a `schedule` (and `maestro serve`)."""
 
 
 @service.command("print")

@@ -4,8 +4,9 @@ launchd: `com.maestro.<name>.daemon.plist` (KeepAlive) and `com.maestro.<name>.e
 (StartCalendarInterval). systemd: `maestro-<name>.service` (Type=notify, watchdog) and per cadence a
 `maestro-<name>-<cadence>.timer` with its oneshot `maestro-<name>-<cadence>.service`. Triggers only run
 `maestro enqueue CADENCE --source launchd|systemd`; the daemon does the work, so a trigger firing while
-the daemon is down still queues the tick. Everything here is pure text generation plus plain file
-writes; the CLI (cli/service.py) decides where and whether to run launchctl/systemctl.
+the daemon is down still queues the tick. With `serve`, `maestro serve` gets its own agent/unit too
+(`com.maestro.<name>.serve.plist`, `maestro-<name>.serve.service`). Everything here is pure text generation
+plus plain file writes; the CLI (cli/service.py) decides where and whether to run launchctl/systemctl.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ STOP_MARGIN_SECONDS = 15  # settling and requeueing after the last sub-session i
 THROTTLE_SECONDS = 10
 WATCHDOG_MIN_SEC = 60
 WATCHDOG_MARGIN_SEC = 30
+SERVE_STOP_SECONDS = 20  # uvicorn's graceful shutdown (10 s) and a margin
 # launchd starts agents with PATH=/usr/bin:/bin:/usr/sbin:/sbin; the claude CLI needs node, usually from here.
 LAUNCHD_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 # What systemd gives services; set explicitly only when `claude`'s folder must come first.
@@ -56,6 +58,7 @@ class ServiceSpec:
     claude: str | None = None  # the `claude` found at install time: PATH gets its folder (a node CLI's node)
     claude_bin: bool = True  # also pin it as CLAUDE_BIN (False: `.env` sets CLAUDE_BIN, and must stay in charge)
     zones: tuple[tuple[str, str], ...] = ()  # (cadence, time zone) for schedules not in the machine's zone
+    serve: tuple[str, int] | None = None  # `maestro serve --host H --port P` as a unit/agent of its own too
 
     def __post_init__(self) -> None:
         if self.claude is not None and not os.path.isabs(self.claude):
@@ -69,6 +72,9 @@ class ServiceSpec:
                 raise ServiceError(f"the {label} {value!r} contains control characters")
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.name):
             raise ServiceError(f"agent name {self.name!r} must match [a-z0-9][a-z0-9._-]*")
+        if self.serve is not None and (not re.fullmatch(r"[A-Za-z0-9.:\[\]-]+", self.serve[0])
+                                       or not 0 < self.serve[1] < 65536):
+            raise ServiceError(f"cannot serve on {self.serve[0]!r} port {self.serve[1]}")
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,10 @@ def claude_env(spec: ServiceSpec, base_path: str) -> dict[str, str]:
     return env
 
 
+def _serve_args(serve: tuple[str, int]) -> list[str]:
+    return ["serve", "--host", serve[0], "--port", str(serve[1])]
+
+
 def _argv(spec: ServiceSpec, *command: str) -> list[str]:
     return [spec.python, "-m", "maestro_py", "--root", str(spec.root), *command]
 
@@ -199,6 +209,15 @@ def launchd_files(spec: ServiceSpec) -> list[ServiceFile]:
         "StandardErrorPath": str(logs / "launchd-daemon.err.log"),
     }
     files = [_plist(label, daemon)]
+    if spec.serve is not None:  # the HTTP server: kept alive like the daemon, stopped by SIGTERM (graceful)
+        serve_label = f"com.maestro.{spec.name}.serve"
+        files.append(_plist(serve_label, {
+            **{k: daemon[k] for k in ("WorkingDirectory", "RunAtLoad", "KeepAlive", "ThrottleInterval")},
+            "Label": serve_label, "ProgramArguments": _argv(spec, *_serve_args(spec.serve)),
+            "EnvironmentVariables": env, "ExitTimeOut": SERVE_STOP_SECONDS,
+            "StandardOutPath": str(logs / "launchd-serve.out.log"),
+            "StandardErrorPath": str(logs / "launchd-serve.err.log"),
+        }))
     for cadence, expr, parsed in _parsed(spec):
         if cadence in dict(spec.zones):
             raise ServiceError(f"cadence {cadence!r}: launchd has no per-job time zone (timezone = "
@@ -266,6 +285,14 @@ def systemd_files(spec: ServiceSpec) -> list[ServiceFile]:
     })
     daemon_unit = systemd_unit(spec.name)
     files = [ServiceFile(daemon_unit, daemon, daemon_unit)]
+    if spec.serve is not None:  # `.serve`, not `-serve`: a cadence named "serve" has `maestro-<name>-serve.service`
+        serve_unit = f"maestro-{spec.name}.serve.service"
+        files.append(ServiceFile(serve_unit, _unit(header, {
+            "Unit": [_spec_escape(f"Description=maestro serve (HTTP triggers, status page) for {spec.root}"), *network],
+            "Service": ["Type=exec", f"ExecStart={_exec_line(_argv(spec, *_serve_args(spec.serve)))}", *common,
+                        "Restart=on-failure", f"RestartSec={THROTTLE_SECONDS}", f"TimeoutStopSec={SERVE_STOP_SECONDS}"],
+            "Install": [f"WantedBy={'default.target' if spec.user else 'multi-user.target'}"],
+        }), serve_unit))
     for cadence, expr, parsed in _parsed(spec):
         zone = dict(spec.zones).get(cadence)
         calendars = [f"{c} {zone}" if zone else c for c in cron.to_oncalendar(parsed)]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from maestro_py.errors import ClaudeUnavailable, SpawnError
 from maestro_py.session import proctree
 from maestro_py.bus.tick import Tick
+from maestro_py.redact import SERVE_SECRETS
 
 if TYPE_CHECKING:  # annotations only: the registry and the settings import nothing from here
     from maestro_py.config import Settings
@@ -119,6 +120,8 @@ def child_env(env: Mapping[str, str], root: Path, owner: str | None = None) -> d
     any of them); `CLAUDE_CODE_OAUTH_TOKEN` is the subscription's own and stays.
     """
     out = dict(env)
+    for name in SERVE_SECRETS:  # the credentials that trigger runs are no business of a run (or its tools)
+        out.pop(name, None)
     out["AGENT_DIR"] = str(root)
     if owner is not None:
         out[proctree.SESSION_MARK] = proctree.session_mark(str(root), owner)

@@ -1,0 +1,91 @@
+"""What the server is configured with (from `.env` and the environment), and where it may listen."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from maestro_py.config import VARS, Settings
+from maestro_py.errors import ConfigError
+from maestro_py.redact import SERVE_SECRETS
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
+RETRY_AFTER_FULL = 30  # seconds a client is asked to wait at the backlog ceiling: the daemon drains at its pace
+RETRY_AFTER_STOP = 60  # while the emergency stop is set: an operator lifts it, not the passing of time
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """The server's settings: credentials, request limits, and the bus settings it enqueues under."""
+
+    token: str | None
+    webhook_secret: str | None
+    max_body: int
+    timeout: float
+    max_inbox: int
+    poll_ms: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], settings: Settings) -> "ServeOptions":
+        """Parse the `maestro serve` settings (a bad one is a ConfigError naming the variable)."""
+        def get(name: str) -> Any:
+            var = VARS[name]
+            raw = env.get(name, "").strip() or var.default
+            try:
+                return var.parse(raw)
+            except ValueError as exc:
+                shown = "…" if name in SERVE_SECRETS else raw  # a rejected secret is still a secret
+                raise ConfigError(f"{name}={shown!r}: {exc}") from None
+
+        return cls(token=get("MAESTRO_SERVE_TOKEN"), webhook_secret=get("MAESTRO_WEBHOOK_SECRET"),
+                   max_body=get("MAESTRO_SERVE_MAX_BODY_BYTES"), timeout=get("MAESTRO_SERVE_TIMEOUT_SECONDS"),
+                   max_inbox=settings.max_inbox, poll_ms=settings.poll_ms)
+
+    @property
+    def auth_words(self) -> str:
+        """How requests are authenticated, for the start-up line (never the secrets themselves)."""
+        ways = [w for w, on in (("bearer token", self.token), ("webhook signature", self.webhook_secret)) if on]
+        return " or ".join(ways) if ways else "none: open to loopback requests only"
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address `host` names is a loopback one (127.0.0.0/8, ::1); a name is resolved."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def check_bind(host: str, options: ServeOptions) -> None:
+    """Refuse to listen off loopback without a token: the triggers and the page would be open to the network."""
+    if not is_loopback(host):
+        if options.token is None:
+            raise ConfigError(f"refusing to listen on {host} (not a loopback address) without MAESTRO_SERVE_TOKEN "
+                              "set: anyone who can reach it could trigger runs and read the status page")
+
+
+def loopback_host(header: str) -> bool:
+    """Whether a request's Host header names this machine's loopback (DNS-rebinding guard for open access)."""
+    host = header.strip().lower()
+    if host.startswith("["):
+        host = host[1:host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

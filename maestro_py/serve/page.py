@@ -1,0 +1,154 @@
+"""The status page at `/`: one server-rendered HTML document with inline SVG, no script, no external request.
+
+It refreshes itself (`<meta http-equiv="refresh">`). Every text that comes from a run, a file or a setting goes
+through `esc` (control characters made visible as in `maestro logs`, then HTML-escaped). The Content-Security-
+Policy the page is served with allows its one inline style block (by hash) and `data:` images, and nothing
+else: no script, no request to any other address, even if some text escaped escaping.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+from datetime import datetime
+from typing import Any
+
+from maestro_py.clock import parse_iso
+from maestro_py.ops.logview import escape as visible
+from maestro_py.policy.budget import amount, never_fits_lines
+from maestro_py.serve.chart import budget_bar, legend, spend_chart
+from maestro_py.serve.snapshot import Snapshot
+
+REFRESH_SECONDS = 15
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:1000px}
+h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.1em;margin:1.4em 0 .4em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;width:100%}td,th{padding:3px 8px;text-align:left;border-bottom:1px solid #eee;
+vertical-align:top}th{font-weight:600;color:#555}.num{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#1a7f37}.bad{color:#c62828;font-weight:600}.banner{background:#c62828;color:#fff;padding:.5em 1em}
+.muted{color:#777}.legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:1em}
+code{font-size:.95em}
+"""
+STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
+CSP = (f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; img-src data:; base-uri 'none'; "
+       "form-action 'none'; frame-ancestors 'none'")
+
+
+def esc(value: object) -> str:
+    """Any value as safe HTML text: control and bidi characters made visible, then `<>&"'` escaped."""
+    return html.escape(visible(str(value)), quote=True)
+
+
+def render(snap: Snapshot) -> str:
+    """The whole page."""
+    sections = [
+        _header(snap), _queues(snap), _live(snap), _breakers(snap), _budget(snap), _chart(snap), _runs(snap),
+    ]
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="referrer" content="no-referrer"><link rel="icon" href="data:,">'
+            f'<title>maestro · {esc(snap.root)}</title><style>{STYLE}</style></head><body>'
+            + "".join(sections) + "</body></html>")
+
+
+def _header(snap: Snapshot) -> str:
+    cls = "ok" if snap.health_code == 0 else "bad"
+    out = [f"<h1>maestro · {esc(snap.root)}</h1>",
+           f'<p id="health" class="{cls}">daemon: {esc(snap.health)}</p>',
+           f'<p class="muted">as of {snap.now:%Y-%m-%d %H:%M:%S} UTC; refreshes every {REFRESH_SECONDS} s</p>']
+    if snap.emergency_stop is not None:
+        out.insert(1, f'<p id="emergency-stop" class="banner">EMERGENCY STOP: {esc(snap.emergency_stop)} — nothing '
+                      f"spawns and triggers are refused (503) until <code>maestro resume</code></p>")
+    out += [f'<p class="bad">{esc(problem)}</p>' for problem in snap.problems]
+    return "".join(out)
+
+
+def _queues(snap: Snapshot) -> str:
+    cells = "".join(f'<td class="num" id="queue-{esc(name)}">{count}</td>' for name, count in snap.queues.items())
+    heads = "".join(f"<th>{esc(name)}</th>" for name in snap.queues)
+    return f'<h2>Queues</h2><table id="queues"><tr>{heads}</tr><tr>{cells}</tr></table>'
+
+
+def _live(snap: Snapshot) -> str:
+    if not snap.live:
+        return '<h2>Live sub-sessions</h2><p id="live" class="muted">none</p>'
+    rows = "".join(f"<tr><td>{esc(r.get('cadence'))}</td><td><code>{esc(r.get('tick'))}</code></td>"
+                   f"<td class=\"num\">{esc(r.get('attempt'))}</td><td class=\"num\">{esc(r.get('pid'))}</td>"
+                   f"<td>{esc(r.get('started'))}</td></tr>" for r in snap.live)
+    return ('<h2>Live sub-sessions</h2><table id="live"><tr><th>cadence</th><th>tick</th><th>attempt</th>'
+            f"<th>pid</th><th>since</th></tr>{rows}</table>")
+
+
+def _breakers(snap: Snapshot) -> str:
+    if not snap.breakers:
+        return '<h2>Breakers and holds</h2><p id="breakers" class="muted">all closed</p>'
+    rows = []
+    for b in snap.breakers:
+        until = b.get("open_until")
+        until_text = f"{esc(until)} ({_in(until, snap.now)})" if until else "until reset"
+        detail = b.get("words") or b.get("last_error") or ""
+        rows.append(f'<tr class="breaker" data-name="{esc(b["name"])}"><td>{esc(b["name"])}</td><td>{esc(b["kind"])}'
+                    f'</td><td class="bad">{esc(b["state"])}</td><td>{until_text}</td>'
+                    f'<td class="num">{esc(b.get("failures"))}</td><td>{esc(detail)}</td></tr>')
+    return ('<h2>Breakers and holds</h2><table id="breakers"><tr><th>name</th><th>kind</th><th>state</th>'
+            f'<th>until</th><th>failures</th><th>last error</th></tr>{"".join(rows)}</table>')
+
+
+def _in(until: str, now: datetime) -> str:
+    try:
+        seconds = (parse_iso(until) - now).total_seconds()
+    except ValueError:
+        return "?"
+    if seconds <= 0:
+        return "passed: one probe next"
+    return f"in {seconds / 60:.0f} min" if seconds < 5400 else f"in {seconds / 3600:.1f} h"
+
+
+def _budget(snap: Snapshot) -> str:
+    rows = []
+    for row in snap.budget:
+        cells = []
+        for unit in ("usd", "tokens"):
+            total, spent, held = row["total"][unit], row["spent"][unit], row["reserved"][unit]
+            if unit == "tokens" and total is None:
+                continue
+            limit = amount(unit, total) if total is not None else "unlimited"
+            words = f"{amount(unit, spent)} spent, {amount(unit, held)} reserved of {limit}"
+            cells.append(f"<div>{budget_bar(spent, held, total, esc, words)} {esc(words)}</div>")
+        note = "".join(f'<div class="bad">{esc(line)}</div>' for line in never_fits_lines(row.get("never_fits", [])))
+        rows.append(f'<tr class="budget" data-scope="{esc(row["scope"])}" data-window="{esc(row["window"])}">'
+                    f'<td>{esc(row["scope"])}</td><td>{esc(row["window"])}</td><td>{"".join(cells)}{note}</td>'
+                    f'<td>{esc(row["resets_at"])}</td><td class="num">{esc(row["runs"])}</td></tr>')
+    return ('<h2>Budget</h2><table id="budget"><tr><th>scope</th><th>window</th><th>spent / limit</th>'
+            f'<th>resets</th><th>runs</th></tr>{"".join(rows)}</table>')
+
+
+def _chart(snap: Snapshot) -> str:
+    total = sum(snap.spend.values())
+    head = (f"<h2>Spend per cadence per day (last {len(snap.days)} days, ${total:.4f} charged)</h2>")
+    if not snap.cadences:
+        return head + '<p id="spend-chart" class="muted">no runs in the ledger in this period</p>'
+    return head + spend_chart(snap.days, snap.cadences, snap.spend, snap.run_counts, esc) + legend(snap.cadences, esc)
+
+
+def _runs(snap: Snapshot) -> str:
+    if not snap.runs:
+        return '<h2>Last runs</h2><p id="runs" class="muted">none yet</p>'
+    rows = "".join(_run_row(r) for r in snap.runs)
+    return ('<h2>Last runs</h2><table id="runs"><tr><th>when</th><th>cadence</th><th>outcome</th><th>duration</th>'
+            f'<th>cost</th><th>tick</th></tr>{rows}</table>')
+
+
+def _run_row(r: dict[str, Any]) -> str:
+    duration = f"{r['duration_ms'] / 1000:.1f} s" if isinstance(r["duration_ms"], (int, float)) else "—"
+    if isinstance(r["cost_usd"], (int, float)):
+        cost = f"${r['cost_usd']:.4f}"
+    else:
+        cost = f"${r['charged_usd']:.4f} (unmetered: reservation charged)" if r["charged_usd"] else "unknown"
+    cls = "ok" if r["ok"] else "bad"
+    tick = f'<a href="/v1/ticks/{esc(r["tick"])}"><code>{esc(r["tick"])}</code></a>' if r["tick"] else ""
+    return (f'<tr class="run"><td>{esc(r["ts"])}</td><td>{esc(r["cadence"])}</td><td class="{cls}">'
+            f'{esc(r["outcome"])}</td><td class="num">{duration}</td><td class="num">{esc(cost)}</td>'
+            f"<td>{tick}</td></tr>")

@@ -1,0 +1,127 @@
+"""What the status page shows, gathered from the same read-models `maestro status` and `maestro budget` use.
+
+Health is `daemon.status.health` judged against `stale_after`; breakers come from `ops.views.open_circuits`,
+budget rows from `ops.views.budget_rows`, and spend from ledger rows through `policy.budget.charge_of`, so the
+page cannot disagree with the CLI. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import Any
+
+from maestro_py.bus.store import Bus
+from maestro_py.config import Settings
+from maestro_py.daemon.status import health, liveness, read_status, stale_after
+from maestro_py.ops import views
+from maestro_py.paths import Layout
+from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
+from maestro_py.policy.budget import charge_of, local_zone
+from maestro_py.policy.emergency import read_stop_file
+from maestro_py.registry import Registry
+from maestro_py.session.ledger import Ledger
+
+CHART_DAYS = 30
+LAST_RUNS = 20
+HOLD_KINDS = {AUTH_HALT: "auth halt", CLAUDE_MISSING: "claude missing", QUOTA_HOLD: "usage-limit hold"}
+
+
+@dataclass
+class Snapshot:
+    """Everything on the page, as plain data."""
+
+    root: str
+    now: datetime
+    health_code: int
+    health: str
+    emergency_stop: str | None
+    queues: dict[str, int]
+    live: list[dict[str, Any]]
+    breakers: list[dict[str, Any]]
+    budget: list[dict[str, Any]]
+    runs: list[dict[str, Any]]
+    days: list[date]
+    cadences: list[str]  # the cadences with a ledger row in the chart's window, sorted
+    spend: dict[tuple[date, str], float]  # (local day, cadence) -> dollars charged
+    run_counts: dict[tuple[date, str], int]
+    problems: list[str] = field(default_factory=list)  # what could not be read (shown, not hidden)
+
+
+def take(layout: Layout, settings: Settings, registry: Registry | None, now: datetime) -> Snapshot:
+    """Read everything the page shows, as of `now`."""
+    problems: list[str] = []
+    doc = read_status(layout)
+    live = liveness(layout, doc, now)
+    code, words = health(live, stale_after(settings.poll_ms))
+    circuits: dict[str, Any] = {}
+    try:
+        circuits = views.open_circuits(layout)
+    except views.CircuitFileInvalid as exc:
+        problems.append(str(exc))
+    breakers = [{"name": name, "kind": HOLD_KINDS.get(name, "circuit breaker"), **circ.to_json(),
+                 "words": views.quota_line(circ.to_json(), now) if name == QUOTA_HOLD else None}
+                for name, circ in circuits.items()]
+    budget = views.budget_rows(layout, settings, registry, now)
+    zone = local_zone()
+    days = [(now.astimezone(zone) - timedelta(days=back)).date() for back in range(CHART_DAYS - 1, -1, -1)]
+    spend, counts, runs = _ledger(layout, now, days[0], zone)
+    return Snapshot(
+        root=str(layout.root), now=now, health_code=code, health=words,
+        emergency_stop=read_stop_file(layout.stop_file),
+        queues={k: v for k, v in Bus(layout).depths().items() if k != "tmp"},
+        live=list((doc or {}).get("live_subsessions") or []) if live["alive"] else [],
+        breakers=breakers, budget=budget, runs=runs, days=days,
+        cadences=sorted({cadence for _, cadence in counts}), spend=spend, run_counts=counts, problems=problems,
+    )
+
+
+def ledger_files(layout: Layout, since: date, today: date) -> list[Path]:
+    """The ledger files that may hold rows from `since` on: the monthly archives (named as daemon/retention.py
+    names them) from that month to this one, oldest first, then the current file."""
+    months: list[str] = []
+    cursor = since.replace(day=1)
+    while cursor <= today.replace(day=1):
+        months.append(f"{cursor:%Y-%m}")
+        cursor = (cursor + timedelta(days=32)).replace(day=1)
+    archives = [layout.state_dir / f"cost-ledger-{month}.jsonl" for month in months]
+    return [path for path in archives if path.exists()] + [layout.ledger_file]
+
+
+def _ledger(layout: Layout, now: datetime, first: date, zone: tzinfo | None
+            ) -> tuple[dict[tuple[date, str], float], dict[tuple[date, str], int], list[dict[str, Any]]]:
+    """Spend and run counts per (day, cadence) from `first` on, and the last runs, newest first."""
+    spend: dict[tuple[date, str], float] = {}
+    counts: dict[tuple[date, str], int] = {}
+    last: deque[dict[str, Any]] = deque(maxlen=LAST_RUNS)
+    for path in ledger_files(layout, first, now.astimezone(zone).date()):
+        for row in Ledger(path).rows():
+            charge = charge_of(row)
+            if charge is None:
+                continue
+            day = charge.ts.astimezone(zone).date()
+            if day < first or charge.ts > now + timedelta(days=1):
+                continue
+            key = (day, charge.cadence)
+            spend[key] = spend.get(key, 0.0) + charge.usd
+            counts[key] = counts.get(key, 0) + 1
+            last.append(_run(row, charge.usd))
+    return spend, counts, sorted(last, key=lambda r: r["ts"], reverse=True)
+
+
+def _run(row: dict[str, Any], charged: float) -> dict[str, Any]:
+    """One ledger row as the page's "last runs" shows it."""
+    ok = row.get("ok") is True
+    if ok:
+        outcome = "ok"
+    elif row.get("error"):
+        outcome = f"failed: {row['error']}"
+    elif row.get("signal"):
+        outcome = f"failed (signal {row['signal']})"
+    else:
+        outcome = f"failed (exit {row.get('exit_code')})"
+    return {"ts": str(row.get("ts", "")), "cadence": str(row.get("cadence", "")), "tick": str(row.get("tick") or ""),
+            "attempt": row.get("attempt"), "ok": ok, "outcome": outcome, "duration_ms": row.get("duration_ms"),
+            "cost_usd": row.get("cost_usd"), "charged_usd": charged, "metered": row.get("metered", True)}
