@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from maestro_py.bus.store import Bus
+from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.cli import cli
 from maestro_py.config import Settings
 from maestro_py.daemon.loop import Daemon
@@ -284,8 +285,13 @@ def tick_ids(layout: Layout, folder: Folder) -> list[str]:
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file's content."""
-    return json.loads(path.read_text())
+    """A JSON file's content; a tick file's with its appended records folded in (what every reader sees)."""
+    text = path.read_text()
+    try:
+        return json.loads(text)
+    except ValueError:
+        stem = path.name[:-5] if path.name.endswith(".json") else path.name
+        return read_tick_file(path, stem.partition("@")[0])[0].to_json()
 
 
 def events(layout: Layout, *, lenient: bool = False) -> list[dict[str, Any]]:

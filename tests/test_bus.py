@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from maestro_py.bus.store import Bus
+import maestro_py.bus.store as store_module
 from maestro_py.errors import InboxFull
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.owner import Owner
@@ -159,19 +160,27 @@ def test_reap_finishes_an_interrupted_move_without_duplicating(layout: Layout, c
     assert names(layout, Folder.CLAIMED) == [] and names(layout, Folder.INBOX) == []
 
 
-def test_group_commit_keeps_claimed_copies_until_one_sync_makes_the_group_durable(bus: Bus, layout: Layout) -> None:
+def test_group_commit_renames_at_once_and_writes_the_done_events_after_one_sync(bus: Bus, layout: Layout,
+                                                                              monkeypatch) -> None:
     ticks = [bus.enqueue("a") for _ in range(3)]
     index = bus.index
+    syncs: list[int] = []
+    real = store_module.sync_files
+    monkeypatch.setattr(store_module, "sync_files", lambda files, folders: (syncs.append(1), real(files, folders)))
+    inodes = [os.stat(layout.folder(Folder.INBOX) / t.filename).st_ino for t in ticks]
     with bus.group_commit():
         for _ in ticks:
             bus.complete(claim_next(bus, index), "ok")
-        # Published but not yet synced: each tick still has its claimed copy, and no `done` event is out.
+        # Appended and renamed, not yet synced: no copy is left behind, and no `done` event is out.
         assert tick_ids(layout, Folder.DONE) == sorted(t.id for t in ticks)
-        assert len(names(layout, Folder.CLAIMED)) == 3
+        assert names(layout, Folder.CLAIMED) == [] and syncs == []
         assert [e for e in events(layout) if e["stage"] == "done"] == []
-    assert names(layout, Folder.CLAIMED) == []
+    assert syncs == [1]
     assert [e["id"] for e in events(layout) if e["stage"] == "done"] == [t.id for t in ticks]
     assert read_json(layout.folder(Folder.DONE) / f"{ticks[0].id}.json")["history"][-1]["outcome"] == "ok"
+    # Rename-only: each tick is still the file (the inode) it was enqueued as; nothing was written under tmp/.
+    assert [os.stat(layout.folder(Folder.DONE) / t.filename).st_ino for t in ticks] == inodes
+    assert names(layout, Folder.TMP) == []
 
 
 @pytest.mark.parametrize("torn", [b"", b'{"id": "cut sh'])
@@ -351,3 +360,24 @@ def test_event_listeners_get_an_unmasked_event_whole_and_a_masked_one_copied(lay
     assert seen[0]["nested"] == {"list": ["a", 1]} and seen[0]["n"] == 3 and seen[0]["outcome"] == "ok"
     assert seen[1]["reason"] == "said [REDACTED]" and seen[1]["nested"] == {"deep": ["[REDACTED]"]}
     assert secret not in json.dumps(seen) and "quoted" not in json.dumps(seen[1])
+
+
+def test_enqueued_is_logged_before_the_tick_can_be_claimed(bus: Bus, layout: Layout) -> None:
+    visible_at_event: list[bool] = []
+    bus.events.listeners.append(lambda e: visible_at_event.append(
+        (layout.folder(Folder.INBOX) / f"{e['id']}.json").exists()) if e["stage"] == "enqueued" else None)
+    tick = bus.enqueue("a")
+    assert visible_at_event == [False]  # a consumer cannot have claimed it yet: `claimed` always comes after
+    assert (layout.folder(Folder.INBOX) / tick.filename).exists()
+
+
+def test_a_delivery_that_fails_after_its_enqueued_event_says_so(bus: Bus, layout: Layout, monkeypatch) -> None:
+    def full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module.os, "link", full)
+    with pytest.raises(OSError):
+        bus.enqueue("a")
+    stages = [e["stage"] for e in events(layout)]
+    assert stages[-2:] == ["enqueued", "enqueue_failed"] and names(layout, Folder.INBOX) == []
+    assert names(layout, Folder.TMP) == []

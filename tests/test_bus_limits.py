@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from maestro_py.bus.store import Bus
-from maestro_py.bus.tick import HISTORY_MAX_BYTES, MAX_BASE_BYTES, MAX_TICK_BYTES, Tick, parse_tick
+from maestro_py.bus.tick import HISTORY_MAX_BYTES, MAX_BASE_BYTES, MAX_TICK_BYTES, Tick
+from maestro_py.bus.tickfile import parse_tick
 from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.paths import Folder, Layout
 from tests.fakes import invoke, one_line_error, write_agent

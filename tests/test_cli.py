@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from maestro_py.cli import cli
 from maestro_py.paths import Folder, Layout
-from tests.fakes import REPO, invoke, one_line_error
+from tests.fakes import REPO, invoke, one_line_error, read_json
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_enqueue_prints_the_tick_id(runner: CliRunner, root: Path) -> None:
     result = invoke(runner, root, "enqueue", "hello", "--source", "cron", "--payload", '{"a": 1}')
     assert result.exit_code == 0
     tick_id = result.stdout.strip()
-    data = json.loads((Layout(root).folder(Folder.INBOX) / f"{tick_id}.json").read_text())
+    data = read_json(Layout(root).folder(Folder.INBOX) / f"{tick_id}.json")
     assert data["source"] == "cron" and data["payload"] == {"a": 1}
 
 

@@ -163,7 +163,7 @@ def test_every_cut_of_a_tick_reads_as_unfinished() -> None:
     from datetime import datetime, timezone
 
     from maestro_py.bus.inbox import UNFINISHED
-    from maestro_py.bus.tick import parse_tick
+    from maestro_py.bus.tickfile import parse_tick
     from maestro_py.errors import TickInvalid
 
     data = ('{"cadence": "good", "payload": {"t": "caf\u00e9 \\u00e9 \\"q\\"", "n": -1.5e3, "ok": true, '

@@ -14,7 +14,8 @@ from typing import Any
 
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.fsio import dump_json, fsync_dir, scan_dir, unlink_missing_ok, write_tmp
-from maestro_py.bus.tick import Tick, read_tick_file
+from maestro_py.bus.tick import Tick
+from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.bus.inbox import InboxIndex
 from maestro_py.clock import Clock, iso
 from maestro_py.errors import TickInvalid
@@ -71,13 +72,12 @@ class DeadLetters:
                 continue
             try:
                 tick, _ = read_tick_file(entry.path, name[:-5])
-                raw = json.loads(Path(entry.path).read_text(encoding="utf-8"))
-            except (TickInvalid, OSError, ValueError) as exc:
+            except (TickInvalid, OSError) as exc:
                 out.append({"id": name, "kind": "unreadable", "cadence": None, "attempts": None,
                             "reason": str(exc), "at": None})
                 continue
             out.append({"id": tick.id, "kind": "tick", "cadence": tick.cadence, "attempts": tick.attempts,
-                        "reason": raw.get("dlq_reason"), "at": raw.get("dlq_at")})
+                        "reason": tick.dlq_reason, "at": tick.dlq_at})
         return out
 
     def replay(self, tick_id: str, *, reset_attempts: bool = False, by: str = "operator") -> Tick:
@@ -94,7 +94,7 @@ class DeadLetters:
         before = tick.attempts
         if reset_attempts:
             tick.attempts = 0
-        tick.not_before = None
+        tick.not_before = tick.dlq_reason = tick.dlq_at = None
         details: dict[str, Any] = {"attempts_before": before, "reset_attempts": reset_attempts}
         if note is not None:
             details["quarantine_reason"] = note.get("reason")

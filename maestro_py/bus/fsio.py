@@ -101,6 +101,39 @@ def write_tmp(tmp_dir: Path, data: bytes, *, mode: int = 0o600, durable: bool = 
     return path
 
 
+def append_line(path: Path, line: bytes, size: int, *, cut: bool = False, durable: bool = True) -> bool:
+    """Append `line` to the file at `path`, which holds `size` good bytes (`cut`: and after them the torn bytes
+    of an earlier append, cut off first), with one O_APPEND write, fdatasynced if `durable`. False if the file
+    cannot be opened for writing (its mode, say): the caller rewrites it instead. A failed write is undone."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except PermissionError:
+        return False
+    try:
+        if cut:
+            os.ftruncate(fd, size)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fdatasync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+    return True
+
+
+def truncate_quietly(path: Path, size: int) -> None:
+    """Cut the file at `path` back to `size` bytes, if it can be (best effort: undoing an append)."""
+    try:
+        os.truncate(path, size)
+    except OSError:
+        pass
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, tmp_dir: Path | None = None,
                  durable: bool = True) -> None:
     """Replace `path` with `data` atomically (readers see old or new, never half), and durably unless

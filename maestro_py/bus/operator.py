@@ -21,7 +21,8 @@ from maestro_py.bus.events import EventLog
 from maestro_py.bus.fsio import scan_dir, unlink_missing_ok
 from maestro_py.bus.inbox import InboxIndex
 from maestro_py.bus.owner import Owner
-from maestro_py.bus.tick import TICK_ID_RE, Tick, read_tick_file
+from maestro_py.bus.tick import TICK_ID_RE, Tick
+from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.errors import TickInvalid, TickNotQueued
 from maestro_py.paths import Folder, Layout
 

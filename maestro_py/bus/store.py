@@ -1,22 +1,27 @@
 """The filesystem tick bus: the one place that moves tick files between state folders (`DeadLetters`, its
 `dlq/` side, lives in dlq.py; `OperatorMoves`, an operator's cancel and release of a queued tick, in
-operator.py), and keeps its index of `inbox/` (inbox.py) in step with every move.
+operator.py; `Recovery`, the reaper, in recovery.py), and keeps its index of `inbox/` (inbox.py) in step with
+every move.
 
-A tick's state *is* the folder it is in (see `paths.Folder`):
+A tick's state *is* the folder it is in (see `paths.Folder`); each arrow after `deliver` is a rename of the
+same file, after one record line was appended to it (tickfile.py):
 
-    tmp/ --deliver--> inbox/ --claim--> claimed/ --complete--> done/
-                        ^                  |  \\--dead_letter--> dlq/
-                        +----requeue/fail--+
-                        +------reap--------+   (the claim's owner died)
+    tmp/ --deliver--> inbox/ --claim--> claimed/ --complete--> done/      complete: += {"to": "done", ...}
+                        ^                  |  \\--dead_letter--> dlq/      dead_letter: += {"to": "dlq", ...}
+                        +----requeue/fail--+                               fail, requeue: += {"to": "inbox", ...}
+                        +------reap--------+   (the claim's owner died)    reap: += {"to": "inbox", ...}
 
-Every transition that changes a tick's content writes the new content under `tmp/`, fsyncs it, publishes
-it into the target folder, fsyncs that folder, then removes the old copy. A crash between the publish
-and the removal leaves two copies; `reap_stale` keeps the further one, so a tick is never lost.
+`deliver` is the only write of a new file: under `tmp/`, fsynced, linked into `inbox/`, the folder fsynced.
+A settling move appends its record (fdatasync), renames the file into its next folder, fsyncs that folder:
+no new inode and no copy, so there is never more than one copy of a tick. A crash between the append and the
+rename leaves the record in the claimed file; `reap_stale` finishes a move to `done/` or `dlq/` it names. A
+file the next record would take past the size limit is rewritten whole instead (under `tmp/`, as `deliver`),
+and so are the operator's moves (cancel, release, replay), which are rare.
 
-Inside `group_commit()` (the daemon's inline batches), `complete` publishes done copies without waiting
-for the disk and keeps the claimed copies; leaving the block makes the whole group durable with one sync,
-and only then drops the claimed copies. A crash before that sync can leave a torn done copy beside its
-claimed copy: `reap_stale` checks the later copy parses before trusting it, and runs the tick again if not.
+Inside `group_commit()` (the daemon's inline batches), `complete` appends and renames without waiting for the
+disk; leaving the block makes the whole group durable with one sync, and only then writes their `done`
+events. A power cut before that sync loses at most those records: each tick is still in `claimed/` (run
+again, or moved on by its record) or in `done/`.
 
 `Bus.index` is updated by the bus itself from the tick in memory whenever a tick enters `inbox/`
 (deliver, retry, requeue, reap, replay) or leaves it (claim); files that arrive from elsewhere are found
@@ -26,7 +31,6 @@ by `index.refresh()` / `index.notice()`.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -36,11 +40,14 @@ from typing import Any
 from maestro_py.bus.claim import CLAIM_SEP, Claim
 from maestro_py.bus.dlq import REASON_SUFFIX, DeadLetters
 from maestro_py.bus.events import EventLog
-from maestro_py.bus.fsio import flocked, fsync_dir, scan_dir, sync_files, unlink_missing_ok, write_tmp
+from maestro_py.bus.fsio import (append_line, flocked, fsync_dir, sync_files, truncate_quietly,
+                                 unlink_missing_ok, write_tmp)
 from maestro_py.bus.inbox import InboxIndex, Seen
 from maestro_py.bus.operator import OperatorMoves
+from maestro_py.bus.recovery import Recovery
 from maestro_py.bus.owner import Owner
-from maestro_py.bus.tick import Tick, encode, read_tick_file
+from maestro_py.bus.tick import MAX_TICK_BYTES, Tick
+from maestro_py.bus.tickfile import encode_record, read_tick_file
 from maestro_py.clock import Clock, SystemClock, iso
 from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.paths import Folder, Layout
@@ -49,7 +56,7 @@ ENQUEUE_LOCK = "enqueue.lock"  # serializes the backlog ceiling's count-and-deli
 MAX_DELAY_SECONDS = 366 * 86400
 
 
-class Bus(DeadLetters, OperatorMoves):
+class Bus(DeadLetters, OperatorMoves, Recovery):
     """Delivery, claiming and settling of ticks under one agent root, and the index of what is queued."""
 
     def __init__(self, layout: Layout, *, clock: Clock | None = None, events: EventLog | None = None,
@@ -66,7 +73,7 @@ class Bus(DeadLetters, OperatorMoves):
         self.claimed = layout.folder(Folder.CLAIMED)
         self.done = layout.folder(Folder.DONE)
         self.dlq = layout.folder(Folder.DLQ)
-        self._group: list[tuple[Claim, Path, dict[str, Any]]] | None = None  # completions awaiting their sync
+        self._group: list[dict[str, Any]] | None = None  # `done` events of completions awaiting their sync
         self.index = InboxIndex(self.inbox, self.inspect, self.quarantine, clock=self.clock)
 
     def reindex(self) -> None:
@@ -93,12 +100,22 @@ class Bus(DeadLetters, OperatorMoves):
         return tick
 
     def deliver(self, tick: Tick) -> Path:
-        """Publish a new tick into `inbox/`; never overwrites an existing file."""
+        """Publish a new tick into `inbox/`; never overwrites an existing file.
+
+        Its `enqueued` event is written once the file is durable under `tmp/` and before it is linked into
+        `inbox/`, where a consumer may claim it at once: the log never shows `claimed` before `enqueued`.
+        """
         target = self.inbox / tick.filename
-        self._publish(tick, target, overwrite=False)
-        self.index.add(tick)
+        tmp = self._stage(tick)
         self.events.emit("enqueued", id=tick.id, cadence=tick.cadence, source=tick.source,
                          not_before=tick.not_before)
+        try:
+            self._place(tmp, target, overwrite=False)
+        except OSError as exc:
+            self.events.emit("enqueue_failed", level="error", id=tick.id, cadence=tick.cadence,
+                             reason=f"{type(exc).__name__}: {exc}")
+            raise
+        self.index.add(tick)
         return target
 
     # -- claiming ---------------------------------------------------------
@@ -135,21 +152,21 @@ class Bus(DeadLetters, OperatorMoves):
         event = {"id": tick.id, "cadence": tick.cadence, "outcome": outcome, "reason": reason, **details}
         with _undo_on_error(tick):
             self._record(tick, claim.attempt, outcome, reason, details)
-            target = self.done / tick.filename
             if self._group is not None:
-                self._publish(tick, target, overwrite=True, durable=False)
-                self._group.append((claim, target, event))
+                self._advance(claim, Folder.DONE, {}, durable=False)
+                self._group.append(event)
                 return
-            self._move(claim, target, overwrite=True)
+            self._advance(claim, Folder.DONE, {})
         self.events.emit("done", **event)
 
     @contextmanager
     def group_commit(self) -> Iterator[None]:
         """Completions inside the block become durable together, with one sync when it ends.
 
-        Until then each completed tick has both copies, the claimed one and an unsynced done one, so a
-        crash leaves it for `reap_stale` to settle (the done copy if it is whole, else a rerun); the
-        claimed copies are dropped, and the `done` events written, only after the sync.
+        Each completion appends its record and renames the file into `done/` without waiting for the disk;
+        leaving the block syncs them all at once, and only then are their `done` events written. A power cut
+        before that sync finds each tick either still in `claimed/` (the reaper finishes the move its record
+        names, or runs it again if the record was lost too) or in `done/`, at worst without its last record.
         """
         if self._group is not None:  # already inside one: the outer block commits
             yield
@@ -159,15 +176,10 @@ class Bus(DeadLetters, OperatorMoves):
             yield
         finally:
             group, self._group = self._group, None
-            self._commit(group)
-
-    def _commit(self, group: list[tuple[Claim, Path, dict[str, Any]]]) -> None:
-        if not group:
-            return
-        sync_files([target for _, target, _ in group], [self.done])
-        for claim, _, event in group:
-            unlink_missing_ok(claim.path)
-            self.events.emit("done", **event)
+            if group:
+                sync_files([], [self.done])
+                for event in group:
+                    self.events.emit("done", **event)
 
     def fail(self, claim: Claim, reason: str, *, max_attempts: int, retry_at: datetime | None = None,
              permanent: bool = False, outcome: str = "failed", **details: Any) -> str:
@@ -183,10 +195,10 @@ class Bus(DeadLetters, OperatorMoves):
                 count = (f"{tick.attempts}/{max_attempts}" if tick.attempts <= max_attempts  # else the limit was lowered
                          else f"{tick.attempts}, and the limit is {max_attempts} now")
                 why = reason if permanent else f"attempts exhausted ({count}): {reason}"
-                self.dead_letter(claim, why, recorded=True)
+                self.dead_letter(claim, why, recorded=True, changes={"attempts": tick.attempts})
                 return "dlq"
             tick.not_before = iso(retry_at) if retry_at else None
-            self._move(claim, self.inbox / tick.filename, overwrite=True)
+            self._advance(claim, Folder.INBOX, {"attempts": tick.attempts, "not_before": tick.not_before})
         self.index.add(tick)
         self.events.emit("retry", level="warn", id=tick.id, cadence=tick.cadence, attempt=tick.attempts,
                          max_attempts=max_attempts, not_before=tick.not_before, reason=reason, **details)
@@ -199,20 +211,19 @@ class Bus(DeadLetters, OperatorMoves):
         with _undo_on_error(tick):
             tick.not_before = iso(not_before) if not_before else None
             self._record(tick, claim.attempt, outcome, reason, details)
-            self._move(claim, self.inbox / tick.filename, overwrite=True)
+            self._advance(claim, Folder.INBOX, {"not_before": tick.not_before})
         self.index.add(tick)
         self.events.emit("requeued", id=tick.id, cadence=tick.cadence, reason=reason, **details)
 
-    def dead_letter(self, claim: Claim, reason: str, *, recorded: bool = False, **details: Any) -> None:
-        """claimed/ -> dlq/ with the reason and the full history."""
+    def dead_letter(self, claim: Claim, reason: str, *, recorded: bool = False,
+                    changes: dict[str, Any] | None = None, **details: Any) -> None:
+        """claimed/ -> dlq/ with the reason and the full history (`changes`: fields the caller already changed)."""
         tick = claim.tick
         with _undo_on_error(tick):
             if not recorded:
                 self._record(tick, claim.attempt, "dead_letter", reason, details)
-            data = tick.to_json()
-            data["dlq_reason"] = reason
-            data["dlq_at"] = iso(self.clock.now())
-            self._move(claim, self.dlq / tick.filename, overwrite=True, data=data)
+            tick.dlq_reason, tick.dlq_at = reason, iso(self.clock.now())
+            self._advance(claim, Folder.DLQ, {**(changes or {}), "dlq_reason": tick.dlq_reason, "dlq_at": tick.dlq_at})
         self.events.emit("dlq", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
                          attempts=tick.attempts)
 
@@ -225,101 +236,6 @@ class Bus(DeadLetters, OperatorMoves):
             raise TickInvalid("not a tick file name (expected <id>.json)")
         tick, st = read_tick_file(self.inbox / name, name[:-5])
         return Seen(tick, st.st_ino, st.st_size, st.st_mtime_ns)
-
-    # -- recovery ---------------------------------------------------------
-    def reap_stale(self, *, orphan_grace: float = 60.0, active: set[str] | None = None) -> list[str]:
-        """Return ticks whose claim owner is gone to `inbox/` (or finish an interrupted move).
-
-        A tick whose owner died `max_reaps` times is dead-lettered: it is probably what kills the daemon.
-        With `active` (the ids this process is working on), this process's own other claims count as
-        stale too: a disk error interrupted their settling, and they must not wait for a restart.
-        """
-        reaped: list[str] = []
-        now = self.clock.now()
-        for entry in scan_dir(self.claimed):
-            stem, sep, rest = entry.name[:-5].partition(CLAIM_SEP) if entry.name.endswith(".json") else ("", "", "")
-            owner = Owner.parse(rest) if sep else None
-            interrupted = owner == self.owner and active is not None and stem not in active
-            if owner is not None and not interrupted:
-                if owner == self.owner or owner.is_alive():
-                    continue
-            elif owner is None:  # our own interrupted claims have no other writer: no grace to wait out
-                try:
-                    age = now.timestamp() - entry.stat(follow_symlinks=False).st_mtime
-                except FileNotFoundError:
-                    continue
-                if age < orphan_grace:
-                    continue  # an unknown writer may still be mid-move
-            path = Path(entry.path)
-            if not stem:
-                self.quarantine(path, "unexpected file in claimed/")
-                continue
-            if self._settled_elsewhere(stem):
-                unlink_missing_ok(path)  # the move had already published the next state; drop the stale copy
-                continue
-            try:
-                tick, _ = read_tick_file(path, stem)
-            except TickInvalid as exc:
-                self.quarantine(path, f"stale claim unreadable: {exc}", original_name=f"{stem}.json")
-                continue
-            except FileNotFoundError:
-                continue
-            claim = Claim(tick, path)
-            if interrupted:
-                self.requeue(claim, "settling was interrupted by an I/O error; requeued")
-                reaped.append(tick.id)
-                continue
-            tick.reaps += 1
-            dead_owner = owner.pid if owner else None
-            if tick.reaps >= self.max_reaps:
-                self.dead_letter(claim, f"its owner died {tick.reaps} times while holding it", owner_pid=dead_owner)
-            else:
-                self._record(tick, claim.attempt, "reaped", "claim owner is gone", {"owner_pid": dead_owner})
-                self._move(claim, self.inbox / tick.filename, overwrite=True)
-                self.index.add(tick)
-                self.events.emit("reaped", level="warn", id=tick.id, cadence=tick.cadence, owner_pid=dead_owner)
-            reaped.append(tick.id)
-        return reaped
-
-    def _settled_elsewhere(self, stem: str) -> bool:
-        """True if a whole later copy of the tick exists (now made durable); a torn one is removed.
-
-        A group commit publishes done copies before its sync, so after a crash a done copy may be empty
-        or cut short. Only a copy that parses as this tick is trusted over the claimed one.
-        """
-        for folder in (self.done, self.dlq, self.inbox):
-            later = folder / f"{stem}.json"
-            if not os.path.lexists(later):
-                continue
-            try:
-                read_tick_file(later, stem)
-            except TickInvalid:
-                if folder is self.done:  # only a group commit writes without a sync: a torn copy is ours
-                    unlink_missing_ok(later)
-                    fsync_dir(folder)
-                    continue
-                return True  # a bad copy elsewhere is not ours to judge: the claimed copy is still dropped
-            except FileNotFoundError:
-                continue
-            sync_files([later], [folder])
-            return True
-        return False
-
-    def sweep_tmp(self, *, grace: float = 3600.0) -> int:
-        """Remove leftovers of crashed writers from `tmp/` once older than `grace` seconds."""
-        removed = 0
-        cutoff = self.clock.now().timestamp() - grace
-        for entry in scan_dir(self.tmp):
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if st.st_mtime < cutoff and not stat.S_ISDIR(st.st_mode):
-                unlink_missing_ok(Path(entry.path))
-                removed += 1
-        if removed:
-            self.events.emit("tmp_swept", level="warn", removed=removed)
-        return removed
 
     # -- inspection -------------------------------------------------------
     def depth(self, folder: Folder, *, stop_at: int | None = None) -> int:
@@ -346,20 +262,57 @@ class Bus(DeadLetters, OperatorMoves):
         tick.record(outcome, at=self.clock.now(), attempt=attempt, reason=reason, redact=self.events.redactor.data,
                     **details)
 
-    def _move(self, claim: Claim, target: Path, *, overwrite: bool, data: dict[str, Any] | None = None) -> None:
-        """Publish the tick's new content at `target`, then drop the claimed copy."""
-        self._publish(claim.tick, target, overwrite=overwrite, data=data)
+    def _advance(self, claim: Claim, to: Folder, changes: dict[str, Any], *, durable: bool = True) -> None:
+        """Move a claimed tick on by appending one record (its newest history entry and the fields that changed)
+        to the file it already is, then renaming that file into `to`: no new inode, no copy.
+
+        Durable: the record is fdatasynced before the rename, and the folder after it. A file the record would take
+        past MAX_TICK_BYTES (or not read from disk, or not writable) is rewritten whole instead (compacted).
+        """
+        tick = claim.tick
+        target = self.layout.folder(to) / tick.filename
+        line = (b"\n" if tick.unterminated else b"") + encode_record(to.value, tick.history[-1], changes)
+        size = tick.stored
+        if not size or size + len(line) > MAX_TICK_BYTES or not self._append(claim, line, durable=durable):
+            self._move(claim, target, overwrite=True, durable=durable)
+            return
+        try:
+            os.rename(claim.path, target)
+        except BaseException:
+            truncate_quietly(claim.path, size)  # the settle is retried: its record must not be there twice
+            raise
+        if durable:
+            fsync_dir(target.parent)
+        tick.stored, tick.torn, tick.unterminated, tick.moving_to = size + len(line), 0, False, to.value
+
+    def _append(self, claim: Claim, line: bytes, *, durable: bool) -> bool:
+        """Append one record to the claimed file (a torn one left by a crash cut off first); False if the file
+        cannot be written to in place. With `_publish`, the bus's only writes of tick content."""
+        return append_line(claim.path, line, claim.tick.stored, cut=claim.tick.torn > 0, durable=durable)
+
+    def _move(self, claim: Claim, target: Path, *, overwrite: bool, durable: bool = True) -> None:
+        """Publish the tick's whole content at `target` as one line (a new file), then drop the claimed copy."""
+        self._publish(claim.tick, target, overwrite=overwrite, durable=durable)
         unlink_missing_ok(claim.path)
 
-    def _publish(self, tick: Tick, target: Path, *, overwrite: bool, data: dict[str, Any] | None = None,
-                 durable: bool = True) -> None:
-        payload = tick.to_bytes() if data is None else encode(data)
+    def _publish(self, tick: Tick, target: Path, *, overwrite: bool, durable: bool = True) -> None:
+        """Write the tick whole, as one line, to a new file at `target` (under `tmp/` first)."""
+        self._place(self._stage(tick, durable=durable), target, overwrite=overwrite, durable=durable)
+
+    def _stage(self, tick: Tick, *, durable: bool = True) -> Path:
+        """The tick's whole content in a new file under `tmp/` (fsynced if `durable`)."""
+        payload = tick.to_bytes()
         tmp = write_tmp(self.tmp, payload, durable=durable)
+        tick.stored, tick.torn, tick.unterminated, tick.moving_to = len(payload), 0, False, None
+        return tmp
+
+    def _place(self, tmp: Path, target: Path, *, overwrite: bool, durable: bool = True) -> None:
+        """Publish a staged file at `target`: renamed over it, or linked (never overwriting, as Maildir does)."""
         try:
             if overwrite:
                 os.replace(tmp, target)
             else:
-                os.link(tmp, target)  # EEXIST instead of overwriting, as Maildir does
+                os.link(tmp, target)  # EEXIST instead of overwriting
                 os.unlink(tmp)
         except BaseException:
             unlink_missing_ok(tmp)
@@ -368,15 +321,16 @@ class Bus(DeadLetters, OperatorMoves):
             fsync_dir(target.parent)
 
 
-
 @contextmanager
 def _undo_on_error(tick: Tick) -> Iterator[None]:
     """If publishing the tick's next state fails (disk full, read-only), restore its in-memory fields, so
     the settle the daemon retries records the attempt and its history entry once, not once per try."""
     attempts, not_before, reaps, kept = tick.attempts, tick.not_before, tick.reaps, len(tick.history)
+    dlq = tick.dlq_reason, tick.dlq_at
     try:
         yield
     except BaseException:
         tick.attempts, tick.not_before, tick.reaps = attempts, not_before, reaps
+        tick.dlq_reason, tick.dlq_at = dlq
         del tick.history[kept:]
         raise

@@ -1,18 +1,16 @@
-"""The tick: one scheduled run of a cadence, stored as one JSON file named `<id>.json`."""
+"""The tick: one scheduled run of a cadence, and its history. How it is stored on disk (one file named
+`<id>.json`: the tick on line 1, each later move appended as a record) is tickfile.py's."""
 
 from __future__ import annotations
 
-import errno
 import itertools
 import json
 import os
 import re
 import secrets
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from maestro_py.clock import iso, parse_iso
@@ -68,6 +66,15 @@ class Tick:
     payload: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     reaps: int = 0
+    dlq_reason: str | None = None  # set when dead-lettered
+    dlq_at: str | None = None
+    # What reading the file found (never written): its bytes up to the last whole line, the bytes of a torn
+    # last line after them, whether it lacks a final newline (written by hand), and the folder its last record
+    # was moving it to.
+    stored: int = field(default=0, compare=False, repr=False)
+    torn: int = field(default=0, compare=False, repr=False)
+    unterminated: bool = field(default=False, compare=False, repr=False)
+    moving_to: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def new(
@@ -96,9 +103,10 @@ class Tick:
         entry = HistoryEntry(self.attempts if attempt is None else attempt, iso(at), outcome, reason,
                              {k: v for k, v in details.items() if v is not None}).to_json()
         self.history.append(redact(entry) if redact is not None else entry)
-        self._bound_history()
+        self.bound_history()
 
-    def _bound_history(self) -> None:
+    def bound_history(self) -> None:
+        """Keep the history under HISTORY_MAX_BYTES (see `record`)."""
         if _size(self.history) <= HISTORY_MAX_BYTES:
             return
         history = self.history
@@ -144,6 +152,8 @@ class Tick:
         }
         if self.reaps:
             out["reaps"] = self.reaps
+        if self.dlq_reason is not None or self.dlq_at is not None:
+            out["dlq_reason"], out["dlq_at"] = self.dlq_reason, self.dlq_at
         return out
 
     def to_bytes(self) -> bytes:
@@ -169,6 +179,8 @@ class Tick:
             raise TickInvalid("payload must be a JSON object")
         if not isinstance(self.history, list) or not all(isinstance(h, dict) for h in self.history):
             raise TickInvalid("history must be a list of objects")
+        if not all(isinstance(v, (str, type(None))) for v in (self.dlq_reason, self.dlq_at)):
+            raise TickInvalid("dlq_reason and dlq_at must be strings")
         for name in ("enqueued_at", "not_before"):
             value = getattr(self, name)
             if value is None and name == "not_before":
@@ -193,110 +205,5 @@ def encode(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, ensure_ascii=False) + "\n").encode()
 
 
-def parse_tick(data: bytes, *, stem: str, fallback_time: datetime) -> Tick:
-    """Decode a tick file's bytes; lenient on missing optional fields, strict on types.
-
-    Ticks dropped by hand or by shell scripts may carry only `cadence`: the id then comes from the file
-    name and `enqueued_at` from the file's mtime.
-    """
-    if len(data) > MAX_TICK_BYTES:
-        raise TickInvalid(f"file is larger than {MAX_TICK_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TickInvalid(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    if "\x00" in text:
-        raise TickInvalid("contains a NUL character")
-    try:
-        obj = json.loads(text)
-    except RecursionError:
-        raise TickInvalid("JSON nested too deeply") from None
-    except json.JSONDecodeError as exc:
-        raise TickInvalid(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except ValueError as exc:  # e.g. an integer literal longer than Python's int-to-str digit limit
-        raise TickInvalid(f"not valid JSON: {str(exc).split(';')[0]}") from None
-    if not isinstance(obj, dict):
-        raise TickInvalid(f"not a JSON object (got {type(obj).__name__})")
-    if "cadence" not in obj:
-        raise TickInvalid("missing required field 'cadence'")
-    if _depth(obj.get("payload")) > MAX_PAYLOAD_DEPTH:
-        raise TickInvalid(f"payload nested deeper than {MAX_PAYLOAD_DEPTH} levels")
-    if not TICK_ID_RE.match(stem):
-        raise TickInvalid(f"file name {stem!r} is not a valid tick id")
-    tick_id = obj.get("id", stem)
-    if tick_id != stem:
-        raise TickInvalid(f"id {tick_id!r} does not match the file name {stem!r}")
-    tick = Tick(
-        id=tick_id,
-        cadence=obj["cadence"],
-        source=obj.get("source", "file"),
-        enqueued_at=obj.get("enqueued_at") or iso(fallback_time),
-        attempts=obj.get("attempts", 0),
-        not_before=obj.get("not_before"),
-        payload=obj.get("payload") if obj.get("payload") is not None else {},
-        history=obj.get("history") if obj.get("history") is not None else [],
-        reaps=obj.get("reaps", 0),
-    )
-    tick.validate(check_encoding="\\u" in text)
-    if len(data) > MAX_BASE_BYTES and tick.base_size() > MAX_BASE_BYTES:
-        raise TickInvalid(f"tick is larger than {MAX_BASE_BYTES} bytes without its history")
-    return tick
-
-
-def read_tick_file(path: Path | str, stem: str) -> tuple[Tick, os.stat_result]:
-    """Open without following links or blocking, check it is a small regular file, parse it.
-
-    Raises TickInvalid (the reason to quarantine it) or FileNotFoundError (it vanished).
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise TickInvalid("is a symbolic link (never followed)") from None
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise TickInvalid("unreadable (permission denied)") from None
-        if exc.errno == errno.ENXIO:
-            raise TickInvalid("is a socket or device, not a regular file") from None
-        raise TickInvalid(f"cannot open: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise TickInvalid("is a directory, not a regular file")
-        if stat.S_ISFIFO(st.st_mode):
-            raise TickInvalid("is a FIFO, not a regular file")
-        if not stat.S_ISREG(st.st_mode):
-            raise TickInvalid("is not a regular file")
-        if st.st_size > MAX_TICK_BYTES:
-            raise TickInvalid(f"file is larger than {MAX_TICK_BYTES} bytes ({st.st_size})")
-        chunks = []
-        remaining = MAX_TICK_BYTES + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
-    except OSError as exc:
-        raise TickInvalid(f"cannot read: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    fallback = datetime.fromtimestamp(st.st_mtime).astimezone()
-    return parse_tick(data, stem=stem, fallback_time=fallback), st
-
-
 def _size(history: list[dict[str, Any]]) -> int:
     return len(json.dumps(history, ensure_ascii=False).encode())
-
-
-def _depth(value: Any, level: int = 0) -> int:
-    """Nesting depth of a JSON value, stopping early once past the limit."""
-    if level > MAX_PAYLOAD_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level

@@ -11,6 +11,7 @@ import sys
 import click
 
 from maestro_py.bus.store import Bus
+from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx, tick_id_arg
 from maestro_py.errors import TickInvalid
 from maestro_py.ops.logview import escape
@@ -49,11 +50,11 @@ def dlq_show(c: Context, tick_id: str) -> None:
     for name in (f"{tick_id}.json", tick_id):
         path = folder / name
         if "/" not in name and path.is_file() and not path.is_symlink():
-            text = path.read_text(encoding="utf-8", errors="replace")
-            try:
-                text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)  # tick files are one line
-            except ValueError:
-                pass  # a quarantined file: shown as it is
+            try:  # its records folded in, pretty-printed
+                tick, _ = read_tick_file(path, name[:-5] if name.endswith(".json") else name)
+                text = json.dumps(tick.to_json(), indent=2, ensure_ascii=False)
+            except (TickInvalid, OSError):  # a quarantined file: shown as it is
+                text = path.read_text(encoding="utf-8", errors="replace")
             click.echo(_lines(text))
             note = folder / f"{name}.reason.json"
             if note.is_file():

@@ -9,16 +9,14 @@ and the queued ticks (those that wait for a retry time a failure set: the backof
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from datetime import datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 from typing import Any
 
 from maestro_py.bus.dlq import REASON_SUFFIX
 from maestro_py.bus.fsio import scan_dir
-from maestro_py.bus.tick import read_tick_file
+from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.clock import iso, parse_iso
 from maestro_py.errors import TickInvalid
 from maestro_py import cron
@@ -97,7 +95,7 @@ def last_outcomes(layout: Layout, names: Iterable[str]) -> dict[str, dict[str, A
         final = tick.history[-1]
         outcome, reason = final.get("outcome"), final.get("reason")
         if folder is Folder.DLQ:
-            outcome, reason = "dead_letter", _dlq_reason(entry.path) or reason
+            outcome, reason = "dead_letter", tick.dlq_reason or reason
         found[tick.cadence] = {"outcome": outcome, "at": final.get("at"), "tick": tick.id, "reason": reason}
     return found
 
@@ -138,11 +136,3 @@ def _stop_reason(layout: Layout) -> str:
         return str(doc.get("reason") or "no reason given")
     except (OSError, ValueError, AttributeError):
         return "no reason given"
-
-
-def _dlq_reason(path: str | os.PathLike[str]) -> str | None:
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return raw.get("dlq_reason") if isinstance(raw, dict) else None

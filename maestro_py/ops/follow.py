@@ -16,7 +16,8 @@ from typing import Any
 
 from maestro_py.bus.operator import STATES
 from maestro_py.bus.store import Bus
-from maestro_py.bus.tick import Tick, read_tick_file
+from maestro_py.bus.tick import Tick
+from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.errors import TickInvalid
 from maestro_py.ops import ticks
 from maestro_py.paths import Folder, Layout
@@ -68,7 +69,7 @@ def _judge(folder: Folder, tick: Tick, path: Path, seen: int, now: datetime) -> 
             return Look(state, tick, True, False, outcome, reason, merged_into=last.get("merged_into"), entry=last)
         return Look(state, tick, True, outcome in SUCCESS, outcome, reason, entry=last)
     if folder is Folder.DLQ:
-        return Look(state, tick, True, False, "dead_letter", ticks.dlq_fields(path).get("dlq_reason") or reason,
+        return Look(state, tick, True, False, "dead_letter", tick.dlq_reason or reason,
                     entry=last)
     if folder is Folder.INBOX:
         failed = [h for h in tick.history[seen:] if str(h.get("outcome", "")).startswith("failed")]

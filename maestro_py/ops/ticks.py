@@ -8,7 +8,6 @@ writes: moves are the bus's (`Bus.cancel`, `Bus.release`).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -20,7 +19,8 @@ from maestro_py.bus.dlq import REASON_SUFFIX
 from maestro_py.bus.fsio import scan_dir
 from maestro_py.bus.operator import STATES
 from maestro_py.bus.store import Bus
-from maestro_py.bus.tick import Tick, read_tick_file
+from maestro_py.bus.tick import Tick
+from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.clock import parse_iso
 from maestro_py.errors import MaestroError, TickInvalid
 from maestro_py.paths import Folder, Layout
@@ -159,8 +159,6 @@ def describe(layout: Layout, tick_id: str) -> dict[str, Any] | None:
                                "readable": True, **{k: v for k, v in tick.to_json().items() if k != "id"}}
         if folder is Folder.CLAIMED:
             doc["claimed_by"] = path.name[:-5].partition("@")[2]
-        if folder is Folder.DLQ:
-            doc.update(dlq_fields(path))
         doc["wait"] = wait_kind(tick) if folder is Folder.INBOX else None
         doc["runs"] = [row for row in Ledger(layout.ledger_file).rows() if row.get("tick") == tick.id]
         doc["logs"] = [str(p) for p in run_logs(layout, tick)]
@@ -184,12 +182,3 @@ def last_stdout_log(layout: Layout, tick: Tick, attempt: int | None = None) -> P
     logs = [p for p in run_logs(layout, tick) if p.name.endswith(".stdout.log")
             and (attempt is None or f"-a{attempt}-" in p.name)]
     return logs[-1] if logs else None
-
-
-def dlq_fields(path: Path) -> dict[str, Any]:
-    """A dead letter's reason and time (written beside the tick's own fields)."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {"dlq_reason": raw.get("dlq_reason"), "dlq_at": raw.get("dlq_at")} if isinstance(raw, dict) else {}

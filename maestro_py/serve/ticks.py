@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from maestro_py.bus.fsio import scan_dir
 from maestro_py.bus.store import CLAIM_SEP
-from maestro_py.bus.tick import TICK_ID_RE, read_tick_file
+from maestro_py.bus.tick import TICK_ID_RE
+from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.errors import TickInvalid
 from maestro_py.paths import Folder, Layout
 from maestro_py.serve.http import HttpError
@@ -43,7 +43,7 @@ def find_tick(layout: Layout, tick_id: str) -> dict[str, Any] | None:
                                    "attempts": tick.attempts, "not_before": tick.not_before,
                                    "payload": tick.payload, "history": tick.history}
             if folder is Folder.DLQ:
-                doc.update(_dlq_fields(path))
+                doc.update(dlq_reason=tick.dlq_reason, dlq_at=tick.dlq_at)
             return doc
         if not moved:
             return None
@@ -60,12 +60,3 @@ def _locate(layout: Layout, folder: Folder, tick_id: str) -> Path | None:
         return None
     path = base / f"{tick_id}.json"
     return path if os.path.lexists(path) else None
-
-
-def _dlq_fields(path: Path) -> dict[str, Any]:
-    """The dead letter's reason and time (written beside the tick's own fields)."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {"dlq_reason": raw.get("dlq_reason"), "dlq_at": raw.get("dlq_at")} if isinstance(raw, dict) else {}

@@ -25,7 +25,7 @@ import pytest
 from maestro_py.daemon.loop import Daemon
 from maestro_py.paths import Folder, Layout
 from tests.fakes import (
-    REPO, FakeSpawner, daemon_env, events, ledger_rows, make_daemon, wait_for, write_agent,
+    REPO, FakeSpawner, daemon_env, events, ledger_rows, make_daemon, read_json, wait_for, write_agent,
 )
 from tests.torture.support import TORTURE_ENV, folder_ids, new_tick, publish, runs_per_tick, stage, status_pid
 
@@ -103,7 +103,7 @@ def where(layout: Layout, ids: set[str], stderr: Path) -> str:
     """Where the ticks are (for a failure message)."""
     out = {f.value: len(set(folder_ids(layout, f)) & ids) for f in (Folder.INBOX, Folder.CLAIMED, Folder.DONE,
                                                                      Folder.DLQ)}
-    reasons = [json.loads((layout.folder(Folder.DLQ) / f"{i}.json").read_text()).get("dlq_reason")
+    reasons = [read_json(layout.folder(Folder.DLQ) / f"{i}.json").get("dlq_reason")
                for i in set(folder_ids(layout, Folder.DLQ)) & ids]
     return f"{out}; dlq reasons {reasons[:3]}; stderr tail: {stderr.read_text()[-1500:]}"
 
@@ -114,7 +114,7 @@ def check_histories(layout: Layout, ids: set[str], runs: Counter[str] | None = N
     assert sorted(done) == sorted(ids), "a tick is missing from done/, or is there twice"
     for folder in (Folder.INBOX, Folder.CLAIMED, Folder.DLQ):
         assert os.listdir(layout.folder(folder)) == [], f"{folder.value}/ is not empty"
-    finals = {i: json.loads((layout.folder(Folder.DONE) / f"{i}.json").read_text()) for i in ids}
+    finals = {i: read_json(layout.folder(Folder.DONE) / f"{i}.json") for i in ids}
     for tick_id, data in finals.items():
         history = data["history"]
         entries = [json.dumps(h, sort_keys=True) for h in history]
@@ -232,8 +232,9 @@ handler = "noop"
 
 
 class Disk:
-    """ENOSPC at the bus seam (every tick content change is a `_publish`) and, with `ledger`, on the ledger
-    too, while `full`. (On a real full disk a short ledger line often still fits in its file's last page.)"""
+    """ENOSPC at the bus seams (every tick content change is an `_append` to the file, or a `_publish` of a new
+    one) and, with `ledger`, on the ledger too, while `full`. (On a real full disk a short ledger line often
+    still fits in its file's last page.)"""
 
     def __init__(self, daemon: Daemon, *, ledger: bool) -> None:
         self.full = False
@@ -249,6 +250,7 @@ class Disk:
             return call
 
         daemon.bus._publish = guarded(publish)  # type: ignore[method-assign]
+        daemon.bus._append = guarded(daemon.bus._append)  # type: ignore[method-assign]
         if ledger:
             daemon.ledger.append = guarded(append)  # type: ignore[method-assign]
 
@@ -324,15 +326,15 @@ def test_disk_full_injected(layout: Layout, clock, ledger_full: bool) -> None:
     assert os.listdir(layout.folder(Folder.INBOX)) == [] and os.listdir(layout.folder(Folder.CLAIMED)) == []
     for folder, tick_id in [(Folder.DONE, i) for i in (work["ok"], work["transient"], *beats)] + \
                            [(Folder.DLQ, work["permanent"])]:
-        data = json.loads((layout.folder(folder) / f"{tick_id}.json").read_text())
+        data = read_json(layout.folder(folder) / f"{tick_id}.json")
         entries = [json.dumps(h, sort_keys=True) for h in data["history"]]
         assert len(entries) == len(set(entries)), f"{tick_id}: history written twice: {data['history']}"
         failed = [h for h in data["history"] if h["outcome"] == "failed"]
         assert data["attempts"] == len(failed), (tick_id, data["history"])
-    transient = json.loads((layout.folder(Folder.DONE) / f"{work['transient']}.json").read_text())
+    transient = read_json(layout.folder(Folder.DONE) / f"{work['transient']}.json")
     assert transient["attempts"] == 1
     assert [h["outcome"] for h in transient["history"]] == ["enqueued", "failed", "ok"]
-    permanent = json.loads((layout.folder(Folder.DLQ) / f"{work['permanent']}.json").read_text())
+    permanent = read_json(layout.folder(Folder.DLQ) / f"{work['permanent']}.json")
     assert permanent["attempts"] == 1 and "attempts exhausted" not in permanent["dlq_reason"]
     # The ledger has one row per sub-session: written once its disk came back, never twice.
     rows = ledger_rows(layout)
@@ -384,12 +386,12 @@ def test_a_spawn_that_hits_a_full_disk_requeues_without_burning_an_attempt(layou
     publish(stage([tick], layout.root.parent / "staging"), layout)
     loop(daemon, clock, 5)
     assert daemon.counters["io_errors"] >= 1 and daemon.counters["spawn_failures"] == 0
-    data = json.loads((layout.folder(Folder.INBOX) / f"{tick.id}.json").read_text())
+    data = read_json(layout.folder(Folder.INBOX) / f"{tick.id}.json")
     assert data["attempts"] == 0 and "disk trouble: attempt not counted" in data["history"][-1]["reason"]
     full["on"] = False
     loop(daemon, clock, 3)
     for session in spawner.live():
         session.finish("ok")
     loop(daemon, clock, 3)
-    done = json.loads((layout.folder(Folder.DONE) / f"{tick.id}.json").read_text())
+    done = read_json(layout.folder(Folder.DONE) / f"{tick.id}.json")
     assert done["attempts"] == 0 and done["history"][-1]["outcome"] == "ok"

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from maestro_py.bus.store import REASON_SUFFIX
 from maestro_py.bus.tick import CADENCE_RE, MAX_TICK_BYTES
 from maestro_py.paths import Folder, Layout
-from tests.fakes import REPO, daemon_env, wait_for, write_agent
+from tests.fakes import REPO, daemon_env, read_json, wait_for, write_agent
 from tests.torture.support import TORTURE_ENV, folder_ids, new_tick, status_pid
 
 REGISTRY = """
@@ -464,10 +464,10 @@ def throw_and_check(world: World, data: st.DataObject, kinds: list[str]) -> Exam
         for note in notes[shown(name)]:
             assert note["reason"] and note["from"] == "inbox", note
     for tick_id in ex.dead_letter:
-        dead = json.loads((layout.folder(Folder.DLQ) / f"{tick_id}.json").read_text())
+        dead = read_json(layout.folder(Folder.DLQ) / f"{tick_id}.json")
         assert "unknown cadence" in dead["dlq_reason"]
     for tick_id in ex.good:
-        done = json.loads((layout.folder(Folder.DONE) / f"{tick_id}.json").read_text())
+        done = read_json(layout.folder(Folder.DONE) / f"{tick_id}.json")
         assert done["history"][-1]["outcome"] == "ok"
     # Nothing outside the root was read, written, created or moved.
     assert fingerprint(world.outside, atime=True) == world.outside_before
