@@ -1,7 +1,10 @@
 """The bus's in-memory index of `inbox/`: FIFO per cadence, delayed ticks by due time.
 
 A claim must not cost more with a bigger backlog, so the daemon never re-lists and sorts the inbox to
-pick the next tick. The `Bus` keeps this index in step itself: every tick it moves into `inbox/` (deliver,
+pick the next tick. Nor must start-up: a scan only lists names (ids sort by enqueue time), and files are read
+lazily, oldest first, a batch at a time, as the picking reaches them (`heads`). A tick read is eligible only
+once every older name has been read, so FIFO per cadence holds while the rest of a backlog is still unread,
+and a delayed tick is still held back when it is read. The `Bus` keeps this index in step itself: every tick it moves into `inbox/` (deliver,
 retry, requeue, reap, replay) is indexed from the tick in memory, and a claim takes it out. A file that
 arrives from elsewhere (another process's enqueue, a hand-dropped file) is read once, when first seen (a
 wake-up event, or a rescan when the folder's mtime changed); after that, picking the next tick is a heap
@@ -39,6 +42,8 @@ from maestro_py.errors import TickInvalid
 PARSED_KEPT = 8192  # parsed ticks kept for their claim (~1.2 KB each: ≤ 10 MB), so a claim need not read again
 FRESH_SECONDS = 2.0  # a file modified this recently that does not parse yet may still be being written
 PENDING_MAX = 1024   # files waited on at once; past that a flood of them is quarantined at once, as before
+READ_BATCH = 256     # unread files read at once (oldest first), by a scan or when the picking reaches them
+READ_PER_PASS = 4096  # at most this many read by one `heads()` walk: a backlog held by its gates is read over passes
 # How `parse_tick` describes bytes that end too soon (a JSON value or a UTF-8 sequence cut short): more
 # bytes may still make them a tick. Pinned by tests/test_quarantine.py.
 UNFINISHED = ("not valid JSON: Expecting", "not valid JSON: Unterminated string", "not valid JSON: Invalid \\uXXXX",
@@ -91,12 +96,15 @@ class InboxIndex:
         self._parsed: dict[str, Seen] = {}                # name -> the parse, for the first PARSED_KEPT
         self._pending: dict[str, tuple[int, int, int]] = {}  # name -> (ino, size, mtime_ns) of an unfinished file
         self._inodes: dict[str, int] = {}                 # name -> inode of the file indexed under it
+        self._unread: list[str] = []                      # heap of names a scan found, not read yet
+        self._unread_set: set[str] = set()                # the same names (the heap's entries may be stale)
         self._scanned_mtime: int | None = None
         self._now = 0.0  # time of the last promote()
 
     # -- discovery --------------------------------------------------------
     def refresh(self, *, force: bool = False) -> int:
-        """Rescan `inbox/` if it changed since the last scan; returns how many new ticks were seen.
+        """Rescan `inbox/` if it changed since the last scan; returns how many new files were found (the oldest
+        READ_BATCH of those not read yet are read now, the rest when the picking reaches them).
 
         Files still being written are looked at again whether or not the folder changed: writing to a file
         does not change its folder's mtime.
@@ -115,11 +123,19 @@ class InboxIndex:
             self._forget(gone)
         for gone in self._pending.keys() - present.keys():
             del self._pending[gone]
+        self._unread_set &= present.keys()
         for name in [n for n in self._known if self._inodes.get(n, present[n]) != present[n]]:
             self._forget(name)  # replaced under its name: read again below
-        for name in sorted(present.keys() - self._known.keys() - self._pending.keys()):
-            added += self.notice(name)
-        return added
+        new = present.keys() - self._known.keys() - self._pending.keys() - self._unread_set
+        if len(new) > 64:
+            self._unread.extend(new)
+            heapq.heapify(self._unread)
+        else:
+            for name in new:
+                heapq.heappush(self._unread, name)
+        self._unread_set |= new
+        self._read_ahead(READ_BATCH)
+        return added + len(new)
 
     def notice(self, name: str) -> int:
         """Learn about a file found in `inbox/` (a wake-up event or a scan); 1 if it is a new tick (or a known one
@@ -128,6 +144,7 @@ class InboxIndex:
             if not self._replaced(name):
                 return 0
             self._forget(name)
+        self._unread_set.discard(name)
         try:
             seen = self._inspect(name)
         except FileNotFoundError:
@@ -159,7 +176,7 @@ class InboxIndex:
         if ino is not None:
             self._inodes[entry.name] = ino
         self._fingerprints.setdefault(entry.cadence, Counter())[entry.fingerprint] += 1
-        if entry.due is None:
+        if entry.due is None or entry.due <= self._now:  # (due by the last `promote`: read while picking)
             heapq.heappush(self._ready.setdefault(entry.cadence, []), entry.name)
         else:
             heapq.heappush(self._delayed, (entry.due, entry.name))
@@ -184,15 +201,36 @@ class InboxIndex:
             if entry is not None and entry.due == due:
                 heapq.heappush(self._ready.setdefault(entry.cadence, []), name)
 
-    def heads(self) -> Iterator[Entry]:
-        """The oldest runnable tick of each cadence, oldest first overall (call `promote` first)."""
-        heads: list[Entry] = []
-        for cadence, heap in list(self._ready.items()):
-            entry = self._head(cadence, heap)
-            if entry is not None:
-                heads.append(entry)
-        heads.sort(key=lambda e: e.name)
-        return iter(heads)
+    def heads(self, *, read_ahead: bool = True) -> Iterator[Entry]:
+        """The oldest runnable tick of each cadence, oldest first overall (call `promote` first).
+
+        Only ticks older than every unread name are offered (an unread file may be an older tick of the same
+        cadence). Once those are walked, unread files are read, oldest first, and the heads they make eligible
+        follow, up to READ_PER_PASS files per walk (`read_ahead=False`: none).
+        """
+        offered: set[str] = set()
+        budget = READ_PER_PASS if read_ahead else 0
+        while True:
+            frontier = self._frontier()
+            heads: list[Entry] = []
+            for cadence, heap in list(self._ready.items()):
+                if cadence in offered:
+                    continue
+                entry = self._head(cadence, heap)
+                if entry is not None and (frontier is None or entry.name < frontier):
+                    heads.append(entry)
+            heads.sort(key=lambda e: e.name)
+            for entry in heads:
+                offered.add(entry.cadence)
+                yield entry
+            if frontier is None or budget <= 0:
+                return
+            budget -= max(self._read_ahead(min(READ_BATCH, budget)), 1)
+
+    @property
+    def unread(self) -> int:
+        """Files found in `inbox/` and not read yet (the daemon keeps picking, not sleeping, while there are)."""
+        return len(self._unread_set)
 
     def duplicates(self, cadence: str, fingerprint: str) -> int:
         """Queued ticks of `cadence` with this payload fingerprint."""
@@ -223,9 +261,26 @@ class InboxIndex:
         return sorted(self._pending)
 
     def __len__(self) -> int:
-        return len(self._known)
+        return len(self._known) + len(self._unread_set)
 
     # -- internals --------------------------------------------------------
+    def _frontier(self) -> str | None:
+        """The oldest unread name (None: everything found has been read)."""
+        heap = self._unread
+        while heap and heap[0] not in self._unread_set:
+            heapq.heappop(heap)  # read since, or gone
+        return heap[0] if heap else None
+
+    def _read_ahead(self, limit: int) -> int:
+        """Read up to `limit` unread files, oldest first; returns how many were looked at."""
+        looked = 0
+        while looked < limit and self._frontier() is not None:
+            name = heapq.heappop(self._unread)
+            self._unread_set.discard(name)
+            self.notice(name)
+            looked += 1
+        return looked
+
     def _unfinished(self, name: str, reason: str) -> bool:
         """True (and the file kept pending) if it may still be being written: it ends too soon for a tick,
         is a regular file of a size a tick can have, and was modified within FRESH_SECONDS."""

@@ -93,7 +93,7 @@ class Dispatcher:
         """Settle queued duplicates per the cadences' overlap policy (a burst costs one run)."""
         merged = False
         index = self.bus.index
-        for cadence_name in {e.cadence for e in index.heads()}:
+        for cadence_name in {e.cadence for e in index.heads(read_ahead=False)}:
             cadence = registry.get(cadence_name)
             if cadence is None or cadence.mode == "inline":
                 continue

@@ -158,7 +158,7 @@ class Daemon:
                         progressed = False
                     if self.stopping and not self.live:
                         break
-                    if once and not progressed and not self.live:
+                    if once and not progressed and not self.live and not self.bus.index.unread:
                         break
                     if not progressed:
                         self._write_status(force=True)  # what an operator reads while we sleep is current
@@ -266,6 +266,8 @@ class Daemon:
 
     # -- timing and status ------------------------------------------------
     def _sleep_for(self) -> float:
+        if self.bus.index.unread:  # a backlog still being read: keep picking
+            return 0.0
         wait = self.settings.poll_ms / 1000
         if self.stopping and self._stop_deadline is not None:
             wait = min(wait, max(0.0, self._stop_deadline - self.clock.monotonic()))
