@@ -4,7 +4,7 @@
 
 The backlog is written directly (no fsync: it is a fixture, not what is measured). What is measured is
 one claim as the daemon does it: pick the FIFO head from the index, rename it into claimed/, read and
-parse it. Index start-up (one scan that reads each file once) is reported separately.
+parse it. Index start-up (one scan that lists the names and reads the oldest batch) is reported separately.
 """
 
 from __future__ import annotations

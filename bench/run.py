@@ -400,17 +400,22 @@ def drain_ours(scratch: Scratch, n: int) -> Drain:
     return Drain("maestro_py `run --once`", n, wall, steady)
 
 
-def drain_raw(scratch: Scratch, n: int, *, per_tick: bool = False) -> Drain:
-    layout = agent_root(scratch.new("drain-raw-per-tick" if per_tick else "drain-raw"))
+RAW_MODES = {
+    "raw": ("drain-raw", "raw limit (the bus v2 file ops and group commit, no logic)"),
+    "raw-copy": ("drain-raw-copy", "raw, the bus v1 file ops (a done copy under tmp/ per tick), same group commit"),
+    "raw-per-tick": ("drain-raw-per-tick", "raw, v1 ops with an fsync pair per tick (the bus before group commit)"),
+}
+
+
+def drain_raw(scratch: Scratch, n: int, mode: str = "raw") -> Drain:
+    folder, label = RAW_MODES[mode]
+    layout = agent_root(scratch.new(folder))
     prefill_inbox(layout, "noop", n)
-    mode = "raw-per-tick" if per_tick else "raw"
     t0 = time.perf_counter()
     subprocess.run([PY, str(BENCH / "workers.py"), mode, str(layout.root)], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     if count_files(layout.bus_dir / "done") != n:
         raise RuntimeError(f"{mode}: not every tick reached done/")
-    label = ("raw, an fsync pair per tick (the bus's file ops before group commit)" if per_tick
-             else "raw limit (the bus's file ops and group commit, no logic)")
     return Drain(label, n, wall)
 
 
@@ -526,6 +531,58 @@ def claim_costs(scratch: Scratch, small: int, large: int, claims: int) -> dict[s
                     "p99_us": pct(samples, 99) * 1e6, "scan_s": scan}
     out["ratio"] = out["large"]["median_us"] / out["small"]["median_us"]
     return out
+
+
+# -- start-up on a backlog -------------------------------------------------------------------------
+
+@dataclass
+class Startup:
+    backlog: int
+    first_claim_s: float   # spawn of `maestro run` -> the first tick's inline handler ran (its done/ file)
+    empty_start_s: float   # spawn -> consumer.json on an empty root: the interpreter, imports, lock, watches
+    rss_mb: float          # the daemon's RSS just after its first claim, the backlog queued
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def startup(scratch: Scratch, n: int) -> Startup:
+    """Time from spawning `maestro run` to its first claim with n ticks queued, beside the same spawn on an
+    empty root (what any Python daemon pays before it can claim anything)."""
+    empty = agent_root(scratch.new("startup-empty"), NOOP_TOML)
+    t0 = time.perf_counter()
+    proc = start_daemon(empty, [], clean_env())
+    empty_s = time.perf_counter() - t0
+    stop_process(proc)
+    layout = agent_root(scratch.new("startup-backlog"), NOOP_TOML)
+    prefill_inbox(layout, "noop", n)
+    done = layout.bus_dir / "done"
+    err = open(layout.root / "daemon.stderr", "wb")  # noqa: SIM115 - closed with the process
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(maestro_argv(layout.root, "run"), env=clean_env(), cwd=layout.root,
+                            stdout=subprocess.DEVNULL, stderr=err)
+    err.close()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with os.scandir(done) as it:
+                if next(it, None) is not None:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"no claim: {(layout.root / 'daemon.stderr').read_text()[-2000:]}")
+            time.sleep(0.002)
+        first = time.perf_counter() - t0
+        rss = _rss_mb(proc.pid)
+    finally:
+        stop_process(proc)
+    return Startup(n, first, empty_s, rss)
 
 
 # -- idle ------------------------------------------------------------------------------------------
@@ -806,11 +863,16 @@ def report(args: argparse.Namespace, info: dict[str, str], r: dict[str, Any], el
     to_best = paired(lambda i: max(runs[k][i].rate for k in peers))
     to_nd = paired(lambda i: runs["dirq"][i].rate)
     rows.append((f"Inline drain, {ours.n:,} durable ticks (`run --once`, noop handler)", f"{ours.rate:,.0f} ticks/s",
-                 f"raw limit {raw.rate:,.0f} ticks/s", f"{to_raw:.0%} of raw",
-                 "≥ 50 % of raw", verdict(to_raw >= 0.5)))
+                 f"raw limit, bus v2 ops {raw.rate:,.0f} ticks/s", f"{to_raw:.0%} of raw",
+                 "≥ 70 % of raw", verdict(to_raw >= 0.7)))
     rows.append(("Inline drain vs the best durable peer", f"{ours.rate:,.0f} ticks/s",
                  f"{best.label}: {best.rate:,.0f} ticks/s", f"×{to_best:.2f}",
-                 "≥ 2× best peer", verdict(to_best >= 2)))
+                 "≥ 1.5× best peer", verdict(to_best >= 1.5)))
+    if "raw_copy" in dr:
+        rc = dr["raw_copy"]
+        rows.append(("Raw limit, bus v2 vs bus v1 file ops", f"{raw.rate:,.0f} ticks/s", f"{rc.label}: {rc.rate:,.0f} ticks/s",
+                     f"×{statistics.median(runs['raw'][i].rate / runs['raw_copy'][i].rate for i in range(len(runs['raw']))):.2f}",
+                     "(what rename-only buys)", "info"))
     nd = dr["dirq"]
     rows.append(("Inline drain vs a non-durable peer", f"{ours.rate:,.0f} ticks/s", f"{nd.label}: {nd.rate:,.0f} ticks/s",
                  f"×{to_nd:.2f}", "(no fsync at all: not the same work)", "info"))
@@ -819,6 +881,10 @@ def report(args: argparse.Namespace, info: dict[str, str], r: dict[str, Any], el
         rows.append(("Inline drain vs per-tick fsync", f"{ours.rate:,.0f} ticks/s", f"{rp.label}: {rp.rate:,.0f} ticks/s",
                      f"×{paired(lambda i: runs['raw_per_tick'][i].rate):.2f}",
                      "(what group commit buys)", "info"))
+    st: Startup = r["startup"]
+    rows.append((f"Start-up to first claim, {st.backlog:,} ticks queued (`run`)", f"{st.first_claim_s:.2f} s",
+                 f"the same spawn on an empty root, ready: {st.empty_start_s:.2f} s", f"RSS {st.rss_mb:.1f} MB",
+                 "≤ 1 s", verdict(st.first_claim_s <= 1)))
     cc = r["claim"]
     rows.append((f"Claim cost, {cc['small']['backlog']:,} vs {cc['large']['backlog']:,} backlog",
                  f"{cc['small']['median_us']:.0f} µs vs {cc['large']['median_us']:.0f} µs (median)", "",
@@ -908,7 +974,10 @@ def report(args: argparse.Namespace, info: dict[str, str], r: dict[str, Any], el
     lines += ["", "### Claim cost", "",
               "`bench/claim_cost.py`'s measurement (its backlog builder and claim: pick the FIFO head from the "
               "index, rename it into `claimed/`, read and parse it), 1,000 claims at each backlog, the two "
-              "backlogs' claims interleaved one by one so that machine load weighs on both alike.", "",
+              "backlogs' claims interleaved one by one so that machine load weighs on both alike. The index "
+              "start-up scan lists the names and reads the oldest 256 files; the rest are read lazily, a batch at a "
+              "time, as claims reach them (such a batch falls inside one claim: it shows in p99, not the median).",
+              "",
               "| Backlog | median | p99 | index start-up scan |", "|---|---|---|---|"]
     for key in ("small", "large"):
         c = cc[key]
@@ -985,7 +1054,8 @@ def main() -> int:
             "huey": lambda: drain_huey(scratch, n_drain),
             "dirq_durable": lambda: drain_dirq(scratch, n_drain, True),
             "dirq": lambda: drain_dirq(scratch, n_drain, False),
-            "raw_per_tick": lambda: drain_raw(scratch, n_drain, per_tick=True),
+            "raw_copy": lambda: drain_raw(scratch, n_drain, "raw-copy"),
+            "raw_per_tick": lambda: drain_raw(scratch, n_drain, "raw-per-tick"),
         }
         for rep in range(drain_reps):
             order = list(makers) if rep % 2 == 0 else list(reversed(makers))
@@ -999,6 +1069,12 @@ def main() -> int:
         results["strace_n"] = 300 if q else 1000
         log(f"syscall counts (strace), {results['strace_n']} ticks")
         results["syscalls"] = syscalls_per_tick(scratch, results["strace_n"])
+
+        n_start = 20_000 if q else 100_000
+        log(f"start-up to first claim, {n_start:,} ticks queued")
+        results["startup"] = startup(scratch, n_start)
+        log(f"  first claim after {results['startup'].first_claim_s:.2f} s "
+            f"(empty root ready after {results['startup'].empty_start_s:.2f} s), RSS {results['startup'].rss_mb:.1f} MB")
 
         small, large = 1000, (20_000 if q else 100_000)
         log(f"claim cost, {small} vs {large} backlog (claims interleaved)")

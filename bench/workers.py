@@ -1,8 +1,11 @@
 """Comparator programs for bench/run.py, each run as its own process so every contender pays its own start-up.
 
-    python bench/workers.py raw ROOT [K]        the raw durable limit: our bus's per-tick file work with the
-                                                same group commit (one sync per K ticks, 64), and no logic
-    python bench/workers.py raw-per-tick ROOT   the same moves with an fsync pair per tick (the bus before
+    python bench/workers.py raw ROOT [K]        the raw durable limit: our bus's per-tick file work (bus v2:
+                                                rename, read, append a record, rename) with the same group
+                                                commit (one sync per K ticks, 64), and no logic
+    python bench/workers.py raw-copy ROOT       the bus v1 file work (a done copy written under tmp/ per tick),
+                                                same group commit: kept so the change is visible
+    python bench/workers.py raw-per-tick ROOT   the v1 moves with an fsync pair per tick (the bus before
                                                 group commit, kept for comparison)
     python bench/workers.py dirq PATH [DONE]    dirq QueueSimple drain: lock + get + remove (+ a durable done
                                                 record in DONE, group-committed as our bus does, when given)
@@ -84,13 +87,44 @@ def _drain(root: str, *, group: int | None) -> int:
     return 0
 
 
+# What `Bus.complete` appends for an inline noop tick (the size matters little: one write either way).
+RECORD = (b'{"to": "done", "set": {}, "entry": {"attempt": 1, "at": "2026-12-06T12:00:00.000Z", "outcome": "ok", '
+          b'"reason": null, "mode": "inline", "duration_ms": 0}}\n')
+
+
 def raw(root: str, group: int = GROUP) -> int:
-    """Per tick, exactly the file operations of claim + complete in maestro_py.bus.store, and nothing else.
+    """Per tick, exactly the file operations of claim + complete in maestro_py.bus.store (bus v2), nothing else.
 
     claim: rename inbox/<id>.json -> claimed/<id>@owner.json, read it;
-    complete: write the done copy under tmp/, rename it into done/; every `group` ticks one syncfs, then
-    unlink the claimed copies. No JSON, no index, no event log, no status file.
+    complete: append one record line (O_APPEND, one write), rename the file into done/; every `group` ticks
+    one syncfs. No JSON, no index, no event log, no status file.
     """
+    bus = os.path.join(root, "state", "cadence-bus")
+    inbox, claimed, done = (os.path.join(bus, d) for d in ("inbox", "claimed", "done"))
+    names = sorted(os.listdir(inbox))
+    for i, name in enumerate(names, start=1):
+        target = os.path.join(claimed, f"{name[:-5]}@raw.json")
+        os.rename(os.path.join(inbox, name), target)
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, RECORD)
+        finally:
+            os.close(fd)
+        os.rename(target, os.path.join(done, name))
+        if i % group == 0 or i == len(names):
+            sync_files([], [Path(done)])
+    print(len(names))
+    return 0
+
+
+def raw_copy(root: str, group: int = GROUP) -> int:
+    """The bus v1 file operations: claim as above; complete writes the done copy under tmp/, renames it into
+    done/; every `group` ticks one syncfs, then unlink the claimed copies."""
     return _drain(root, group=group)
 
 
@@ -184,6 +218,8 @@ def stamp(tick):
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "raw":
         return raw(argv[1], int(argv[2]) if len(argv) > 2 else GROUP)
+    if len(argv) >= 2 and argv[0] == "raw-copy":
+        return raw_copy(argv[1])
     if len(argv) >= 2 and argv[0] == "raw-per-tick":
         return raw_per_tick(argv[1])
     if len(argv) >= 2 and argv[0] == "dirq":

@@ -38,8 +38,11 @@ class SystemClock:
 
 
 def iso(dt: datetime) -> str:
-    """ISO 8601 UTC with a trailing Z and millisecond precision."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """ISO 8601 UTC with a trailing Z and millisecond precision (formatted by hand: it runs for every event)."""
+    if dt.tzinfo is not timezone.utc:
+        dt = dt.astimezone(timezone.utc)
+    return (f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+            f".{dt.microsecond // 1000:03d}Z")
 
 
 def parse_iso(text: str) -> datetime:

@@ -45,7 +45,7 @@ def counting_bus(layout: Layout, clock) -> tuple[Bus, list[str]]:
 def test_start_up_lists_a_backlog_and_reads_only_a_batch(layout: Layout, clock) -> None:
     ticks = [drop(layout, clock, "a") for _ in range(200)]
     bus, reads = counting_bus(layout, clock)
-    assert bus.index.refresh() == 200
+    assert bus.index.refresh() == 8  # ticks read; the others are listed
     assert len(reads) == 8 and bus.index.unread == 192 and len(bus.index) == 200
     bus.index.promote(clock.now())
     head = next(bus.index.heads())

@@ -46,3 +46,23 @@ def test_notify_urls_are_masked_whole_and_token_by_token() -> None:
                    "slack://"):
         assert secret not in said, secret
     assert "ntfy.sh" in said  # a host name is no secret (and masking it would hide ordinary text)
+
+
+@pytest.mark.parametrize("secret", [TOKEN, "plain-secret-value-42"])
+def test_tick_history_records_mask_secrets_in_the_file_and_in_memory(layout: Layout, clock, secret: str) -> None:
+    from maestro_py.bus.store import Bus
+    from maestro_py.bus.tickfile import read_tick_file
+    from maestro_py.paths import Folder
+
+    bus = Bus(layout, clock=clock, events=EventLog(layout, clock=clock,
+                                                   redactor=Redactor({"ANTHROPIC_AUTH_TOKEN": secret})))
+    tick = bus.enqueue("a")
+    bus.index.promote(clock.now())
+    claim = bus.claim(next(bus.index.heads()).name)
+    bus.fail(claim, f"auth failed for {secret}", max_attempts=1, stderr_tail=[secret, "sk-ant-api03-abcdefghijkl"])
+    path = layout.folder(Folder.DLQ) / tick.filename
+    raw = path.read_text()
+    assert secret not in raw and json.dumps(secret)[1:-1] not in raw and "sk-ant-api03" not in raw
+    last = read_tick_file(path, tick.id)[0].history[-1]
+    assert last["reason"] == f"auth failed for {MASK}" and last["stderr_tail"] == [MASK, MASK]
+    assert claim.tick.history[-1] == last  # what the daemon holds is masked too

@@ -15,7 +15,11 @@ class Claim:
     """A tick this process holds in `claimed/`."""
 
     tick: Tick
-    path: Path
+    where: str | Path  # the claimed file (the bus passes a str: no Path is built on the hot path)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.where)
 
     @property
     def attempt(self) -> int:

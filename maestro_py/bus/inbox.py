@@ -103,8 +103,8 @@ class InboxIndex:
 
     # -- discovery --------------------------------------------------------
     def refresh(self, *, force: bool = False) -> int:
-        """Rescan `inbox/` if it changed since the last scan; returns how many new files were found (the oldest
-        READ_BATCH of those not read yet are read now, the rest when the picking reaches them).
+        """Rescan `inbox/` if it changed since the last scan; returns how many new ticks were read (the oldest
+        READ_BATCH files not read yet are read now, the rest when the picking reaches them: see `unread`).
 
         Files still being written are looked at again whether or not the folder changed: writing to a file
         does not change its folder's mtime.
@@ -134,8 +134,7 @@ class InboxIndex:
             for name in new:
                 heapq.heappush(self._unread, name)
         self._unread_set |= new
-        self._read_ahead(READ_BATCH)
-        return added + len(new)
+        return added + self._read_ahead(READ_BATCH)[1]
 
     def notice(self, name: str) -> int:
         """Learn about a file found in `inbox/` (a wake-up event or a scan); 1 if it is a new tick (or a known one
@@ -225,7 +224,7 @@ class InboxIndex:
                 yield entry
             if frontier is None or budget <= 0:
                 return
-            budget -= max(self._read_ahead(min(READ_BATCH, budget)), 1)
+            budget -= max(self._read_ahead(min(READ_BATCH, budget))[0], 1)
 
     @property
     def unread(self) -> int:
@@ -271,15 +270,15 @@ class InboxIndex:
             heapq.heappop(heap)  # read since, or gone
         return heap[0] if heap else None
 
-    def _read_ahead(self, limit: int) -> int:
-        """Read up to `limit` unread files, oldest first; returns how many were looked at."""
-        looked = 0
+    def _read_ahead(self, limit: int) -> tuple[int, int]:
+        """Read up to `limit` unread files, oldest first; returns how many were looked at, and were ticks."""
+        looked = added = 0
         while looked < limit and self._frontier() is not None:
             name = heapq.heappop(self._unread)
             self._unread_set.discard(name)
-            self.notice(name)
+            added += self.notice(name)
             looked += 1
-        return looked
+        return looked, added
 
     def _unfinished(self, name: str, reason: str) -> bool:
         """True (and the file kept pending) if it may still be being written: it ends too soon for a tick,
@@ -345,7 +344,12 @@ class InboxIndex:
                 del counts[entry.fingerprint]
 
 
+_EMPTY = hashlib.sha1(b"{}").hexdigest()[:16]
+
+
 def payload_fingerprint(payload: object) -> str:
     """A stable hash of a payload (key order does not matter)."""
+    if payload == {}:
+        return _EMPTY  # most scheduled ticks: no encoding needed
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]

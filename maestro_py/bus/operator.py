@@ -84,7 +84,7 @@ class OperatorMoves:
         with _put_back_on_error(claim, self.inbox / tick.filename):
             self._record(tick, tick.attempts, "cancelled", why, {"by": by, "not_before_was": tick.not_before})
             self._publish(tick, self.done / tick.filename, overwrite=True)
-        unlink_missing_ok(claim.path)
+        unlink_missing_ok(claim.where)
         self.events.emit("done", id=tick.id, cadence=tick.cadence, outcome="cancelled", reason=why, by=by)
         return tick
 
@@ -98,7 +98,7 @@ class OperatorMoves:
             tick.not_before = None
             self._record(tick, tick.attempts, "released", reason, {"by": by, "not_before_was": was})
             self._publish(tick, self.inbox / tick.filename, overwrite=False)
-        unlink_missing_ok(claim.path)
+        unlink_missing_ok(claim.where)
         self.index.add(tick)
         self.events.emit("released", id=tick.id, cadence=tick.cadence, reason=reason, by=by, not_before_was=was)
         return tick
@@ -138,7 +138,7 @@ class _put_back_on_error:
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
         if kind is not None and not os.path.lexists(self.home):
             try:
-                os.rename(self.claim.path, self.home)
+                os.rename(self.claim.where, self.home)
             except OSError:
                 pass  # left in claimed/: the reaper returns it once this process is gone
         return False

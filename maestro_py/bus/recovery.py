@@ -103,8 +103,8 @@ class Recovery:
         and the rename: make that move, durably. (A record sending it back to `inbox/` is reaped as usual: it
         may be an earlier attempt's, and a tick that keeps killing its daemon must count its reaps.)"""
         target = self.layout.folder(to) / claim.tick.filename
-        sync_files([claim.path], [])
-        os.rename(claim.path, target)
+        sync_files([claim.where], [])
+        os.rename(claim.where, target)
         fsync_dir(target.parent)
         self.events.emit("move_finished", level="warn", id=claim.tick.id, cadence=claim.tick.cadence, to=to.value)
 

@@ -73,6 +73,7 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
         self.claimed = layout.folder(Folder.CLAIMED)
         self.done = layout.folder(Folder.DONE)
         self.dlq = layout.folder(Folder.DLQ)
+        self._dirs = {folder: str(layout.folder(folder)) for folder in Folder}  # as str, for the hot path
         self._group: list[dict[str, Any]] | None = None  # `done` events of completions awaiting their sync
         self.index = InboxIndex(self.inbox, self.inspect, self.quarantine, clock=self.clock)
 
@@ -127,9 +128,9 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
         """
         seen = self.index.take(name)
         stem = name[:-5] if name.endswith(".json") else name
-        target = self.claimed / f"{stem}{CLAIM_SEP}{self.owner.token}.json"
+        target = f"{self._dirs[Folder.CLAIMED]}/{stem}{CLAIM_SEP}{self.owner.token}.json"  # str: the hot path
         try:
-            os.rename(self.inbox / name, target)
+            os.rename(f"{self._dirs[Folder.INBOX]}/{name}", target)
         except FileNotFoundError:
             return None  # lost the race, or it was never there
         try:
@@ -138,7 +139,7 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
             else:
                 tick, _ = read_tick_file(target, stem)
         except TickInvalid as exc:
-            self.quarantine(target, str(exc), original_name=name)
+            self.quarantine(Path(target), str(exc), original_name=name)
             return None
         except FileNotFoundError:
             return None
@@ -222,7 +223,7 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
         with _undo_on_error(tick):
             if not recorded:
                 self._record(tick, claim.attempt, "dead_letter", reason, details)
-            tick.dlq_reason, tick.dlq_at = reason, iso(self.clock.now())
+            tick.dlq_reason, tick.dlq_at = self.events.redactor.text(reason), iso(self.clock.now())
             self._advance(claim, Folder.DLQ, {**(changes or {}), "dlq_reason": tick.dlq_reason, "dlq_at": tick.dlq_at})
         self.events.emit("dlq", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
                          attempts=tick.attempts)
@@ -234,7 +235,7 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
         """
         if not name.endswith(".json") or name.endswith(REASON_SUFFIX):
             raise TickInvalid("not a tick file name (expected <id>.json)")
-        tick, st = read_tick_file(self.inbox / name, name[:-5])
+        tick, st = read_tick_file(f"{self._dirs[Folder.INBOX]}/{name}", name[:-5])
         return Seen(tick, st.st_ino, st.st_size, st.st_mtime_ns)
 
     # -- inspection -------------------------------------------------------
@@ -259,7 +260,7 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
     # -- internals --------------------------------------------------------
     def _record(self, tick: Tick, attempt: int, outcome: str, reason: str | None, details: dict[str, Any]) -> None:
         """Append a history entry, secrets masked."""
-        tick.record(outcome, at=self.clock.now(), attempt=attempt, reason=reason, redact=self.events.redactor.data,
+        tick.record(outcome, at=self.clock.now(), attempt=attempt, reason=reason, redact=self.events.redactor.text,
                     **details)
 
     def _advance(self, claim: Claim, to: Folder, changes: dict[str, Any], *, durable: bool = True) -> None:
@@ -270,30 +271,32 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
         past MAX_TICK_BYTES (or not read from disk, or not writable) is rewritten whole instead (compacted).
         """
         tick = claim.tick
-        target = self.layout.folder(to) / tick.filename
-        line = (b"\n" if tick.unterminated else b"") + encode_record(to.value, tick.history[-1], changes)
+        target = f"{self._dirs[to]}/{tick.filename}"
+        line = encode_record(to.value, tick.history[-1], changes, entry_json=tick.encoded_last_entry())
+        if tick.unterminated:
+            line = b"\n" + line
         size = tick.stored
         if not size or size + len(line) > MAX_TICK_BYTES or not self._append(claim, line, durable=durable):
-            self._move(claim, target, overwrite=True, durable=durable)
+            self._move(claim, Path(target), overwrite=True, durable=durable)
             return
         try:
-            os.rename(claim.path, target)
+            os.rename(claim.where, target)
         except BaseException:
-            truncate_quietly(claim.path, size)  # the settle is retried: its record must not be there twice
+            truncate_quietly(claim.where, size)  # the settle is retried: its record must not be there twice
             raise
         if durable:
-            fsync_dir(target.parent)
+            fsync_dir(self._dirs[to])
         tick.stored, tick.torn, tick.unterminated, tick.moving_to = size + len(line), 0, False, to.value
 
     def _append(self, claim: Claim, line: bytes, *, durable: bool) -> bool:
         """Append one record to the claimed file (a torn one left by a crash cut off first); False if the file
         cannot be written to in place. With `_publish`, the bus's only writes of tick content."""
-        return append_line(claim.path, line, claim.tick.stored, cut=claim.tick.torn > 0, durable=durable)
+        return append_line(claim.where, line, claim.tick.stored, cut=claim.tick.torn > 0, durable=durable)
 
     def _move(self, claim: Claim, target: Path, *, overwrite: bool, durable: bool = True) -> None:
         """Publish the tick's whole content at `target` as one line (a new file), then drop the claimed copy."""
         self._publish(claim.tick, target, overwrite=overwrite, durable=durable)
-        unlink_missing_ok(claim.path)
+        unlink_missing_ok(claim.where)
 
     def _publish(self, tick: Tick, target: Path, *, overwrite: bool, durable: bool = True) -> None:
         """Write the tick whole, as one line, to a new file at `target` (under `tmp/` first)."""
@@ -333,4 +336,5 @@ def _undo_on_error(tick: Tick) -> Iterator[None]:
         tick.attempts, tick.not_before, tick.reaps = attempts, not_before, reaps
         tick.dlq_reason, tick.dlq_at = dlq
         del tick.history[kept:]
+        tick.history_bytes = tick.last_entry_json = None
         raise

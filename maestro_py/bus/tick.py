@@ -74,6 +74,11 @@ class Tick:
     stored: int = field(default=0, compare=False, repr=False)
     torn: int = field(default=0, compare=False, repr=False)
     unterminated: bool = field(default=False, compare=False, repr=False)
+    # The newest history entry as `record` encoded it (None once anything changed the history otherwise), and
+    # the history's encoded size so far (None: not counted yet), so a record costs one entry's encoding.
+    last_entry_json: str | None = field(default=None, compare=False, repr=False)
+    history_bytes: int | None = field(default=None, compare=False, repr=False)
+    _last_entry: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     moving_to: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -94,21 +99,34 @@ class Tick:
 
     # -- history ----------------------------------------------------------
     def record(self, outcome: str, *, at: datetime, attempt: int | None = None, reason: str | None = None,
-               redact: Callable[[Any], Any] | None = None, **details: Any) -> None:
-        """Append one history entry (for `attempt`, default the attempts made so far); None details are left out.
+               redact: Callable[[str], str] | None = None, **details: Any) -> None:
+        """Append one history entry (for `attempt`, default the attempts made so far); None details are left out;
+        `redact` masks secrets in its JSON text.
 
         The history stays under HISTORY_MAX_BYTES: past it, the oldest entries after the first are elided
         (counted in one `history_elided` entry), then long texts in old entries are cut.
         """
         entry = HistoryEntry(self.attempts if attempt is None else attempt, iso(at), outcome, reason,
                              {k: v for k, v in details.items() if v is not None}).to_json()
-        self.history.append(redact(entry) if redact is not None else entry)
-        self.bound_history()
+        text = json.dumps(entry, ensure_ascii=False)
+        if redact is not None:  # masks its secrets in the encoded entry (each is looked for as JSON escapes it)
+            masked = redact(text)
+            if masked != text:
+                text, entry = masked, json.loads(masked)
+        if self.history_bytes is None:
+            self.history_bytes = _size(self.history)
+        self.history.append(entry)
+        self.history_bytes += len(text.encode()) + 2  # and ", " (an upper bound: the exact size is checked next)
+        self.last_entry_json, self._last_entry = text, entry
+        if self.history_bytes > HISTORY_MAX_BYTES:
+            self.bound_history()
 
     def bound_history(self) -> None:
         """Keep the history under HISTORY_MAX_BYTES (see `record`)."""
-        if _size(self.history) <= HISTORY_MAX_BYTES:
+        self.history_bytes = _size(self.history)
+        if self.history_bytes <= HISTORY_MAX_BYTES:
             return
+        self.last_entry_json = None  # entries may be cut below
         history = self.history
         while len(history) > 3 and _size(history) > HISTORY_MAX_BYTES:
             # Keep the first entry (how it began) and the latest ones; count what goes.
@@ -128,6 +146,13 @@ class Tick:
             for key, value in entry.items():
                 if isinstance(value, str) and len(value) > _CUT:
                     entry[key] = value[:_CUT] + "…[cut]"
+        self.history_bytes = _size(history)
+
+    def encoded_last_entry(self) -> str | None:
+        """The newest history entry as `record` encoded it, if it is still that entry, unchanged."""
+        if self.last_entry_json is not None and self.history and self.history[-1] is self._last_entry:
+            return self.last_entry_json
+        return None
 
     def base_size(self) -> int:
         """Bytes of the tick without its history (what MAX_BASE_BYTES limits)."""

@@ -35,12 +35,17 @@ RECORD_FIELDS = frozenset({"attempts", "not_before", "reaps", "dlq_reason", "dlq
 RECORD_TARGETS = frozenset({"inbox", "done", "dlq"})
 
 
-def encode_record(to: str, entry: dict[str, Any], changes: dict[str, Any] | None = None) -> bytes:
-    """One appended record line: the tick moves `to` a folder, its fields `changes`, `entry` joins its history."""
-    return (json.dumps({"to": to, "set": changes or {}, "entry": entry}, ensure_ascii=False) + "\n").encode()
+def encode_record(to: str, entry: dict[str, Any], changes: dict[str, Any] | None = None, *,
+                  entry_json: str | None = None) -> bytes:
+    """One appended record line: the tick moves `to` a folder, its fields `changes`, `entry` joins its history
+    (`entry_json`: the entry already encoded, by `Tick.record`)."""
+    if entry_json is None:
+        entry_json = json.dumps(entry, ensure_ascii=False)
+    fields = json.dumps(changes, ensure_ascii=False) if changes else "{}"
+    return f'{{"to": "{to}", "set": {fields}, "entry": {entry_json}}}\n'.encode()
 
 
-def parse_tick(data: bytes, *, stem: str, fallback_time: datetime) -> Tick:
+def parse_tick(data: bytes, *, stem: str, fallback_time: datetime | float) -> Tick:
     """Decode a tick file's bytes (its first JSON object, then any appended records); lenient on missing
     optional fields, strict on types.
 
@@ -78,7 +83,7 @@ def parse_tick(data: bytes, *, stem: str, fallback_time: datetime) -> Tick:
         id=tick_id,
         cadence=obj["cadence"],
         source=obj.get("source", "file"),
-        enqueued_at=obj.get("enqueued_at") or iso(fallback_time),
+        enqueued_at=obj.get("enqueued_at") or iso(_when(fallback_time)),
         attempts=obj.get("attempts", 0),
         not_before=obj.get("not_before"),
         payload=obj.get("payload") if obj.get("payload") is not None else {},
@@ -90,6 +95,8 @@ def parse_tick(data: bytes, *, stem: str, fallback_time: datetime) -> Tick:
     if not isinstance(tick.history, list):
         raise TickInvalid("history must be a list of objects")
     _fold(tick, whole)
+    if tick.history_bytes is None:
+        tick.history_bytes = len(data)  # an upper bound, so the next `record` need not encode the whole history
     tick.stored, tick.torn, tick.unterminated = len(data) - torn, torn, not torn and not text.endswith("\n")
     tick.validate(check_encoding="\\u" in text)
     if len(data) > MAX_BASE_BYTES and tick.base_size() > MAX_BASE_BYTES:
@@ -201,8 +208,12 @@ def read_tick_file(path: Path | str, stem: str) -> tuple[Tick, os.stat_result]:
         raise TickInvalid(f"cannot read: {exc.strerror}") from None
     finally:
         os.close(fd)
-    fallback = datetime.fromtimestamp(st.st_mtime).astimezone()
-    return parse_tick(data, stem=stem, fallback_time=fallback), st
+    return parse_tick(data, stem=stem, fallback_time=st.st_mtime), st
+
+
+def _when(value: datetime | float) -> datetime:
+    """A fallback time given as a datetime or epoch seconds (a file's mtime: converted only when needed)."""
+    return value if isinstance(value, datetime) else datetime.fromtimestamp(value).astimezone()
 
 
 def _depth(value: Any, level: int = 0) -> int:
