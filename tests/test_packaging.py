@@ -58,5 +58,6 @@ def test_shell_completion_completes_subcommands_and_their_options() -> None:
     every = {line.split(",", 1)[1] for line in _complete("maestro ")}
     assert {"enqueue", "run", "status", "logs", "run-now", "dry-run", "dlq", "service"} <= every
     assert {line.split(",", 1)[1] for line in _complete("maestro dlq ")} >= {"list", "show", "replay", "purge"}
+    assert "--since" in {line.split(",", 1)[1] for line in _complete("maestro logs --s")}
     fish = _complete("maestro run-n", shell="fish")
     assert any(line.startswith("plain,run-now") for line in fish), fish
