@@ -47,7 +47,8 @@ def _complete(words: str, shell: str = "bash") -> list[str]:
 
 
 def test_shell_completion_scripts_come_from_the_installed_entry_point() -> None:
-    for shell, marker in (("bash", "complete -o nosort -F"), ("zsh", "#compdef maestro"), ("fish", "complete --no-files")):
+    for shell, marker in (("bash", "complete -o nosort -F"), ("zsh", "#compdef maestro"),
+                          ("fish", "complete --no-files")):
         out = subprocess.run([str(VENV_BIN / "maestro")], env={**os.environ, "_MAESTRO_COMPLETE": f"{shell}_source"},
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and marker in out.stdout, (shell, out.stdout, out.stderr)
