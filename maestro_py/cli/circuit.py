@@ -14,6 +14,7 @@ from maestro_py.cli.common import EX_USAGE, CliError, Context, load_breakers, op
 from maestro_py.clock import MAX_NUMBER, SystemClock, iso
 from maestro_py.daemon.status import liveness, read_status
 from maestro_py.errors import TickInvalid, TickNotQueued
+from maestro_py.ops import when
 from maestro_py.ops.ticks import held_ticks
 from maestro_py.ops.views import quota_line
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
@@ -45,7 +46,8 @@ def circuit_list(c: Context, as_json: bool) -> None:
                        f"{doc['last_error']}")
             continue
         label = "AUTH HALT (all spawning stopped)" if name == AUTH_HALT else name
-        until = doc["open_until"] or "reset" + (" or credentials change" if name == AUTH_HALT else "")
+        until = when.local(doc["open_until"]) if doc["open_until"] else \
+            "reset" + (" or credentials change" if name == AUTH_HALT else "")
         click.echo(f"{label}: {doc['state']} until {until}; failures={doc['failures']}; last error: {doc['last_error']}")
 
 
@@ -107,5 +109,5 @@ def circuit_open(c: Context, cadence: str, seconds: float | None) -> None:
     circ = breakers.open_manually(cadence, SystemClock().now(), seconds)
     c.layout.ensure()
     file.save(breakers.to_doc(SystemClock().now()))
-    until = iso(circ.open_until) if circ.open_until else "reset"
+    until = when.local(circ.open_until) if circ.open_until else "reset"
     click.echo(f"{cadence}: open until {until}")
