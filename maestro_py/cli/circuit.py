@@ -26,7 +26,7 @@ def circuit() -> None:
     """Inspect and operate the per-cadence circuit breakers and the auth halt."""
 
 
-@circuit.command("list")
+@circuit.command("list", short_help="Open and half-open circuits, the halts among them")
 @click.option("--json", "as_json", is_flag=True, help="Print the open circuits as JSON.")
 @pass_ctx
 def circuit_list(c: Context, as_json: bool) -> None:
@@ -51,7 +51,7 @@ def circuit_list(c: Context, as_json: bool) -> None:
         click.echo(f"{label}: {doc['state']} until {until}; failures={doc['failures']}; last error: {doc['last_error']}")
 
 
-@circuit.command("reset")
+@circuit.command("reset", short_help="Close a circuit (or --all) and release the ticks it held")
 @click.argument("cadence", required=False)
 @click.option("--all", "all_", is_flag=True, help="Close every circuit and lift the auth halt.")
 @click.option("--keep-backoff", is_flag=True,
@@ -92,7 +92,7 @@ def circuit_reset(c: Context, cadence: str | None, all_: bool, keep_backoff: boo
                    f"{', '.join(t.id for t in released)}")
 
 
-@circuit.command("open")
+@circuit.command("open", short_help="Open a cadence's circuit by hand (--for SECONDS)")
 @click.argument("cadence")
 @click.option("--for", "seconds", type=click.FloatRange(min=0, min_open=True, max=MAX_NUMBER), default=None,
               help="Seconds to stay open (default: until reset).")

@@ -6,9 +6,11 @@ Only what `maestro enqueue` needs is imported at the top: a cron-fired enqueue p
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
@@ -105,7 +107,22 @@ class Context:
             raise CliError(str(exc), EX_CONFIG) from None
 
 
-pass_ctx = click.make_pass_decorator(Context)
+ROOT_KEY = "maestro.root"  # ctx.meta: the --root the group was given
+
+
+def pass_ctx(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Hand the command its `Context`, made when the command runs: after click has handled its options, so `-h`
+    needs no agent root. The root is checked then (not an agent root: exit 78), except by `init`, which makes it."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        top = ctx.find_root()
+        if not isinstance(top.obj, Context):
+            top.obj = Context(top.meta.get(ROOT_KEY))
+            if top.invoked_subcommand != "init":
+                top.obj.layout.check_agent_root()
+        return ctx.invoke(f, top.obj, *args, **kwargs)
+
+    return functools.update_wrapper(run, f)
 
 
 PAYLOAD_HELP = ("A JSON object handed to the run: the JSON itself, `-` to read it from standard input, or @FILE "

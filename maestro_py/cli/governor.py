@@ -68,7 +68,7 @@ def governor() -> None:
     """The fleet governor store: limits shared by every agent root that names it."""
 
 
-@governor.command("show")
+@governor.command("show", short_help="Every limit in the store: spent, held, left, top agents")
 @click.option("--json", "as_json", is_flag=True, help="Print the limits and figures as JSON.")
 @url_option
 @pass_ctx
@@ -109,7 +109,7 @@ def _limit_options(f: Any) -> Any:
     return f
 
 
-@governor.command("set")
+@governor.command("set", short_help="Set a scope's limits (--daily-usd, --hourly-tokens, …)")
 @scope_option
 @_limit_options
 @click.option("--tz", default=None, callback=_zone,
