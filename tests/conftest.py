@@ -1,6 +1,6 @@
 """Shared fixtures (a fresh agent root, a fake clock, a bus on it, a CLI runner) and the `slow` switch.
 
-Tests marked `slow` (the long torture variants) are skipped unless MAESTRO_TEST_FULL=1, which `.ci/run` sets;
+Tests marked `slow` (the long torture variants, the README install walk-through) are skipped unless MAESTRO_TEST_FULL=1, which `.ci/run` sets;
 the torture tests run at MAESTRO_TORTURE_SCALE (default 0.3, or 1 with MAESTRO_TEST_FULL=1).
 """
 
@@ -20,7 +20,8 @@ from maestro_py.paths import Layout
 from tests.fakes import FakeClock, FakeReceiver
 from tests.torture.support import FULL, SCALE
 
-SLOW_SKIPPED = "slow (a long torture variant): runs with MAESTRO_TEST_FULL=1, as .ci/run does"
+SLOW_SKIPPED = ("slow (a long torture variant, or a fresh venv and pip install): runs with MAESTRO_TEST_FULL=1, "
+                "as .ci/run does")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

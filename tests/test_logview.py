@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from maestro_py.cli import cli
 from maestro_py.bus.events import EventLog
 from maestro_py.ops.logview import Event, Filter
 from maestro_py.paths import Layout
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, one_line_error
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +87,59 @@ def test_monthly_archive_comes_first_and_torn_lines_are_skipped(layout: Layout) 
     assert [p.name for p in logview.log_files(layout)] == ["bus-2026-09-30.jsonl", "bus-2026-10.jsonl",
                                                            "bus-2026-11-01.jsonl"]
     assert [line.split()[2] for line in logs(layout)] == ["older", "archived", "daily"]
+
+
+# -- --since ------------------------------------------------------------------------------------------
+
+def test_since_shows_the_events_from_then_on(layout: Layout) -> None:
+    # Steps: events over the last days, then `maestro logs --since 2h`, a local ISO time, a date, and -n with it.
+    now = datetime.now().astimezone()
+    EventLog(layout, clock=FakeClock(now - timedelta(days=10))).emit("ten-days-ago")  # a file of its own
+    clock = FakeClock(now - timedelta(hours=5))
+    log = EventLog(layout, clock=clock)
+    for stage, step in (("five-hours-ago", 2 * 3600), ("three-hours-ago", 2 * 3600), ("one-hour-ago", 50 * 60),
+                        ("ten-minutes-ago", 0)):
+        log.emit(stage, cadence="alpha")
+        clock.advance(step)
+    for _ in range(60):
+        log.emit("filler", cadence="beta")  # more than the default 50 since then: --since shows them all
+    stages = lambda *args: [line.split()[2] for line in logs(layout, *args)]  # noqa: E731
+    assert stages("--since", "2h", "--cadence", "alpha") == ["one-hour-ago", "ten-minutes-ago"]
+    assert len(stages("--since", "2h")) == 62
+    four_hours_ago = (now - timedelta(hours=4)).strftime("%Y-%m-%dT%H:%M")  # no zone: the local time
+    assert stages("--since", four_hours_ago, "--cadence", "alpha") == ["three-hours-ago", "one-hour-ago",
+                                                                        "ten-minutes-ago"]
+    five_days_ago = (now - timedelta(days=5)).date().isoformat()
+    assert stages("--since", five_days_ago, "--cadence", "alpha") == ["five-hours-ago", "three-hours-ago",
+                                                                       "one-hour-ago", "ten-minutes-ago"]
+    assert stages("--since", "2w")[0] == "ten-days-ago"
+    assert stages("--since", "2h", "-n", "1", "--cadence", "alpha") == ["ten-minutes-ago"]
+    assert [json.loads(line)["stage"] for line in logs(layout, "--since", "2h", "--json", "--cadence", "alpha")] \
+        == ["one-hour-ago", "ten-minutes-ago"]
+
+
+@pytest.mark.parametrize("value", ["yesterday", "2 hours", "-3h", "2026-13-01", ""])
+def test_a_bad_since_is_one_line_and_exit_2(layout: Layout, value: str) -> None:
+    result = CliRunner().invoke(cli, ["--root", str(layout.root), "logs", "--since", value])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert one_line_error(result).startswith("maestro: --since: ") and "is not a span" in result.stderr
+
+
+def test_since_leaves_older_files_unread(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = datetime.now().astimezone()
+    for days in (30, 20, 0):
+        EventLog(layout, clock=FakeClock(now - timedelta(days=days))).emit(f"{days}-days-ago")
+    opened: list[str] = []
+    real_open = open
+
+    def spy(path: object, *args: object, **kwargs: object) -> object:
+        opened.append(Path(str(path)).name)
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", spy)
+    assert [e.data["stage"] for e in logview.last(layout, Filter(since=now - timedelta(days=25)), None)] \
+        == ["20-days-ago", "0-days-ago"]
+    assert opened == [layout.event_log(now).name, layout.event_log(now - timedelta(days=20)).name]
 
 
 def test_no_log_yet_prints_nothing(tmp_path: Path) -> None:

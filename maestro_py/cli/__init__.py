@@ -1,8 +1,9 @@
 """The `maestro` command: the root group and `main()`; each subcommand lives in its own module.
 
 A subcommand's module is imported only when that subcommand runs (click's lazy-group pattern), so a
-cron-fired `maestro enqueue` does not import the daemon, the doctor or the service manager. `--help`
-imports them all, to show each one's first docstring line.
+cron-fired `maestro enqueue` does not import the daemon, the doctor or the service manager. `maestro --help`
+lists each command with its one-line summary from `SUMMARIES`, importing none of them; `maestro COMMAND -h`
+shows the command's own help.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import click
 
-from maestro_py.cli.common import Context, MaestroGroup
+from maestro_py.cli.common import ROOT_KEY, MaestroGroup
 
 # Command name -> "module:attribute". One entry per subcommand; `maestro --help` lists them sorted.
 COMMANDS: Mapping[str, str] = {
@@ -42,6 +43,33 @@ COMMANDS: Mapping[str, str] = {
     "serve": "maestro_py.cli.serve:serve",
 }
 
+# Command name -> what `maestro --help` says of it: one line, short enough for 80 columns (a test checks each
+# command has one; `maestro COMMAND -h` has the whole story).
+SUMMARIES: Mapping[str, str] = {
+    "init": "Create an agent root: layout, .env, cadences.toml, a prompt",
+    "enqueue": "Queue one tick for CADENCE and print its id",
+    "stop": "Emergency stop: end running sub-sessions, start none",
+    "resume": "Clear an emergency stop",
+    "run": "Run the daemon (--once: what is runnable now, then exit)",
+    "status": "Is the daemon alive? Queues, live runs, halts, budgets",
+    "circuit": "List, reset or open the circuit breakers and the halts",
+    "dlq": "List, show, replay or purge dead letters",
+    "inbox": "List the queued ticks, oldest first, and why they wait",
+    "tick": "Show, cancel or run now one tick (ids may be shortened)",
+    "cost": "What the runs cost, by cadence, model or day, with totals",
+    "cadences": "Each cadence: schedule, next fire, last outcome, cost, holds",
+    "dry-run": "Show the exact run CADENCE would get now, and any gate holding it",
+    "run-now": "Queue one tick for CADENCE and run it now (--wait follows it)",
+    "budget": "Budgets per window and scope: spent, reserved, left, reset",
+    "governor": "Show or set the limits in the fleet governor store",
+    "doctor": "Check the setup and the daemon; exit 1 on any failure",
+    "logs": "Show the event log (filters, --since, --follow, --json)",
+    "prune": "Remove old done ticks and logs; rotate old event logs",
+    "service": "launchd/systemd files for the daemon and scheduled cadences",
+    "notify": "Send a test alert to every configured target",
+    "serve": "Serve HTTP triggers, tick status, /healthz and /metrics",
+}
+
 
 class LazyGroup(MaestroGroup):
     """A group whose subcommands are named by "module:attribute" and imported on first use."""
@@ -53,6 +81,19 @@ class LazyGroup(MaestroGroup):
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Every subcommand's name, without importing any of them."""
         return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of `--help`, each with its summary, importing no command's module."""
+        rows = []
+        for name in self.list_commands(ctx):
+            summary = SUMMARIES.get(name)
+            if summary is None:  # not a lazy one (`help`): its own short help
+                command = self.get_command(ctx, name)
+                summary = command.get_short_help_str(limit=formatter.width) if command is not None else ""
+            rows.append((name, summary))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         """The subcommand, importing its module now if it is a lazy one."""
@@ -77,14 +118,12 @@ def cli(ctx: click.Context, root: str | None) -> None:
     if ctx.invoked_subcommand is None:  # bare `maestro`: the help, on stdout, exit 0
         click.echo(ctx.get_help())
         return
-    if ctx.invoked_subcommand == "help":
-        return  # needs no agent root
-    ctx.obj = Context(root)
-    if ctx.invoked_subcommand != "init":
-        ctx.obj.layout.check_agent_root()
+    # The root is read and checked when the command runs (`pass_ctx`), after its own options are parsed, so that
+    # `maestro status -h` works in any folder.
+    ctx.meta[ROOT_KEY] = root
 
 
-@cli.command("help")
+@cli.command("help", short_help="Show the help of maestro or of a command")
 @click.argument("command", nargs=-1)
 @click.pass_context
 def help_cmd(ctx: click.Context, command: tuple[str, ...]) -> None:

@@ -9,6 +9,7 @@ import click
 
 from maestro_py.cli.common import Context, budget_summary, figure_lines, pass_ctx
 from maestro_py.cli.governor import fleet_lines
+from maestro_py.ops import when
 from maestro_py.policy.budget import never_fits_lines
 
 
@@ -43,7 +44,7 @@ def budget(c: Context, as_json: bool) -> None:
         click.echo(json.dumps(rows + fleet + ([{"source": "governor", "error": trouble}] if trouble else []), indent=2))
         return
     for row in rows:
-        click.echo(f"{row['scope']} {row['window']} (resets {row['resets_at']}): {row['runs']} runs")
+        click.echo(f"{row['scope']} {row['window']} (resets {when.local(row['resets_at'], seconds=False)}): {row['runs']} runs")
         for line in figure_lines(row):
             click.echo(line)
         if row["top_cadences"]:

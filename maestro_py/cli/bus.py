@@ -15,7 +15,7 @@ import click
 from maestro_py.bus.fsio import atomic_write_json
 from maestro_py.bus.store import MAX_DELAY_SECONDS, Bus
 from maestro_py.bus.tick import CADENCE_RE
-from maestro_py.cli.common import EX_TEMPFAIL, EX_USAGE, CliError, Context, pass_ctx, payload_arg
+from maestro_py.cli.common import EX_TEMPFAIL, EX_USAGE, CliError, Context, pass_ctx, payload_arg, payload_option
 from maestro_py.clock import SystemClock, iso
 from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.paths import Folder
@@ -58,7 +58,7 @@ def init(c: Context) -> None:
 @click.command()
 @click.argument("cadence")
 @click.option("--source", default="cli", show_default=True, help="Who enqueued it (cron, launchd, systemd…).")
-@click.option("--payload", default=None, help="A JSON object handed to the run.")
+@payload_option
 @click.option("--delay", type=float, default=0.0, help="Seconds before the tick may run.")
 @click.option("--force", is_flag=True, help="Enqueue even if the cadence is unknown.")
 @pass_ctx

@@ -78,6 +78,4 @@ def _state(entry: dict[str, Any], now: Any) -> str:
 
 def _short(value: str | None) -> str:
     """Local time without seconds: `2026-12-07 08:00 CET`."""
-    if not value:
-        return "-"
-    return parse_iso(value).astimezone().strftime("%Y-%m-%d %H:%M %Z").rstrip()
+    return when.local(value, seconds=False)

@@ -14,6 +14,7 @@ from maestro_py.cli.common import EX_USAGE, CliError, Context, load_breakers, op
 from maestro_py.clock import MAX_NUMBER, SystemClock, iso
 from maestro_py.daemon.status import liveness, read_status
 from maestro_py.errors import TickInvalid, TickNotQueued
+from maestro_py.ops import when
 from maestro_py.ops.ticks import held_ticks
 from maestro_py.ops.views import quota_line
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
@@ -25,7 +26,7 @@ def circuit() -> None:
     """Inspect and operate the per-cadence circuit breakers and the auth halt."""
 
 
-@circuit.command("list")
+@circuit.command("list", short_help="Open and half-open circuits, the halts among them")
 @click.option("--json", "as_json", is_flag=True, help="Print the open circuits as JSON.")
 @pass_ctx
 def circuit_list(c: Context, as_json: bool) -> None:
@@ -45,11 +46,12 @@ def circuit_list(c: Context, as_json: bool) -> None:
                        f"{doc['last_error']}")
             continue
         label = "AUTH HALT (all spawning stopped)" if name == AUTH_HALT else name
-        until = doc["open_until"] or "reset" + (" or credentials change" if name == AUTH_HALT else "")
+        until = when.local(doc["open_until"]) if doc["open_until"] else \
+            "reset" + (" or credentials change" if name == AUTH_HALT else "")
         click.echo(f"{label}: {doc['state']} until {until}; failures={doc['failures']}; last error: {doc['last_error']}")
 
 
-@circuit.command("reset")
+@circuit.command("reset", short_help="Close a circuit (or --all) and release the ticks it held")
 @click.argument("cadence", required=False)
 @click.option("--all", "all_", is_flag=True, help="Close every circuit and lift the auth halt.")
 @click.option("--keep-backoff", is_flag=True,
@@ -90,7 +92,7 @@ def circuit_reset(c: Context, cadence: str | None, all_: bool, keep_backoff: boo
                    f"{', '.join(t.id for t in released)}")
 
 
-@circuit.command("open")
+@circuit.command("open", short_help="Open a cadence's circuit by hand (--for SECONDS)")
 @click.argument("cadence")
 @click.option("--for", "seconds", type=click.FloatRange(min=0, min_open=True, max=MAX_NUMBER), default=None,
               help="Seconds to stay open (default: until reset).")
@@ -107,5 +109,5 @@ def circuit_open(c: Context, cadence: str, seconds: float | None) -> None:
     circ = breakers.open_manually(cadence, SystemClock().now(), seconds)
     c.layout.ensure()
     file.save(breakers.to_doc(SystemClock().now()))
-    until = iso(circ.open_until) if circ.open_until else "reset"
+    until = when.local(circ.open_until) if circ.open_until else "reset"
     click.echo(f"{cadence}: open until {until}")

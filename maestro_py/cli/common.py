@@ -6,9 +6,12 @@ Only what `maestro enqueue` needs is imported at the top: a cron-fired enqueue p
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -104,20 +107,75 @@ class Context:
             raise CliError(str(exc), EX_CONFIG) from None
 
 
-pass_ctx = click.make_pass_decorator(Context)
+ROOT_KEY = "maestro.root"  # ctx.meta: the --root the group was given
+
+
+def pass_ctx(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Hand the command its `Context`, made when the command runs: after click has handled its options, so `-h`
+    needs no agent root. The root is checked then (not an agent root: exit 78), except by `init`, which makes it."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        top = ctx.find_root()
+        if not isinstance(top.obj, Context):
+            top.obj = Context(top.meta.get(ROOT_KEY))
+            if top.invoked_subcommand != "init":
+                top.obj.layout.check_agent_root()
+        return ctx.invoke(f, top.obj, *args, **kwargs)
+
+    return functools.update_wrapper(run, f)
+
+
+PAYLOAD_HELP = ("A JSON object handed to the run: the JSON itself, `-` to read it from standard input, or @FILE "
+                "to read it from a file.")
+payload_option = click.option("--payload", default=None, metavar="JSON|-|@FILE", help=PAYLOAD_HELP)
 
 
 def payload_arg(text: str | None) -> dict[str, Any]:
-    """`--payload`: a JSON object (none: {}); anything else is a usage error (exit 2)."""
+    """`--payload`: a JSON object, given as is, as `-` (read from standard input) or as `@FILE` (read from FILE);
+    none: {}. Reads at most a tick's size; anything else is a usage error (exit 2) on one line."""
     if text is None:
         return {}
+    name = "--payload"
+    raw: str | bytes = text
+    if text == "-":
+        name = "--payload - (standard input)"
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:
+            raise CliError(f"{name}: there is no standard input to read", EX_USAGE)
+        raw = _bounded(stdin, name)
+    elif text.startswith("@"):
+        path = os.path.expanduser(text[1:])
+        name = f"--payload @{text[1:]}"
+        if not path:
+            raise CliError("--payload @ names no file (use @FILE, or - for standard input)", EX_USAGE)
+        try:
+            with open(path, "rb") as fh:
+                raw = _bounded(fh, name)
+        except OSError as exc:
+            raise CliError(f"{name}: cannot read it: {exc.strerror or exc}", EX_USAGE) from None
     try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise CliError(f"--payload is not valid JSON: {exc}", EX_USAGE) from None
+        data = json.loads(raw)
+    except ValueError as exc:  # a UnicodeDecodeError too
+        raise CliError(f"{name} is not valid JSON: {exc}", EX_USAGE) from None
     if not isinstance(data, dict):
-        raise CliError("--payload must be a JSON object", EX_USAGE)
+        raise CliError(f"{name} must be a JSON object, not {_json_kind(data)}", EX_USAGE)
     return data
+
+
+def _bounded(stream: BinaryIO, name: str) -> bytes:
+    """At most a tick's size from `stream`: a larger payload could never be enqueued, so it is not read whole."""
+    from maestro_py.bus.tick import MAX_BASE_BYTES
+
+    data = stream.read(MAX_BASE_BYTES + 1)
+    if len(data) > MAX_BASE_BYTES:
+        raise CliError(f"{name} is larger than {MAX_BASE_BYTES} bytes, more than a tick can hold", EX_USAGE)
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null", int: "a number",
+             float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def load_breakers(c: Context) -> tuple[Breakers, CircuitFile]:

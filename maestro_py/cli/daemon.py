@@ -16,6 +16,7 @@ from maestro_py.config import VARS, Settings, unknown_settings
 from maestro_py.daemon.status import EX_HEALTHY, health, liveness, read_status, stale_after
 from maestro_py.errors import AlreadyRunning, ConfigError
 from maestro_py.paths import Folder
+from maestro_py.ops import when
 from maestro_py.ops.views import quota_line
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
 from maestro_py.policy.budget import never_fits_lines
@@ -121,11 +122,12 @@ def status(c: Context, as_json: bool, wait_healthy: float | None) -> int:
         if name == QUOTA_HOLD:
             click.echo(quota_line(circ, SystemClock().now()))
         elif name not in (AUTH_HALT, CLAUDE_MISSING):
-            click.echo(f"circuit {name}: {circ['state']} until {circ['open_until'] or 'reset'} ({circ['last_error']})")
+            until = when.local(circ["open_until"]) if circ["open_until"] else "reset"
+            click.echo(f"circuit {name}: {circ['state']} until {until} ({circ['last_error']})")
     if doc:
         for kind, usage in (doc.get("quota") or {}).items():
             if isinstance(usage, dict) and isinstance(usage.get("utilization"), (int, float)):
-                click.echo(f"usage {kind}: {usage['utilization']:.0%} ({usage.get('status')}, as of {usage.get('at')})")
+                click.echo(f"usage {kind}: {usage['utilization']:.0%} ({usage.get('status')}, as of {when.local(usage.get('at'))})")
         if doc.get("restart_required"):
             click.echo(f"RESTART REQUIRED: {', '.join(doc['restart_required'])} changed in .env; the daemon runs "
                        "with the old value until it is restarted")
@@ -135,10 +137,10 @@ def status(c: Context, as_json: bool, wait_healthy: float | None) -> int:
                 click.echo(f"governor: {gov.get('store')} as agent {gov.get('agent')}"
                            + (f"; {gov['outbox']} settle(s) waiting to be pushed" if gov.get("outbox") else ""))
             else:
-                click.echo(f"GOVERNOR UNAVAILABLE since {gov.get('since')}: no sub-session will spawn until "
+                click.echo(f"GOVERNOR UNAVAILABLE since {when.local(gov.get('since'))}: no sub-session will spawn until "
                            f"{gov.get('store')} answers ({gov.get('reason')}); inline work goes on")
         for run_ in doc.get("live_subsessions", []):
-            click.echo(f"running: {run_['cadence']} tick {run_['tick']} pid {run_['pid']} since {run_['started']}")
+            click.echo(f"running: {run_['cadence']} tick {run_['tick']} pid {run_['pid']} since {when.local(run_['started'])}")
         counters = {k: v for k, v in (doc.get("counters") or {}).items() if v}
         if counters:
             click.echo("counters: " + "  ".join(f"{k}={v}" for k, v in sorted(counters.items())))
@@ -147,7 +149,7 @@ def status(c: Context, as_json: bool, wait_healthy: float | None) -> int:
         click.echo(f"budget {row['scope']} {row['window']}: spent {spent['tokens']:,} tokens / ${spent['usd']:.4f}"
                    f" of {fmt_amount(total['tokens'], 'tokens')} / {fmt_amount(total['usd'], 'usd')}; remaining "
                    f"{fmt_amount(left['tokens'], 'tokens')} / {fmt_amount(left['usd'], 'usd')}; "
-                   f"resets {row['resets_at']}")
+                   f"resets {when.local(row['resets_at'], seconds=False)}")
         for line in never_fits_lines(row["never_fits"]):  # "remaining" alone would read as "it will run"
             click.echo(f"budget {row['scope']} {row['window']}: {line}")
     click.echo(f"ledger: {c.layout.ledger_file}")

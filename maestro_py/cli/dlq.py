@@ -40,7 +40,7 @@ def dlq_list(c: Context, as_json: bool) -> None:
         click.echo(escape(f"{item['id']}  {what}  attempts={attempts}  {item['reason']}"))
 
 
-@dlq.command("show")
+@dlq.command("show", short_help="One dead letter with its whole history")
 @click.argument("tick_id")
 @pass_ctx
 def dlq_show(c: Context, tick_id: str) -> None:
@@ -63,7 +63,7 @@ def dlq_show(c: Context, tick_id: str) -> None:
     raise CliError(f"no dead letter {tick_id!r} in {folder}")
 
 
-@dlq.command("replay")
+@dlq.command("replay", short_help="Move dead letters back to the inbox, audited")
 @click.argument("tick_ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Replay every dead-lettered tick.")
 @click.option("--reset-attempts", is_flag=True, help="Give the ticks a fresh retry budget.")
@@ -91,7 +91,7 @@ def dlq_replay(c: Context, tick_ids: tuple[str, ...], all_: bool, reset_attempts
         raise CliError(f"{len(errors)} of {len(ids)} could not be replayed")
 
 
-@dlq.command("purge")
+@dlq.command("purge", short_help="Delete dead letters (asks first, or --yes)")
 @click.option("--older-than", "days", type=click.FloatRange(min=0), default=None, help="Only those older than DAYS.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (scripts; needed without a terminal).")
 @pass_ctx

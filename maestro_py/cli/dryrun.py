@@ -9,14 +9,14 @@ from typing import Any
 
 import click
 
-from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx, payload_arg
+from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx, payload_arg, payload_option
 from maestro_py.clock import SystemClock
 from maestro_py.ops.logview import escape
 
 
 @click.command("dry-run")
 @click.argument("cadence")
-@click.option("--payload", default=None, help="A JSON object, as `maestro enqueue --payload` would hand it.")
+@payload_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @pass_ctx
 def dry_run(c: Context, cadence: str, payload: str | None, as_json: bool) -> int:

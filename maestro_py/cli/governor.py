@@ -11,6 +11,7 @@ import click
 from maestro_py.cli.common import EX_CONFIG, EX_USAGE, CliError, Context, figure_lines, fmt_amount, pass_ctx
 from maestro_py.clock import MAX_COUNT, MAX_NUMBER, SystemClock
 from maestro_py.errors import ConfigError
+from maestro_py.ops import when
 
 EX_UNAVAILABLE = 69  # sysexits: the store cannot be reached
 WINDOW_OPTIONS = [(window, unit) for window in ("hourly", "daily", "monthly") for unit in ("tokens", "usd")]
@@ -67,7 +68,7 @@ def governor() -> None:
     """The fleet governor store: limits shared by every agent root that names it."""
 
 
-@governor.command("show")
+@governor.command("show", short_help="Every limit in the store: spent, held, left, top agents")
 @click.option("--json", "as_json", is_flag=True, help="Print the limits and figures as JSON.")
 @url_option
 @pass_ctx
@@ -86,8 +87,9 @@ def governor_show(c: Context, as_json: bool, url: str | None) -> None:
 
 def fleet_lines(row: dict[str, Any]) -> str:
     """One store scope as `governor show` and `budget` print it."""
-    zone = f", {row['tz']}" if row.get("tz") else ""
-    lines = [f"{row['scope']} {row['window']} (resets {row['resets_at']}{zone}): {row['runs']} runs, {row['live']} live",
+    zone = f", a {row['tz']} window" if row.get("tz") else ""
+    resets = when.local(row["resets_at"], seconds=False)
+    lines = [f"{row['scope']} {row['window']} (resets {resets}{zone}): {row['runs']} runs, {row['live']} live",
              *figure_lines(row)]
     if row["top_agents"]:
         lines.append("  top agents: " + ", ".join(f"{t['agent']} ${t['usd']:.4f}" for t in row["top_agents"]))
@@ -107,7 +109,7 @@ def _limit_options(f: Any) -> Any:
     return f
 
 
-@governor.command("set")
+@governor.command("set", short_help="Set a scope's limits (--daily-usd, --hourly-tokens, …)")
 @scope_option
 @_limit_options
 @click.option("--tz", default=None, callback=_zone,

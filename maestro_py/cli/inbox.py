@@ -17,7 +17,7 @@ def inbox() -> None:
     """List the queued ticks."""
 
 
-@inbox.command("list")
+@inbox.command("list", short_help="Queued ticks, oldest first, with why each waits")
 @click.option("--json", "as_json", is_flag=True, help="Print the queued ticks as JSON.")
 @pass_ctx
 def inbox_list(c: Context, as_json: bool) -> None:

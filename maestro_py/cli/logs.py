@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from maestro_py.cli.common import CliError, Context, pass_ctx
+from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx
 from maestro_py.clock import SystemClock
 from maestro_py.daemon import retention
 from maestro_py.daemon.status import read_status
-from maestro_py.ops import logview
+from maestro_py.ops import logview, when
 
 
 @click.command("logs")
@@ -19,15 +19,24 @@ from maestro_py.ops import logview
 @click.option("--id", "tick_id", default=None, help="Only this tick's events.")
 @click.option("--level", type=click.Choice(["info", "warn", "error"]), default=None,
               help="This level and above (info < warn < error).")
-@click.option("-n", "--lines", "count", type=click.IntRange(min=0), default=50, show_default=True,
-              help="How many of the last matching events.")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only events from then on: 2h, 90m, 7d, 2w, a date (2026-12-01: local midnight) or an ISO time "
+                   "(2026-12-01T10:00: local unless it names its zone).")
+@click.option("-n", "--lines", "count", type=click.IntRange(min=0), default=None,
+              help="How many of the last matching events (default 50; with --since, all of them).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new events (across midnight) until Ctrl-C.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON lines.")
 @pass_ctx
-def logs_cmd(c: Context, cadence: str | None, tick_id: str | None, level: str | None, count: int,
-             follow: bool, as_json: bool) -> None:
+def logs_cmd(c: Context, cadence: str | None, tick_id: str | None, level: str | None, since: str | None,
+             count: int | None, follow: bool, as_json: bool) -> None:
     """Show the event log, one line per event (`ts level stage cadence id key=value…`)."""
-    flt = logview.Filter(cadence=cadence, tick_id=tick_id, level=level)
+    try:
+        start = when.parse_since(since, SystemClock().now()) if since is not None else None
+    except ValueError as exc:
+        raise CliError(f"--since: {exc}", EX_USAGE) from None
+    if count is None and start is None:
+        count = 50
+    flt = logview.Filter(cadence=cadence, tick_id=tick_id, level=level, since=start)
 
     def out(event: logview.Event) -> None:
         click.echo(event.raw if as_json else logview.format_event(event))

@@ -15,7 +15,7 @@ def notify() -> None:
     """Alerts: check that they reach their targets (MAESTRO_NOTIFY_URLS, MAESTRO_NOTIFY_COMMAND)."""
 
 
-@notify.command("test")
+@notify.command("test", short_help="Send one test alert to every target and wait for each")
 @pass_ctx
 def notify_test(c: Context) -> None:
     """Send one test alert to every target and wait for each (bounded); exit 0 only if every one took it."""

@@ -22,7 +22,7 @@ import click
 
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.store import Bus
-from maestro_py.cli.common import EX_TEMPFAIL, EX_USAGE, CliError, Context, pass_ctx, payload_arg
+from maestro_py.cli.common import EX_TEMPFAIL, EX_USAGE, CliError, Context, pass_ctx, payload_arg, payload_option
 from maestro_py.clock import SystemClock, parse_iso
 from maestro_py.config import Settings
 from maestro_py.daemon.status import EX_HEALTHY, health, liveness, read_status, stale_after
@@ -42,7 +42,7 @@ LONG_HOLDS = frozenset(r.value for r in (Refusal.EMERGENCY_STOP, Refusal.AUTH_HA
 
 @click.command("run-now")
 @click.argument("cadence")
-@click.option("--payload", default=None, help="A JSON object handed to the run.")
+@payload_option
 @click.option("--wait", is_flag=True, help="Follow the tick to its end; print the result text, tokens and cost.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
               help="With --wait: stop waiting after S seconds (exit 124). Default: the run's timeout plus a minute.")

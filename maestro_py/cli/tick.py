@@ -36,7 +36,7 @@ def tick() -> None:
     """Show, cancel or run now one tick (ids may be shortened, as in git)."""
 
 
-@tick.command("show")
+@tick.command("show", short_help="Where a tick is: attempts, history, ledger rows, logs")
 @click.argument("tick_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the tick, its runs and log files as JSON.")
 @pass_ctx
@@ -87,7 +87,7 @@ def show_lines(doc: dict[str, Any], now: Any) -> list[str]:
     return lines
 
 
-@tick.command("cancel")
+@tick.command("cancel", short_help="Settle a queued tick in done/ as cancelled")
 @click.argument("tick_id")
 @click.option("--reason", default=None, help="Why (recorded in the tick's history).")
 @pass_ctx
@@ -104,7 +104,7 @@ def tick_cancel(c: Context, tick_id: str, reason: str | None) -> None:
     click.echo(escape(f"cancelled {done.id} ({done.cadence}): in done/ with outcome \"cancelled\""))
 
 
-@tick.command("retry-now")
+@tick.command("retry-now", short_help="Clear a queued tick's retry time: it runs at the next loop")
 @click.argument("tick_id")
 @pass_ctx
 def tick_retry_now(c: Context, tick_id: str) -> None:

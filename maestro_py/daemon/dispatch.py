@@ -29,6 +29,39 @@ INLINE_BATCH = 64  # inline ticks per step before the loop looks at its other du
 INLINE_WINDOW = 0.05  # seconds of inline work per step: a slow handler's batch commits early
 
 
+class Holds:
+    """Counts held ticks, not loop passes: a `skipped_*` / `deferred_*` counter goes up when a queued tick is first
+    held for that reason, and again only once it was let through (or left the queue) and is held again. Two ticks
+    waiting out an emergency stop for an hour count 2, not one per loop pass."""
+
+    def __init__(self, counters: Counter[str]) -> None:
+        self.counters = counters
+        self._held: dict[str, set[str]] = {}  # inbox name -> the reasons it has been held for since it was let through
+        self._looked_at: set[str] = set()
+
+    def begin(self) -> None:
+        """A look at every head starts."""
+        self._looked_at = set()
+
+    def held(self, name: str, reason: str) -> None:
+        """`name` was refused for `reason` in this look; counted if this hold is new."""
+        self._looked_at.add(name)
+        reasons = self._held.setdefault(name, set())
+        if reason not in reasons:
+            reasons.add(reason)
+            self.counters[reason] += 1
+
+    def let_through(self, name: str) -> None:
+        """`name` passed every gate: a later refusal is a new hold."""
+        self._held.pop(name, None)
+
+    def complete(self) -> None:
+        """Every head was looked at: a tick not among them is no longer held (claimed, cancelled, waiting for its
+        retry time); forgetting it keeps this as small as the queue's heads."""
+        for name in [n for n in self._held if n not in self._looked_at]:
+            del self._held[name]
+
+
 class Dispatcher:
     """One step's claims: coalesce duplicates, then the oldest runnable heads, inline up to a batch."""
 
@@ -47,6 +80,7 @@ class Dispatcher:
         self.counters = counters
         self.clock = clock
         self.stopping = stopping  # polled by inline calls: a drain or stop cuts them short
+        self.holds = Holds(counters)
 
     def dispatch(self, registry: Registry, env: Mapping[str, str]) -> bool:
         """Claim and start what the guardrails allow; True if anything was claimed or settled.
@@ -112,18 +146,22 @@ class Dispatcher:
         of an unknown cadence shortly after a registry edit (then they are dead-lettered)."""
         now = self.clock.now()
         settling = registry.settles_at is not None and self.clock.monotonic() < registry.settles_at
+        self.holds.begin()
         for entry in self.bus.index.heads():
             cadence = registry.get(entry.cadence)
             if cadence is None and settling:  # the registry was just edited: its cadence may be on its way back
-                self.counters["deferred_registry"] += 1
+                self.holds.held(entry.name, "deferred_registry")
                 continue
             if cadence is None or cadence.mode == "inline":
+                self.holds.let_through(entry.name)
                 return entry
             refusal = self.guardrails.refusal(cadence, now, spawned_this_step=spawned,
                                               tick_id=entry.name.removesuffix(".json"))
             if refusal is None:
+                self.holds.let_through(entry.name)
                 return entry
-            self.counters[refusal.value] += 1
+            self.holds.held(entry.name, refusal.value)
+        self.holds.complete()
         return None
 
     # -- inline work ------------------------------------------------------

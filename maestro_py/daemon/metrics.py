@@ -264,7 +264,7 @@ class Metrics:
         yield _counter("maestro_ticks_quarantined", "Files moved to dlq/ as not valid ticks", c.get("quarantined", 0))
         yield _counter("maestro_io_errors", "Loop steps cut short by a disk error", c.get("io_errors", 0))
         yield _counter("maestro_internal_errors", "Loop steps cut short by a bug", c.get("internal_errors", 0))
-        refusals = CounterMetricFamily("maestro_refusals", "Spawns refused, the tick left in inbox/ (the "
+        refusals = CounterMetricFamily("maestro_refusals", "Ticks held, left in inbox/, once per hold (the "
                                        "skipped_*/deferred_* counters of consumer.json)", labels=["reason"])
         for reason in REFUSALS:
             refusals.add_metric([reason], c.get(reason, 0))

@@ -20,7 +20,7 @@ from maestro_py.daemon.lock import holder
 from maestro_py.daemon.status import liveness, read_status
 from maestro_py.daemon.status import stale_after as status_stale_after
 from maestro_py.errors import ConfigError, SpawnError
-from maestro_py.ops import views
+from maestro_py.ops import views, when
 from maestro_py.ops.probe import Check, Level, Probe
 from maestro_py.ops.spend_checks import check_budget, check_governor
 from maestro_py.paths import Folder
@@ -293,7 +293,7 @@ def check_circuits(p: Probe) -> list[Check]:
         out.append(Check("claude-halt", Level.FAIL, f"no sub-session will spawn ({missing.last_error}); "
                                                     f"{command.claude_fix()}"))
     if open_:
-        shown = ", ".join(f"{n} ({c.state.value} until {c.open_until.isoformat() if c.open_until else 'reset'})"
+        shown = ", ".join(f"{n} ({c.state.value} until {when.local(c.open_until) if c.open_until else 'reset'})"
                           for n, c in open_.items())
         out.append(Check("circuits", Level.WARN, f"{len(open_)} open: {shown}; `maestro circuit list`"))
     else:

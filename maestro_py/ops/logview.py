@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from maestro_py.clock import Clock, SystemClock
+from maestro_py.clock import Clock, SystemClock, parse_iso
 from maestro_py.paths import Layout
 
 POLL_SECONDS = 0.2
@@ -39,11 +39,12 @@ class Event:
 
 @dataclass(frozen=True)
 class Filter:
-    """Which events to show: a cadence, a tick id, a minimum level (all optional)."""
+    """Which events to show: a cadence, a tick id, a minimum level, a first time (all optional)."""
 
     cadence: str | None = None
     tick_id: str | None = None
     level: str | None = None
+    since: datetime | None = None
 
     def matches(self, event: Mapping[str, Any]) -> bool:
         """True if the event passes every given criterion (`level` means that level and above)."""
@@ -53,6 +54,11 @@ class Filter:
             return False
         if self.level is not None and rank(event.get("level")) < rank(self.level):
             return False
+        if self.since is not None:
+            try:
+                return parse_iso(str(event.get("ts"))) >= self.since
+            except ValueError:
+                return False  # no readable time: it cannot be said to be recent
         return True
 
 
@@ -91,22 +97,39 @@ def _events(data: bytes, flt: Filter) -> Iterator[Event]:
             yield event
 
 
-def last(layout: Layout, flt: Filter, n: int, *, upto: Mapping[Path, int] | None = None) -> list[Event]:
-    """The last `n` matching events, oldest first; `upto` caps how many bytes of a file are read."""
-    if n <= 0:
+def last(layout: Layout, flt: Filter, n: int | None, *, upto: Mapping[Path, int] | None = None) -> list[Event]:
+    """The last `n` matching events (None: all of them), oldest first; `upto` caps how many bytes of a file are
+    read. With `flt.since`, the files wholly older than it are not read."""
+    if n is not None and n <= 0:
         return []
     picked: deque[Event] = deque()
     for path in reversed(log_files(layout)):  # newest file first: stop once there are enough
+        if flt.since is not None and _ends_before(path, flt.since):
+            break  # this file and every older one hold events from before --since only
         try:
             with open(path, "rb") as fh:
                 data = fh.read(upto[path]) if upto and path in upto else fh.read()
         except FileNotFoundError:
             continue
         found = list(_events(data, flt))
-        picked.extendleft(reversed(found[-(n - len(picked)):]))
-        if len(picked) >= n:
+        picked.extendleft(reversed(found if n is None else found[-(n - len(picked)):]))
+        if n is not None and len(picked) >= n:
             break
     return list(picked)
+
+
+def _ends_before(path: Path, since: datetime) -> bool:
+    """True if every event of this daily file (local date) or monthly archive is older than `since`: its day, or
+    month, ended a day before the local day of `since` began (the day's margin: a daemon may run in another zone
+    than this command)."""
+    match = _FILE_RE.match(path.name)
+    if match is None:
+        return False
+    day = since.astimezone().date() - timedelta(days=1)
+    year, month = int(match[1]), int(match[2])
+    if match[3] is None:
+        return (year, month) < (day.year, day.month)
+    return (year, month, int(match[3])) < (day.year, day.month, day.day)
 
 
 class _Tail:
@@ -154,10 +177,11 @@ def _complete(path: Path, size: int) -> int:
     return 0
 
 
-def follow(layout: Layout, flt: Filter, out: Callable[[Event], None], *, n: int = 50,
+def follow(layout: Layout, flt: Filter, out: Callable[[Event], None], *, n: int | None = 50,
            clock: Clock | None = None, sleep: Callable[[float], None] = time.sleep,
            stop: Callable[[], bool] = lambda: False, poll: float = POLL_SECONDS) -> None:
-    """Print the last `n` events, then new ones as they are appended, across the daily file change.
+    """Print the last `n` events (None: all, as with `--since`), then new ones as they are appended, across the
+    daily file change.
 
     Yesterday's file is read too until a day has passed, so a line a writer appends to it just after
     midnight (it read the clock before) is still shown.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from maestro_py.config import Settings
 from maestro_py.daemon.status import read_status
 from maestro_py.errors import ConfigError
-from maestro_py.ops import views
+from maestro_py.ops import views, when
 from maestro_py.ops.probe import Check, Level, Probe
 from maestro_py.policy.budget import never_fits_lines
 from maestro_py.registry import Registry, RegistryError
@@ -37,7 +37,7 @@ def check_budget(p: Probe) -> Check:
         # "Until the reset" only where a default-sized run fits the limit at all: below that, `never_fits`
         # names the cadences that are stuck for good, and the others' smaller reservations may still fit.
         if not never and any(value < floor[unit] <= row["total"][unit] for unit, value in left.items()):
-            short.append(f"{label} cannot cover another run until {row['resets_at']}")
+            short.append(f"{label} cannot cover another run until {when.local(row['resets_at'], seconds=False)}")
     if short:
         return Check("budget", Level.WARN, "; ".join(short))
     return Check("budget", Level.OK, "; ".join(shown))

@@ -13,6 +13,7 @@ from maestro_py.clock import parse_iso
 from maestro_py.config import Settings
 from maestro_py.daemon.status import liveness, read_status
 from maestro_py.errors import MaestroError
+from maestro_py.ops.when import local
 from maestro_py.paths import Folder, Layout
 from maestro_py.policy.breaker import Breakers, Circuit, CircuitFile
 from maestro_py.policy.budget import Estimate, cadence_limits
@@ -62,12 +63,14 @@ def budget_rows(layout: Layout, settings: Settings, registry: Registry | None, n
 
 
 def quota_line(doc: dict[str, Any], now: datetime) -> str:
-    """The usage-limit hold as an operator reads it: "usage limit (five_hour): resets 05:53 UTC (in 58 min)…"."""
+    """The usage-limit hold as an operator reads it: "usage limit (five_hour): resets 2026-12-01 14:00 CET (in 58
+    min)…", in the machine's zone."""
     kind = str(doc.get("last_error") or "").split(":", 1)[0] or "usage limit"
     until = doc.get("open_until")
     if not until:
         return f"usage limit ({kind}): held until `maestro circuit reset --all`"
     at = parse_iso(until)
     minutes = max(0, round((at - now).total_seconds() / 60))
-    when = f"resets {at:%H:%M} UTC (in {minutes} min)" if doc.get("state") == "open" else "reset passed: one probe run first"
-    return f"usage limit ({kind}): {when}; nothing spawns until then; `maestro circuit reset --all` lifts it"
+    state = f"resets {local(at, seconds=False)} (in {minutes} min)" if doc.get("state") == "open" \
+        else "reset passed: one probe run first"
+    return f"usage limit ({kind}): {state}; nothing spawns until then; `maestro circuit reset --all` lifts it"

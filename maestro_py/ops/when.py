@@ -11,16 +11,25 @@ _SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\Z")
 _UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def local(value: datetime | str | None) -> str:
-    """`2026-11-23 13:30:00 CET` in the machine's zone; "-" for None; an unparsable string as it is."""
-    if value is None:
+def local(value: datetime | str | None, *, seconds: bool = True) -> str:
+    """A time as an operator reads it, the one way every human-facing output shows one: `2026-11-23 13:30:00 CET`
+    in the machine's zone (`TZ`, else /etc/localtime), its name, or its offset (`+05:30`) where the zone has no
+    name; `seconds=False` leaves the seconds out. "-" for None or ""; an unparsable string as it is. JSON output
+    keeps UTC ISO 8601: this is for people only."""
+    if value is None or value == "":
         return "-"
     if isinstance(value, str):
         try:
             value = parse_iso(value)
         except ValueError:
             return value
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z").rstrip()
+    moment = value.astimezone()
+    zone = moment.strftime("%Z")
+    if not zone.isalpha():  # "-03" or "" (tzdata names some zones by their offset only): the offset, unambiguous
+        offset = moment.strftime("%z")
+        zone = f"{offset[:3]}:{offset[3:]}" if offset else ""
+    shown = moment.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+    return f"{shown} {zone}".rstrip()
 
 
 def relative(when: datetime, now: datetime) -> str:
