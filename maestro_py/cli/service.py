@@ -63,6 +63,11 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+_harden = click.option("--harden", is_flag=True,
+                       help="systemd: sandbox the units (read-only system and home but the root and the CLI's "
+                            "config folder, private /tmp, no privilege gain, memory and task caps).")
+
+
 def _given(opts: dict[str, Any]) -> dict[str, Any]:
     """The options typed on the command line (not their defaults)."""
     ctx = click.get_current_context()
@@ -86,7 +91,7 @@ def _from_command_line(c: Context, opts: dict[str, Any], *, fallback: bool) -> s
     serve = (opts["serve_host"] or old[0], opts["serve_port"] or old[1])
     fields = {"user": opts["user"], "dest": opts["dest"], "python": opts["python"], "name": opts["name"],
               "watchdog_sec": opts["watchdog_sec"], "stop_timeout": opts["stop_timeout"], "run_as": opts["run_as"],
-              "claude": opts["claude"],
+              "claude": opts["claude"], "harden": opts.get("harden", False),
               "serve": serve if opts["serve"] or (base and base.serve) else None}
     if opts["dest"] is not None:
         fields["dest"] = str(Path(opts["dest"]).expanduser().absolute())
@@ -182,6 +187,7 @@ def service() -> None:
 
 @service.command("print")
 @_options
+@_harden
 @pass_ctx
 def service_print(c: Context, **opts: Any) -> None:
     """Write the files to stdout, each after a `# ==> PATH <==` header line."""
@@ -195,6 +201,7 @@ def service_print(c: Context, **opts: Any) -> None:
 
 @service.command("install")
 @_options
+@_harden
 @click.option("--now", is_flag=True, help="Also load and start them (runs launchctl/systemctl if present).")
 @pass_ctx
 def service_install(c: Context, now: bool, **opts: Any) -> None:
@@ -214,6 +221,7 @@ def service_install(c: Context, now: bool, **opts: Any) -> None:
 
 @service.command("sync")
 @_options
+@_harden
 @pass_ctx
 def service_sync(c: Context, **opts: Any) -> None:
     """Bring the installed files in line with cadences.toml and the settings (options: those of the last install,

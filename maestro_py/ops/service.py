@@ -24,6 +24,7 @@ from pathlib import Path
 
 from maestro_py import cron
 from maestro_py.errors import MaestroError
+from maestro_py.ops.service_harden import Harden, directives
 from maestro_py.paths import agent_name  # noqa: F401  (re-exported: `svc.agent_name`)
 from maestro_py.paths import launchd_prefix
 from maestro_py.registry import Registry
@@ -74,6 +75,7 @@ class ServiceSpec:
     zones: tuple[tuple[str, str], ...] = ()  # (cadence, time zone) for schedules not in the machine's zone
     serve: tuple[str, int] | None = None  # `maestro serve --host H --port P` as a unit/agent of its own too
     prefix: str = DEFAULT_LAUNCHD_PREFIX  # launchd labels and plist names
+    harden: Harden | None = None  # systemd: the sandboxing directives (ops/service_harden.py)
 
     def __post_init__(self) -> None:
         if self.claude is not None and not os.path.isabs(self.claude):
@@ -91,6 +93,9 @@ class ServiceSpec:
             launchd_prefix(self.prefix)
         except ValueError as exc:
             raise ServiceError(f"launchd prefix {self.prefix!r} {exc}") from None
+        for path in self.harden.writable if self.harden else ():
+            if not os.path.isabs(path.removeprefix("-")) or any(not ch.isprintable() for ch in path):
+                raise ServiceError(f"a writable folder must be an absolute path, got {path!r}")
         if self.serve is not None and (not re.fullmatch(r"[A-Za-z0-9.:\[\]-]+", self.serve[0])
                                        or not 0 < self.serve[1] < 65536):
             raise ServiceError(f"cannot serve on {self.serve[0]!r} port {self.serve[1]}")
@@ -300,6 +305,7 @@ def systemd_files(spec: ServiceSpec) -> list[ServiceFile]:
             *([f"WatchdogSec={spec.watchdog_sec}"] if spec.watchdog_sec else []),
             "KillMode=mixed",  # SIGTERM to the daemon only: it drains and ends its sub-sessions itself
             f"TimeoutStopSec={spec.stop_timeout}",
+            *_hardening(spec, daemon=True),
         ],
         "Install": [f"WantedBy={'default.target' if spec.user else 'multi-user.target'}"],
     })
@@ -310,7 +316,8 @@ def systemd_files(spec: ServiceSpec) -> list[ServiceFile]:
         files.append(ServiceFile(serve_unit, _unit(head, {
             "Unit": [_spec_escape(f"Description=maestro serve (HTTP triggers, status page) for {spec.root}"), *network],
             "Service": ["Type=exec", f"ExecStart={_exec_line(_argv(spec, *_serve_args(spec.serve)))}", *common,
-                        "Restart=on-failure", f"RestartSec={THROTTLE_SECONDS}", f"TimeoutStopSec={SERVE_STOP_SECONDS}"],
+                        "Restart=on-failure", f"RestartSec={THROTTLE_SECONDS}", f"TimeoutStopSec={SERVE_STOP_SECONDS}",
+                        *_hardening(spec, daemon=False)],
             "Install": [f"WantedBy={'default.target' if spec.user else 'multi-user.target'}"],
         }), serve_unit))
     for cadence, expr, parsed in _parsed(spec):
@@ -326,11 +333,20 @@ def systemd_files(spec: ServiceSpec) -> list[ServiceFile]:
             "Unit": [_spec_escape(f"Description=maestro: enqueue one {cadence} tick for {spec.root}")],
             "Service": ["Type=oneshot",
                         f"ExecStart={_exec_line(_argv(spec, 'enqueue', cadence, '--source', SYSTEMD))}",
-                        *common],
+                        *common, *_hardening(spec, daemon=False)],
         })
         files.append(ServiceFile(timer_name, timer, timer_name))
         files.append(ServiceFile(systemd_unit(spec.name, cadence), oneshot, None))
     return files
+
+
+def _hardening(spec: ServiceSpec, *, daemon: bool) -> list[str]:
+    """`--harden`: every unit may write its root only; the daemon's sub-sessions also the CLI's config folder."""
+    if spec.harden is None:
+        return []
+    paths = [str(spec.root), *(spec.harden.writable if daemon else ())]
+    return directives(user=spec.user, writable=tuple(_quoted(_spec_escape(p)) for p in paths), daemon=daemon,
+                      max_live=spec.harden.max_live, home_writable=daemon and spec.harden.home_writable)
 
 
 def _unit(header: str, sections: Mapping[str, Sequence[str]]) -> str:

@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from maestro_py.bus.fsio import atomic_write_json
 from maestro_py.config import Settings, load_env
 from maestro_py.errors import SpawnError
 from maestro_py.ops import service as svc
+from maestro_py.ops.service_harden import Harden
 from maestro_py.ops.service_sync import default_dest
 from maestro_py.paths import Layout
 from maestro_py.registry import Registry
@@ -39,6 +41,7 @@ class Options:
     run_as: str | None = None
     serve: tuple[str, int] | None = None
     claude: str | None = None
+    harden: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The record in `state/service.json`."""
@@ -103,6 +106,8 @@ def build(layout: Layout, options: Options, *, settings: Settings, registry: Reg
         raise svc.ServiceError("--user is for --systemd (launchd agents are always per-user)")
     if options.run_as and (manager == svc.LAUNCHD or user):
         raise svc.ServiceError("--run-as is only for system-wide units (--systemd without --user)")
+    if options.harden and manager == svc.LAUNCHD:
+        raise svc.ServiceError("--harden is for --systemd (launchd agents have no such sandbox settings)")
     home = Path(os.path.expanduser("~"))
     dest = (Path(options.dest).expanduser().absolute() if options.dest is not None
             else default_dest(manager, user, home, os.environ))
@@ -125,6 +130,8 @@ def build(layout: Layout, options: Options, *, settings: Settings, registry: Reg
         claude_bin=not dotenv.get("CLAUDE_BIN"),  # a CLAUDE_BIN in the unit would silently win over .env's
         serve=_serve(options.serve, env),
         prefix=settings.launchd_prefix,
+        harden=_harden(root, dotenv, lambda: home if run_as is None else _home_of(run_as), settings)
+        if options.harden else None,
     )
     return Target(options, spec, svc.generate(spec, manager), dest, notes)
 
@@ -152,6 +159,19 @@ def _serve(serve: tuple[str, int] | None, env: dict[str, str]) -> tuple[str, int
     return serve
 
 
+def _harden(root: Path, dotenv: dict[str, str], home: Callable[[], Path], settings: Settings) -> Harden:
+    """The daemon writes the root, the claude CLI's config folder (`CLAUDE_CONFIG_DIR` from .env, else ~/.claude and
+    ~/.claude.json, which the CLI replaces by renaming a file beside it: the whole home folder) and a SQLite governor
+    store's folder (its journal goes beside it)."""
+    store = [] if not (settings.governor_url or "").startswith("sqlite:") else [
+        "-" + os.path.dirname(settings.governor_url.removeprefix("sqlite:///"))]  # type: ignore[union-attr]
+    folder = dotenv.get("CLAUDE_CONFIG_DIR", "").strip()
+    if folder:
+        path = Path(os.path.expanduser(folder))
+        return Harden(writable=("-" + os.path.abspath(root / path), *store), max_live=settings.max_live)
+    return Harden(writable=(str(home()), *store), home_writable=True, max_live=settings.max_live)
+
+
 def _interpreter(given: str | None) -> str:
     if given is None:
         return sys.executable
@@ -170,6 +190,15 @@ def _owner(root: Path) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+def _home_of(user: str) -> Path:
+    """The home folder of the user system units run as (their claude CLI writes there)."""
+    try:
+        return Path(pwd.getpwnam(user).pw_dir)
+    except KeyError:
+        raise svc.ServiceError(f"--harden: there is no user {user!r} here, so its home folder (where the claude CLI "
+                               "writes) is unknown; set CLAUDE_CONFIG_DIR in the root's .env") from None
 
 
 def merged(base: Options, **given: Any) -> Options:
