@@ -197,7 +197,7 @@ def stop_stale(p: Plan, uid: int) -> list[Command]:
     return [Command((*_ctl(p.user), "disable", "--now", *units), may_fail=True)]
 
 
-def _long_running(f: ServiceFile) -> bool:
+def is_long_running(f: ServiceFile) -> bool:
     """The daemon or `maestro serve` (never restarted by a sync: a restart would cut its running work short)."""
     return f.unit is not None and not f.name.endswith(".timer") and ".enqueue." not in f.name
 
@@ -206,11 +206,11 @@ def follow_up(p: Plan, uid: int) -> tuple[list[Command], list[str]]:
     """After the files changed: (commands that load the new and changed triggers, restart hints for the daemon and
     server, whose new files apply at their next start)."""
     hints = [f"{f.unit} changed: it applies at its next restart ({restart(p, f, uid)})"
-             for f in p.changed if _long_running(f)]
+             for f in p.changed if is_long_running(f)]
     if p.manager == LAUNCHD:
         domain = f"gui/{uid}"
         commands = []
-        for f in [*p.added, *(f for f in p.changed if not _long_running(f))]:
+        for f in [*p.added, *(f for f in p.changed if not is_long_running(f))]:
             commands += [Command(("launchctl", "bootout", f"{domain}/{f.unit}"), may_fail=True),
                          Command(("launchctl", "bootstrap", domain, str(p.dest / f.name)))]
         return commands, hints
