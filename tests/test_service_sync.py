@@ -271,6 +271,23 @@ def test_plists_from_before_the_header_are_recognised_by_their_root(runner: CliR
     assert f"removed {dest}/com.maestro.agent.enqueue.inbox-processor.plist" in result.stdout
 
 
-def test_with_a_root_of_its_own_the_example_folder_is_untouched(agent: Path) -> None:
-    """The committed examples come from --deploy-root: nothing is recorded in the example agent."""
+def test_packaging_with_a_deploy_root_records_nothing(runner: CliRunner, agent: Path, tmp_path: Path) -> None:
+    """scripts/gen-service-examples.sh installs with --deploy-root: nothing may be recorded in the example agent."""
+    result = invoke(runner, agent, "service", "install", "--systemd", "--user", "--dest", str(tmp_path / "pkg"),
+                    "--deploy-root", "/opt/maestro/examples/agent", "--claude", "/bin/true")
+    assert result.exit_code == 0, result.output
+    assert not Layout(agent).service_file.exists()
+    assert "/opt/maestro/examples/agent" in (tmp_path / "pkg" / "maestro-agent.service").read_text().splitlines()[0]
     assert not (EXAMPLE / "state" / "service.json").exists()
+
+
+def test_a_root_without_state_gets_its_record(runner: CliRunner, tmp_path: Path) -> None:
+    root = tmp_path / "fresh"
+    root.mkdir()
+    (root / "cadences.toml").write_text('[tick]\nmode = "inline"\nhandler = "noop"\nschedule = "@hourly"\n')
+    result = systemd(runner, root, "install", "--dest", str(tmp_path / "units"))
+    assert result.exit_code == 0, result.output
+    assert Layout(root).service_file.is_file()
+    before = Layout(root).service_file.stat().st_ino
+    assert invoke(runner, root, "service", "sync").stdout == f"up to date: 3 file(s) in {tmp_path / 'units'}\n"
+    assert Layout(root).service_file.stat().st_ino == before  # the same options: the record is not rewritten

@@ -172,7 +172,10 @@ def _sync_files(c: Context, t: setup.Target, deployed: bool) -> sync.Plan:
     if stops and not _manager_here(t):
         _print_commands(f"to stop what was removed ({_tool(t)} is not run here):", stops)
     if not deployed:
-        setup.record(c.layout, t.options)
+        try:
+            setup.record(c.layout, t.options)
+        except OSError as exc:
+            raise CliError(f"cannot record the options in {c.layout.service_file}: {exc.strerror or exc}") from None
     if t.options.manager == svc.LAUNCHD and t.spec.root == c.layout.root and c.layout.root.is_dir():
         (c.layout.root / "logs").mkdir(exist_ok=True)  # launchd opens its log files but never creates folders
     for note in t.notes:

@@ -73,8 +73,10 @@ def recorded(layout: Layout) -> Options | None:
 
 
 def record(layout: Layout, options: Options) -> None:
-    """Remember `options` for `sync` and autosync."""
-    atomic_write_json(layout.service_file, options.to_json())
+    """Remember `options` for `sync` and autosync (not rewritten when they are the same)."""
+    if recorded(layout) != options:
+        layout.state_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(layout.service_file, options.to_json())
 
 
 def forget(layout: Layout) -> None:
