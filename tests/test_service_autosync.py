@@ -11,8 +11,7 @@ from click.testing import CliRunner
 from maestro_py.daemon.loop import Daemon
 from maestro_py.paths import Layout
 from tests.fakes import FakeClock, FakeSpawner, events, invoke, make_daemon
-from tests.test_service import example_agent, fake_tool
-from tests.test_service_sync import drop_schedule, snapshot
+from tests.service_support import drop_schedule, example_agent, fake_tool, snapshot
 
 
 @pytest.fixture

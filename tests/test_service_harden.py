@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from maestro_py.ops import service_harden
 from tests.fakes import invoke, one_line_error
-from tests.test_service import PY, SYSTEMD_ANALYZE, example_agent, needs_systemd, verify
+from tests.service_support import PY, SYSTEMD_ANALYZE, example_agent, needs_systemd, verify
 
 CLAUDE = ("--claude", "/bin/true")
 SANDBOX = ["NoNewPrivileges=yes", "PrivateTmp=yes", "PrivateDevices=yes", "PrivateMounts=yes", "ProtectSystem=strict",

@@ -15,7 +15,7 @@ from maestro_py.ops import service as svc
 from maestro_py.ops import service_sync as sync
 from maestro_py.paths import Layout
 from tests.fakes import invoke, one_line_error
-from tests.test_service import EXAMPLE, example_agent, fake_tool
+from tests.service_support import EXAMPLE, drop_schedule, example_agent, fake_tool, snapshot
 
 TIMERS = ("maestro-agent-heartbeat.timer", "maestro-agent-inbox-processor.timer",
           "maestro-agent-weekly-strategic-memo.timer")
@@ -24,21 +24,6 @@ TIMERS = ("maestro-agent-heartbeat.timer", "maestro-agent-inbox-processor.timer"
 @pytest.fixture
 def agent(tmp_path: Path) -> Path:
     return example_agent(tmp_path / "agent")
-
-
-def drop_schedule(root: Path, cadence: str) -> None:
-    """What the operator does in an editor: delete the `schedule` line of one cadence."""
-    toml = (root / "cadences.toml").read_text()
-    table = toml.index(f"[{cadence}]")
-    start = toml.index("schedule", table)
-    end = toml.index("\n", start)
-    assert "[" not in toml[table + 1:start]  # still inside the same table
-    (root / "cadences.toml").write_text(toml[:start] + toml[end + 1:])
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Each file's inode and mtime: a rewrite changes them, even with the same content."""
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
 
 
 def systemd(runner: CliRunner, root: Path, verb: str, *args: str, env: dict[str, str] | None = None):
