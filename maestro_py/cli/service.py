@@ -188,7 +188,7 @@ def service() -> None:
     """launchd agents / systemd units for the daemon and every cadence with a `schedule` (and `maestro serve`)."""
 
 
-@service.command("print")
+@service.command("print", short_help="Show the files that install would write.")
 @_options
 @_harden
 @pass_ctx
@@ -202,7 +202,7 @@ def service_print(c: Context, **opts: Any) -> None:
         click.echo(f"maestro: {note}", err=True)
 
 
-@service.command("install")
+@service.command("install", short_help="Write the files (removing stale ones of ours).")
 @_options
 @_harden
 @click.option("--now", is_flag=True, help="Also load and start them (runs launchctl/systemctl if present).")
@@ -222,7 +222,7 @@ def service_install(c: Context, now: bool, **opts: Any) -> None:
         raise CliError(f"--now: {_tool(t)} is not on PATH; run the commands above yourself")
 
 
-@service.command("sync")
+@service.command("sync", short_help="Make the installed files match cadences.toml.")
 @_options
 @_harden
 @pass_ctx
@@ -240,7 +240,7 @@ def service_sync(c: Context, **opts: Any) -> None:
         click.echo(hint)
 
 
-@service.command("uninstall")
+@service.command("uninstall", short_help="Remove every file generated for this root.")
 @_options
 @click.option("--now", is_flag=True, help="Also stop and unload them (runs launchctl/systemctl if present).")
 @pass_ctx
