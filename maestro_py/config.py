@@ -14,7 +14,7 @@ from maestro_py.policy.backoff import parse_backoff
 from maestro_py.policy.budget import Estimate, Governor, Limit
 from maestro_py.clock import MAX_COUNT, MAX_NUMBER
 from maestro_py.errors import ConfigError
-from maestro_py.paths import Layout
+from maestro_py.paths import Layout, launchd_prefix
 
 
 MAX_ENV_BYTES = 1024 * 1024
@@ -234,6 +234,8 @@ VARS: dict[str, Var] = {
             "`maestro serve`: the secret of GitHub-style `X-Hub-Signature-256` webhooks (HMAC-SHA256 of the body)."),
         Var("MAESTRO_SERVE_MAX_BODY_BYTES", "1048576", _positive_int, "`maestro serve`: the largest request body (413 past it)."),
         Var("MAESTRO_SERVE_TIMEOUT_SECONDS", "10", _positive, "`maestro serve`: time a client has to send a request's body (408 past it)."),
+        Var("MAESTRO_SERVICE_AUTOSYNC", "false", _bool, "The daemon runs `maestro service sync` when `cadences.toml` changes."),
+        Var("MAESTRO_LAUNCHD_PREFIX", "com.maestro", launchd_prefix, "Reverse-DNS prefix of launchd labels and plist names."),
         Var("MAESTRO_PREFER_SUBSCRIPTION_AUTH", "false", _bool, "Strip ANTHROPIC_API_KEY from sub-sessions (use the CLI's login)."),
         Var("CLAUDE_BIN", "PATH, then usual install places", str, "The `claude` executable."),
         Var("CLAUDE_CODE_MAX_RETRIES", "2", str, "Set in sub-sessions unless already set (the CLI's own default retries for ~3 min)."),
@@ -280,6 +282,8 @@ class Settings:
     budget_warn_at: float | None
     notify_urls: tuple[str, ...]
     notify_command: tuple[str, ...] | None
+    service_autosync: bool
+    launchd_prefix: str
 
     _SOURCES = {
         "poll_ms": "MAESTRO_POLL_MS",
@@ -316,6 +320,8 @@ class Settings:
         "budget_warn_at": "MAESTRO_BUDGET_WARN_AT",
         "notify_urls": "MAESTRO_NOTIFY_URLS",
         "notify_command": "MAESTRO_NOTIFY_COMMAND",
+        "service_autosync": "MAESTRO_SERVICE_AUTOSYNC",
+        "launchd_prefix": "MAESTRO_LAUNCHD_PREFIX",
     }
 
     def governor(self, cadence_limits: dict[str, Limit] | None = None) -> Governor:

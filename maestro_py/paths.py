@@ -26,6 +26,18 @@ def agent_name(text: str) -> str:
     return cleaned or "agent"
 
 
+# Reverse-DNS, as launchd labels are: two or more dot-separated parts of letters, digits and inner hyphens.
+_REVERSE_DNS = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+
+
+def launchd_prefix(text: str) -> str:
+    """A launchd label prefix (`MAESTRO_LAUNCHD_PREFIX`), checked; ValueError says what is expected."""
+    if not _REVERSE_DNS.fullmatch(text.strip()) or len(text.strip()) > 128:
+        raise ValueError("must be a reverse-DNS prefix such as com.example.agents (letters, digits and inner "
+                         "hyphens, two or more dot-separated parts)")
+    return text.strip()
+
+
 @dataclass(frozen=True)
 class Layout:
     """The file layout of one agent root."""
@@ -102,6 +114,11 @@ class Layout:
     def serve_keys_file(self) -> Path:
         """`maestro serve`'s idempotency keys (SQLite), kept 24 h."""
         return self.state_dir / "serve-keys.sqlite3"
+
+    @property
+    def service_file(self) -> Path:
+        """What `maestro service install|sync` last installed (manager, folder, options), for `sync` and autosync."""
+        return self.state_dir / "service.json"
 
     @property
     def ledger_file(self) -> Path:

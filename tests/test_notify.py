@@ -129,6 +129,12 @@ def test_watchdog_pings_at_half_the_interval(listener: Listener) -> None:
     assert not n.watchdog_due(115.9) and n.watchdog_due(116.0)
 
 
+def test_a_long_watchdog_is_pinged_every_30_seconds_all_the_same() -> None:
+    """A sync that shortens WatchdogSec= (down to 60 s) while the daemon runs must not get it killed."""
+    n = Notifier.from_env({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": str(1830 * 1_000_000)})
+    assert n.watchdog_interval == 30.0
+
+
 @pytest.mark.parametrize("env, armed", [
     ({"WATCHDOG_USEC": "60000000"}, True),
     ({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "4242"}, True),

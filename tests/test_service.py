@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import plistlib
 import pwd
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,19 +16,8 @@ from maestro_py import cron
 from maestro_py.ops import service as svc
 from maestro_py.paths import Layout
 from maestro_py.registry import Registry
-from tests.fakes import invoke, one_line_error, write_agent
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "examples" / "agent"
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-needs_systemd = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
-PY = sys.executable  # a real interpreter: `systemd-analyze verify` checks that ExecStart= exists
-
-
-def example_agent(root: Path, toml: str | None = None) -> Path:
-    """An agent root with the example's prompt files and registry (or `toml`)."""
-    prompts = {path.stem: path.read_text() for path in (EXAMPLE / "cadences").glob("*.md")}
-    return write_agent(root, toml if toml is not None else (EXAMPLE / "cadences.toml").read_text(), prompts).root
+from tests.fakes import invoke, one_line_error
+from tests.service_support import PY, REPO, SYSTEMD_ANALYZE, example_agent, fake_tool, needs_systemd, verify
 
 
 @pytest.fixture
@@ -52,20 +39,6 @@ def write(files: list[svc.ServiceFile], folder: Path) -> list[Path]:
     for f in files:
         (folder / f.name).write_text(f.content)
     return [folder / f.name for f in files]
-
-
-def verify(paths: list[Path], *, user: bool, tmp: Path) -> None:
-    """`systemd-analyze verify` must accept the units without a single warning."""
-    env = dict(os.environ)
-    args = [SYSTEMD_ANALYZE or "systemd-analyze", "verify", "--man=no"]
-    if user:
-        runtime = tmp / "runtime"
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        env["XDG_RUNTIME_DIR"] = str(runtime)
-        args.append("--user")
-    result = subprocess.run([*args, *map(str, paths)], capture_output=True, text=True, env=env)
-    assert result.returncode == 0 and not result.stderr.strip() and not result.stdout.strip(), (
-        result.stdout + result.stderr)
 
 
 # -- inputs -----------------------------------------------------------------------
@@ -349,18 +322,6 @@ def test_an_invalid_registry_exits_78(runner: CliRunner, tmp_path: Path) -> None
     root = example_agent(tmp_path / "agent", "[x]\nbogus = 1\n")
     result = invoke(runner, root, "service", "print", "--systemd")
     assert result.exit_code == 78 and "unknown key" in one_line_error(result)
-
-
-def fake_tool(folder: Path, name: str, log: Path, watch: Path, fail_on: str = "") -> None:
-    """A stand-in launchctl/systemctl: logs its arguments and how many unit files exist at the time."""
-    folder.mkdir(parents=True, exist_ok=True)
-    script = folder / name
-    script.write_text(f"""#!/bin/sh
-echo "$* [$(ls '{watch}' 2>/dev/null | wc -l | tr -d ' ')]" >> '{log}'
-case "$1" in {fail_on or '__never__'}) exit 3;; esac
-exit 0
-""")
-    script.chmod(0o755)
 
 
 def test_install_and_uninstall_now_run_systemctl(runner: CliRunner, agent: Path, tmp_path: Path) -> None:

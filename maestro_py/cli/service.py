@@ -1,28 +1,28 @@
-"""`maestro service print|install|uninstall`: launchd agents and systemd units for this agent root.
+"""`maestro service print|install|sync|uninstall`: launchd agents and systemd units for this agent root.
 
-launchctl/systemctl run only with `--now` (and only if they are on PATH); otherwise the commands to
-run are printed. `--dest` replaces the service manager's folder (tests, packaging, the committed
-examples), and cannot be combined with `--now`.
+`install` and `sync` write what differs, remove the files of ours that are no longer generated (stopping their
+timers/jobs first when the manager is here) and record the options in `state/service.json`; `sync` then runs the
+manager's commands itself, `install` only with `--now`. `--dest` replaces the service manager's folder (tests,
+packaging, the committed examples): no command is run for it, and it cannot be combined with `--now`.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx
-from maestro_py.config import load_env
-from maestro_py.errors import SpawnError
 from maestro_py.ops import service as svc
-from maestro_py.session.command import resolve_claude
+from maestro_py.ops import service_setup as setup
+from maestro_py.ops import service_sync as sync
+from maestro_py.registry import Registry, RegistryError
 
 
 def run_command(argv: Sequence[str]) -> int:
@@ -41,7 +41,7 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--python", "python", default=None,
                      help="Interpreter written into the files (default: this one, sys.executable)."),
         click.option("--deploy-root", type=click.Path(file_okay=False), default=None,
-                     help="Agent root written into the files (default: --root)."),
+                     help="Agent root written into the files (default: --root); nothing is recorded for sync."),
         click.option("--name", default=None,
                      help="Agent name in labels and unit names (default: the root's folder name)."),
         click.option("--watchdog-sec", type=click.IntRange(min=0), default=None,
@@ -63,101 +63,62 @@ def _options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-class Target:
-    """The resolved choice of manager, folder and files for one invocation."""
-
-    def __init__(self, c: Context, opts: dict[str, Any]) -> None:
-        if opts["launchd"] == opts["systemd"]:
-            raise CliError("give exactly one of --launchd or --systemd", EX_USAGE)
-        self.manager = svc.LAUNCHD if opts["launchd"] else svc.SYSTEMD
-        self.user = bool(opts["user"])
-        if self.manager == svc.LAUNCHD and self.user:
-            raise CliError("--user is for --systemd (launchd agents are always per-user)", EX_USAGE)
-        if opts["run_as"] and (self.manager == svc.LAUNCHD or self.user):
-            raise CliError("--run-as is only for system-wide units (--systemd without --user)", EX_USAGE)
-        self.claude_missing: str | None = None  # said once the files are out, so an error stays one line
-        self.custom_dest = opts["dest"] is not None
-        home = Path(os.path.expanduser("~"))
-        self.dest = (Path(opts["dest"]).expanduser().absolute() if self.custom_dest
-                     else svc.default_dest(self.manager, self.user, home, os.environ))
-        self.real_root = c.layout.root
-        root = Path(os.path.abspath(os.path.expanduser(opts["deploy_root"]))) if opts["deploy_root"] else c.layout.root
-        settings = c.settings()
-        registry = c.registry()
-        watchdog = opts["watchdog_sec"]
-        serve = _serve(c, opts)
-        try:
-            spec = svc.ServiceSpec(
-                root=root,
-                python=_interpreter(opts["python"]),
-                name=opts["name"] if opts["name"] is not None else svc.agent_name(root.name),
-                schedules=svc.schedules(registry),
-                zones=svc.zones(registry),
-                stop_timeout=opts["stop_timeout"] or svc.stop_timeout(settings.stop_grace, settings.kill_grace),
-                watchdog_sec=svc.watchdog_sec(registry, settings.spawn_timeout) if watchdog is None else watchdog,
-                user=self.user,
-                run_as=None if self.manager == svc.LAUNCHD or self.user else opts["run_as"] or _owner(c.layout.root),
-                claude=self._claude(c, opts["claude"]),
-                # A CLAUDE_BIN in the unit would silently win over one in .env: there, .env stays in charge.
-                claude_bin=not load_env(c.layout, base={}).get("CLAUDE_BIN"),
-                serve=serve,
-            )
-            self.spec = spec
-            self.files = svc.generate(spec, self.manager)
-        except svc.ServiceError as exc:
-            raise CliError(str(exc), EX_USAGE) from None
-
-    def _claude(self, c: Context, given: str | None) -> str | None:
-        """The claude the service will run: `--claude`, else the one the daemon would find now (None if there is
-        none: the daemon then holds every spawn with a `claude_missing` event until it appears)."""
-        if given is not None:
-            return os.path.abspath(os.path.expanduser(given))
-        try:
-            return os.path.abspath(resolve_claude(c.env))
-        except SpawnError as exc:
-            self.claude_missing = (f"warning: {exc}; the service will not find it either (install it and run this "
-                                   "again, or pass --claude PATH)")
-            return None
-
-    @property
-    def tool(self) -> str:
-        """launchctl or systemctl."""
-        return "launchctl" if self.manager == svc.LAUNCHD else "systemctl"
+_harden = click.option("--harden", is_flag=True,
+                       help="systemd: sandbox the units (read-only system and home but the root and the CLI's "
+                            "config folder, private /tmp, no privilege gain, memory and task caps).")
 
 
-def _serve(c: Context, opts: dict[str, Any]) -> tuple[str, int] | None:
-    """(host, port) of the `maestro serve` unit, or None; off loopback only when the root sets a token."""
-    if not opts["serve"]:
-        if opts["serve_host"] is not None or opts["serve_port"] is not None:
+def _given(opts: dict[str, Any]) -> dict[str, Any]:
+    """The options typed on the command line (not their defaults)."""
+    ctx = click.get_current_context()
+    return {k: v for k, v in opts.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+
+
+def _from_command_line(c: Context, opts: dict[str, Any], *, fallback: bool) -> setup.Options:
+    """The options of this invocation; with `fallback` and no --launchd/--systemd, the recorded ones with any option
+    given now on top."""
+    given = _given(opts)
+    base = setup.recorded(c.layout) if fallback and not (opts["launchd"] or opts["systemd"]) else None
+    if base is None and opts["launchd"] == opts["systemd"]:
+        raise CliError("give exactly one of --launchd or --systemd" + (
+            " (nothing is recorded for this root: install first)" if fallback else ""), EX_USAGE)
+    if opts["serve_host"] is not None or opts["serve_port"] is not None:
+        if not opts["serve"] and not (base and base.serve):
             raise CliError("--serve-host and --serve-port go with --serve", EX_USAGE)
-        return None
-    from maestro_py.serve.options import DEFAULT_HOST, DEFAULT_PORT, is_loopback  # no web stack: just the rule
+    from maestro_py.serve.options import DEFAULT_HOST, DEFAULT_PORT
 
-    host = opts["serve_host"] or DEFAULT_HOST
-    if not is_loopback(host) and not c.env.get("MAESTRO_SERVE_TOKEN", "").strip():
-        raise CliError(f"--serve-host {host} is not a loopback address: set MAESTRO_SERVE_TOKEN in the root's .env "
-                       "first (the server would refuse to start without it)", EX_USAGE)
-    return host, opts["serve_port"] or DEFAULT_PORT
-
-
-def _interpreter(given: str | None) -> str:
-    if given is None:
-        return sys.executable
-    if os.sep not in given:
-        raise CliError(f"--python needs a path to the interpreter, got {given!r}", EX_USAGE)
-    return os.path.abspath(os.path.expanduser(given))  # abspath, not resolve: a venv's python is a symlink
+    old = base.serve if base and base.serve else (DEFAULT_HOST, DEFAULT_PORT)
+    serve = (opts["serve_host"] or old[0], opts["serve_port"] or old[1])
+    fields = {"user": opts["user"], "dest": opts["dest"], "python": opts["python"], "name": opts["name"],
+              "watchdog_sec": opts["watchdog_sec"], "stop_timeout": opts["stop_timeout"], "run_as": opts["run_as"],
+              "claude": opts["claude"], "harden": opts.get("harden", False),
+              "serve": serve if opts["serve"] or (base and base.serve) else None}
+    if opts["dest"] is not None:
+        fields["dest"] = str(Path(opts["dest"]).expanduser().absolute())
+    if base is None:
+        return setup.Options(manager=svc.LAUNCHD if opts["launchd"] else svc.SYSTEMD, **fields)
+    names = {"serve_host": "serve", "serve_port": "serve"}
+    return setup.merged(base, **{k: fields[names.get(k, k)] for k in given if names.get(k, k) in fields})
 
 
-def _owner(root: Path) -> str:
-    """Who system-wide units run as: the root's owner (not root because `sudo` installed them)."""
+def _target(c: Context, opts: dict[str, Any], *, fallback: bool = False, registry: Registry | None = None,
+            ) -> setup.Target:
+    options = _from_command_line(c, opts, fallback=fallback)
+    deploy = opts["deploy_root"]
     try:
-        uid = root.stat().st_uid
-    except OSError:
-        uid = os.getuid()
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+        return setup.build(c.layout, options, settings=c.settings(), registry=registry or c.registry(), env=c.env,
+                           deploy_root=Path(os.path.abspath(os.path.expanduser(deploy))) if deploy else None)
+    except svc.ServiceError as exc:
+        raise CliError(str(exc), EX_USAGE) from None
+
+
+def _tool(t: setup.Target) -> str:
+    return "launchctl" if t.options.manager == svc.LAUNCHD else "systemctl"
+
+
+def _manager_here(t: setup.Target) -> bool:
+    """Whether launchctl/systemctl is to be run: the files are in its own folder and it is on PATH."""
+    return not t.custom_dest and shutil.which(_tool(t)) is not None
 
 
 def _run_all(commands: Sequence[svc.Command], *, strict: bool) -> None:
@@ -170,14 +131,56 @@ def _run_all(commands: Sequence[svc.Command], *, strict: bool) -> None:
             click.echo(f"maestro: warning: `{command.shell()}` exited {code}", err=True)
 
 
-def _now_allowed(t: Target, now: bool) -> bool:
+def _print_commands(title: str, commands: Sequence[svc.Command]) -> None:
+    if commands:
+        click.echo(title)
+        for command in commands:
+            click.echo(f"  {command.shell()}")
+
+
+def _now_allowed(t: setup.Target, now: bool) -> bool:
     """Whether to run the manager's tool; refuses --now with --dest, and without the tool on PATH."""
     if not now:
         return False
     if t.custom_dest:
         raise CliError("--now cannot be combined with --dest (the service manager does not read that folder)",
                        EX_USAGE)
-    return shutil.which(t.tool) is not None
+    return shutil.which(_tool(t)) is not None
+
+
+def _sync_files(c: Context, t: setup.Target, deployed: bool) -> sync.Plan:
+    """Plan and apply: stale timers stopped (when the manager is here), files written and removed, lines printed,
+    the options recorded. Returns the plan."""
+    try:
+        plan = sync.plan(t.options.manager, t.options.user, t.files, t.dest, t.spec.name, t.spec.root)
+    except svc.ServiceError as exc:
+        raise CliError(str(exc)) from None
+    stops = sync.stop_stale(plan, os.getuid())
+    if stops and _manager_here(t):
+        _run_all(stops, strict=False)  # a timer that is not loaded is no reason to keep its file
+    try:
+        sync.apply(plan)
+    except OSError as exc:
+        system = t.options.manager == svc.SYSTEMD and not t.options.user
+        raise CliError(f"cannot write {t.dest}: {exc.strerror or exc}"
+                       + (" (system units need root; or use --user)" if system else "")) from None
+    for verb, files in (("added", plan.added), ("changed", plan.changed), ("removed", plan.stale)):
+        for f in files:
+            click.echo(f"{verb} {t.dest / f.name}")
+    if plan.up_to_date:
+        click.echo(f"up to date: {len(plan.unchanged)} file(s) in {t.dest}")
+    if stops and not _manager_here(t):
+        _print_commands(f"to stop what was removed ({_tool(t)} is not run here):", stops)
+    if not deployed:
+        try:
+            setup.record(c.layout, t.options)
+        except OSError as exc:
+            raise CliError(f"cannot record the options in {c.layout.service_file}: {exc.strerror or exc}") from None
+    if t.options.manager == svc.LAUNCHD and t.spec.root == c.layout.root and c.layout.root.is_dir():
+        (c.layout.root / "logs").mkdir(exist_ok=True)  # launchd opens its log files but never creates folders
+    for note in t.notes:
+        click.echo(note)
+    return plan
 
 
 @click.group()
@@ -185,73 +188,95 @@ def service() -> None:
     """launchd agents / systemd units for the daemon and every cadence with a `schedule` (and `maestro serve`)."""
 
 
-@service.command("print")
+@service.command("print", short_help="Show the files that install would write.")
 @_options
+@_harden
 @pass_ctx
 def service_print(c: Context, **opts: Any) -> None:
     """Write the files to stdout, each after a `# ==> PATH <==` header line."""
-    t = Target(c, opts)
+    t = _target(c, opts)
     for i, f in enumerate(t.files):
         click.echo(("\n" if i else "") + f"# ==> {t.dest / f.name} <==")
         click.echo(f.content, nl=False)
-    if t.claude_missing:
-        click.echo(f"maestro: {t.claude_missing}", err=True)
+    for note in t.notes:
+        click.echo(f"maestro: {note}", err=True)
 
 
-@service.command("install")
+@service.command("install", short_help="Write the files (removing stale ones of ours).")
 @_options
+@_harden
 @click.option("--now", is_flag=True, help="Also load and start them (runs launchctl/systemctl if present).")
 @pass_ctx
 def service_install(c: Context, now: bool, **opts: Any) -> None:
-    """Write the files into the service manager's folder and print (or, with --now, run) the commands to start them."""
-    t = Target(c, opts)
+    """Write the files into the service manager's folder (removing ours it no longer needs); print the commands that
+    start them, or run them with --now."""
+    t = _target(c, opts)
     run = _now_allowed(t, now)
-    try:
-        written = svc.install(t.files, t.dest)
-    except OSError as exc:
-        hint = " (system units need root; or use --user)" if t.manager == svc.SYSTEMD and not t.user else ""
-        raise CliError(f"cannot write {t.dest}: {exc.strerror or exc}{hint}") from None
-    for path in written:
-        click.echo(f"wrote {path}")
-    if t.claude_missing:
-        click.echo(t.claude_missing)
-    if t.manager == svc.LAUNCHD and t.spec.root == t.real_root and t.real_root.is_dir():
-        (t.real_root / "logs").mkdir(exist_ok=True)  # launchd opens its log files but never creates folders
-    commands = svc.activate(t.manager, t.user, t.files, t.dest, os.getuid())
+    _sync_files(c, t, deployed=opts["deploy_root"] is not None)
+    commands = sync.activate(t.options.manager, t.options.user, t.files, t.dest, os.getuid())
     if run:
         _run_all(commands, strict=True)
         return
-    click.echo("to load and start them:")
-    for command in commands:
-        click.echo(f"  {command.shell()}")
+    _print_commands("to load and start them:", commands)
     if now:
-        raise CliError(f"--now: {t.tool} is not on PATH; run the commands above yourself")
+        raise CliError(f"--now: {_tool(t)} is not on PATH; run the commands above yourself")
 
 
-@service.command("uninstall")
+@service.command("sync", short_help="Make the installed files match cadences.toml.")
+@_options
+@_harden
+@pass_ctx
+def service_sync(c: Context, **opts: Any) -> None:
+    """Bring the installed files in line with cadences.toml and the settings (options: those of the last install,
+    with any given here on top; --launchd/--systemd: only those given here) and load what changed."""
+    t = _target(c, opts, fallback=True)
+    plan = _sync_files(c, t, deployed=opts["deploy_root"] is not None)
+    commands, hints = sync.follow_up(plan, os.getuid())
+    if _manager_here(t):
+        _run_all(commands, strict=True)
+    else:
+        _print_commands(f"to load the changes ({_tool(t)} is not run here):", commands)
+    for hint in hints:
+        click.echo(hint)
+
+
+@service.command("uninstall", short_help="Remove every file generated for this root.")
 @_options
 @click.option("--now", is_flag=True, help="Also stop and unload them (runs launchctl/systemctl if present).")
 @pass_ctx
 def service_uninstall(c: Context, now: bool, **opts: Any) -> None:
-    """Remove exactly the files `install` would write, and print (or, with --now, run) the commands to stop them."""
-    t = Target(c, opts)
+    """Remove every file generated for this root (also those of cadences that lost their schedule), and print (or,
+    with --now, run) the commands that stop them; files without our header are left alone."""
+    try:
+        registry = Registry.load(c.layout)
+    except RegistryError:  # a broken cadences.toml must not keep the services: ours are found by their header
+        registry = Registry(c.layout, c.layout.registry_file, {}, {})
+    t = _target(c, opts, fallback=True, registry=registry)
     run = _now_allowed(t, now)
-    before, after = svc.deactivate(t.manager, t.user, t.files, os.getuid())
+    ours = sync.installed(t.options.manager, t.dest, t.spec.name, t.spec.root)
+    names, wanted = {f.name for f in ours}, {f.name for f in t.files}
+    stopping = [*t.files, *(f for f in ours if f.name not in wanted)]  # also units not (or no longer) generated
+    before, after = sync.deactivate(t.options.manager, t.options.user, stopping, os.getuid())
     if run:
         _run_all(before, strict=False)  # a unit that is not loaded is no reason to keep its file
     try:
-        removed, absent = svc.uninstall(t.files, t.dest)
+        removed = sync.remove(ours, t.dest)
     except OSError as exc:
         raise CliError(f"cannot remove files from {t.dest}: {exc.strerror or exc}") from None
     for path in removed:
         click.echo(f"removed {path}")
-    for path in absent:
-        click.echo(f"not installed: {path}")
+    for f in t.files:
+        if f.name not in names:
+            path = t.dest / f.name
+            click.echo(f"left alone (not generated by maestro for this root): {path}" if path.exists()
+                       else f"not installed: {path}")
+    rec = setup.recorded(c.layout)
+    if rec is not None and (rec.manager, rec.user, rec.dest) == (t.options.manager, t.options.user, t.options.dest):
+        setup.forget(c.layout)
     if run:
         _run_all(after, strict=True)
         return
-    click.echo("to stop and unload them:")
-    for command in [*before, *after]:
-        click.echo(f"  {command.shell()}")
+    _print_commands("to stop and unload them:", [*before, *after])
     if now:
-        raise CliError(f"--now: {t.tool} is not on PATH; run the commands above yourself")
+        raise CliError(f"--now: {_tool(t)} is not on PATH; run the commands above yourself")
+

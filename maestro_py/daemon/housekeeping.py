@@ -34,7 +34,8 @@ class Housekeeping:
     def __init__(self, *, layout: Layout, settings: Settings, env: dict[str, str], registry: Registry, bus: Bus,
                  guardrails: Guardrails, budget: Governor, live: LiveRuns, redactor: Redactor, events: EventLog,
                  counters: Counter[str], clock: Clock,
-                 on_settings: Callable[[Settings], None] = lambda settings: None) -> None:
+                 on_settings: Callable[[Settings], None] = lambda settings: None,
+                 on_registry: Callable[[Registry], None] = lambda registry: None) -> None:
         self.layout = layout
         self.settings = settings
         self.env = env
@@ -48,6 +49,7 @@ class Housekeeping:
         self.counters = counters
         self.clock = clock
         self.on_settings = on_settings  # the daemon applies settings changed in `.env` (daemon/reconfigure.py)
+        self.on_registry = on_registry  # and syncs the services to a new registry (daemon/autosync.py)
         self._registry_version = _version(layout.registry_file)
         self._cadences_version = _version(layout.cadences_dir)
         self._emptied_at: float | None = None  # when cadences.toml lost every cadence (not applied yet)
@@ -120,6 +122,7 @@ class Housekeeping:
             self.events.emit("registry_reloaded")
         else:
             self.events.emit("registry_reloaded", level="warn", empty=True)
+        self.on_registry(registry)
 
     def _reload_env(self) -> None:
         """A changed `.env` (a new key, say) is picked up without a restart and lifts the auth halt; so does a

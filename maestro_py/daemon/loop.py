@@ -24,6 +24,7 @@ from maestro_py.bus.store import Bus
 from maestro_py.clock import Clock, SystemClock
 from maestro_py.config import Settings, unknown_settings
 from maestro_py.daemon.alerts import alerts_for
+from maestro_py.daemon.autosync import AutoSync
 from maestro_py.daemon.dispatch import Dispatcher
 from maestro_py.daemon.housekeeping import Housekeeping
 from maestro_py.daemon.live import LiveRuns
@@ -93,10 +94,14 @@ class Daemon:
         self.settler = Settler(bus=self.bus, guardrails=self.guardrails, budget=self.budget, ledger=self.ledger,
                                live=self.live, events=self.events, counters=self.counters, clock=clock,
                                warn_at=settings.budget_warn_at)
+        # MAESTRO_SERVICE_AUTOSYNC: the installed timers follow a reloaded registry (a thread of its own).
+        self.autosync = AutoSync(self.layout, self.events, settings=lambda: self.settings,
+                                 env=lambda: self.housekeeping.env)
         self.housekeeping = Housekeeping(
             layout=self.layout, settings=settings, env=self.env, registry=registry, bus=self.bus,
             guardrails=self.guardrails, budget=self.budget, live=self.live, redactor=self.redactor,
-            events=self.events, counters=self.counters, clock=clock, on_settings=self._settings_changed)
+            events=self.events, counters=self.counters, clock=clock, on_settings=self._settings_changed,
+            on_registry=self.autosync.registry_changed)
         self.restart_required: list[str] = []  # settings changed in .env that only a restart applies
         self.dispatcher = Dispatcher(
             layout=self.layout, settings=settings, bus=self.bus, guardrails=self.guardrails, live=self.live,
@@ -171,6 +176,8 @@ class Daemon:
                 self.notifier.close()
                 if self.fleet is not None:
                     self.fleet.close()
+                self.autosync.wait(5.0)  # a sync under way: its files are written atomically, so never wait long
+                self.autosync.poll(start=False)
                 self.events.emit("daemon_stopped", pid=os.getpid(), counters=dict(self.counters))
                 if self.alerts is not None:
                     self.alerts.close()  # sends what is pending, bounded
@@ -184,6 +191,7 @@ class Daemon:
         self.notifier.keepalive(now_mono)
         progressed = self.settler.settle_finished()
         self.housekeeping.run(now_mono)
+        self.autosync.poll()
         self._handle_stopping(now_mono)
         self._discover(now_mono)
         if not self.stopping:

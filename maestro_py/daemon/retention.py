@@ -5,6 +5,8 @@
   Never removed: protected paths (the live sub-sessions' logs) and anything modified in the last 60 s.
 - Daily event logs of earlier months are concatenated into `bus-YYYY-MM.jsonl`, then removed.
 - Ledger rows of earlier months move to `state/cost-ledger-YYYY-MM.jsonl`.
+- launchd's stdout/stderr files (`logs/launchd-*.log`) past 10 MiB are copied to `.1` and emptied
+  (launchd_logs.py: launchd cannot rotate them).
 
 Months are local time, like the daily event log names. Both rotations are safe to repeat after a crash:
 an archive that already ends with exactly the chunk being moved is not written again. The ledger is
@@ -27,6 +29,7 @@ from typing import Any
 
 from maestro_py.clock import parse_iso
 from maestro_py.bus.fsio import atomic_write, fsync_dir, scan_dir, unlink_missing_ok
+from maestro_py.daemon import launchd_logs
 from maestro_py.paths import Folder, Layout
 
 PRUNE_EVERY_SECONDS = 3600.0   # how often the daemon prunes
@@ -53,7 +56,7 @@ class Removal:
 class Rotation:
     """One month of event logs or ledger rows moved into its monthly archive."""
 
-    kind: str  # "events" | "ledger"
+    kind: str  # "events" | "ledger" | "launchd"
     month: str  # YYYY-MM
     archive: Path
     sources: tuple[Path, ...]
@@ -103,7 +106,8 @@ class PruneReport:
         verb = "would remove" if self.dry_run else "removed"
         out = [f"{verb} {_rel(r.path, root)} ({_size(r.size)}, {r.reason})" for r in self.removed]
         for rot in self.rotations:
-            what = f"{len(rot.sources)} daily log(s)" if rot.kind == "events" else "ledger rows"
+            what = (f"{len(rot.sources)} daily log(s)" if rot.kind == "events" else "ledger rows" if rot.kind == "ledger"
+                    else _rel(rot.sources[0], root))
             out.append(f"{'would rotate' if self.dry_run else 'rotated'} {rot.kind} {rot.month}: {what}, "
                        f"{rot.lines} line(s) -> {_rel(rot.archive, root)}")
         out += [f"error: {e}" for e in self.errors]
@@ -130,7 +134,7 @@ def prune(layout: Layout, *, now: datetime, retention_days: float, max_mb: float
     """Rotate last months' event logs and ledger rows, then prune done ticks and per-run logs."""
     report = PruneReport(dry_run=dry_run, limit_bytes=int(max_mb * MIB))
     month = f"{now.astimezone():%Y-%m}"
-    for step in (_rotate_events, _rotate_ledger):
+    for step in (_rotate_events, _rotate_ledger, _rotate_launchd):
         try:
             step(layout, month, now, report)
         except OSError as exc:
@@ -295,6 +299,12 @@ def _drop_leftover(path: Path, now: datetime, report: PruneReport) -> None:
         if not report.dry_run:
             unlink_missing_ok(path)
         report.removed.append(Removal(path, st.st_size, "tmp"))
+
+
+def _rotate_launchd(layout: Layout, month: str, now: datetime, report: PruneReport) -> None:
+    for path, _ in launchd_logs.oversized(layout.logs_dir):
+        lines = launchd_logs.count_lines(path) if report.dry_run else launchd_logs.rotate(path)
+        report.rotations.append(Rotation("launchd", month, path.with_name(path.name + ".1"), (path,), lines))
 
 
 # -- ledger rotation ----------------------------------------------------------------------------

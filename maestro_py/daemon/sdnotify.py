@@ -1,8 +1,8 @@
 """The systemd notify protocol (sd_notify) over `$NOTIFY_SOCKET`, with the stdlib only.
 
 A `Type=notify` service tells systemd READY=1 once it serves, WATCHDOG=1 at least every `WatchdogSec`
-(we ping at half the interval, as sd_watchdog_enabled(3) advises), STOPPING=1 when it starts to drain,
-and STATUS=… for `systemctl status`. Without NOTIFY_SOCKET every call is a no-op, so the daemon calls
+(we ping at half the interval, as sd_watchdog_enabled(3) advises, and at least every 30 s), STOPPING=1 when
+it starts to drain, and STATUS=… for `systemctl status`. Without NOTIFY_SOCKET every call is a no-op, so the daemon calls
 it unconditionally. A failed send is never fatal: the protocol is advisory, and a daemon that died
 because systemd restarted its socket would be worse than one that missed a ping.
 """
@@ -15,6 +15,10 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping
 
 NOTIFY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+# `maestro service sync` may shorten WatchdogSec= while the daemon runs (it follows the inline timeouts), and some
+# systemd versions apply a reloaded WatchdogSec= at once: pinging at least this often (the shortest generated
+# WatchdogSec= is 60 s) keeps such a reload from killing a healthy daemon. One datagram: cheap.
+MAX_PING_INTERVAL = 30.0
 
 
 class Notifier:
@@ -27,7 +31,8 @@ class Notifier:
     def __init__(self, address: str | None, watchdog_usec: int | None = None, *,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.address = address
-        self.watchdog_interval: float | None = watchdog_usec / 2_000_000 if watchdog_usec else None
+        self.watchdog_interval: float | None = (min(watchdog_usec / 2_000_000, MAX_PING_INTERVAL) if watchdog_usec
+                                                else None)
         self.problem: str | None = None  # why the last send failed, for a status line or an event
         self._monotonic = monotonic
         self._last_ping: float | None = None
