@@ -24,8 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from maestro_py.bus.fsio import fsync_dir, sync_files  # noqa: E402 - the same primitives the bus uses
+from maestro_py.daemon.dispatch import INLINE_BATCH  # noqa: E402
 
-GROUP = 64  # maestro_py.daemon.loop.INLINE_BATCH
+GROUP = INLINE_BATCH  # the daemon's group commit: one sync per this many inline ticks
 
 
 def _copy(data: bytes, tmp_dir: str, target: str, *, durable: bool) -> None:

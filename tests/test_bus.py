@@ -171,11 +171,12 @@ def test_group_commit_renames_at_once_and_writes_the_done_events_after_one_sync(
     with bus.group_commit():
         for _ in ticks:
             bus.complete(claim_next(bus, index), "ok")
-        # Appended and renamed, not yet synced: no copy is left behind, and no `done` event is out.
+        # Appended and renamed, not yet synced: no copy is left behind, and no event of the block is out.
         assert tick_ids(layout, Folder.DONE) == sorted(t.id for t in ticks)
         assert names(layout, Folder.CLAIMED) == [] and syncs == []
-        assert [e for e in events(layout) if e["stage"] == "done"] == []
+        assert [e for e in events(layout) if e["stage"] in ("claimed", "done")] == []
     assert syncs == [1]
+    assert [e["stage"] for e in events(layout)][-6:] == ["claimed"] * 3 + ["done"] * 3  # one write, after the sync
     assert [e["id"] for e in events(layout) if e["stage"] == "done"] == [t.id for t in ticks]
     assert read_json(layout.folder(Folder.DONE) / f"{ticks[0].id}.json")["history"][-1]["outcome"] == "ok"
     # Rename-only: each tick is still the file (the inode) it was enqueued as; nothing was written under tmp/.

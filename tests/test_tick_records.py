@@ -159,3 +159,36 @@ def test_a_single_object_file_of_an_older_version_still_moves(bus: Bus, layout: 
     bus.complete(claim_one(bus), "ok")
     done = read_json(layout.folder(Folder.DONE) / path.name)
     assert done["attempts"] == 1 and [h["outcome"] for h in done["history"]] == ["enqueued", "ok"]
+
+
+def test_a_claimed_file_torn_at_every_byte_of_its_settling_record_is_never_lost(tmp_path: Path, clock) -> None:
+    """A power cut mid-append, at each byte offset of the record a dead owner was appending: the reaper either
+    finishes the move (the record is whole) or runs the tick again (it is not), and the tick ends in done/
+    with a history that reads back, no torn bytes left inside the file."""
+    layout = Layout(tmp_path / "seed")
+    layout.root.mkdir()
+    layout.ensure()
+    ghost_bus = Bus(layout, clock=clock, owner=GHOST)
+    tick = ghost_bus.enqueue("a", payload={"text": "ünïcode ✓"})
+    claim = claim_one(ghost_bus)
+    base = claim.path.read_bytes()
+    record = encode_record("done", {"attempt": 1, "at": "2026-11-23T12:00:00.000Z", "outcome": "ok",
+                                    "reason": "ünïcode ✓"})
+    for cut in range(len(record) + 1):
+        lay = Layout(tmp_path / f"cut{cut}")
+        lay.root.mkdir()
+        lay.ensure()
+        held = lay.folder(Folder.CLAIMED) / claim.path.name
+        held.write_bytes(base + record[:cut])
+        bus = Bus(lay, clock=clock)
+        bus.reap_stale()
+        if cut == len(record):
+            assert tick_ids(lay, Folder.DONE) == [tick.id], cut  # the whole record: its move is finished
+        else:
+            assert tick_ids(lay, Folder.INBOX) == [tick.id], cut  # run again
+            bus.complete(claim_one(bus), "ok")
+        done = lay.folder(Folder.DONE) / tick.filename
+        history = read_json(done)["history"]
+        assert history[0]["outcome"] == "enqueued" and history[-1]["outcome"] == "ok", cut
+        assert all(line.startswith(b"{") and line.endswith(b"}") for line in done.read_bytes().splitlines()), cut
+        assert names(lay, Folder.CLAIMED) == [] and names(lay, Folder.TMP) == []

@@ -174,13 +174,17 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
             return
         self._group = []
         try:
-            yield
+            with self.events.batched():  # the block's events reach the log in one write, after the sync
+                try:
+                    yield
+                finally:
+                    group, self._group = self._group, None
+                    if group:
+                        sync_files([], [self.done])
+                        for event in group:
+                            self.events.emit("done", **event)
         finally:
-            group, self._group = self._group, None
-            if group:
-                sync_files([], [self.done])
-                for event in group:
-                    self.events.emit("done", **event)
+            self._group = None
 
     def fail(self, claim: Claim, reason: str, *, max_attempts: int, retry_at: datetime | None = None,
              permanent: bool = False, outcome: str = "failed", **details: Any) -> str:
