@@ -6,6 +6,7 @@ import enum
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 
@@ -67,15 +68,15 @@ class Layout:
                               f"run `maestro --root {self.root} init` to make it one")
 
     # -- configuration ----------------------------------------------------
-    @property
+    @cached_property
     def env_file(self) -> Path:
         return self.root / ".env"
 
-    @property
+    @cached_property
     def registry_file(self) -> Path:
         return self.root / "cadences.toml"
 
-    @property
+    @cached_property
     def cadences_dir(self) -> Path:
         return self.root / "cadences"
 
@@ -83,70 +84,74 @@ class Layout:
         return self.cadences_dir / f"{cadence}.md"
 
     # -- state ------------------------------------------------------------
-    @property
+    @cached_property
     def state_dir(self) -> Path:
         return self.root / "state"
 
-    @property
+    @cached_property
     def bus_dir(self) -> Path:
         return self.state_dir / "cadence-bus"
 
     def folder(self, which: Folder) -> Path:
-        return self.bus_dir / which.value
+        return self._folders[which]
 
-    @property
+    @cached_property
+    def _folders(self) -> dict[Folder, Path]:
+        return {which: self.bus_dir / which.value for which in Folder}
+
+    @cached_property
     def circuit_file(self) -> Path:
         return self.bus_dir / "circuit-open.json"
 
-    @property
+    @cached_property
     def consumer_file(self) -> Path:
         return self.bus_dir / "consumer.json"
 
-    @property
+    @cached_property
     def stop_file(self) -> Path:
         return self.bus_dir / "STOP"
 
-    @property
+    @cached_property
     def lock_file(self) -> Path:
         return self.bus_dir / "daemon.lock"
 
-    @property
+    @cached_property
     def serve_keys_file(self) -> Path:
         """`maestro serve`'s idempotency keys (SQLite), kept 24 h."""
         return self.state_dir / "serve-keys.sqlite3"
 
-    @property
+    @cached_property
     def service_file(self) -> Path:
         """What `maestro service install|sync` last installed (manager, folder, options), for `sync` and autosync."""
         return self.state_dir / "service.json"
 
-    @property
+    @cached_property
     def ledger_file(self) -> Path:
         return self.state_dir / "cost-ledger.jsonl"
 
-    @property
+    @cached_property
     def metrics_file(self) -> Path:
         """Prometheus metrics for node_exporter's textfile collector (`--collector.textfile.directory=<root>/state`)."""
         return self.state_dir / "metrics.prom"
 
-    @property
+    @cached_property
     def fleet_outbox_file(self) -> Path:
         """Settles and releases the governor store has not taken yet (pushed when it is back)."""
         return self.state_dir / "fleet-outbox.jsonl"
 
     # -- logs -------------------------------------------------------------
-    @property
+    @cached_property
     def logs_dir(self) -> Path:
         return self.root / "logs"
 
-    @property
+    @cached_property
     def events_dir(self) -> Path:
         return self.logs_dir / "cadence-bus"
 
     def event_log(self, day: datetime) -> Path:
         return self.events_dir / f"bus-{day:%Y-%m-%d}.jsonl"
 
-    @property
+    @cached_property
     def subsessions_dir(self) -> Path:
         return self.events_dir / "subsessions"
 

@@ -33,7 +33,8 @@ _seq = itertools.count()
 
 def new_id(now: datetime) -> str:
     """An id that sorts by enqueue time and is unique across processes (time, pid, sequence, random)."""
-    stamp = now.strftime("%Y%m%dT%H%M%S%f")
+    n = now
+    stamp = f"{n.year:04d}{n.month:02d}{n.day:02d}T{n.hour:02d}{n.minute:02d}{n.second:02d}{n.microsecond:06d}"
     return f"{stamp}Z-{os.getpid():07d}-{next(_seq) % 10000:04d}{secrets.token_hex(2)}"
 
 
@@ -91,8 +92,11 @@ class Tick:
             id=new_id(now), cadence=cadence, source=source, enqueued_at=iso(now),
             payload=payload or {}, not_before=iso(not_before) if not_before else None,
         )
-        tick.validate()
-        size = tick.base_size()
+        tick.validate(check_encoding=False)
+        try:  # one encoding checks both: UTF-8 (a lone surrogate fails) and the size
+            size = tick.base_size()
+        except UnicodeEncodeError:
+            raise TickInvalid("contains an unpaired UTF-16 surrogate (\\ud800-\\udfff): not UTF-8") from None
         if size > MAX_BASE_BYTES:
             raise TickInvalid(f"tick is too large ({size} bytes; at most {MAX_BASE_BYTES}, room kept for its history)")
         return tick

@@ -25,7 +25,7 @@ from maestro_py.registry import Cadence, Registry
 from maestro_py.session import command
 from maestro_py.session.runner import Spawner
 
-INLINE_BATCH = 64  # inline ticks per step before the loop looks at its other duties again
+INLINE_BATCH = 256  # inline ticks per step (and per group commit: one sync) before the loop looks at its other duties again
 INLINE_WINDOW = 0.05  # seconds of inline work per step: a slow handler's batch commits early
 
 

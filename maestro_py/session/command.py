@@ -3,6 +3,8 @@ and the fingerprint of its credentials."""
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import os
@@ -208,10 +210,13 @@ def credential_source(env: Mapping[str, str]) -> str:
 
 def login_file(env: Mapping[str, str]) -> Path:
     """Where the CLI keeps an interactive login: `$CLAUDE_CONFIG_DIR/.credentials.json`, else `~/.claude/`'s."""
-    folder = env.get("CLAUDE_CONFIG_DIR", "").strip()
+    return _login_file(env.get("CLAUDE_CONFIG_DIR", "").strip(), env.get("HOME", "").strip())
+
+
+@functools.lru_cache(maxsize=8)
+def _login_file(folder: str, home: str) -> Path:  # the daemon looks at it every step
     if folder:
         return Path(folder).expanduser() / ".credentials.json"
-    home = env.get("HOME", "").strip()
     return (Path(home) if home else Path.home()) / ".claude" / ".credentials.json"
 
 
