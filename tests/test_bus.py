@@ -382,3 +382,17 @@ def test_a_delivery_that_fails_after_its_enqueued_event_says_so(bus: Bus, layout
     stages = [e["stage"] for e in events(layout)]
     assert stages[-2:] == ["enqueued", "enqueue_failed"] and names(layout, Folder.INBOX) == []
     assert names(layout, Folder.TMP) == []
+
+
+def test_batched_events_across_midnight_go_to_each_day_s_file(layout: Layout, clock) -> None:
+    log = EventLog(layout, clock=clock)
+    local = clock.now().astimezone()
+    midnight = (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    clock.advance((midnight - local).total_seconds() - 0.5)
+    with log.batched():
+        log.emit("one")
+        assert list(layout.events_dir.glob("bus-*.jsonl")) == []  # held until the block ends
+        clock.advance(1)
+        log.emit("two")
+    files = sorted(layout.events_dir.glob("bus-*.jsonl"))
+    assert [[json.loads(line)["stage"] for line in f.read_text().splitlines()] for f in files] == [["one"], ["two"]]

@@ -54,9 +54,11 @@ class EventLog:
     def _write_held(self, held: list[tuple[Path, bytes]]) -> None:
         while held:
             path = held[0][0]
-            lines = [line for p, line in held if p == path]
+            if all(p is path for p, _ in held):  # (`_path` returns the same object all day)
+                self._write(path, b"".join(line for _, line in held))
+                return
+            self._write(path, b"".join(line for p, line in held if p == path))
             held = [(p, line) for p, line in held if p != path]  # a batch across midnight: two files
-            self._write(path, b"".join(lines))
 
     def _write(self, path: Path, data: bytes) -> None:
         try:
