@@ -396,3 +396,14 @@ def test_batched_events_across_midnight_go_to_each_day_s_file(layout: Layout, cl
         log.emit("two")
     files = sorted(layout.events_dir.glob("bus-*.jsonl"))
     assert [[json.loads(line)["stage"] for line in f.read_text().splitlines()] for f in files] == [["one"], ["two"]]
+
+
+def test_a_flush_inside_a_batch_writes_what_is_held_and_keeps_batching(layout: Layout, clock) -> None:
+    log = EventLog(layout, clock=clock)
+    with log.batched():
+        log.emit("claimed")
+        log.flush()  # before a handler that may block
+        assert [e["stage"] for e in events(layout)] == ["claimed"]
+        log.emit("done")
+        assert [e["stage"] for e in events(layout)] == ["claimed"]
+    assert [e["stage"] for e in events(layout)] == ["claimed", "done"]

@@ -51,6 +51,12 @@ class EventLog:
             held, self._held = self._held, None
             self._write_held(held)
 
+    def flush(self) -> None:
+        """Write what a `batched()` block holds now (before something that may block: a handler, a guard)."""
+        if self._held:
+            held, self._held = self._held, []
+            self._write_held(held)
+
     def _write_held(self, held: list[tuple[Path, bytes]]) -> None:
         while held:
             path = held[0][0]

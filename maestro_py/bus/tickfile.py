@@ -195,9 +195,11 @@ def read_tick_file(path: Path | str, stem: str) -> tuple[Tick, os.stat_result]:
             raise TickInvalid("is not a regular file")
         if st.st_size > MAX_TICK_BYTES:
             raise TickInvalid(f"file is larger than {MAX_TICK_BYTES} bytes ({st.st_size})")
-        chunks = []
-        remaining = MAX_TICK_BYTES + 1
-        while remaining > 0:
+        # One read of the size fstat gave (and a byte more) usually gets it all; a file still growing is read
+        # on, never past the limit.
+        chunks = [os.read(fd, min(st.st_size + 1, MAX_TICK_BYTES + 1))]
+        remaining = MAX_TICK_BYTES + 1 - len(chunks[0])
+        while remaining > 0 and len(chunks[0]) != st.st_size:  # it grew, or a read came short: read to the end
             chunk = os.read(fd, min(remaining, 65536))
             if not chunk:
                 break

@@ -167,6 +167,8 @@ class Dispatcher:
     # -- inline work ------------------------------------------------------
     def _run_inline(self, claim: Claim, cadence: Cadence, env: Mapping[str, str]) -> None:
         self.notifier.ping(self.clock.monotonic())  # the call may block the loop up to its timeout
+        if (cadence.handler or inline.NOOP) != inline.NOOP:
+            self.events.flush()  # the log shows `claimed` while a handler runs, however long
         started = self.clock.monotonic()
         result = inline.call(cadence.handler or "noop", claim.tick.to_json(), root=self.layout.root, env=env,
                              timeout=self._inline_timeout(cadence), kind="handler", cancelled=self.stopping)
@@ -183,6 +185,7 @@ class Dispatcher:
 
     def _guard_says_escalate(self, claim: Claim, cadence: Cadence, env: Mapping[str, str]) -> bool:
         self.notifier.ping(self.clock.monotonic())  # the guard may block the loop up to its timeout
+        self.events.flush()
         result = inline.call(cadence.guard or "noop", claim.tick.to_json(), root=self.layout.root,
                              env=env, timeout=self._inline_timeout(cadence), kind="guard", cancelled=self.stopping)
         if result.interrupted:
