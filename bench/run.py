@@ -953,9 +953,10 @@ def report(args: argparse.Namespace, info: dict[str, str], r: dict[str, Any], el
               "time from its spawn to its exit (huey: to the end of a marker task queued last). "
               f"{r['drain_reps']} round(s), contenders interleaved (order reversed every other round); rates shown "
               "are each contender's median run, and the ratios in the summary are medians of per-round ratios. The raw limit does, per tick, "
-              "exactly the bus's claim + complete file operations (rename into `claimed/`, read, done copy "
-              "under `tmp/`, rename into `done/`; per 64 ticks one syncfs, then unlink the claimed copies: the "
-              "daemon's group commit) and nothing else. The durable peers are huey (SQLite WAL, "
+              "exactly the bus v2's claim + complete file operations (rename into `claimed/`, read, append one "
+              f"record line, rename into `done/`; per {workers.GROUP} ticks one syncfs: the daemon's group commit) and nothing "
+              "else; the v1 row writes a done copy under `tmp/` instead of the append, and drops the claimed copy "
+              "after the sync. The durable peers are huey (SQLite WAL, "
               "synchronous=FULL: one fsync per commit) and dirq with the same group-committed done record as "
               "ours (its element removed once the record is synced).", "",
               "| Contender | ticks/s (median run) | wall | every round, ticks/s | steady state (first claim → last done) |",
