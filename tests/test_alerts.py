@@ -380,3 +380,31 @@ def test_a_bad_notify_url_is_a_config_error_that_does_not_quote_it(runner: CliRu
     assert result.exit_code == EX_CONFIG
     line = one_line_error(result)
     assert "item 2 is not an apprise URL" in line and "TokenSecret99" not in line
+
+
+@pytest.mark.parametrize("halt, lift, title", [
+    ("claude_missing", "claude_found", "claude missing: no sub-session spawns"),
+    ("governor_unavailable", "governor_available", "governor unavailable: no sub-session spawns"),
+])
+def test_a_halt_of_every_spawn_and_its_lift_are_alerts(layout: Layout, clock: FakeClock, receiver: FakeReceiver,
+                                                       halt: str, lift: str, title: str) -> None:
+    alerts = alerts_to(layout, clock, receiver.url())
+    log = EventLog(layout, clock=clock, redactor=alerts.redactor)
+    log.listeners.append(alerts.observe)
+    log.emit(halt, level="error", reason="spawn failed: [Errno 2] No such file", path="/usr/bin/claude",
+             store="sqlite:////tmp/g.db", effect="no sub-session spawns until the store answers", fix="set CLAUDE_BIN")
+    log.emit(halt, level="error", reason="again")  # the same halt again: deduplicated
+    log.emit(lift, level="warn", reason="the claude binary can be found now")
+    log.emit(halt, level="error", reason="gone again")  # after its lift: news
+    assert alerts.flush(10)
+    assert [a["title"] for a in receiver.alerts] == [f"maestro agent: {title}", f"maestro agent: {lift.replace('_', ' ')}",
+                                                     f"maestro agent: {title}"]
+
+
+def test_a_claude_halt_reset_by_hand_is_lifted_in_an_alert(layout: Layout, clock: FakeClock,
+                                                          receiver: FakeReceiver) -> None:
+    alerts = alerts_to(layout, clock, receiver.url())
+    alerts.observe({"stage": "claude_missing", "reason": "not found"})
+    alerts.observe({"stage": "circuits_reloaded", "open": []})  # `maestro circuit reset --all`
+    assert alerts.flush(10)
+    assert [a["title"] for a in receiver.alerts][-1] == "maestro agent: claude found"

@@ -407,3 +407,37 @@ def test_a_flush_inside_a_batch_writes_what_is_held_and_keeps_batching(layout: L
         log.emit("done")
         assert [e["stage"] for e in events(layout)] == ["claimed"]
     assert [e["stage"] for e in events(layout)] == ["claimed", "done"]
+
+
+def test_an_event_written_after_a_short_write_starts_on_a_line_of_its_own(layout: Layout, clock,
+                                                                         monkeypatch) -> None:
+    log = EventLog(layout, clock=clock)
+    real = os.write
+    monkeypatch.setattr("maestro_py.bus.events.os.write", lambda fd, data: real(fd, data[:10]))  # the disk fills
+    log.emit("torn")
+    monkeypatch.setattr("maestro_py.bus.events.os.write", real)
+    log.emit("whole")
+    assert [e["stage"] for e in events(layout, lenient=True)] == ["whole"] and log.failures == 1
+
+
+def test_a_ledger_row_cut_short_by_a_full_disk_is_taken_back(tmp_path: Path, monkeypatch) -> None:
+    from maestro_py.bus import fsio
+    from maestro_py.session.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    ledger.append({"n": 1})
+    real, calls = os.write, []
+
+    def filling(fd, data):  # a short write, then ENOSPC: how a disk fills mid-line
+        calls.append(1)
+        if len(calls) == 1:
+            return real(fd, data[:7])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fsio.os, "write", filling)
+    with pytest.raises(OSError):
+        ledger.append({"n": 2, "text": "x" * 100})
+    monkeypatch.setattr(fsio.os, "write", real)
+    ledger.append({"n": 3})
+    assert [r["n"] for r in ledger.rows()] == [1, 3]
+    assert all(line.startswith("{") for line in (tmp_path / "ledger.jsonl").read_text().splitlines())

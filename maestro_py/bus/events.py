@@ -36,6 +36,7 @@ class EventLog:
         # file stays the source of truth, and a listener that raises is ignored.
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._held: list[tuple[Path, bytes]] | None = None  # lines of a `batched()` block, written at its end
+        self._torn: Path | None = None  # the file the last write may have left mid-line (others append whole lines)
 
     @contextmanager
     def batched(self) -> Iterator[None]:
@@ -67,11 +68,16 @@ class EventLog:
             held = [(p, line) for p, line in held if p != path]  # a batch across midnight: two files
 
     def _write(self, path: Path, data: bytes) -> None:
+        if self._torn == path:  # an earlier write stopped mid-line: end that line first, or this one would join it
+            data = b"\n" + data
         try:
-            os.write(self._fd(path), data)
+            short = os.write(self._fd(path), data) < len(data)  # a filling disk: a short write, then errors
         except OSError:
-            self.failures += 1
+            short = True
             self.close()  # reopen next time (the folder may have been removed or remounted)
+        self._torn = path if short else None
+        if short:
+            self.failures += 1
 
     def emit(self, stage: str, *, level: str = "info", id: str | None = None, cadence: str | None = None,
              **details: Any) -> None:

@@ -8,7 +8,7 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -112,18 +112,28 @@ def append_line(path: Path, line: bytes, size: int, *, cut: bool = False, durabl
     try:
         if cut:
             os.ftruncate(fd, size)
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
-            if durable:
-                os.fdatasync(fd)
-        except BaseException:
-            os.ftruncate(fd, size)
-            raise
+        append_whole(fd, line, size, sync=os.fdatasync if durable else None)
     finally:
         os.close(fd)
     return True
+
+
+def append_whole(fd: int, data: bytes, size: int, *, sync: Callable[[int], None] | None = os.fsync) -> None:
+    """Write all of `data` at the end of the O_APPEND file `fd`, which holds `size` bytes, then `sync` it; on any
+    failure cut the file back to `size` and raise. A disk that fills mid-line returns a short write first and
+    ENOSPC only on the next one: without the cut, the next append would continue a torn line."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync is not None:
+            sync(fd)
+    except BaseException:
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            pass
+        raise
 
 
 def truncate_quietly(path: Path, size: int) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from maestro_py.clock import parse_iso
 from maestro_py.paths import Layout
-from maestro_py.policy.breaker import AUTH_HALT, QUOTA_HOLD
+from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
 
 CRASH_STARTS, CRASH_WINDOW = 3, 600.0  # starts without a clean stop within the window: a crash loop
 _TAIL_BYTES = 1 << 20    # how much of the event log the crash-loop check reads
@@ -99,6 +99,19 @@ RULES: dict[str, Callable[[Mapping[str, Any]], Alert]] = {
         "run_timed_out", f"run timed out: {e.get('cadence')}",
         f"a run of {e.get('cadence')} passed its {e.get('timeout_s')} s timeout and was ended", "warning",
         str(e.get("cadence")), {"cadence": e.get("cadence"), "tick": e.get("id"), "timeout_s": e.get("timeout_s")}),
+    "claude_missing": lambda e: Alert(
+        "claude_missing", "claude missing: no sub-session spawns",
+        f"the claude CLI could not be started ({e.get('reason')}); nothing spawns until it can be", "failure", "",
+        {"cadence": e.get("cadence"), "path": e.get("path"), "fix": e.get("fix")}),
+    "claude_found": lambda e: Alert(
+        "claude_found", "claude found", f"spawning resumes: {e.get('reason')}", "success", ""),
+    "governor_unavailable": lambda e: Alert(
+        "governor_unavailable", "governor unavailable: no sub-session spawns",
+        f"the governor store does not answer ({e.get('reason')}); {e.get('effect')}", "failure", "",
+        {"store": e.get("store")}),
+    "governor_available": lambda e: Alert(
+        "governor_available", "governor available", "the governor store answers again: spawning resumes",
+        "success", "", {"store": e.get("store"), "down_since": e.get("down_since")}),
     "crash_loop": lambda e: Alert(
         "crash_loop", "daemon crash loop",
         f"the daemon started {e.get('starts')} times in {e.get('window_s')} s without a clean stop", "failure", "",
@@ -106,14 +119,16 @@ RULES: dict[str, Callable[[Mapping[str, Any]], Alert]] = {
 }
 # An alert that ends a state forgets the dedupe of the one that began it (and back): opened, closed, opened
 # again within the window are three alerts.
-PAIRS = {"circuit_opened": "circuit_closed", "auth_halt": "auth_halt_lifted", "quota_hold": "quota_hold_lifted"}
+PAIRS = {"circuit_opened": "circuit_closed", "auth_halt": "auth_halt_lifted", "quota_hold": "quota_hold_lifted",
+         "claude_missing": "claude_found", "governor_unavailable": "governor_available"}
 PAIRS.update({v: k for k, v in PAIRS.items()})
 
 
 # The circuit (as `circuit-open.json` names it) an alert says opened or closed: a `maestro circuit reset` lifts it
 # without an event of its own, only `circuits_reloaded` with what is still open.
-OPENS = {"circuit_opened": None, "auth_halt": AUTH_HALT, "quota_hold": QUOTA_HOLD}
-CLOSES = {"circuit_closed": None, "auth_halt_lifted": AUTH_HALT, "quota_hold_lifted": QUOTA_HOLD}
+OPENS = {"circuit_opened": None, "auth_halt": AUTH_HALT, "quota_hold": QUOTA_HOLD, "claude_missing": CLAUDE_MISSING}
+CLOSES = {"circuit_closed": None, "auth_halt_lifted": AUTH_HALT, "quota_hold_lifted": QUOTA_HOLD,
+          "claude_found": CLAUDE_MISSING}
 
 
 def reset_by_hand(circuit: str) -> Alert:
@@ -123,6 +138,8 @@ def reset_by_hand(circuit: str) -> Alert:
         return RULES["auth_halt_lifted"](reason)
     if circuit == QUOTA_HOLD:
         return RULES["quota_hold_lifted"](reason)
+    if circuit == CLAUDE_MISSING:
+        return RULES["claude_found"](reason)
     return Alert("circuit_closed", f"circuit closed: {circuit}", f"{circuit} was reset by hand (`maestro circuit "
                  "reset`)", "success", circuit, {"cadence": circuit})
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
+from maestro_py.bus.fsio import append_whole
 from maestro_py.redact import Redactor
 
 
@@ -32,9 +33,9 @@ class Ledger:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 # Retention may have replaced the file while we waited: write to the one the path names now.
-                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
-                    os.write(fd, line)
-                    os.fsync(fd)
+                st = os.fstat(fd)
+                if st.st_ino == os.stat(self.path).st_ino:
+                    append_whole(fd, line, st.st_size)  # the whole line, or none of it
                     break
             except FileNotFoundError:
                 pass
