@@ -112,6 +112,9 @@ RULES: dict[str, Callable[[Mapping[str, Any]], Alert]] = {
     "governor_available": lambda e: Alert(
         "governor_available", "governor available", "the governor store answers again: spawning resumes",
         "success", "", {"store": e.get("store"), "down_since": e.get("down_since")}),
+    "service_sync_failed": lambda e: Alert(
+        "service_sync_failed", "service sync failed", f"the timers may not follow cadences.toml: {e.get('reason')}",
+        "warning", "", {"reason": e.get("reason")}),
     "crash_loop": lambda e: Alert(
         "crash_loop", "daemon crash loop",
         f"the daemon started {e.get('starts')} times in {e.get('window_s')} s without a clean stop", "failure", "",
