@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import queue
@@ -127,7 +126,7 @@ def _call_function(
             outcome.load_error = exc
             return
         try:
-            outcome.value = fn(copy.deepcopy(tick))
+            outcome.value = fn(json.loads(json.dumps(tick)))  # its own copy (JSON's C codec: ~5× deepcopy's speed)
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a helper is a failure, not our exit
             outcome.raised = exc
 

@@ -65,7 +65,10 @@ def _signature(path: Path) -> tuple[int, int] | None:
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _resolved(root: Path) -> Path:
+    """The root with its links resolved: one lstat per path component, so worked out once per root (a daemon's
+    root is fixed; it is resolved when it starts, too)."""
     return root.resolve()
 
 
