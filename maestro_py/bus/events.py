@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -59,13 +60,8 @@ class EventLog:
             self._write_held(held)
 
     def _write_held(self, held: list[tuple[Path, bytes]]) -> None:
-        while held:
-            path = held[0][0]
-            if all(p is path for p, _ in held):  # (`_path` returns the same object all day)
-                self._write(path, b"".join(line for _, line in held))
-                return
-            self._write(path, b"".join(line for p, line in held if p == path))
-            held = [(p, line) for p, line in held if p != path]  # a batch across midnight: two files
+        for path, lines in itertools.groupby(held, key=lambda h: h[0]):  # a batch across midnight: two runs
+            self._write(path, b"".join(line for _, line in lines))
 
     def _write(self, path: Path, data: bytes) -> None:
         if self._torn == path:  # an earlier write stopped mid-line: end that line first, or this one would join it

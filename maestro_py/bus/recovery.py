@@ -111,8 +111,10 @@ class Recovery:
     def _settled_elsewhere(self, stem: str) -> bool:
         """True if a whole later copy of the tick exists (now made durable); a torn one is removed.
 
-        A group commit publishes done copies before its sync, so after a crash a done copy may be empty
-        or cut short. Only a copy that parses as this tick is trusted over the claimed one.
+        Two copies come from a move that writes a new file (an operator's cancel or release, a compaction)
+        cut short before it dropped the claimed one, or from the previous bus version, whose group commit
+        published done copies before its sync (after a power cut one may be empty or cut short). Only a copy
+        that parses as this tick is trusted over the claimed one.
         """
         for folder in (self.done, self.dlq, self.inbox):
             later = folder / f"{stem}.json"

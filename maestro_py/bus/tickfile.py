@@ -54,22 +54,16 @@ def parse_tick(data: bytes, *, stem: str, fallback_time: datetime | float) -> Ti
     """
     if len(data) > MAX_TICK_BYTES:
         raise TickInvalid(f"file is larger than {MAX_TICK_BYTES} bytes")
-    text, torn = _decode(data)
-    if "\x00" in text:  # only a torn record's bytes (after the last newline, the tick before it) may hold one
-        cut = text.rfind("\n") + 1
-        if not cut or "\x00" in text[:cut] or not _ends_whole(text[:cut]):
-            raise TickInvalid("contains a NUL character")
-        text, torn = text[:cut], torn + len(text[cut:].encode())
+    torn = _torn_tail(data)
+    try:
+        text = (data[:-torn] if torn else data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TickInvalid(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if "\x00" in text:
+        raise TickInvalid("contains a NUL character")
     obj, end = _first_object(text)
     if not isinstance(obj, dict):
         raise TickInvalid(f"not a JSON object (got {type(obj).__name__})")
-    rest = text[end:]
-    if "\n" not in rest and rest.strip():
-        raise TickInvalid("not valid JSON: Extra data after the tick's object")
-    whole, _, tail = rest.rpartition("\n")
-    if tail.strip():  # a last record cut short (no newline yet): left out
-        torn += len(tail.encode())
-        text = text[:len(text) - len(tail)]
     if "cadence" not in obj:
         raise TickInvalid("missing required field 'cadence'")
     if _depth(obj.get("payload")) > MAX_PAYLOAD_DEPTH:
@@ -94,7 +88,7 @@ def parse_tick(data: bytes, *, stem: str, fallback_time: datetime | float) -> Ti
     )
     if not isinstance(tick.history, list):
         raise TickInvalid("history must be a list of objects")
-    _fold(tick, whole)
+    _fold(tick, text[end:])
     if tick.history_bytes is None:
         tick.history_bytes = len(data)  # an upper bound, so the next `record` need not encode the whole history
     tick.stored, tick.torn, tick.unterminated = len(data) - torn, torn, not torn and not text.endswith("\n")
@@ -104,21 +98,17 @@ def parse_tick(data: bytes, *, stem: str, fallback_time: datetime | float) -> Ti
     return tick
 
 
-def _decode(data: bytes) -> tuple[str, int]:
-    """The file as text, and how many bytes at its end were left out: bytes after the last newline that are
-    not UTF-8 belong to a torn record (a multi-byte character cut short)."""
+def _torn_tail(data: bytes) -> int:
+    """How many bytes at the end are a record cut short by a crash: a last line without its newline (maybe zeros,
+    maybe half a UTF-8 character) after a whole tick. 0 when there is none; the hot path looks at one byte."""
+    cut = data.rfind(b"\n") + 1
+    if not cut or not data[cut:].strip():
+        return 0
     try:
-        return data.decode("utf-8"), 0
-    except UnicodeDecodeError as exc:
-        cut = data.rfind(b"\n") + 1
-        if 0 < cut <= exc.start:
-            try:
-                text = data[:cut].decode("utf-8")
-            except UnicodeDecodeError:
-                text = ""
-            if text and _ends_whole(text):  # the tick itself must end before the cut
-                return text, len(data) - cut
-        raise TickInvalid(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        head = data[:cut].decode("utf-8")
+    except UnicodeDecodeError:
+        return 0  # the tick itself is not UTF-8: said when it is decoded
+    return len(data) - cut if _ends_whole(head) else 0
 
 
 _DECODER = json.JSONDecoder()
@@ -146,9 +136,9 @@ def _first_object(text: str) -> tuple[Any, int]:
 
 
 def _fold(tick: Tick, records: str) -> None:
-    """Apply the appended record lines (each whole, ending in a newline) to the tick read from line 1."""
+    """Apply the appended record lines (what follows the tick's object, torn tail left out) to the tick."""
     lines = records.split("\n")
-    if lines and lines[0].strip():
+    if lines[0].strip():
         raise TickInvalid("not valid JSON: Extra data after the tick's object")
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
