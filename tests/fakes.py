@@ -329,8 +329,8 @@ class FakeLive:
     def count(self) -> int:
         return len(self.cadences)
 
-    def runs(self, cadence: str) -> bool:
-        return cadence in self.cadences
+    def ticks(self, cadence: str) -> list[str]:
+        return [f"t{i}" for i, name in enumerate(self.cadences) if name == cadence]
 
 
 def cadence_of(name: str = "memo", **overrides: Any) -> Cadence:

@@ -84,9 +84,9 @@ class LiveRuns:
     def ids(self) -> set[str]:
         return set(self._by_tick)
 
-    def runs(self, cadence: str) -> bool:
-        """True if a sub-session of `cadence` is running."""
-        return any(r.claim.tick.cadence == cadence for r in self._by_tick.values())
+    def ticks(self, cadence: str) -> list[str]:
+        """The ticks whose sub-session of `cadence` is running."""
+        return [tid for tid, r in self._by_tick.items() if r.claim.tick.cadence == cadence]
 
     def fingerprints(self, cadence: str) -> dict[str, str]:
         """Payload fingerprint -> tick id of `cadence`'s running sub-sessions (for overlap coalescing)."""

@@ -1,6 +1,6 @@
 """The one reliability facade: may this tick spawn now, and what happens to it after its run?
 
-Before a spawn, `Guardrails.refusal` checks the gates in the README's order and answers with a `Refusal`
+Before a spawn, `Guardrails.refusal` walks `gates.GATES` (the one gate chain) over the daemon's memory and answers with a `Refusal`
 (its value is the counter the daemon bumps) or None. After a run, `Guardrails.record` teaches the auth
 halt, the backoff and the breaker what happened and answers with one `Verdict`: complete, retry at a
 time, requeue without burning an attempt, or dead-letter. The daemon moves the tick as told; it never
@@ -23,6 +23,7 @@ from maestro_py.clock import Clock, iso
 from maestro_py.policy.backoff import Backoff, schedule
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD, PersistedCircuits, State
 from maestro_py.policy.budget import Estimate, Governor
+from maestro_py.policy.gates import FLEET_REFUSALS, FleetAnswer, Hold, Refusal, fleet_estimate, first_hold  # noqa: F401
 if TYPE_CHECKING:
     from maestro_py.fleet.gate import FleetGate
 from maestro_py.policy.failures import HANDLING, FailureClass, classify, failure_reason, quota_reset
@@ -40,29 +41,6 @@ RATE_MIN_WAIT = 60.0
 # Exit codes of a run that never became the CLI: 126 "cannot execute", 127 "not found", as `env` (a script's
 # `#!/usr/bin/env node` under launchd's bare PATH) and shells report them. With no result line, `claude` is broken.
 CANNOT_EXEC = (126, 127)
-
-
-class Refusal(str, enum.Enum):
-    """Why a tick may not spawn now, in the order the gates are checked; the value is its counter name."""
-
-    EMERGENCY_STOP = "skipped_emergency_stop"
-    AUTH_HALT = "skipped_auth_halt"
-    CLAUDE_MISSING = "skipped_claude_missing"
-    QUOTA_HOLD = "skipped_quota_hold"
-    CIRCUIT_OPEN = "skipped_circuit_open"
-    BACKOFF = "skipped_backoff"
-    PACING = "skipped_pacing"
-    LIVE_CAP = "skipped_live_cap"
-    AUTH_PROBE = "skipped_auth_probe"
-    OVERLAP_WAIT = "skipped_overlap_wait"
-    BUDGET = "deferred_budget"
-    GOVERNOR_UNAVAILABLE = "skipped_governor_unavailable"
-    FLEET_LIVE_CAP = "skipped_fleet_live_cap"
-    FLEET_BUDGET = "deferred_fleet_budget"
-
-
-FLEET_REFUSALS = {"unavailable": Refusal.GOVERNOR_UNAVAILABLE, "live_cap": Refusal.FLEET_LIVE_CAP,
-                  "budget": Refusal.FLEET_BUDGET}
 
 
 class Action(str, enum.Enum):
@@ -91,20 +69,55 @@ class Verdict:
         return self.action in (Action.RETRY, Action.DEAD_LETTER)
 
 
-class LiveRuns(Protocol):
-    """What the gates need to know about the sub-sessions running now."""
+class LiveView(Protocol):
+    """What the gates need to know about the sub-sessions running now (`daemon.live.LiveRuns` is one)."""
 
     def count(self) -> int:
         """Live sub-sessions, counted from real processes (a leaked child counts)."""
 
-    def runs(self, cadence: str) -> bool:
-        """True if a sub-session of `cadence` is running."""
+    def ticks(self, cadence: str) -> list[str]:
+        """The ticks whose sub-session of `cadence` is running."""
+
+
+class _LiveState:
+    """The gates' view of the daemon's memory for one question (`gates.GateState`)."""
+
+    def __init__(self, guardrails: "Guardrails", spawned_this_step: bool, tick_id: str | None) -> None:
+        self.g = guardrails
+        self.spawned_this_step = spawned_this_step
+        self.tick_id = tick_id
+        self.emergency = guardrails.emergency
+        self.breakers = guardrails.breakers
+        self.budget = guardrails.budget
+        self.max_live = guardrails.max_live
+        self.credentials_verified = guardrails.credentials_verified
+        self._fleet: FleetAnswer | None = None
+
+    def claude_problem(self) -> str | None:
+        return None  # the daemon learns it from a spawn, and halts (the claude_missing breaker)
+
+    def backoff_until(self, cadence: str, now: datetime) -> datetime | None:
+        return self.g.backoff.holds(cadence, now)
+
+    def live_count(self) -> int:
+        return self.g.live.count()
+
+    def live_ticks(self, cadence: str) -> list[str]:
+        return self.g.live.ticks(cadence)
+
+    def fleet(self, cadence: Cadence, estimate: Estimate, now: datetime) -> FleetAnswer | None:
+        """The store's answer, which here is a reservation (kept until `spawned` or `unadmit`)."""
+        if self.g.fleet is None or self.tick_id is None:
+            return None
+        if self._fleet is None:  # one store transaction answers all three fleet gates
+            self._fleet = self.g.fleet.admit(self.tick_id, cadence.name, estimate, now)
+        return self._fleet
 
 
 class Guardrails:
     """Emergency stop, auth halt, breakers, backoff, pacing, live cap, credential probe, overlap, budget."""
 
-    def __init__(self, *, circuits: PersistedCircuits, backoff: Backoff, budget: Governor, live: LiveRuns,
+    def __init__(self, *, circuits: PersistedCircuits, backoff: Backoff, budget: Governor, live: LiveView,
                  max_live: int, max_attempts: int, credential: str, events: EventLog, clock: Clock,
                  subscription: bool = False, quota_min_hold: float = 60.0, quota_pause_at: float | None = None,
                  fleet: FleetGate | None = None) -> None:
@@ -129,54 +142,35 @@ class Guardrails:
     # -- before a spawn ---------------------------------------------------
     def refusal(self, cadence: Cadence, now: datetime, *, spawned_this_step: bool,
                 tick_id: str | None = None) -> Refusal | None:
-        """Why `cadence` may not spawn now (checked in `Refusal`'s order), or None if it may.
+        """Why `cadence` may not spawn now (the first gate of `gates.GATES` that holds), or None if it may."""
+        hold = self.hold(cadence, now, spawned_this_step=spawned_this_step, tick_id=tick_id)
+        return hold.refusal if hold is not None else None
 
-        With a governor store and a `tick_id`, the last gate reserves the run's live slot and amount in the
+    def hold(self, cadence: Cadence, now: datetime, *, spawned_this_step: bool,
+             tick_id: str | None = None) -> Hold | None:
+        """The first gate that holds a spawn of `cadence` now, walked over the daemon's live state, or None.
+
+        With a governor store and a `tick_id`, the last gates reserve the run's live slot and amount in the
         store: the caller then either spawns it (`spawned`) or gives the reservation back (`unadmit`)."""
-        if self.emergency is not None:
-            return Refusal.EMERGENCY_STOP
-        circuit = self.breakers.refusal(cadence.name, now)
-        if circuit is not None and circuit.name == CLAUDE_MISSING:
-            return Refusal.CLAUDE_MISSING
-        if circuit is not None:
-            return {AUTH_HALT: Refusal.AUTH_HALT, QUOTA_HOLD: Refusal.QUOTA_HOLD}.get(circuit.name, Refusal.CIRCUIT_OPEN)
-        if self.backoff.holds(cadence.name, now) is not None:
-            return Refusal.BACKOFF
-        if spawned_this_step:
-            return Refusal.PACING
-        live = self.live.count()
-        if live >= self.max_live:
-            return Refusal.LIVE_CAP
-        if live > 0 and not self.credentials_verified:
-            # One bad key must cost one sub-session: no second spawn until a run proves the credentials.
-            return Refusal.AUTH_PROBE
-        if cadence.overlap != "allow" and self.live.runs(cadence.name):
-            return Refusal.OVERLAP_WAIT  # unless `overlap = "allow"`, a cadence runs one sub-session at a time
-        if self._budget_refuses(cadence, now):
-            return Refusal.BUDGET
-        if self.fleet is not None and tick_id is not None:
-            return self._fleet_refuses(tick_id, cadence, now)
-        return None
+        hold = first_hold(_LiveState(self, spawned_this_step, tick_id), cadence, now)
+        if hold is not None and hold.refusal is Refusal.BUDGET:
+            self._report_budget(cadence, hold, now)
+        elif hold is not None and hold.refusal is Refusal.FLEET_BUDGET:
+            self._report_fleet_budget(cadence, hold.detail, now)
+        return hold
 
     def fleet_estimate(self, cadence: Cadence) -> Estimate:
-        """What a run reserves in the governor store: its estimate, or exactly `max_budget_usd` where the cadence
-        sets it (the CLI stops past it between turns, so a run overshoots by at most one turn)."""
-        estimate = self.estimate(cadence)
-        if cadence.max_budget_usd is None:
-            return estimate
-        return Estimate(estimate.tokens, float(cadence.max_budget_usd), f"{estimate.basis}; max_budget_usd")
+        """What a run reserves in the governor store (`gates.fleet_estimate`)."""
+        return fleet_estimate(self.budget, cadence)
 
-    def _fleet_refuses(self, tick_id: str, cadence: Cadence, now: datetime) -> Refusal | None:
+    def _report_fleet_budget(self, cadence: Cadence, answer: FleetAnswer, now: datetime) -> None:
+        """The store's budget refused: said once per scope, window and reset."""
         assert self.fleet is not None
-        answer = self.fleet.admit(tick_id, cadence.name, self.fleet_estimate(cadence), now)
-        if answer.admitted:
-            return None
-        if answer.reason == "budget" and self.fleet.first_report(answer, now):
+        if self.fleet.first_report(answer, now):  # type: ignore[arg-type]
             self.events.emit("fleet_budget_exhausted", level="error" if answer.never_fits else "warn",
                              cadence=cadence.name, scope=answer.scope, window=answer.window,
                              resets_at=iso(answer.resets_at) if answer.resets_at else None,
                              never_fits=answer.never_fits, reason=f"{cadence.name} waits: {answer.detail}")
-        return FLEET_REFUSALS[answer.reason or "unavailable"]
 
     def unadmit(self) -> None:
         """Give back a fleet reservation that did not become a spawn (the claim or the guard said no)."""
@@ -195,18 +189,14 @@ class Guardrails:
         self.budget.reserve(tick_id, cadence.name, estimate)
         return estimate, self.fleet.spawned(tick_id) if self.fleet is not None else None
 
-    def _budget_refuses(self, cadence: Cadence, now: datetime) -> bool:
-        """Fail closed on spend: no spawn unless every applicable budget covers the reservation."""
-        estimate = self.estimate(cadence)
-        short = self.budget.refusal(cadence.name, estimate, now)
-        if short is None:
-            return False
-        # A run that can never fit is a configuration error, reported per cadence: a reset will not lift it.
+    def _report_budget(self, cadence: Cadence, hold: Hold, now: datetime) -> None:
+        """A budget refused: said once per scope and window (a run that can never fit, once per cadence: a
+        reset will not lift it, so it is a configuration error)."""
+        short = hold.detail
         about = f"never:{cadence.name}" if short.never_fits else ""
         if self.budget.first_report(short.scope, short.window, now, about):
             self.events.emit("budget_exhausted", level="error" if short.never_fits else "warn", cadence=cadence.name,
                              **short.details(cadence.name))
-        return True
 
     # -- after a run ------------------------------------------------------
     def record(self, tick: Tick, cadence: Cadence, outcome: RunOutcome, *, ended_by: str | None = None,
