@@ -56,7 +56,8 @@ def test_cadences_shows_each_cadence_at_a_glance(runner: CliRunner, layout: Layo
     enqueue(layout, now_clock, "beat")
     enqueue(layout, now_clock, "flaky")
     run_steps(daemon, 10)
-    doc = json.loads(invoke(runner, layout.root, "cadences", "--json").stdout)
+    env = {"CLAUDE_BIN": "/bin/true"}  # as the daemon's: the view looks for claude as a spawn would
+    doc = json.loads(invoke(runner, layout.root, "cadences", "--json", env=env).stdout)
     by = {entry["cadence"]: entry for entry in doc["cadences"]}
     assert sorted(by) == ["beat", "flaky", "memo", "odd"]
     memo = by["memo"]
@@ -68,12 +69,13 @@ def test_cadences_shows_each_cadence_at_a_glance(runner: CliRunner, layout: Layo
     flaky = by["flaky"]
     assert flaky["circuit"]["state"] == "open" and flaky["queued"] == 1
     assert flaky["retry_wait_until"] == flaky["circuit"]["open_until"]  # its tick waits for the breaker
+    assert flaky["held_by"]["gate"] == "circuit_open" and by["memo"]["held_by"] is None  # the daemon's own gates
     assert flaky["last"] is None and flaky["last_cost"]["ok"] is False  # it has not settled, but it has run
     assert by["beat"]["mode"] == "inline" and by["beat"]["last"]["outcome"] == "ok" and by["beat"]["last_cost"] is None
     tokyo = parse_iso(by["odd"]["next_fire"]).astimezone(ZoneInfo("Asia/Tokyo"))  # @daily, in its own zone
     assert (tokyo.hour, tokyo.minute) == (0, 0) and by["odd"]["timezone"] == "Asia/Tokyo"
     assert timedelta(0) < parse_iso(by["odd"]["next_fire"]) - now_clock.now() <= timedelta(days=1)
-    text = invoke(runner, layout.root, "cadences").stdout
+    text = invoke(runner, layout.root, "cadences", env=env).stdout
     flaky_line = next(line for line in text.splitlines() if line.startswith("flaky"))
     assert "circuit open until" in flaky_line and "retry wait until" in flaky_line and "1 queued" in flaky_line
     assert "0 0 * * * (Asia/Tokyo)" in text  # the registry keeps @daily expanded
@@ -86,9 +88,10 @@ def test_a_global_hold_shows_on_every_cadence_but_inline_ones(runner: CliRunner,
     assert invoke(runner, layout.root, "stop", "--reason", "budget review").exit_code == 0
     doc = json.loads(invoke(runner, layout.root, "cadences", "--json").stdout)
     held = {entry["cadence"]: entry["held_by"] for entry in doc["cadences"]}
-    assert held["memo"] == ["emergency stop (budget review)"] and held["beat"] == []
+    assert held["memo"]["gate"] == "emergency_stop" and "budget review" in held["memo"]["why"]
+    assert held["beat"] is None  # inline work runs through every hold
     text = invoke(runner, layout.root, "cadences").stdout
-    assert text.startswith("HELD: emergency stop (budget review)")
+    assert text.startswith("HELD: emergency stop: budget review; `maestro resume` clears it")
 
 
 @pytest.fixture

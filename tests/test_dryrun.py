@@ -87,13 +87,13 @@ def test_dry_run_names_the_gate_that_would_refuse_it(runner: CliRunner, layout: 
                                               "charged_tokens": 100}) + "\n")
     out = invoke(runner, layout.root, "dry-run", "memo")
     assert out.exit_code == 1
-    assert "verdict: refused now by deferred_budget" in out.stdout and "HOLDS deferred_budget" in out.stdout
+    assert "verdict: refused now by budget" in out.stdout and "HOLDS budget" in out.stdout
     assert invoke(runner, layout.root, "circuit", "open", "memo").exit_code == 0
     assert invoke(runner, layout.root, "stop", "--reason", "audit").exit_code == 0
     doc = json.loads(invoke(runner, layout.root, "dry-run", "memo", "--json").stdout)
     holding = [g["gate"] for g in doc["gates"] if g["holds"]]
-    assert holding == ["skipped_emergency_stop", "skipped_circuit_open", "deferred_budget"]
-    assert doc["refused_by"]["gate"] == "skipped_emergency_stop"  # the first, as the daemon counts it
+    assert holding == ["emergency_stop", "circuit_open", "budget"]
+    assert doc["refused_by"]["gate"] == "emergency_stop"  # the first, as the daemon counts it
     inline = invoke(runner, layout.root, "dry-run", "beat")
     assert inline.exit_code == 0 and "no gate holds inline work" in inline.stdout
     unknown = invoke(runner, layout.root, "dry-run", "nosuch")
@@ -103,7 +103,7 @@ def test_dry_run_names_the_gate_that_would_refuse_it(runner: CliRunner, layout: 
 def test_a_missing_claude_and_a_missing_prompt_are_reported(runner: CliRunner, layout: Layout) -> None:
     write_agent(layout, REGISTRY, prompts={"memo": "write"}, files={".env": "CLAUDE_BIN=/nonexistent/claude\n"})
     doc = json.loads(invoke(runner, layout.root, "dry-run", "memo", "--json").stdout)
-    assert doc["refused_by"]["gate"] == "skipped_claude_missing" and "CLAUDE_BIN" in doc["refused_by"]["why"]
+    assert doc["refused_by"]["gate"] == "claude_missing" and "CLAUDE_BIN" in doc["refused_by"]["why"]
     layout.prompt_file("memo").write_bytes(b"\xff\xfe not UTF-8")  # read at spawn time: the run cannot start
     broken = invoke(runner, layout.root, "dry-run", "memo", env={"CLAUDE_BIN": "/bin/true"})
     assert broken.exit_code == 1 and "would fail to start" in broken.stdout and "not UTF-8" in broken.stdout

@@ -81,7 +81,7 @@ def test_a_long_hold_refuses_before_queueing_and_a_timeout_exits_124(agent: tupl
     layout, env = agent
     assert maestro(layout, "circuit", "open", "memo", env=env).returncode == 0
     held = maestro(layout, "run-now", "memo", "--wait", env=env)
-    assert held.returncode == 1 and "not queued: skipped_circuit_open" in held.stderr
+    assert held.returncode == 1 and "not queued: circuit_open" in held.stderr
     assert tick_ids(layout, Folder.INBOX) == []
     slow = maestro(layout, "run-now", "slow", "--wait", "--timeout", "1.5", env=env)
     assert slow.returncode == 124 and "still running after 1.5 s" in slow.stderr

@@ -210,4 +210,4 @@ def test_retry_now_says_which_gate_still_holds_the_cadence(runner: CliRunner, la
     tick = _bus(layout, now_clock).enqueue("memo", delay=600)
     assert invoke(runner, layout.root, "circuit", "open", "memo").exit_code == 0
     out = invoke(runner, layout.root, "tick", "retry-now", tick.id[-6:])
-    assert out.exit_code == 0 and "it still waits: skipped_circuit_open" in out.stdout
+    assert out.exit_code == 0 and "it still waits: circuit_open" in out.stdout

@@ -21,11 +21,16 @@ COLUMNS = ("cadence", "mode", "schedule", "next fire", "last", "last cost", "tod
 @pass_ctx
 def cadences_cmd(c: Context, as_json: bool) -> None:
     """Each cadence: mode, schedule, next fire (local), last outcome and cost, cost today, breaker/backoff/hold."""
-    from maestro_py.ops import cadences, views
+    from maestro_py.ops import cadences, gates, views
 
     now = SystemClock().now()
+    registry = c.registry()
     try:
-        doc = cadences.overview(c.layout, c.registry(), now)
+        state = gates.PersistedState(c.layout, c.env, c.settings(), registry, now)
+        try:
+            doc = cadences.overview(c.layout, registry, now, state)
+        finally:
+            state.close()
     except views.CircuitFileInvalid as exc:
         raise CliError(str(exc)) from None
     if as_json:
@@ -69,8 +74,9 @@ def _state(entry: dict[str, Any], now: Any) -> str:
                      + (" (opened by hand)" if circuit["manual"] else f" ({circuit['failures']} failures)"))
     if entry["retry_wait_until"]:
         parts.append(f"retry wait until {_short(entry['retry_wait_until'])}")
-    if entry["held_by"]:
-        parts.append("held: " + "; ".join(h.split(" until ")[0].split(" (")[0] for h in entry["held_by"]))
+    held = entry["held_by"]
+    if held:
+        parts.append(f"held by {held['gate']}" + (" (never fits)" if held["never_fits"] else ""))
     if entry["queued"]:
         parts.append(f"{entry['queued']} queued")
     return ", ".join(parts) or "ok"

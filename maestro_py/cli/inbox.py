@@ -6,7 +6,7 @@ import json
 
 import click
 
-from maestro_py.cli.common import Context, pass_ctx
+from maestro_py.cli.common import CliError, Context, pass_ctx
 from maestro_py.clock import SystemClock, parse_iso
 from maestro_py.ops import ticks, when
 from maestro_py.ops.logview import escape
@@ -22,8 +22,20 @@ def inbox() -> None:
 @pass_ctx
 def inbox_list(c: Context, as_json: bool) -> None:
     """Queued ticks, oldest first: id, cadence, attempts, not-before (local time) and source."""
+    from maestro_py.ops import gates, views
+
     now = SystemClock().now()
-    items = ticks.queued(c.layout, now)
+    try:
+        registry = c.registry()
+        state = gates.PersistedState(c.layout, c.env, c.settings(), registry, now)
+    except (CliError, views.CircuitFileInvalid) as exc:  # the queue is still worth listing: say why gates are unknown
+        click.echo(escape(f"(which gate holds each tick is unknown: {exc})"), err=True)
+        items = ticks.queued(c.layout, now)
+    else:
+        try:
+            items = ticks.queued(c.layout, now, lambda name: gates.hold_of(state, registry.get(name), now))
+        finally:
+            state.close()
     if as_json:
         click.echo(json.dumps(items, indent=2, ensure_ascii=False))
         return
@@ -36,6 +48,9 @@ def inbox_list(c: Context, as_json: bool) -> None:
             at = parse_iso(item["not_before"])
             due = f"not before {when.local(at)} ({when.relative(at, now)}, {item['wait']})" if item["waiting"] else \
                 f"due since {when.local(at)}"
+        held = item.get("held_by")
+        if held is not None:  # due, but a gate holds it: the daemon's own answer (`ops.gates`)
+            due = (due + ", " if due else "") + f"held by {held['gate']}: {held['why']}"
         click.echo(escape(f"{item['id']}  {item['cadence']}  attempts={item['attempts']}  "
                           f"{due or 'runnable'}  source={item['source']}"))
     click.echo(f"{len(items)} queued")

@@ -29,15 +29,11 @@ from maestro_py.daemon.status import EX_HEALTHY, health, liveness, read_status, 
 from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.ops import follow, gates, when
 from maestro_py.ops.logview import escape
-from maestro_py.policy.guardrails import Refusal
 from maestro_py.redact import Redactor
 from maestro_py.registry import Cadence
 
 EX_TIMEOUT = 124  # as timeout(1)
 POLL_SECONDS = 0.2
-# Holds that do not lift by themselves within a run's time: refused up front instead of queued for later.
-LONG_HOLDS = frozenset(r.value for r in (Refusal.EMERGENCY_STOP, Refusal.AUTH_HALT, Refusal.CLAUDE_MISSING,
-                                         Refusal.QUOTA_HOLD, Refusal.CIRCUIT_OPEN, Refusal.BACKOFF, Refusal.BUDGET))
 
 
 @click.command("run-now")
@@ -56,8 +52,8 @@ def run_now(c: Context, cadence: str, payload: str | None, wait: bool, timeout: 
         raise CliError(f"unknown cadence {cadence!r}: no entry in cadences.toml and no cadences/{cadence}.md", EX_USAGE)
     settings = c.settings()
     held = gates.refused_by(gates.evaluate(c.layout, c.env, settings, registry, found, SystemClock().now()))
-    if held is not None and held.name in LONG_HOLDS:
-        raise CliError(f"not queued: {held.name} would hold it now: {held.why}")
+    if held is not None and held.hold is not None and held.hold.lasting:  # it would not lift within a run's time
+        raise CliError(f"not queued: {held.gate} would hold it now: {held.why}")
     c.layout.ensure()
     bus = Bus(c.layout, events=EventLog(c.layout, redactor=Redactor(c.env)), max_inbox=settings.max_inbox)
     try:
@@ -66,7 +62,7 @@ def run_now(c: Context, cadence: str, payload: str | None, wait: bool, timeout: 
         raise CliError(str(exc), EX_TEMPFAIL) from None
     except TickInvalid as exc:
         raise CliError(str(exc), EX_USAGE) from None
-    _say(f"queued {tick.id}" + (f" ({held.name} holds it for now: {held.why})" if held else ""))
+    _say(f"queued {tick.id}" + (f" ({held.gate} holds it for now: {held.why})" if held else ""))
     child = _runner(c, settings, background=not wait)
     if not wait:
         click.echo(tick.id)
@@ -134,7 +130,7 @@ def _follow(c: Context, cadence: Cadence, tick_id: str, child: subprocess.Popen[
 def _not_run(c: Context, cadence: Cadence, tick_id: str, code: int | None) -> int:
     answers = gates.evaluate(c.layout, c.env, c.settings(), c.registry(), cadence, SystemClock().now())
     held = gates.refused_by(answers)
-    why = f"{held.name}: {held.why}" if held else "no gate holds it now; see `maestro logs`"
+    why = f"{held.gate}: {held.why}" if held else "no gate holds it now; see `maestro logs`"
     _say(f"not run: `maestro run --once` exited ({code}) and left {tick_id} queued ({why})")
     return 1
 

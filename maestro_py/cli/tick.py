@@ -144,7 +144,7 @@ def _holding_gate(c: Context, cadence: str) -> str | None:
         first = gates.refused_by(gates.evaluate(c.layout, c.env, c.settings(), registry, found, SystemClock().now()))
     except (CliError, views.CircuitFileInvalid):
         return None
-    return f"{first.name}: {first.why}" if first else None
+    return f"{first.gate}: {first.why}" if first else None
 
 
 def _bus(c: Context) -> Bus:

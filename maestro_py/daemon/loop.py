@@ -310,7 +310,8 @@ class Daemon:
             watching=self._watching, emergency=emergency, live=self.live, queued=len(self.bus.index),
             counters=self.counters, budget=self.budget, quota=self.guardrails.quota_usage,
             governor=self.fleet.status() if self.fleet is not None else None,
-            settings=self.settings.in_force(), restart_required=self.restart_required)
+            settings=self.settings.in_force(), restart_required=self.restart_required,
+            gates=self.guardrails.memory(self.clock.now()))
         self.notifier.status(status_line(state=doc["state"], queued=doc["queued"], live=len(self.live)))
         self.status.write(doc)
         self.metrics.write(doc)  # state/metrics.prom, at most every second (see metrics.py)

@@ -103,7 +103,7 @@ def status_doc(*, owner: Owner, root: Path, now: datetime, started_at: datetime,
                emergency: str | None, live: LiveRuns, queued: int, counters: Counter[str],
                budget: Governor, quota: dict[str, dict[str, Any]] | None = None,
                governor: dict[str, Any] | None = None, settings: dict[str, Any] | None = None,
-               restart_required: list[str] | None = None) -> dict[str, Any]:
+               restart_required: list[str] | None = None, gates: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `consumer.json` document (its schema, in one place)."""
     return {
         "pid": owner.pid,
@@ -126,6 +126,7 @@ def status_doc(*, owner: Owner, root: Path, now: datetime, started_at: datetime,
         "governor": governor,
         "settings": settings or {},  # the settings in force (`.env` edits apply live: daemon/reconfigure.py)
         "restart_required": restart_required or [],  # changed in .env, applied at the next start  # the fleet governor store, when one is configured (None: per-root budget only)
+        "gates": gates or {},  # what the gates read from the daemon's memory (`Guardrails.memory`)
         "reservations": [{"tick": tid, "cadence": cad, "tokens": est.tokens, "usd": est.usd, "basis": est.basis}
                          for tid, (cad, est) in budget.reservations.items()],
     }

@@ -197,13 +197,10 @@ class SqlStore:
 
         def work(cur: Any) -> Admission:
             self._expire(cur, t)
-            live = int(self._q(cur, "SELECT COUNT(*) FROM maestro_reservations").fetchone()[0])
-            if max_live is not None and live >= max_live:
-                return Admission(False, "live_cap", f"the fleet runs {live} sub-sessions, MAESTRO_FLEET_MAX_LIVE="
-                                 f"{max_live}", live=live)
-            short = self._shortfall(cur, lease, now)
-            if short is not None:
-                return replace(short, live=live)
+            live = self._live_count(cur, t)
+            refused = self._refusal(cur, lease, now, max_live, live)
+            if refused is not None:
+                return refused
             self._q(cur, "INSERT INTO maestro_reservations (run_id, agent, cadence, host, pid, tick, tokens, usd, "
                          "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (lease.run_id, lease.agent, lease.cadence, lease.host, lease.pid, lease.tick, lease.tokens,
@@ -211,6 +208,28 @@ class SqlStore:
             return Admission(True, live=live + 1)
 
         return self._run(work, write=True, serial=True)
+
+    def would_admit(self, lease: Lease, now: datetime, *, max_live: int | None) -> Admission:
+        """What `reserve` would answer now, with nothing written (for the views: `maestro dry-run` and the rest).
+        Expired leases count as charged, as `reserve` would charge them first: the same amounts either way."""
+        t = _epoch(now)
+
+        def work(cur: Any) -> Admission:
+            live = self._live_count(cur, t)
+            return self._refusal(cur, lease, now, max_live, live) or Admission(True, live=live + 1)
+
+        return self._run(work, write=False)
+
+    def _live_count(self, cur: Any, t: float) -> int:
+        return int(self._q(cur, "SELECT COUNT(*) FROM maestro_reservations WHERE expires_at > ?", (t,)).fetchone()[0])
+
+    def _refusal(self, cur: Any, lease: Lease, now: datetime, max_live: int | None, live: int) -> Admission | None:
+        """A full pool of `live` runs first, then the budgets (`_shortfall`); None if `lease` fits."""
+        if max_live is not None and live >= max_live:
+            return Admission(False, "live_cap", f"the fleet runs {live} sub-sessions, MAESTRO_FLEET_MAX_LIVE="
+                             f"{max_live}", live=live)
+        short = self._shortfall(cur, lease, now)
+        return replace(short, live=live) if short is not None else None
 
     def _shortfall(self, cur: Any, lease: Lease, now: datetime) -> Admission | None:
         """The first limit that cannot cover `lease` (one it can never cover first), or None."""

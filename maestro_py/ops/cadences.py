@@ -8,7 +8,6 @@ and the queued ticks (those that wait for a retry time a failure set: the backof
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -23,24 +22,27 @@ from maestro_py import cron
 from maestro_py.ops import ticks
 from maestro_py.ops.views import open_circuits
 from maestro_py.paths import Folder, Layout
-from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD, Circuit
+from maestro_py.policy.breaker import Circuit
+from maestro_py.policy.gates import GateState, Refusal, first_hold
 from maestro_py.policy.budget import local_zone, window_bounds
 from maestro_py.registry import Registry
 from maestro_py.session.ledger import Ledger
 
-HOLDS = {AUTH_HALT: "auth halt", CLAUDE_MISSING: "claude missing", QUOTA_HOLD: "usage limit"}
+# Gates that hold every cadence's runs alike: shown once, above the table.
+EVERY_CADENCE = frozenset((Refusal.EMERGENCY_STOP, Refusal.AUTH_HALT, Refusal.CLAUDE_MISSING, Refusal.QUOTA_HOLD,
+                           Refusal.GOVERNOR_UNAVAILABLE))
 
 
-def overview(layout: Layout, registry: Registry, now: datetime) -> dict[str, Any]:
-    """{"holds": what stops every spawn now, "cadences": one entry per cadence, by name}."""
+def overview(layout: Layout, registry: Registry, now: datetime, gates: GateState | None = None) -> dict[str, Any]:
+    """{"holds": what stops every spawn now, "cadences": one entry per cadence, by name}. With `gates` (the
+    persisted state, `ops.gates.PersistedState`), each cadence's `held_by` is the gate that holds its runs now: the
+    daemon's own answer; "holds" are those of them that hold every cadence."""
     names = registry.names()
     circuits = open_circuits(layout)
-    holds = [f"emergency stop ({_stop_reason(layout)})"] if layout.stop_file.exists() else []
-    holds += [f"{HOLDS[name]} until {iso(c.open_until) if c.open_until else 'reset'}: {c.last_error}"
-              for name, c in circuits.items() if name in HOLDS]
     last = last_outcomes(layout, names)
     spend = _spend(layout, now)
     queue = ticks.queued(layout, now)
+    holds: dict[str, str] = {}
     out = []
     for name in names:
         cadence = registry.get(name)
@@ -54,6 +56,9 @@ def overview(layout: Layout, registry: Registry, now: datetime) -> dict[str, Any
                 entry["next_fire"] = iso(fire) if fire else None
             except (cron.CronError, ValueError) as exc:  # loaded before the registry checked schedules in full
                 entry["schedule_error"] = str(exc)
+        hold = first_hold(gates, cadence, now) if gates is not None and cadence.mode != "inline" else None
+        if hold is not None and hold.refusal in EVERY_CADENCE:
+            holds.setdefault(hold.gate, hold.line())
         mine = [t for t in queue if t["cadence"] == name]
         retry = [t["not_before"] for t in mine if t["waiting"] and t["wait"] == "retry"]
         entry.update({
@@ -63,10 +68,10 @@ def overview(layout: Layout, registry: Registry, now: datetime) -> dict[str, Any
             "today": spend["today"].get(name, {"runs": 0, "cost_usd": 0.0, "cost_unknown_runs": 0}),
             "circuit": _circuit(circuits.get(name)),
             "retry_wait_until": max(retry) if retry else None,  # the backoff or breaker, as its ticks carry it
-            "held_by": holds if cadence.mode != "inline" else [],  # inline work runs through every hold
+            "held_by": hold.to_json() if hold is not None else None,  # inline work runs through every hold
         })
         out.append(entry)
-    return {"holds": holds, "cadences": out}
+    return {"holds": list(holds.values()), "cadences": out}
 
 
 def last_outcomes(layout: Layout, names: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -128,11 +133,3 @@ def _circuit(circuit: Circuit | None) -> dict[str, Any] | None:
         return None
     doc = circuit.to_json()
     return {k: doc[k] for k in ("state", "open_until", "failures", "last_error", "manual")}
-
-
-def _stop_reason(layout: Layout) -> str:
-    try:
-        doc = json.loads(layout.stop_file.read_text(encoding="utf-8"))
-        return str(doc.get("reason") or "no reason given")
-    except (OSError, ValueError, AttributeError):
-        return "no reason given"

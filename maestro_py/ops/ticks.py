@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.clock import parse_iso
 from maestro_py.errors import MaestroError, TickInvalid
 from maestro_py.paths import Folder, Layout
+from maestro_py.policy.gates import Hold
 from maestro_py.session.ledger import Ledger
 
 MIN_PREFIX = 4
@@ -89,9 +90,13 @@ def dlq_names(layout: Layout) -> list[str]:
     return sorted(out)
 
 
-def queued(layout: Layout, now: datetime) -> list[dict[str, Any]]:
+def queued(layout: Layout, now: datetime,
+           held_by: Callable[[str], Hold | None] | None = None) -> list[dict[str, Any]]:
     """Every tick in `inbox/`, oldest first: id, cadence, attempts, source, enqueued_at, not_before (UTC ISO) and
-    why it waits (`delayed` at enqueue, `retry` after a failure, `released`/`none`: runnable when the gates allow)."""
+    why it waits (`delayed` at enqueue, `retry` after a failure, else None). With `held_by` (cadence name -> the
+    gate that holds its runs now, `ops.gates.hold_of`), a tick that is due carries that gate's hold as `held_by`
+    (None: it runs at the daemon's next loop)."""
+    holds: dict[str, Hold | None] = {}
     out = []
     folder = layout.folder(Folder.INBOX)
     for entry in sorted(scan_dir(folder), key=lambda e: e.name):
@@ -102,9 +107,15 @@ def queued(layout: Layout, now: datetime) -> list[dict[str, Any]]:
         except (TickInvalid, FileNotFoundError):
             continue  # being written, or the daemon will quarantine it
         due = tick.not_before_dt
-        out.append({"id": tick.id, "cadence": tick.cadence, "attempts": tick.attempts, "source": tick.source,
-                    "enqueued_at": tick.enqueued_at, "not_before": tick.not_before,
-                    "waiting": due is not None and due > now, "wait": wait_kind(tick)})
+        item = {"id": tick.id, "cadence": tick.cadence, "attempts": tick.attempts, "source": tick.source,
+                "enqueued_at": tick.enqueued_at, "not_before": tick.not_before,
+                "waiting": due is not None and due > now, "wait": wait_kind(tick)}
+        if held_by is not None:
+            if tick.cadence not in holds:
+                holds[tick.cadence] = held_by(tick.cadence)
+            hold = holds[tick.cadence]
+            item["held_by"] = hold.to_json() if hold is not None and not item["waiting"] else None
+        out.append(item)
     return out
 
 

@@ -45,9 +45,20 @@ class Refusal(str, enum.Enum):
     FLEET_LIVE_CAP = "skipped_fleet_live_cap"
     FLEET_BUDGET = "deferred_fleet_budget"
 
+    @property
+    def gate(self) -> str:
+        """The gate's name, as every view shows it (`emergency_stop`, `budget`, `fleet_budget` …); the value is its
+        counter's name, kept for the metrics and `consumer.json` that dashboards already read."""
+        return self.name.lower()
+
 
 FLEET_REFUSALS = {"unavailable": Refusal.GOVERNOR_UNAVAILABLE, "live_cap": Refusal.FLEET_LIVE_CAP,
                   "budget": Refusal.FLEET_BUDGET}  # the governor store's refusal reasons, as gates
+
+
+# Holds that do not lift by themselves within a run's time (`maestro run-now` refuses up front instead of queueing).
+LASTING = frozenset((Refusal.EMERGENCY_STOP, Refusal.AUTH_HALT, Refusal.CLAUDE_MISSING, Refusal.QUOTA_HOLD,
+                     Refusal.CIRCUIT_OPEN, Refusal.BACKOFF, Refusal.BUDGET, Refusal.FLEET_BUDGET))
 
 
 class FleetAnswer(Protocol):
@@ -101,11 +112,16 @@ class Hold:
 
     @property
     def gate(self) -> str:
-        return self.refusal.value
+        return self.refusal.gate
+
+    @property
+    def lasting(self) -> bool:
+        """It will not lift by itself within a run's time (or ever, when the run can never fit)."""
+        return self.never_fits or self.refusal in LASTING
 
     def to_json(self) -> dict[str, Any]:
-        return {"gate": self.gate, "why": self.why, "until": iso(self.until) if self.until else None,
-                "never_fits": self.never_fits, "lifts": self.lifts}
+        return {"gate": self.gate, "counter": self.refusal.value, "why": self.why,
+                "until": iso(self.until) if self.until else None, "never_fits": self.never_fits, "lifts": self.lifts}
 
     def line(self) -> str:
         """One line for an operator: why, and what lifts it."""
@@ -126,7 +142,7 @@ class Gate:
 
     @property
     def name(self) -> str:
-        return self.refusal.value
+        return self.refusal.gate
 
 
 @dataclass(frozen=True)

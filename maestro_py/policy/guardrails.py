@@ -159,6 +159,12 @@ class Guardrails:
             self._report_fleet_budget(cadence, hold.detail, now)
         return hold
 
+    def memory(self, now: datetime) -> dict[str, Any]:
+        """What the gates read that lives only in this daemon's memory, for the status file (so the views'
+        `ops.gates.PersistedState` reads it back): whether the credentials are proven, the backoffs still ahead."""
+        return {"credentials_verified": self.credentials_verified,
+                "backoff": {name: iso(at) for name, at in self.backoff.next_allowed.items() if at > now}}
+
     def fleet_estimate(self, cadence: Cadence) -> Estimate:
         """What a run reserves in the governor store (`gates.fleet_estimate`)."""
         return fleet_estimate(self.budget, cadence)
