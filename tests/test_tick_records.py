@@ -52,8 +52,9 @@ def test_every_move_appends_one_record_to_the_same_file(bus: Bus, layout: Layout
     assert [(r["to"], r["entry"]["outcome"]) for r in records] == [("inbox", "failed"), ("inbox", "requeued"),
                                                                    ("done", "ok")]
     assert records[0]["set"] == {"attempts": 1, "not_before": None}
+    assert records[-1]["set"] == {"attempts": 2}  # the success was its second attempt (the requeue did not count)
     folded = read_json(path)
-    assert folded["attempts"] == 1 and folded["payload"] == {"k": 1}
+    assert folded["attempts"] == 2 and folded["payload"] == {"k": 1}
     assert [h["outcome"] for h in folded["history"]] == ["enqueued", "failed", "requeued", "ok"]
 
 
@@ -158,7 +159,7 @@ def test_a_single_object_file_of_an_older_version_still_moves(bus: Bus, layout: 
                                indent=2))
     bus.complete(claim_one(bus), "ok")
     done = read_json(layout.folder(Folder.DONE) / path.name)
-    assert done["attempts"] == 1 and [h["outcome"] for h in done["history"]] == ["enqueued", "ok"]
+    assert done["attempts"] == 2 and [h["outcome"] for h in done["history"]] == ["enqueued", "ok"]  # 1 failed, then 1 ok
 
 
 def test_a_claimed_file_torn_at_every_byte_of_its_settling_record_is_never_lost(tmp_path: Path, clock) -> None:

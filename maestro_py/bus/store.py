@@ -147,17 +147,23 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
         return Claim(tick, target)
 
     # -- settling ---------------------------------------------------------
-    def complete(self, claim: Claim, outcome: str = "ok", *, reason: str | None = None, **details: Any) -> None:
-        """claimed/ -> done/ with a final history entry (durable now, or when the group commits)."""
+    def complete(self, claim: Claim, outcome: str = "ok", *, reason: str | None = None, ran: bool = True,
+                 **details: Any) -> None:
+        """claimed/ -> done/ with a final history entry (durable now, or when the group commits). `ran`: this claim
+        was an attempt (a run, a handler, a guard), so `attempts` counts it; a merge into a twin was not."""
         tick = claim.tick
         event = {"id": tick.id, "cadence": tick.cadence, "outcome": outcome, "reason": reason, **details}
         with _undo_on_error(tick):
             self._record(tick, claim.attempt, outcome, reason, details)
+            changes = {}
+            if ran:
+                tick.attempts = claim.attempt
+                changes = {"attempts": tick.attempts}
             if self._group is not None:
-                self._advance(claim, Folder.DONE, {}, durable=False)
+                self._advance(claim, Folder.DONE, changes, durable=False)
                 self._group.append(event)
                 return
-            self._advance(claim, Folder.DONE, {})
+            self._advance(claim, Folder.DONE, changes)
         self.events.emit("done", **event)
 
     @contextmanager

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from maestro_py.cli.common import Context, budget_summary, figure_lines, pass_ctx
+from maestro_py.cli.common import CliError, Context, budget_summary, figure_lines, pass_ctx
 from maestro_py.cli.governor import fleet_lines
 from maestro_py.ops import when
 from maestro_py.policy.budget import never_fits_lines
@@ -29,7 +29,39 @@ def fleet_summary(c: Context) -> tuple[list[dict[str, Any]], str | None]:
         return [], f"unavailable: {exc}"
     finally:
         store.close()
-    return [{"source": "governor", **row, "never_fits": []} for row in rows], None
+    out = [{"source": "governor", **row, "never_fits": []} for row in rows]
+    for cadence, hold in _fleet_never_fits(c):  # the store's own answer for each cadence, as the daemon asks it
+        answer = hold.detail
+        for row in out:
+            if (row["scope"], row["window"]) == (answer.scope, answer.window):
+                row["never_fits"].append({"cadence": cadence, "reason": hold.why})
+    return out, None
+
+
+def _fleet_never_fits(c: Context) -> list[tuple[str, Any]]:
+    """(cadence, hold) for each cadence whose one run the governor store can never admit (`ops.gates`)."""
+    from maestro_py.clock import SystemClock
+    from maestro_py.ops import gates, views
+    from maestro_py.policy.gates import Refusal
+
+    now = SystemClock().now()
+    try:
+        registry = c.registry()
+        state = gates.PersistedState(c.layout, c.env, c.settings(), registry, now)
+    except (CliError, views.CircuitFileInvalid):
+        return []  # `maestro doctor` names what is broken
+    try:
+        out = []
+        for name in registry.names():
+            cadence = registry.get(name)
+            if cadence is None or cadence.mode == "inline":
+                continue
+            for answer in gates.walk(state, cadence, now):
+                if answer.hold is not None and answer.hold.refusal is Refusal.FLEET_BUDGET and answer.hold.never_fits:
+                    out.append((name, answer.hold))
+        return out
+    finally:
+        state.close()
 
 
 @click.command()
@@ -55,3 +87,5 @@ def budget(c: Context, as_json: bool) -> None:
         click.echo(f"governor store: {trouble}")
     for row in fleet:
         click.echo("governor " + fleet_lines(row))
+        for entry in row["never_fits"]:
+            click.echo(f"  never fits: {entry['cadence']}: {entry['reason']}")

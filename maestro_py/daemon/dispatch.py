@@ -136,7 +136,8 @@ class Dispatcher:
                 claim = self.bus.claim(entry.name)
                 if claim is None:
                     continue
-                self.bus.complete(claim, "skipped_overlap", reason=f"merged into {target}", merged_into=target)
+                self.bus.complete(claim, "skipped_overlap", reason=f"merged into {target}", ran=False,
+                                  merged_into=target)
                 self.counters["skipped_overlap"] += 1
                 merged = True
         return merged

@@ -23,7 +23,7 @@ from maestro_py.errors import ConfigError, SpawnError
 from maestro_py.ops import views, when
 from maestro_py.ops.probe import Check, Level, Probe
 from maestro_py.ops.service_checks import check_services
-from maestro_py.ops.spend_checks import check_budget, check_governor
+from maestro_py.ops.spend_checks import check_budget, check_gates, check_governor
 from maestro_py.paths import Folder
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING
 from maestro_py.policy.emergency import read_stop_file
@@ -319,7 +319,7 @@ def check_disk(p: Probe) -> Check:
 CHECKS: tuple[Callable[[Probe], Check | list[Check]], ...] = (
     check_env_file, check_settings, check_registry, check_prompts, check_claude, check_credential,
     check_writable, check_daemon, check_claims, check_dlq, check_stop, check_circuits, check_budget,
-    check_governor, check_services, check_disk,
+    check_governor, check_gates, check_services, check_disk,
 )
 
 

@@ -69,5 +69,38 @@ def check_governor(p: Probe) -> Check:
     return Check("governor", Level.OK, detail)
 
 
+def check_gates(p: Probe) -> Check:
+    """Each cadence's runs walked through the daemon's gate chain (`ops.gates`): fail for a run that can never fit
+    a budget (a configuration error: no reset lifts it), warn for a hold that lasts, ok when every cadence may run."""
+    try:
+        settings = Settings.from_env(p.env)
+        registry = Registry.load(p.layout)
+    except (ConfigError, RegistryError):
+        return Check("gates", Level.WARN, "skipped: the settings or the registry are invalid (see above)")
+    from maestro_py.ops import gates
+
+    now = p.now()
+    try:
+        state = gates.PersistedState(p.layout, p.env, settings, registry, now)
+    except views.CircuitFileInvalid as exc:
+        return Check("gates", Level.FAIL, str(exc))
+    never: list[str] = []
+    lasting: list[str] = []
+    try:
+        for name in registry.names():
+            hold = gates.hold_of(state, registry.get(name), now)
+            if hold is not None and hold.never_fits:
+                never.append(f"{name} never fits: {hold.line()}")
+            elif hold is not None and hold.lasting:
+                lasting.append(f"{name} held by {hold.gate}: {hold.why}")
+    finally:
+        state.close()
+    if never:
+        return Check("gates", Level.FAIL, "; ".join(never))
+    if lasting:
+        return Check("gates", Level.WARN, "; ".join(lasting))
+    return Check("gates", Level.OK, "no gate holds a cadence for long")
+
+
 def _amount(unit: str, value: float) -> str:
     return f"${value:.4f}" if unit == "usd" else f"{value:,.0f} tokens"

@@ -149,16 +149,20 @@ class Gate:
 class Answer:
     """One gate's answer for a view: it holds the run (with its `Hold`) or passes (with its words)."""
 
-    gate: str
+    refusal: Refusal
     hold: Hold | None
     why: str
+
+    @property
+    def gate(self) -> str:
+        return self.refusal.gate
 
     @property
     def holds(self) -> bool:
         return self.hold is not None
 
     def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"gate": self.gate, "holds": self.holds, "why": self.why}
+        doc: dict[str, Any] = {"gate": self.gate, "counter": self.refusal.value, "holds": self.holds, "why": self.why}
         if self.hold is not None:
             doc.update(until=iso(self.hold.until) if self.hold.until else None, never_fits=self.hold.never_fits,
                        lifts=self.hold.lifts)
@@ -369,7 +373,7 @@ def walk(state: GateState, cadence: Cadence, now: datetime) -> list[Answer]:
     out = []
     for gate in GATES:
         hold = gate.check(state, cadence, now)
-        out.append(Answer(gate.name, hold, hold.line() if hold is not None else gate.passes(state, cadence, now)))
+        out.append(Answer(gate.refusal, hold, hold.line() if hold is not None else gate.passes(state, cadence, now)))
     return out
 
 
