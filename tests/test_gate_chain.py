@@ -25,6 +25,7 @@ from maestro_py.daemon.loop import Daemon
 from maestro_py.fleet import open_store
 from maestro_py.paths import Layout
 from maestro_py.policy.gates import GATES, Refusal
+from tests.serve_support import Served
 from tests.fakes import FakeClock, FakeSpawner, enqueue, invoke, make_daemon, settings_env, write_agent
 
 
@@ -202,7 +203,7 @@ def test_pacing_holds_within_one_loop_only(make_root: Any) -> None:
     assert root.spawner.count == 2
 
 
-def test_the_governor_limit_case_reads_the_same_in_every_view(make_root: Any) -> None:
+def test_the_governor_limit_case_reads_the_same_in_every_view(make_root: Any, tmp_path: Path) -> None:
     """The issue's case: an agent limit of $0.20 an hour, a cadence reserving $0.25: the daemon holds it for good,
     and so say dry-run (exit 1), run-now (refused up front), doctor (fail), cadences and budget (never fits)."""
     registry, settings, setups, _ = CASES["fleet budget never fits"]
@@ -222,6 +223,12 @@ def test_the_governor_limit_case_reads_the_same_in_every_view(make_root: Any) ->
     assert memo["held_by"]["gate"] == "fleet_budget" and memo["held_by"]["never_fits"]
     budget = invoke(runner, at, "budget", env=root.env)
     assert "never fits: memo" in budget.stdout
-    enqueue(root.layout, root.clock, "memo")
+    [tick] = enqueue(root.layout, root.clock, "memo")
     inbox = invoke(runner, at, "inbox", "list", env=root.env)
     assert "held by fleet_budget" in inbox.stdout
+    served = Served(root.layout, tmp_path, MAESTRO_GOVERNOR_URL=root.env["MAESTRO_GOVERNOR_URL"])
+    try:  # GET /v1/ticks/ID from a real server on loopback
+        doc = served.request("GET", f"/v1/ticks/{tick}").json()
+    finally:
+        served.stop()
+    assert doc["state"] == "queued" and doc["held_by"]["gate"] == "fleet_budget" and doc["held_by"]["never_fits"]

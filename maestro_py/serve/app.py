@@ -90,6 +90,9 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
         if doc is None:
             raise HttpError(404, "no such tick in inbox/, claimed/, done/ or dlq/ (done ticks are pruned after "
                                  "MAESTRO_RETENTION_DAYS)")
+        if doc.get("state") == "queued":  # the gate that holds it, as the daemon would answer
+            doc["held_by"] = await run_in_threadpool(ticks.held_by, layout, env, settings, intake.cadences.current(),
+                                                     doc, SystemClock().now())
         return json_answer(200, doc)
 
     def judge_health() -> dict[str, Any]:
