@@ -226,6 +226,7 @@ def test_the_governor_limit_case_reads_the_same_in_every_view(make_root: Any, tm
     [tick] = enqueue(root.layout, root.clock, "memo")
     inbox = invoke(runner, at, "inbox", "list", env=root.env)
     assert "held by fleet_budget" in inbox.stdout
+    assert "held by fleet_budget" in invoke(runner, at, "tick", "show", tick, env=root.env).stdout
     served = Served(root.layout, tmp_path, MAESTRO_GOVERNOR_URL=root.env["MAESTRO_GOVERNOR_URL"])
     try:  # GET /v1/ticks/ID from a real server on loopback
         doc = served.request("GET", f"/v1/ticks/{tick}").json()

@@ -9,7 +9,7 @@ at the same moment either runs it or does not see it, never both; a running (cla
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +22,9 @@ from maestro_py.errors import TickInvalid, TickNotQueued
 from maestro_py.ops import ticks, when
 from maestro_py.ops.logview import escape
 from maestro_py.redact import Redactor
+
+if TYPE_CHECKING:
+    from maestro_py.policy.gates import Hold
 
 VALUE_WIDTH = 160  # a longer history value (a stderr tail) is cut here; --json shows it whole
 NOT_QUEUED_HINTS = {
@@ -46,6 +49,9 @@ def tick_show(c: Context, tick_id: str, as_json: bool) -> None:
     doc = ticks.describe(c.layout, full)
     if doc is None:
         raise CliError(f"tick {full} was settled and pruned while it was being read")
+    if doc["state"] == "queued" and doc.get("readable", True):
+        held = _holding(c, doc["cadence"], doc.get("not_before"))
+        doc["held_by"] = held.to_json() if held is not None else None
     if as_json:
         click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
         return
@@ -66,6 +72,9 @@ def show_lines(doc: dict[str, Any], now: Any) -> list[str]:
         wait = f"   not before: {when.local(at)} ({when.relative(at, now)}" + (
             f", {doc['wait']})" if doc.get("wait") else ")")
     lines.append(f"  attempts: {doc['attempts']}{wait}")
+    held = doc.get("held_by")
+    if held:
+        lines.append(f"  held by {held['gate']}: {held['why']}" + (f" ({held['lifts']})" if held["lifts"] else ""))
     if doc.get("claimed_by"):
         lines.append(f"  claimed by: {doc['claimed_by']}")
     if doc.get("dlq_reason"):
@@ -133,18 +142,21 @@ def tick_retry_now(c: Context, tick_id: str) -> None:
 
 
 def _holding_gate(c: Context, cadence: str) -> str | None:
-    """The gate that would hold a run of `cadence` now, in words (`ops.gates`); None if none does or it cannot tell."""
-    from maestro_py.ops import gates, views
+    """The gate that would hold a due run of `cadence` now, in words; None if none does or it cannot tell."""
+    held = _holding(c, cadence, None)
+    return f"{held.gate}: {held.why}" if held is not None else None
+
+
+def _holding(c: Context, cadence: str, not_before: str | None) -> "Hold | None":
+    """The gate that holds a queued tick of `cadence` now (`ops.gates.queued_hold`); None if none does or it cannot
+    tell (the registry is invalid: `maestro doctor` says why)."""
+    from maestro_py.ops import gates
 
     try:
         registry = c.registry()
-        found = registry.get(cadence)
-        if found is None:
-            return None
-        first = gates.refused_by(gates.evaluate(c.layout, c.env, c.settings(), registry, found, SystemClock().now()))
-    except (CliError, views.CircuitFileInvalid):
+    except CliError:
         return None
-    return f"{first.gate}: {first.why}" if first else None
+    return gates.queued_hold(c.layout, c.env, c.settings(), registry, cadence, not_before, SystemClock().now())
 
 
 def _bus(c: Context) -> Bus:

@@ -31,7 +31,7 @@ from maestro_py.registry import Cadence, Registry
 from maestro_py.session import command
 from maestro_py.session.ledger import Ledger
 
-__all__ = ["Answer", "PersistedState", "evaluate", "hold_of", "refused_by"]
+__all__ = ["Answer", "PersistedState", "evaluate", "hold_of", "queued_hold", "refused_by", "walk"]
 
 _UNSET: Any = object()
 
@@ -137,3 +137,20 @@ def hold_of(state: PersistedState, cadence: Cadence | None, now: datetime) -> Ho
     if cadence is None or cadence.mode == "inline":
         return None
     return first_hold(state, cadence, now)
+
+
+def queued_hold(layout: Layout, env: Mapping[str, str], settings: Settings, registry: Registry, cadence: str,
+                not_before: str | None, now: datetime) -> Hold | None:
+    """For one queued tick of `cadence` that is due (its `not_before` passed or unset): the gate that holds it now.
+    None when it waits for its own time, runs at the daemon's next loop, or `circuit-open.json` cannot be read
+    (`maestro doctor` says so)."""
+    if not_before and parse_iso(not_before) > now:
+        return None
+    try:
+        state = PersistedState(layout, env, settings, registry, now)
+    except views.CircuitFileInvalid:
+        return None
+    try:
+        return hold_of(state, registry.get(cadence), now)
+    finally:
+        state.close()

@@ -12,9 +12,8 @@ from maestro_py.bus.fsio import scan_dir
 from maestro_py.bus.store import CLAIM_SEP
 from maestro_py.bus.tick import TICK_ID_RE
 from maestro_py.bus.tickfile import read_tick_file
-from maestro_py.clock import parse_iso
 from maestro_py.config import Settings
-from maestro_py.errors import MaestroError, TickInvalid
+from maestro_py.errors import TickInvalid
 from maestro_py.paths import Folder, Layout
 from maestro_py.registry import Registry
 from maestro_py.serve.http import HttpError
@@ -58,19 +57,9 @@ def find_tick(layout: Layout, tick_id: str) -> dict[str, Any] | None:
 def held_by(layout: Layout, env: Mapping[str, str], settings: Settings, registry: Registry,
             doc: dict[str, Any], now: datetime) -> dict[str, Any] | None:
     """For a queued tick that is due: the gate that holds it now, as the daemon's chain answers (`ops.gates`)."""
-    due = doc.get("not_before")
-    if doc.get("state") != "queued" or (due and parse_iso(due) > now):
-        return None
     from maestro_py.ops import gates
 
-    try:
-        state = gates.PersistedState(layout, env, settings, registry, now)
-    except MaestroError:  # circuit-open.json unreadable: the daemon reports it; nothing to say here
-        return None
-    try:
-        hold = gates.hold_of(state, registry.get(str(doc.get("cadence"))), now)
-    finally:
-        state.close()
+    hold = gates.queued_hold(layout, env, settings, registry, str(doc.get("cadence")), doc.get("not_before"), now)
     return hold.to_json() if hold is not None else None
 
 
