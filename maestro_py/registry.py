@@ -25,7 +25,7 @@ from typing import Any
 from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout
-from maestro_py.registry_keys import FIELDS, Bad, show
+from maestro_py.registry_keys import FIELDS, Bad, Mode, show
 
 # \Z, not $: "$" also matches before a trailing newline, and names become file names.
 DEFAULTS_TABLE = "defaults"
@@ -57,7 +57,7 @@ class Cadence:
     """One cadence with its defaults applied."""
 
     name: str
-    mode: str  # "escalate" | "inline" | "guarded"
+    mode: Mode
     prompt: Path | None  # absolute, resolved (escalate/guarded)
     handler: str | None
     guard: str | None
@@ -253,7 +253,7 @@ def _cadence(
 ) -> Cadence:
     return Cadence(
         name=name,
-        mode=mode,
+        mode=Mode(mode),
         prompt=prompt,
         handler=values.get("handler"),
         guard=values.get("guard"),

@@ -5,6 +5,7 @@ A checker returns the value as the registry keeps it, or raises `Bad` with the p
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,15 @@ from typing import Any
 from maestro_py import cron, inline
 from maestro_py.clock import MAX_COUNT, MAX_NUMBER
 
-MODES = ("escalate", "inline", "guarded")
+class Mode(enum.StrEnum):
+    """How a cadence's tick runs: a sub-session, a handler in the daemon's loop, or a guard first then maybe both."""
+
+    ESCALATE = "escalate"  # one `claude --print` sub-session
+    INLINE = "inline"      # a handler in the daemon's loop; no gate holds it
+    GUARDED = "guarded"    # a guard in the loop decides whether the sub-session is needed
+
+
+MODES = tuple(mode.value for mode in Mode)
 OVERLAPS = ("skip", "buffer_one", "allow")
 
 

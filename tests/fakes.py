@@ -151,6 +151,30 @@ class FakeSpawner:
         return [s for s in self.sessions if s.outcome is None]
 
 
+# -- the one mover, for bus tests ---------------------------------------------------------------------
+
+def fail(bus: Bus, claim: Any, reason: str, *, max_attempts: int, retry_at: datetime | None = None,
+         permanent: bool = False, **details: Any) -> str:
+    """A failed attempt as the daemon settles it (the policy's verdict carried out): "retry" or "dlq"."""
+    from collections import Counter
+
+    from maestro_py.daemon.settle import carry_out
+    from maestro_py.policy.verdict import Action, burnt
+
+    verdict = burnt(claim.tick, reason, retry_at, None, max_attempts=max_attempts, permanent=permanent)
+    carry_out(bus, claim, verdict, Counter(), **details)
+    return "retry" if verdict.action is Action.RETRY else "dlq"
+
+
+def reap(bus: Bus, *, max_reaps: int = 3, active: set[str] | None = None) -> list[str]:
+    """Claims whose owner is gone, settled as the daemon's housekeeping settles them (`daemon.settle.reap`)."""
+    from collections import Counter
+
+    from maestro_py.daemon.settle import reap as settle_reap
+
+    return settle_reap(bus, Counter(), max_reaps=max_reaps, active=active)
+
+
 # -- an in-process daemon ------------------------------------------------------------------------------
 
 def settings_env(**overrides: Any) -> dict[str, str]:

@@ -20,7 +20,7 @@ from maestro_py.errors import InboxFull
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.owner import Owner
 from maestro_py.paths import Folder, Layout
-from tests.fakes import events, names, read_json, tick_ids
+from tests.fakes import events, fail, names, read_json, reap, tick_ids
 
 
 def claim_next(bus: Bus, index):
@@ -82,7 +82,7 @@ def test_fail_retries_with_not_before_then_dead_letters(bus: Bus, layout: Layout
     tick = bus.enqueue("a")
     index = bus.index
     claim = claim_next(bus, index)
-    assert bus.fail(claim, "boom", max_attempts=2, retry_at=clock.now() + timedelta(seconds=30)) == "retry"
+    assert fail(bus, claim, "boom", max_attempts=2, retry_at=clock.now() + timedelta(seconds=30)) == "retry"
     queued = read_json(layout.folder(Folder.INBOX) / f"{tick.id}.json")
     assert queued["attempts"] == 1 and queued["not_before"] is not None
     # Not runnable before its time.
@@ -90,7 +90,7 @@ def test_fail_retries_with_not_before_then_dead_letters(bus: Bus, layout: Layout
     clock.advance(31)
     claim = claim_next(bus, index)
     assert claim is not None and claim.attempt == 2
-    assert bus.fail(claim, "boom again", max_attempts=2) == "dlq"
+    assert fail(bus, claim, "boom again", max_attempts=2) == "dlq"
     dead = read_json(layout.folder(Folder.DLQ) / f"{tick.id}.json")
     assert dead["attempts"] == 2
     assert "attempts exhausted (2/2)" in dead["dlq_reason"]
@@ -100,7 +100,7 @@ def test_fail_retries_with_not_before_then_dead_letters(bus: Bus, layout: Layout
 def test_permanent_failure_goes_straight_to_dlq(bus: Bus, layout: Layout) -> None:
     tick = bus.enqueue("a")
     claim = claim_next(bus, bus.index)
-    assert bus.fail(claim, "400 bad request", max_attempts=5, permanent=True) == "dlq"
+    assert fail(bus, claim, "400 bad request", max_attempts=5, permanent=True) == "dlq"
     assert tick_ids(layout, Folder.DLQ) == [tick.id]
 
 
@@ -126,7 +126,7 @@ def test_reap_returns_claims_of_dead_owners_only(layout: Layout, clock) -> None:
     alive = Bus(layout, clock=clock, owner=Owner.current())
     claim_next(alive, index)  # claimed by a live owner (this process)
     mine.owner = Owner(os.getppid(), Owner.of(os.getppid()).started_cs)  # a different live process
-    assert mine.reap_stale() == [lost.id]
+    assert reap(mine) == [lost.id]
     assert tick_ids(layout, Folder.INBOX) == [lost.id]
     assert tick_ids(layout, Folder.CLAIMED) == [kept.id]
     data = read_json(layout.folder(Folder.INBOX) / f"{lost.id}.json")
@@ -136,12 +136,12 @@ def test_reap_returns_claims_of_dead_owners_only(layout: Layout, clock) -> None:
 
 def test_reaping_a_poison_tick_three_times_dead_letters_it(layout: Layout, clock) -> None:
     ghost = Owner(999_999, 1)
-    bus = Bus(layout, clock=clock, owner=ghost, max_reaps=3)
+    bus = Bus(layout, clock=clock, owner=ghost)
     tick = bus.enqueue("a")
     reaper = Bus(layout, clock=clock)
     for _ in range(3):
         claim_next(bus, bus.index)
-        reaper.reap_stale()
+        reap(reaper)
     assert tick_ids(layout, Folder.DLQ) == [tick.id]
     assert "owner died 3 times" in read_json(layout.folder(Folder.DLQ) / f"{tick.id}.json")["dlq_reason"]
 
@@ -155,7 +155,7 @@ def test_reap_finishes_an_interrupted_move_without_duplicating(layout: Layout, c
     saved = claim.path.read_bytes()
     bus.complete(claim)
     claim.path.write_bytes(saved)
-    Bus(layout, clock=clock).reap_stale()
+    reap(Bus(layout, clock=clock))
     assert tick_ids(layout, Folder.DONE) == [tick.id]
     assert names(layout, Folder.CLAIMED) == [] and names(layout, Folder.INBOX) == []
 
@@ -192,7 +192,7 @@ def test_reap_reruns_a_tick_whose_unsynced_done_copy_was_torn_by_a_crash(layout:
     claim = claim_next(bus, bus.index)
     # A power cut after a group commit published the done copy but before its sync: the copy is empty or cut.
     (layout.folder(Folder.DONE) / f"{tick.id}.json").write_bytes(torn)
-    assert Bus(layout, clock=clock).reap_stale() == [tick.id]
+    assert reap(Bus(layout, clock=clock)) == [tick.id]
     assert tick_ids(layout, Folder.INBOX) == [tick.id] and names(layout, Folder.DONE) == []
     assert names(layout, Folder.CLAIMED) == [] and claim.tick.id == tick.id
     assert read_json(layout.folder(Folder.INBOX) / f"{tick.id}.json")["history"][-1]["outcome"] == "reaped"

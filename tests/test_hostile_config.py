@@ -155,4 +155,4 @@ def test_an_unexpected_error_while_settling_requeues_the_tick_and_charges_its_re
     monkeypatch.undo()
     run_steps(daemon, 5)  # the loop goes on: the tick runs again and settles
     done = read_json(layout.folder(Folder.DONE) / f"{tick}.json")
-    assert done["attempts"] == 0 and daemon.budget.reservations == {}
+    assert done["attempts"] == 1 and daemon.budget.reservations == {}  # the requeue was not counted

@@ -9,6 +9,7 @@ import pytest
 from maestro_py.bus.events import EventLog
 from maestro_py.paths import Layout
 from maestro_py.redact import MASK, Redactor
+from tests.fakes import fail
 
 TOKEN = 'tok"en\\with/odd\tchars-0123456789'  # characters JSON escapes: quote, backslash, tab
 
@@ -59,7 +60,7 @@ def test_tick_history_records_mask_secrets_in_the_file_and_in_memory(layout: Lay
     tick = bus.enqueue("a")
     bus.index.promote(clock.now())
     claim = bus.claim(next(bus.index.heads()).name)
-    bus.fail(claim, f"auth failed for {secret}", max_attempts=1, stderr_tail=[secret, "sk-ant-api03-abcdefghijkl"])
+    fail(bus, claim, f"auth failed for {secret}", max_attempts=1, stderr_tail=[secret, "sk-ant-api03-abcdefghijkl"])
     path = layout.folder(Folder.DLQ) / tick.filename
     raw = path.read_text()
     assert secret not in raw and json.dumps(secret)[1:-1] not in raw and "sk-ant-api03" not in raw

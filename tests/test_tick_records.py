@@ -20,7 +20,7 @@ from maestro_py.bus.tick import MAX_TICK_BYTES
 from maestro_py.bus.tickfile import encode_record, read_tick_file
 from maestro_py.errors import TickInvalid
 from maestro_py.paths import Folder, Layout
-from tests.fakes import events, names, read_json, tick_ids
+from tests.fakes import events, fail, names, read_json, reap, tick_ids
 
 GHOST = Owner(999_999, 1)  # a claim owner that is not running
 
@@ -42,7 +42,7 @@ def lines(path: Path) -> list[dict]:
 def test_every_move_appends_one_record_to_the_same_file(bus: Bus, layout: Layout, clock) -> None:
     tick = bus.enqueue("a", payload={"k": 1})
     inode = os.stat(layout.folder(Folder.INBOX) / tick.filename).st_ino
-    bus.fail(claim_one(bus), "boom", max_attempts=3)
+    fail(bus, claim_one(bus), "boom", max_attempts=3)
     bus.requeue(claim_one(bus), "draining")
     bus.complete(claim_one(bus), "ok", cost_usd=0.01)
     path = layout.folder(Folder.DONE) / tick.filename
@@ -60,7 +60,7 @@ def test_every_move_appends_one_record_to_the_same_file(bus: Bus, layout: Layout
 
 def test_dead_letter_record_carries_the_reason(bus: Bus, layout: Layout) -> None:
     tick = bus.enqueue("a")
-    assert bus.fail(claim_one(bus), "bad request", max_attempts=3, permanent=True) == "dlq"
+    assert fail(bus, claim_one(bus), "bad request", max_attempts=3, permanent=True) == "dlq"
     path = layout.folder(Folder.DLQ) / tick.filename
     assert lines(path)[-1]["set"]["dlq_reason"] == "bad request"
     dead = read_tick_file(path, tick.id)[0]
@@ -73,8 +73,8 @@ def test_dead_letter_record_carries_the_reason(bus: Bus, layout: Layout) -> None
 
 def test_a_torn_last_record_loses_that_record_never_the_tick(bus: Bus, layout: Layout, clock) -> None:
     tick = bus.enqueue("a", payload={"text": "héllo ✓"})
-    bus.fail(claim_one(bus), "first failure", max_attempts=5)
-    bus.fail(claim_one(bus), "second failure — with ✓ non-ASCII", max_attempts=5)
+    fail(bus, claim_one(bus), "first failure", max_attempts=5)
+    fail(bus, claim_one(bus), "second failure — with ✓ non-ASCII", max_attempts=5)
     path = layout.folder(Folder.INBOX) / tick.filename
     data = path.read_bytes()
     last_start = data.rstrip(b"\n").rfind(b"\n") + 1
@@ -92,7 +92,7 @@ def test_a_torn_last_record_loses_that_record_never_the_tick(bus: Bus, layout: L
 
 def test_the_next_append_cuts_a_torn_record_off_first(bus: Bus, layout: Layout, clock) -> None:
     tick = bus.enqueue("a")
-    bus.fail(claim_one(bus), "boom", max_attempts=5)
+    fail(bus, claim_one(bus), "boom", max_attempts=5)
     path = layout.folder(Folder.INBOX) / tick.filename
     path.write_bytes(path.read_bytes() + b'{"to": "done", "set": {}, "entry": {"outc')  # torn by a crash
     bus.reindex()
@@ -123,7 +123,7 @@ def test_reaper_finishes_a_settling_move_cut_between_append_and_rename(layout: L
     changes = {} if to is Folder.DONE else {"dlq_reason": "gave up", "dlq_at": "2026-11-23T12:00:00.000Z"}
     with open(claim.path, "ab") as fh:
         fh.write(encode_record(to.value, entry, changes))
-    assert Bus(layout, clock=clock).reap_stale() == []
+    assert reap(Bus(layout, clock=clock)) == []
     assert tick_ids(layout, to) == [tick.id] and names(layout, Folder.CLAIMED) == []
     assert read_json(layout.folder(to) / tick.filename)["history"][-1]["outcome"] == entry["outcome"]
     assert [e["to"] for e in events(layout) if e["stage"] == "move_finished"] == [to.value]
@@ -133,9 +133,9 @@ def test_an_earlier_retry_record_does_not_spare_a_crashing_tick_its_reap_count(l
     tick = Bus(layout, clock=clock).enqueue("a")
     for expected in (1, 2):
         ghost_bus = Bus(layout, clock=clock, owner=GHOST)
-        ghost_bus.fail(claim_one(ghost_bus), "boom", max_attempts=10)  # last record: "to": "inbox"
+        fail(ghost_bus, claim_one(ghost_bus), "boom", max_attempts=10)  # last record: "to": "inbox"
         claim_one(Bus(layout, clock=clock, owner=GHOST))               # claimed again, then its owner died
-        assert Bus(layout, clock=clock).reap_stale() == [tick.id]
+        assert reap(Bus(layout, clock=clock)) == [tick.id]
         assert read_json(layout.folder(Folder.INBOX) / tick.filename)["reaps"] == expected
 
 
@@ -144,7 +144,7 @@ def test_a_file_near_the_size_limit_is_compacted_not_grown_past_it(bus: Bus, lay
     path = layout.folder(Folder.INBOX) / tick.filename
     inodes = set()
     for n in range(40):
-        bus.fail(claim_one(bus), "long reason " + "y" * 3000, max_attempts=1000)
+        fail(bus, claim_one(bus), "long reason " + "y" * 3000, max_attempts=1000)
         assert path.stat().st_size <= MAX_TICK_BYTES
         inodes.add(path.stat().st_ino)
     read, _ = read_tick_file(path, tick.id)
@@ -182,7 +182,7 @@ def test_a_claimed_file_torn_at_every_byte_of_its_settling_record_is_never_lost(
         held = lay.folder(Folder.CLAIMED) / claim.path.name
         held.write_bytes(base + record[:cut])
         bus = Bus(lay, clock=clock)
-        bus.reap_stale()
+        reap(bus)
         if cut == len(record):
             assert tick_ids(lay, Folder.DONE) == [tick.id], cut  # the whole record: its move is finished
         else:

@@ -16,7 +16,7 @@ from maestro_py.errors import TickNotQueued
 from maestro_py.ops import ticks
 from maestro_py.paths import Folder, Layout
 from tests.fakes import (
-    FakeClock, FakeSpawner, invoke, make_daemon, one_line_error, read_json, run_steps, tick_ids, write_agent,
+    FakeClock, FakeSpawner, fail, invoke, make_daemon, one_line_error, read_json, run_steps, tick_ids, write_agent,
 )
 
 HOSTILE = "\x1b]0;owned\x07API Error: 500\x1b[2J\r\x9b31m\u202eevil"
@@ -56,7 +56,7 @@ def _dead_letter(layout: Layout, clock: FakeClock, reason: str = "API Error: 400
     tick = bus.enqueue("memo")
     claim = bus.claim(tick.filename)
     assert claim is not None
-    bus.fail(claim, reason, max_attempts=1, permanent=True)
+    fail(bus, claim, reason, max_attempts=1, permanent=True)
     return tick.id
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from maestro_py.bus.claim import CLAIM_SEP, Claim
@@ -18,6 +19,16 @@ from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.clock import Clock
 from maestro_py.errors import TickInvalid
 from maestro_py.paths import Folder, Layout
+
+
+@dataclass(frozen=True)
+class Stale:
+    """A claim whose owner is gone: its tick, the dead owner's pid, and whether it is this process's own claim
+    whose settling an I/O error cut short (then it goes back as it was, not as a reap)."""
+
+    claim: Claim
+    owner_pid: int | None
+    interrupted: bool
 
 
 class Recovery:
@@ -33,21 +44,19 @@ class Recovery:
     events: EventLog
     owner: Owner
     index: InboxIndex
-    max_reaps: int
     quarantine: Callable[..., Path | None]
-    requeue: Callable[..., None]
-    dead_letter: Callable[..., None]
     _record: Callable[..., None]
     _advance: Callable[..., None]
 
-    def reap_stale(self, *, orphan_grace: float = 60.0, active: set[str] | None = None) -> list[str]:
-        """Return ticks whose claim owner is gone to `inbox/` (or finish an interrupted move).
+    def stale_claims(self, *, orphan_grace: float = 60.0, active: set[str] | None = None) -> list[Stale]:
+        """Claims whose owner is gone, for the daemon to settle (`daemon.settle.reap`: the policy's verdict says
+        where each goes). What needs no verdict is done here: a move its last record began is finished, a copy
+        already published elsewhere is dropped, an unreadable or unexpected file is quarantined.
 
-        A tick whose owner died `max_reaps` times is dead-lettered: it is probably what kills the daemon.
-        With `active` (the ids this process is working on), this process's own other claims count as
-        stale too: a disk error interrupted their settling, and they must not wait for a restart.
+        With `active` (the ids this process is working on), this process's own other claims count as stale too:
+        a disk error interrupted their settling, and they must not wait for a restart.
         """
-        reaped: list[str] = []
+        stale: list[Stale] = []
         now = self.clock.now()
         for entry in scan_dir(self.claimed):
             stem, sep, rest = entry.name[:-5].partition(CLAIM_SEP) if entry.name.endswith(".json") else ("", "", "")
@@ -78,25 +87,11 @@ class Recovery:
             except FileNotFoundError:
                 continue
             claim = Claim(tick, path)
-            if interrupted:
-                self.requeue(claim, "settling was interrupted by an I/O error; requeued")
-                reaped.append(tick.id)
-                continue
-            if tick.moving_to in (Folder.DONE.value, Folder.DLQ.value):
+            if not interrupted and tick.moving_to in (Folder.DONE.value, Folder.DLQ.value):
                 self._finish_move(claim, Folder(tick.moving_to))
                 continue
-            tick.reaps += 1
-            dead_owner = owner.pid if owner else None
-            if tick.reaps >= self.max_reaps:
-                self.dead_letter(claim, f"its owner died {tick.reaps} times while holding it", owner_pid=dead_owner,
-                                 changes={"reaps": tick.reaps})
-            else:
-                self._record(tick, claim.attempt, "reaped", "claim owner is gone", {"owner_pid": dead_owner})
-                self._advance(claim, Folder.INBOX, {"reaps": tick.reaps})
-                self.index.add(tick)
-                self.events.emit("reaped", level="warn", id=tick.id, cadence=tick.cadence, owner_pid=dead_owner)
-            reaped.append(tick.id)
-        return reaped
+            stale.append(Stale(claim, None if interrupted or owner is None else owner.pid, interrupted))
+        return stale
 
     def _finish_move(self, claim: Claim, to: Folder) -> None:
         """A claimed file whose last record settles it (done or dead-lettered) lost its owner between the append

@@ -60,13 +60,12 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
     """Delivery, claiming and settling of ticks under one agent root, and the index of what is queued."""
 
     def __init__(self, layout: Layout, *, clock: Clock | None = None, events: EventLog | None = None,
-                 owner: Owner | None = None, max_inbox: int = 1000, max_reaps: int = 3) -> None:
+                 owner: Owner | None = None, max_inbox: int = 1000) -> None:
         self.layout = layout
         self.clock = clock or SystemClock()
         self.events = events or EventLog(layout, clock=self.clock)
         self.owner = owner or Owner.current()
         self.max_inbox = max_inbox
-        self.max_reaps = max_reaps
         self.quarantined = 0  # bad entries moved to dlq/ by this process
         self.tmp = layout.folder(Folder.TMP)
         self.inbox = layout.folder(Folder.INBOX)
@@ -192,50 +191,57 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
         finally:
             self._group = None
 
-    def fail(self, claim: Claim, reason: str, *, max_attempts: int, retry_at: datetime | None = None,
-             permanent: bool = False, outcome: str = "failed", **details: Any) -> str:
-        """Burn an attempt: back to `inbox/` (not before `retry_at`), or `dlq/` when exhausted or permanent.
-
-        Returns "retry" or "dlq".
-        """
+    def retry(self, claim: Claim, reason: str, *, max_attempts: int, retry_at: datetime | None = None,
+              outcome: str = "failed", **details: Any) -> None:
+        """A failed attempt that may be tried again: the attempt is used, back to `inbox/` not before `retry_at`
+        (`max_attempts` is only said in the event: the policy decided it is not exhausted)."""
         tick = claim.tick
         with _undo_on_error(tick):  # a settle retried after an I/O error burns the attempt once
             tick.attempts += 1
             self._record(tick, tick.attempts, outcome, reason, details)
-            if permanent or tick.attempts >= max_attempts:
-                count = (f"{tick.attempts}/{max_attempts}" if tick.attempts <= max_attempts  # else the limit was lowered
-                         else f"{tick.attempts}, and the limit is {max_attempts} now")
-                why = reason if permanent else f"attempts exhausted ({count}): {reason}"
-                self.dead_letter(claim, why, recorded=True, changes={"attempts": tick.attempts})
-                return "dlq"
             tick.not_before = iso(retry_at) if retry_at else None
             self._advance(claim, Folder.INBOX, {"attempts": tick.attempts, "not_before": tick.not_before})
         self.index.add(tick)
         self.events.emit("retry", level="warn", id=tick.id, cadence=tick.cadence, attempt=tick.attempts,
                          max_attempts=max_attempts, not_before=tick.not_before, reason=reason, **details)
-        return "retry"
 
     def requeue(self, claim: Claim, reason: str, *, not_before: datetime | None = None, outcome: str = "requeued",
-                **details: Any) -> None:
-        """Back to `inbox/` without burning an attempt (drain, emergency stop, a systemic failure)."""
+                reaps: int | None = None, **details: Any) -> None:
+        """Back to `inbox/` without burning an attempt (drain, emergency stop, a systemic failure; `reaps`: its
+        claim owner died, for that many times now)."""
         tick = claim.tick
         with _undo_on_error(tick):
             tick.not_before = iso(not_before) if not_before else None
             self._record(tick, claim.attempt, outcome, reason, details)
-            self._advance(claim, Folder.INBOX, {"not_before": tick.not_before})
+            changes: dict[str, Any] = {"not_before": tick.not_before}
+            if reaps is not None:
+                tick.reaps = changes["reaps"] = reaps
+            self._advance(claim, Folder.INBOX, changes)
         self.index.add(tick)
-        self.events.emit("requeued", id=tick.id, cadence=tick.cadence, reason=reason, **details)
+        if reaps is not None:
+            self.events.emit("reaped", level="warn", id=tick.id, cadence=tick.cadence, **details)
+        else:
+            self.events.emit("requeued", id=tick.id, cadence=tick.cadence, reason=reason, **details)
 
-    def dead_letter(self, claim: Claim, reason: str, *, recorded: bool = False,
+    def dead_letter(self, claim: Claim, reason: str, *, burn: bool = False, outcome: str = "dead_letter",
+                    dlq_reason: str | None = None, reaps: int | None = None, recorded: bool = False,
                     changes: dict[str, Any] | None = None, **details: Any) -> None:
-        """claimed/ -> dlq/ with the reason and the full history (`changes`: fields the caller already changed)."""
+        """claimed/ -> dlq/ with the reason and the full history. `burn`: this claim used an attempt (its history
+        entry counts it); `dlq_reason`: the dead letter's own reason, when it says more than the entry's
+        (`changes`, `recorded`: the caller changed those fields and recorded the entry already)."""
         tick = claim.tick
+        changes = dict(changes or {})
         with _undo_on_error(tick):
+            if burn:
+                tick.attempts += 1
+                changes["attempts"] = tick.attempts
+            if reaps is not None:
+                tick.reaps = changes["reaps"] = reaps
             if not recorded:
-                self._record(tick, claim.attempt, "dead_letter", reason, details)
-            tick.dlq_reason, tick.dlq_at = self.events.redactor.text(reason), iso(self.clock.now())
-            self._advance(claim, Folder.DLQ, {**(changes or {}), "dlq_reason": tick.dlq_reason, "dlq_at": tick.dlq_at})
-        self.events.emit("dlq", level="error", id=tick.id, cadence=tick.cadence, reason=reason,
+                self._record(tick, tick.attempts if burn else claim.attempt, outcome, reason, details)
+            tick.dlq_reason, tick.dlq_at = self.events.redactor.text(dlq_reason or reason), iso(self.clock.now())
+            self._advance(claim, Folder.DLQ, {**changes, "dlq_reason": tick.dlq_reason, "dlq_at": tick.dlq_at})
+        self.events.emit("dlq", level="error", id=tick.id, cadence=tick.cadence, reason=dlq_reason or reason,
                          attempts=tick.attempts)
 
     def inspect(self, name: str) -> Seen:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from maestro_py.registry_keys import Mode
 from maestro_py.cli.common import CliError, Context, budget_summary, figure_lines, pass_ctx
 from maestro_py.cli.governor import fleet_lines
 from maestro_py.ops import when
@@ -54,7 +55,7 @@ def _fleet_never_fits(c: Context) -> list[tuple[str, Any]]:
         out = []
         for name in registry.names():
             cadence = registry.get(name)
-            if cadence is None or cadence.mode == "inline":
+            if cadence is None or cadence.mode == Mode.INLINE:
                 continue
             for answer in gates.walk(state, cadence, now):
                 if answer.hold is not None and answer.hold.refusal is Refusal.FLEET_BUDGET and answer.hold.never_fits:

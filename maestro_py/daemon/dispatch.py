@@ -20,8 +20,10 @@ from maestro_py.errors import ClaudeUnavailable, SpawnError
 from maestro_py.paths import Layout
 from maestro_py.policy import overlap
 from maestro_py.policy.failures import FailureClass
-from maestro_py.policy.guardrails import Guardrails, Verdict
+from maestro_py.policy import verdict
+from maestro_py.policy.guardrails import Guardrails
 from maestro_py.registry import Cadence, Registry
+from maestro_py.registry_keys import Mode
 from maestro_py.session import command
 from maestro_py.session.runner import Spawner
 
@@ -111,15 +113,13 @@ class Dispatcher:
             progressed = True
             cadence = registry.get(claim.tick.cadence)
             if cadence is None:
-                self.bus.dead_letter(claim, f"unknown cadence {claim.tick.cadence!r}: no registry entry "
-                                            f"and no prompt file cadences/{claim.tick.cadence}.md")
-                self.counters["dlq"] += 1
+                self.settler.apply(claim, verdict.unknown_cadence(claim.tick.cadence))
                 continue
-            if cadence.mode == "escalate" or (cadence.mode == "guarded" and self._guard_says_escalate(claim, cadence, env)):
+            if cadence.mode == Mode.ESCALATE or (cadence.mode == Mode.GUARDED and self._guard_says_escalate(claim, cadence, env)):
                 spawned = self._spawn(claim, cadence, env) or spawned
             else:
                 inline_left -= 1
-                if cadence.mode == "inline":
+                if cadence.mode == Mode.INLINE:
                     self._run_inline(claim, cadence, env)
         return progressed
 
@@ -129,16 +129,14 @@ class Dispatcher:
         index = self.bus.index
         for cadence_name in {e.cadence for e in index.heads(read_ahead=False)}:
             cadence = registry.get(cadence_name)
-            if cadence is None or cadence.mode == "inline":
+            if cadence is None or cadence.mode == Mode.INLINE:
                 continue
             running = self.live.fingerprints(cadence_name)
             for entry, target in overlap.surplus(index, cadence_name, cadence.overlap, running):
                 claim = self.bus.claim(entry.name)
                 if claim is None:
                     continue
-                self.bus.complete(claim, "skipped_overlap", reason=f"merged into {target}", ran=False,
-                                  merged_into=target)
-                self.counters["skipped_overlap"] += 1
+                self.settler.apply(claim, verdict.merged(target), merged_into=target)
                 merged = True
         return merged
 
@@ -153,7 +151,7 @@ class Dispatcher:
             if cadence is None and settling:  # the registry was just edited: its cadence may be on its way back
                 self.holds.held(entry.name, "deferred_registry")
                 continue
-            if cadence is None or cadence.mode == "inline":
+            if cadence is None or cadence.mode == Mode.INLINE:
                 self.holds.let_through(entry.name)
                 return entry
             refusal = self.guardrails.refusal(cadence, now, spawned_this_step=spawned,
@@ -178,8 +176,8 @@ class Dispatcher:
         if result.interrupted:
             self._interrupted(claim, result.error, mode="inline", duration_ms=duration_ms)
         elif result.ok and result.error is None:
-            self.bus.complete(claim, "ok", mode="inline", detail=result.detail, duration_ms=duration_ms)
-            self.counters["succeeded"] += 1
+            self.settler.apply(claim, verdict.completed(), mode="inline", detail=result.detail,
+                               duration_ms=duration_ms)
         else:
             reason = result.error or result.detail or "handler failed"
             self._inline_failed(claim, cadence, reason, mode="inline", duration_ms=duration_ms)
@@ -196,16 +194,14 @@ class Dispatcher:
             self._inline_failed(claim, cadence, f"guard failed: {result.error}", mode="guarded")
             return False
         if not result.ok:
-            self.counters["guard_skipped"] += 1
             self.counters["inline"] += 1
-            self.bus.complete(claim, "nothing_to_do", mode="guarded", detail=result.detail)
+            self.settler.apply(claim, verdict.declined(), mode="guarded", detail=result.detail)
             return False
         return True
 
     def _interrupted(self, claim: Claim, reason: str | None, **details: object) -> None:
         """A handler or guard cut short by a drain or stop: back to inbox/, attempt intact."""
-        self.bus.requeue(claim, reason or "interrupted: the daemon is stopping", **details)
-        self.counters["requeued"] += 1
+        self.settler.apply(claim, verdict.requeued(reason or "interrupted: the daemon is stopping"), **details)
 
     def _inline_failed(self, claim: Claim, cadence: Cadence, reason: str, **details: object) -> None:
         self.settler.apply(claim, self.guardrails.inline_failed(claim.tick, cadence, reason), **details)
@@ -234,19 +230,18 @@ class Dispatcher:
             if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
                 # A full or read-only disk is not the tick's fault: back it goes, attempt intact, and the
                 # loop's I/O error handling reports it and pauses.
-                self.bus.requeue(claim, f"not started: {exc} (disk trouble: attempt not counted)")
+                self.settler.apply(claim, verdict.requeued(f"not started: {exc} (disk trouble: attempt not counted)"))
                 raise cause
             self.counters["spawn_failures"] += 1
-            verdict: Verdict = self.guardrails.failed(tick, cadence, FailureClass.SPAWN, f"spawn failed: {exc}")
-            self.settler.apply(claim, verdict, mode="escalate")
+            self.settler.apply(claim, self.guardrails.failed(tick, cadence, FailureClass.SPAWN, f"spawn failed: {exc}"),
+                               mode="escalate")
             return False
         except Exception as exc:  # a bug or a hostile input in one tick's start must not take the loop down
             self.counters["spawn_failures"] += 1
             self.events.emit("internal_error", level="error", id=tick.id, cadence=tick.cadence, during="spawn",
                              error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2000:])
-            verdict = self.guardrails.failed(tick, cadence, FailureClass.SPAWN,
-                                             f"spawn failed: internal error {type(exc).__name__}: {exc}")
-            self.settler.apply(claim, verdict, mode="escalate")
+            self.settler.apply(claim, self.guardrails.failed(tick, cadence, FailureClass.SPAWN, "spawn failed: internal "
+                                                             f"error {type(exc).__name__}: {exc}"), mode="escalate")
             return False
         self.counters["escalated"] += 1
         estimate, run_id = self.guardrails.spawned(tick.id, cadence)

@@ -19,6 +19,7 @@ from maestro_py.daemon.sdnotify import scrub
 from maestro_py.paths import Layout
 from maestro_py.policy.budget import Governor, cadence_limits
 from maestro_py.policy.emergency import read_stop_file
+from maestro_py.daemon.settle import Settler
 from maestro_py.policy.guardrails import Guardrails
 from maestro_py.redact import Redactor
 from maestro_py.registry import Registry, RegistryError
@@ -33,7 +34,7 @@ class Housekeeping:
 
     def __init__(self, *, layout: Layout, settings: Settings, env: dict[str, str], registry: Registry, bus: Bus,
                  guardrails: Guardrails, budget: Governor, live: LiveRuns, redactor: Redactor, events: EventLog,
-                 counters: Counter[str], clock: Clock,
+                 counters: Counter[str], clock: Clock, settler: Settler,
                  on_settings: Callable[[Settings], None] = lambda settings: None,
                  on_registry: Callable[[Registry], None] = lambda registry: None) -> None:
         self.layout = layout
@@ -44,6 +45,7 @@ class Housekeeping:
         self.guardrails = guardrails
         self.budget = budget
         self.live = live
+        self.settler = settler
         self.redactor = redactor
         self.events = events
         self.counters = counters
@@ -176,8 +178,7 @@ class Housekeeping:
     # -- periodic sweeps --------------------------------------------------
     def reap(self) -> None:
         """Stale claims back to `inbox/`, old `tmp/` leftovers removed, adopted orphans ended."""
-        reaped = self.bus.reap_stale(active=self.live.ids())
-        self.counters["reaped"] += len(reaped)
+        self.settler.reap(max_reaps=self.settings.max_reaps, active=self.live.ids())
         self.bus.sweep_tmp(grace=self.settings.tmp_grace)
         tracked = {r.session.pid for r in self.live}
         for pid in proctree.reap_adopted(tracked):

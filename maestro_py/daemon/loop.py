@@ -70,7 +70,7 @@ class Daemon:
         self.events = EventLog(self.layout, clock=clock, redactor=self.redactor)
         self.owner = Owner.current()
         self.bus = Bus(self.layout, clock=clock, events=self.events, owner=self.owner,
-                       max_inbox=settings.max_inbox, max_reaps=settings.max_reaps)
+                       max_inbox=settings.max_inbox)
         self.ledger = Ledger(self.layout.ledger_file, self.redactor)
         self.wakeup = Wakeup(self.bus.inbox, self.layout.bus_dir, watch=self.watch)
         if self.spawner is None:
@@ -100,7 +100,8 @@ class Daemon:
         self.housekeeping = Housekeeping(
             layout=self.layout, settings=settings, env=self.env, registry=registry, bus=self.bus,
             guardrails=self.guardrails, budget=self.budget, live=self.live, redactor=self.redactor,
-            events=self.events, counters=self.counters, clock=clock, on_settings=self._settings_changed,
+            events=self.events, counters=self.counters, clock=clock, settler=self.settler,
+            on_settings=self._settings_changed,
             on_registry=self.autosync.registry_changed)
         self.restart_required: list[str] = []  # settings changed in .env that only a restart applies
         self.dispatcher = Dispatcher(

@@ -31,7 +31,7 @@ def reconfigure(daemon: "Daemon", new: Settings) -> tuple[list[str], list[str]]:
     daemon.settings = new
     daemon.dispatcher.settings = new
     daemon.housekeeping.settings = new
-    daemon.bus.max_inbox, daemon.bus.max_reaps = new.max_inbox, new.max_reaps
+    daemon.bus.max_inbox = new.max_inbox
     daemon.live.max_live = new.max_live
     rails = daemon.guardrails
     rails.max_live, rails.max_attempts = new.max_live, new.max_attempts

@@ -13,7 +13,8 @@ from maestro_py.bus.store import Bus, Claim
 from maestro_py.clock import Clock, iso
 from maestro_py.daemon.live import LiveRuns, Running, Settlement
 from maestro_py.policy.budget import Governor, charge_for, window_bounds
-from maestro_py.policy.guardrails import Action, Guardrails, Verdict
+from maestro_py.policy.guardrails import Guardrails
+from maestro_py.policy.verdict import Action, Verdict, reaped, requeued
 from maestro_py.session.ledger import Ledger
 from maestro_py.session.metering import Usage
 from maestro_py.session.runner import RunOutcome
@@ -50,9 +51,8 @@ class Settler:
                                  during="settle", error=f"{type(exc).__name__}: {exc}",
                                  traceback=traceback.format_exc()[-2000:])
                 self._charge_unknown(run)
-                self.bus.requeue(run.claim, f"internal error while settling ({type(exc).__name__}: {exc}); "
-                                            "requeued, attempt not counted")
-                self.counters["requeued"] += 1
+                self.apply(run.claim, requeued(f"internal error while settling ({type(exc).__name__}: {exc}); "
+                                               "requeued, attempt not counted"))
             self.live.remove(tick_id)
             settled = True
         return settled
@@ -152,20 +152,50 @@ class Settler:
         return trouble
 
     def apply(self, claim: Claim, verdict: Verdict, **details: Any) -> None:
-        """Move the tick as `verdict` says, and count it."""
-        if verdict.failure_class is not None:
-            details["failure_class"] = verdict.failure_class.value
-        if verdict.action is Action.COMPLETE:
-            self.bus.complete(claim, verdict.outcome, **details)
-            self.counters["succeeded"] += 1
-            return
-        if verdict.action is Action.REQUEUE:
-            self.bus.requeue(claim, verdict.reason or "requeued", outcome=verdict.outcome, **details)
-            if verdict.failure_class is not None:  # a failure that was not the tick's fault, not a drain
-                self.counters["failed"] += 1
-            self.counters["requeued"] += 1
-            return
-        where = self.bus.fail(claim, verdict.reason or "failed", max_attempts=verdict.max_attempts,
-                              retry_at=verdict.retry_at, permanent=verdict.permanent, **details)
-        self.counters["failed"] += 1
-        self.counters["dlq" if where == "dlq" else "retries"] += 1
+        """Move the tick as `verdict` says, and count it (`carry_out`)."""
+        carry_out(self.bus, claim, verdict, self.counters, **details)
+
+    def reap(self, *, max_reaps: int, active: set[str] | None = None) -> list[str]:
+        """Claims whose owner is gone, settled as the policy says (`reap`)."""
+        return reap(self.bus, self.counters, max_reaps=max_reaps, active=active)
+
+
+def carry_out(bus: Bus, claim: Claim, verdict: Verdict, counters: Counter[str], **details: Any) -> None:
+    """The one mover: `verdict` carried out by the bus, which decides nothing again, and counted."""
+    if verdict.failure_class is not None:
+        details["failure_class"] = verdict.failure_class.value
+    action = verdict.action
+    if action is Action.COMPLETE:
+        bus.complete(claim, verdict.outcome, reason=verdict.reason, ran=verdict.ran, **details)
+        counters[verdict.counter or "succeeded"] += 1
+    elif action is Action.REQUEUE:
+        bus.requeue(claim, verdict.reason or "requeued", outcome=verdict.outcome, reaps=verdict.reaps, **details)
+        if verdict.failure_class is not None:  # a failure that was not the tick's fault, not a drain
+            counters["failed"] += 1
+        counters[verdict.counter or "requeued"] += 1
+    elif action is Action.RETRY:
+        bus.retry(claim, verdict.reason or "failed", max_attempts=verdict.max_attempts, retry_at=verdict.retry_at,
+                  outcome=verdict.outcome, **details)
+        counters["failed"] += 1
+        counters["retries"] += 1
+    else:
+        bus.dead_letter(claim, verdict.reason or "failed", burn=verdict.burns, outcome=verdict.outcome,
+                        dlq_reason=verdict.dlq_reason, reaps=verdict.reaps, **details)
+        if verdict.burns:
+            counters["failed"] += 1
+        counters[verdict.counter or "dlq"] += 1
+
+
+def reap(bus: Bus, counters: Counter[str], *, max_reaps: int, active: set[str] | None = None) -> list[str]:
+    """Every claim whose owner is gone (`Bus.stale_claims`) settled by its verdict: this process's own claim whose
+    settling an I/O error cut short goes back as it was; another's is a reap (`verdict.reaped`). Their ids."""
+    out = []
+    for stale in bus.stale_claims(active=active):
+        if stale.interrupted:
+            carry_out(bus, stale.claim, requeued("settling was interrupted by an I/O error; requeued", counter="reaped"),
+                      counters)
+        else:
+            carry_out(bus, stale.claim, reaped(stale.claim.tick, max_reaps=max_reaps), counters,
+                      owner_pid=stale.owner_pid)
+        out.append(stale.claim.tick.id)
+    return out

@@ -26,6 +26,7 @@ from maestro_py.policy.breaker import Circuit
 from maestro_py.policy.gates import GateState, Refusal, first_hold
 from maestro_py.policy.budget import local_zone, window_bounds
 from maestro_py.registry import Registry
+from maestro_py.registry_keys import Mode
 from maestro_py.session.ledger import Ledger
 
 # Gates that hold every cadence's runs alike: shown once, above the table.
@@ -56,7 +57,7 @@ def overview(layout: Layout, registry: Registry, now: datetime, gates: GateState
                 entry["next_fire"] = iso(fire) if fire else None
             except (cron.CronError, ValueError) as exc:  # loaded before the registry checked schedules in full
                 entry["schedule_error"] = str(exc)
-        hold = first_hold(gates, cadence, now) if gates is not None and cadence.mode != "inline" else None
+        hold = first_hold(gates, cadence, now) if gates is not None and cadence.mode != Mode.INLINE else None
         if hold is not None and hold.refusal in EVERY_CADENCE:
             holds.setdefault(hold.gate, hold.line())
         mine = [t for t in queue if t["cadence"] == name]

@@ -22,6 +22,7 @@ from maestro_py.ops import gates
 from maestro_py.paths import Layout
 from maestro_py.redact import Redactor
 from maestro_py.registry import Cadence, Registry
+from maestro_py.registry_keys import Mode
 from maestro_py.session import command
 
 OWNER_PLACEHOLDER = "<daemon-owner>"  # the running daemon's token goes here; none runs now
@@ -34,12 +35,12 @@ def plan(layout: Layout, env: Mapping[str, str], settings: Settings, registry: R
     redactor = Redactor(env)
     tick = Tick.new(cadence.name, now=now, source="dry-run", payload=payload)
     doc: dict[str, Any] = {"cadence": cadence.name, "mode": cadence.mode, "tick_id": tick.id, "at": iso(now)}
-    if cadence.mode == "inline":
+    if cadence.mode == Mode.INLINE:
         doc["inline"] = {"handler": cadence.handler or "noop",
                          "timeout_s": cadence.timeout_seconds or settings.inline_timeout}
         doc.update(gates=[], refused_by=None)
         return redactor.data(doc)
-    if cadence.mode == "guarded":
+    if cadence.mode == Mode.GUARDED:
         doc["guard"] = {"guard": cadence.guard, "timeout_s": cadence.timeout_seconds or settings.inline_timeout}
     local = now.astimezone()
     stdout_log, stderr_log = layout.subsession_logs(local, cadence.name, command.log_stamp(local, 1, tick.id))

@@ -28,6 +28,7 @@ from maestro_py.policy.budget import Estimate, Governor, cadence_limits
 from maestro_py.policy.emergency import read_stop_file
 from maestro_py.policy.gates import Answer, FleetAnswer, Hold, first_hold, refused_by, walk
 from maestro_py.registry import Cadence, Registry
+from maestro_py.registry_keys import Mode
 from maestro_py.session import command
 from maestro_py.session.ledger import Ledger
 
@@ -134,7 +135,7 @@ def evaluate(layout: Layout, env: Mapping[str, str], settings: Settings, registr
 
 def hold_of(state: PersistedState, cadence: Cadence | None, now: datetime) -> Hold | None:
     """The gate that holds a run of `cadence` now (None: none does, or inline work, which no gate holds)."""
-    if cadence is None or cadence.mode == "inline":
+    if cadence is None or cadence.mode == Mode.INLINE:
         return None
     return first_hold(state, cadence, now)
 

@@ -28,6 +28,7 @@ from maestro_py.ops.service_harden import Harden, directives
 from maestro_py.paths import agent_name  # noqa: F401  (re-exported: `svc.agent_name`)
 from maestro_py.paths import launchd_prefix
 from maestro_py.registry import Registry
+from maestro_py.registry_keys import Mode
 
 LAUNCHD, SYSTEMD = "launchd", "systemd"
 STOP_MARGIN_SECONDS = 15  # settling and requeueing after the last sub-session is killed
@@ -138,7 +139,7 @@ def watchdog_sec(registry: Registry, spawn_timeout: float) -> int:
     longest = 0.0
     for name in registry.names():
         cadence = registry.get(name)
-        if cadence is not None and cadence.mode in ("inline", "guarded"):
+        if cadence is not None and cadence.mode in (Mode.INLINE, Mode.GUARDED):
             longest = max(longest, cadence.timeout_seconds or spawn_timeout)
     return max(WATCHDOG_MIN_SEC, math.ceil(longest + WATCHDOG_MARGIN_SEC)) if longest else WATCHDOG_MIN_SEC
 

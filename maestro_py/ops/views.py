@@ -18,6 +18,7 @@ from maestro_py.paths import Folder, Layout
 from maestro_py.policy.breaker import Breakers, Circuit, CircuitFile
 from maestro_py.policy.budget import Estimate, cadence_limits
 from maestro_py.registry import Registry
+from maestro_py.registry_keys import Mode
 from maestro_py.session.ledger import Ledger
 
 
@@ -52,7 +53,7 @@ def budget_rows(layout: Layout, settings: Settings, registry: Registry | None, n
     if registry is not None:
         for name in registry.names():
             cadence = registry.get(name)
-            if cadence is not None and cadence.mode != "inline":  # inline handlers pass no budget gate
+            if cadence is not None and cadence.mode != Mode.INLINE:  # inline handlers pass no budget gate
                 estimates[name] = governor.estimate(name, cadence.reserve_tokens, cadence.reserve_usd)
     doc = read_status(layout)
     # A dead daemon's reservations are not held by anything: counting them would understate what is left.

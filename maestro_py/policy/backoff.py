@@ -3,6 +3,11 @@
 The waits are tenacity wait strategies driven by the count of consecutive failures, so the schedule
 (`0,30,120`: one entry per failure, the last repeating) and exponential full jitter with a cap
 (`exp:30:1800`) are both tenacity's maths, not ours.
+
+Why a wait strategy and not tenacity's `Retrying`: `Retrying` wraps one call in one process and sleeps between its
+tries. A tick's tries are separate claims, possibly in separate daemon processes, with other ticks running in
+between and the count persisted in the tick; nothing here may sleep. So the backoff holds the strategy and asks it
+for one wait per failure, through the `RetryCallState` a strategy takes (`_wait_after`), and keeps the count itself.
 """
 
 from __future__ import annotations
@@ -50,6 +55,13 @@ def schedule(seconds: tuple[float, ...]) -> Wait:
     return _Schedule(seconds)
 
 
+def _wait_after(wait: Wait, failures: int) -> float:
+    """What `wait` says to wait after the `failures`-th consecutive failure (its call state holds just the count)."""
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+    state.attempt_number = failures
+    return wait(state)
+
+
 @dataclass
 class Backoff:
     """Consecutive failures and the earliest next spawn, per cadence."""
@@ -63,9 +75,7 @@ class Backoff:
         """Count a failure and return when the cadence may spawn again (not before `at_least` seconds)."""
         n = self.failures.get(cadence, 0) + 1
         self.failures[cadence] = n
-        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
-        state.attempt_number = n
-        at = now + timedelta(seconds=max((wait or self.wait)(state), at_least))
+        at = now + timedelta(seconds=max(_wait_after(wait or self.wait, n), at_least))
         self.next_allowed[cadence] = at
         return at
 

@@ -25,6 +25,7 @@ from maestro_py.clock import iso
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD, Breakers, Circuit, State
 from maestro_py.policy.budget import Estimate, Governor
 from maestro_py.registry import Cadence
+from maestro_py.registry_keys import Mode
 
 
 class Refusal(str, enum.Enum):
@@ -368,7 +369,7 @@ def first_hold(state: GateState, cadence: Cadence, now: datetime) -> Hold | None
 
 def walk(state: GateState, cadence: Cadence, now: datetime) -> list[Answer]:
     """Every gate's answer for a run of `cadence` now, in order (inline cadences pass no gate: an empty list)."""
-    if cadence.mode == "inline":
+    if cadence.mode == Mode.INLINE:
         return []
     out = []
     for gate in GATES:

@@ -11,9 +11,7 @@ Every gate fails closed: a refusal leaves the tick in `inbox/` without burning a
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +21,7 @@ from maestro_py.clock import Clock, iso
 from maestro_py.policy.backoff import Backoff, schedule
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD, PersistedCircuits, State
 from maestro_py.policy.budget import Estimate, Governor
+from maestro_py.policy.verdict import Action, Verdict, burnt
 from maestro_py.policy.gates import FLEET_REFUSALS, FleetAnswer, Hold, Refusal, fleet_estimate, first_hold  # noqa: F401
 if TYPE_CHECKING:
     from maestro_py.fleet.gate import FleetGate
@@ -41,32 +40,6 @@ RATE_MIN_WAIT = 60.0
 # Exit codes of a run that never became the CLI: 126 "cannot execute", 127 "not found", as `env` (a script's
 # `#!/usr/bin/env node` under launchd's bare PATH) and shells report them. With no result line, `claude` is broken.
 CANNOT_EXEC = (126, 127)
-
-
-class Action(str, enum.Enum):
-    """Where a settled tick goes."""
-
-    COMPLETE = "complete"          # done/
-    RETRY = "retry"                # an attempt burnt; back to inbox/, not before `retry_at`
-    REQUEUE = "requeue"            # back to inbox/ as it was: not the tick's fault
-    DEAD_LETTER = "dead_letter"    # an attempt burnt; dlq/ (permanent failure, or attempts exhausted)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What happens to a tick after its run (or its failed start)."""
-
-    action: Action
-    reason: str | None = None
-    retry_at: datetime | None = None
-    failure_class: FailureClass | None = None
-    max_attempts: int = 1
-    permanent: bool = False  # dead-lettered for its class, not because its attempts ran out
-    outcome: str = "failed"  # the history entry's outcome
-
-    @property
-    def burns_attempt(self) -> bool:
-        return self.action in (Action.RETRY, Action.DEAD_LETTER)
 
 
 class LiveView(Protocol):
@@ -328,10 +301,8 @@ class Guardrails:
 
     def _burn(self, tick: Tick, cadence: Cadence, reason: str, retry_at: datetime | None,
               cls: FailureClass | None, *, permanent: bool) -> Verdict:
-        max_attempts = cadence.max_attempts or self.max_attempts
-        exhausted = permanent or tick.attempts + 1 >= max_attempts
-        return Verdict(Action.DEAD_LETTER if exhausted else Action.RETRY, reason, retry_at, cls, max_attempts,
-                       permanent=permanent)
+        return burnt(tick, reason, retry_at, cls, max_attempts=cadence.max_attempts or self.max_attempts,
+                     permanent=permanent)
 
     def _succeeded(self, cadence: str) -> None:
         """A run succeeded: the credentials work, and the cadence's backoff and breaker reset."""
