@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from maestro_py.config import Settings
-from maestro_py.daemon.status import liveness, read_status
+from maestro_py.state import liveness, read_status
 from maestro_py.errors import SpawnError
 from maestro_py.ops import ticks, views, when
 from maestro_py.paths import Layout
