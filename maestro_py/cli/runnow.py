@@ -21,12 +21,12 @@ from typing import Any
 import click
 
 from maestro_py.bus.events import EventLog
+from maestro_py.bus.logview import escape
 from maestro_py.bus.store import Bus
 from maestro_py.cli.common import EX_TEMPFAIL, EX_USAGE, CliError, Context, pass_ctx, payload_arg, payload_option
 from maestro_py.clock import SystemClock, parse_iso
 from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.ops import follow, gates, when
-from maestro_py.ops.logview import escape
 from maestro_py.policy.guardrails import Refusal
 from maestro_py.redact import Redactor
 from maestro_py.registry import Cadence

@@ -19,11 +19,11 @@ from typing import Any
 from maestro_py.bus.fsio import atomic_write_json
 from maestro_py.config import Settings, load_env
 from maestro_py.errors import SpawnError
-from maestro_py.ops import service as svc
-from maestro_py.ops.service_harden import Harden
-from maestro_py.ops.service_sync import default_dest
 from maestro_py.paths import Layout
 from maestro_py.registry import Registry
+from maestro_py.service import units as svc
+from maestro_py.service.harden import Harden
+from maestro_py.service.sync import default_dest
 from maestro_py.session.command import resolve_claude
 
 
