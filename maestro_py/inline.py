@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
-import shlex
 import signal
 import subprocess
 import tempfile
@@ -19,13 +17,11 @@ from pathlib import Path
 from typing import IO, Any, Callable, Literal
 
 from maestro_py import loader
+from maestro_py.handler_spec import NOOP, parse
 
-NOOP = "noop"
-FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 DETAIL_CHARS = 1024
 
 Kind = Literal["handler", "guard"]
-Form = Literal["noop", "function", "command"]
 
 
 @dataclass(frozen=True)
@@ -36,35 +32,6 @@ class HandlerResult:
     detail: str  # short text for the event log: return value repr or the tail of the output
     error: str | None  # the call itself failed (raised, timed out, not found); distinct from guard=false
     interrupted: bool = False  # cut short because the daemon is stopping: not the tick's fault
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A parsed handler/guard string."""
-
-    form: Form
-    module: str | None = None
-    function: str | None = None
-    argv: tuple[str, ...] = ()
-
-
-def parse(spec: str) -> Spec:
-    """Classify `spec` as noop, `module:function` or a command; ValueError says why it is unusable."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError("must be a non-empty string")
-    text = spec.strip()
-    if text == NOOP:
-        return Spec("noop")
-    if FUNCTION_RE.match(text):
-        module, function = text.split(":")
-        return Spec("function", module=module, function=function)
-    try:
-        argv = shlex.split(text)
-    except ValueError as exc:  # unbalanced quotes, trailing backslash
-        raise ValueError(f"cannot split command: {exc}") from None
-    if not argv:
-        raise ValueError("command is empty")
-    return Spec("command", argv=tuple(argv))
 
 
 def call(

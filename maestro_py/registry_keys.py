@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from maestro_py import cron, inline
+from maestro_py import cron, handler_spec
 from maestro_py.clock import MAX_COUNT, MAX_NUMBER
 
 class Mode(enum.StrEnum):
@@ -89,7 +89,7 @@ def _runnable(value: Any) -> str:
     if not isinstance(value, str):
         raise Bad('must be a string: "noop", "module:function" or a command', value)
     try:
-        inline.parse(value)
+        handler_spec.parse(value)
     except ValueError as exc:
         raise Bad(str(exc), value) from None
     return value.strip()

@@ -1,4 +1,5 @@
-"""The package's shape: what the CLI imports, no import cycle, no oversized module."""
+"""The package's shape: what the CLI imports, no import cycle between modules or packages, the package layering, no
+oversized module."""
 
 from __future__ import annotations
 
@@ -181,6 +182,92 @@ def test_the_walk_counts_lazy_and_relative_imports_but_not_type_checking_ones() 
     names = imported_names(tree, "maestro_py.bus.store", is_package=False)
     assert {"maestro_py.bus.tick", "maestro_py.ops.doctor", "maestro_py.cli.bus"} <= names
     assert not any(name.startswith("maestro_py.daemon") for name in names)
+
+
+# -- the package rules -----------------------------------------------------------------------------
+
+LAYERS = ("bus", "session", "policy", "daemon")  # each may import those before it, never those after
+READ_ONLY = ("ops", "serve", "state")  # they know the daemon only by its files (read through state.py)
+
+
+def package_of(module: str) -> str:
+    """The package a module counts in: maestro_py.bus.store -> bus; a top-level module is its own (config)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Package -> the other packages its modules import (the root package `maestro_py`, which imports nothing of
+    ours, is left out)."""
+    out: dict[str, set[str]] = {}
+    for module, edges in graph.items():
+        if module == PACKAGE.name:
+            continue
+        mine = out.setdefault(package_of(module), set())
+        mine.update(package_of(e) for e in edges if e != PACKAGE.name and package_of(e) != package_of(module))
+    return out
+
+
+def show(packages: dict[str, set[str]]) -> str:
+    """The package graph as text, one `package -> packages it imports` line each."""
+    return "\n".join(f"  {p} -> {', '.join(sorted(packages[p])) or '(nothing)'}" for p in sorted(packages))
+
+
+def broken_rules(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that breaks a package rule, named by module (empty: the layering holds)."""
+    out: list[str] = []
+    for module, edges in sorted(graph.items()):
+        here = package_of(module)
+        named = {e for e in edges if not any(other.startswith(e + ".") for other in edges)}  # not also its package
+        for edge in sorted(named):
+            there = package_of(edge)
+            if there == here:
+                continue
+            if here in LAYERS and there in LAYERS and LAYERS.index(there) > LAYERS.index(here):
+                out.append(f"{module} imports {edge}: {here} is below {there} ({' < '.join(LAYERS)})")
+            if there == "daemon" and here not in ("daemon", "cli"):
+                why = " (read the daemon's state through maestro_py.state)" if here in READ_ONLY else ""
+                out.append(f"{module} imports {edge}: only daemon/ and cli/ import the daemon{why}")
+    packages = package_graph(graph)
+    found = cycle(packages)
+    if found:
+        out.append("package cycle: " + " -> ".join(found))
+    return out
+
+
+def test_the_package_rules_hold() -> None:
+    graph = import_graph()
+    packages = package_graph(graph)
+    assert {"state", "config", "bus", "daemon", "cli"} <= set(packages)  # top-level modules are packages here
+    broken = broken_rules(graph)
+    assert not broken, "\n".join(["package rules broken:", *broken, "package graph:", show(packages)])
+
+
+def test_the_rules_catch_a_reversed_layer_a_daemon_import_and_a_package_cycle(tmp_path: Path) -> None:
+    root = tmp_path / "maestro_py"
+    files = {
+        "__init__.py": "", "state.py": "", "config.py": "from maestro_py.ops import views\n",
+        "bus/__init__.py": "", "bus/store.py": "def f():\n    from maestro_py.session import runner\n",
+        "session/__init__.py": "", "session/runner.py": "",
+        "daemon/__init__.py": "", "daemon/status.py": "import maestro_py.state\n",
+        "ops/__init__.py": "", "ops/views.py": "from maestro_py.daemon.status import x\nfrom maestro_py import config\n",
+        "cli/__init__.py": "", "cli/daemon.py": "from maestro_py.daemon import status\n",
+        "serve/__init__.py": "",
+        "serve/app.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from maestro_py.daemon import status\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    graph = import_graph(root)
+    broken = broken_rules(graph)
+    assert broken[0] == ("maestro_py.bus.store imports maestro_py.session.runner: bus is below session "
+                         "(bus < session < policy < daemon)")
+    assert [b for b in broken if "only daemon/" in b] == [
+        "maestro_py.ops.views imports maestro_py.daemon.status: only daemon/ and cli/ import the daemon (read the "
+        "daemon's state through maestro_py.state)"]  # not cli/daemon.py, not serve/app.py (TYPE_CHECKING only)
+    assert broken[-1] in ("package cycle: config -> ops -> config", "package cycle: ops -> config -> ops")
+    assert show(package_graph(graph)).splitlines()[:3] == ["  bus -> session", "  cli -> daemon",
+                                                            "  config -> ops"]
 
 
 def test_no_module_is_over_400_lines() -> None:

@@ -10,8 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+from maestro_py.bus.logview import Event, format_event
 from maestro_py.daemon.console import Console, journal_stream, under_launchd
-from maestro_py.ops.logview import Event, format_event
 from maestro_py.paths import Folder, Layout
 from tests.fakes import (
     REPO, SECRET, daemon_env, events, maestro, read_json, start_daemon, tick_ids, wait_for, write_agent,

@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from maestro_py.daemon.status import read_status
 from maestro_py.paths import Folder, Layout
+from maestro_py.state import read_status
 from tests.fakes import (
     SECRET, daemon_env, events, ledger_rows, maestro, read_json, spawns, start_daemon, tick_ids, wait_for,
     write_agent,

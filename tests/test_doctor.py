@@ -231,7 +231,7 @@ def test_daemon_heartbeat_fresh_is_ok_and_stale_fails(root: Path) -> None:
         assert ok.level is Level.OK and f"pid {os.getpid()}" in ok.detail
         clock.advance(30)  # 35 s: beyond 3 × 1 s + 30 s
         stale = doctor.check_daemon(probe(root, clock=clock))
-        assert stale.level is Level.FAIL and "35 s old (limit 33 s)" in stale.detail and "stuck" in stale.detail
+        assert stale.level is Level.FAIL and "35.0 s old (limit 33.0 s)" in stale.detail and "stuck" in stale.detail
         # A slower poll stretches the limit: 3 × 5 s + 30 s = 45 s.
         assert doctor.check_daemon(probe(root, {"MAESTRO_POLL_MS": "5000"}, clock=clock)).level is Level.OK
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from maestro_py import inline as handlers
-from maestro_py.inline import HandlerResult, Kind, Spec, call, parse
+from maestro_py.handler_spec import Spec, parse
+from maestro_py.inline import HandlerResult, Kind, call
 from tests.fakes import gone, wait_for
 
 TICK: dict[str, Any] = {"id": "t-1", "cadence": "inbox", "attempt": 1}

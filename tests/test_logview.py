@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from maestro_py.ops import logview
-from maestro_py.cli import cli
+from maestro_py.bus import logview
 from maestro_py.bus.events import EventLog
-from maestro_py.ops.logview import Event, Filter
+from maestro_py.bus.logview import Event, Filter
+from maestro_py.cli import cli
 from maestro_py.paths import Layout
 from tests.fakes import FakeClock, one_line_error
 

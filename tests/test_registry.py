@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout
-from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.registry import Cadence, Registry, RegistryError
 
 
@@ -476,7 +476,7 @@ def test_trailing_newline_in_table_name_rejected(layout: Layout) -> None:
 
 def test_a_schedule_is_checked_in_full_at_load_and_may_have_a_time_zone(tmp_path: Path) -> None:
     """`61 * * * *` used to pass load and doctor and fail only at `service print` (issue 17, item 6)."""
-    from maestro_py.ops import service as svc
+    from maestro_py.service import units as svc
 
     layout = Layout(tmp_path)
     (tmp_path / "cadences").mkdir()

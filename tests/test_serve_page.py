@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from maestro_py.bus.logview import escape as visible
 from maestro_py.bus.store import Bus
 from maestro_py.clock import iso
-from maestro_py.ops.logview import escape as visible
 from maestro_py.paths import Layout
 from maestro_py.policy.budget import local_zone
 from tests.fakes import FakeClock, FakeSpawner, enqueue, make_daemon, run_steps, write_agent

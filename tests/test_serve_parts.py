@@ -14,12 +14,13 @@ import pytest
 
 from maestro_py.config import Settings
 from maestro_py.errors import ConfigError
+from maestro_py.loopback import is_loopback, loopback_host
 from maestro_py.paths import Folder, Layout
 from maestro_py.redact import MASK, Redactor
 from maestro_py.serve import auth, chart, page, snapshot, triggers
 from maestro_py.serve.http import HttpError
 from maestro_py.serve.idempotency import KeyStore, fingerprint
-from maestro_py.serve.options import ServeOptions, check_bind, is_loopback, loopback_host
+from maestro_py.serve.options import ServeOptions, check_bind
 from maestro_py.session.command import child_env
 from tests.fakes import REPO, settings_env, write_agent
 from tests.serve_support import TOKEN, WEBHOOK_SECRET, github_signature

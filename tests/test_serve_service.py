@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from maestro_py.ops import service as svc
 from maestro_py.paths import Layout
 from maestro_py.registry import Registry
+from maestro_py.service import units as svc
 from tests.fakes import invoke, one_line_error, write_agent
 
 PY = sys.executable

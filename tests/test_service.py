@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from maestro_py import cron
-from maestro_py.ops import service as svc
 from maestro_py.paths import Layout
 from maestro_py.registry import Registry
+from maestro_py.service import units as svc
 from tests.fakes import invoke, one_line_error
 from tests.service_support import PY, REPO, SYSTEMD_ANALYZE, example_agent, fake_tool, needs_systemd, verify
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from maestro_py.ops import service_harden
+from maestro_py.service import harden as service_harden
 from tests.fakes import invoke, one_line_error
 from tests.service_support import PY, SYSTEMD_ANALYZE, example_agent, needs_systemd, verify
 

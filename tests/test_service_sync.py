@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from maestro_py.ops import service as svc
-from maestro_py.ops import service_sync as sync
 from maestro_py.paths import Layout
+from maestro_py.service import sync
+from maestro_py.service import units as svc
 from tests.fakes import invoke, one_line_error
 from tests.service_support import EXAMPLE, drop_schedule, example_agent, fake_tool, snapshot
 

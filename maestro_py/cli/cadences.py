@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
+from maestro_py.bus.logview import escape
 from maestro_py.cli.common import CliError, Context, pass_ctx
 from maestro_py.clock import SystemClock, parse_iso
 from maestro_py.ops import when
-from maestro_py.ops.logview import escape
 
 COLUMNS = ("cadence", "mode", "schedule", "next fire", "last", "last cost", "today", "state")
 

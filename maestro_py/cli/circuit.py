@@ -12,13 +12,13 @@ from maestro_py.bus.store import Bus
 from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.cli.common import EX_USAGE, CliError, Context, load_breakers, open_circuits, pass_ctx
 from maestro_py.clock import MAX_NUMBER, SystemClock, iso
-from maestro_py.daemon.status import liveness, read_status
 from maestro_py.errors import TickInvalid, TickNotQueued
 from maestro_py.ops import when
 from maestro_py.ops.ticks import held_ticks
 from maestro_py.ops.views import quota_line
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
 from maestro_py.redact import Redactor
+from maestro_py.state import observe
 
 
 @click.group()
@@ -67,7 +67,7 @@ def circuit_reset(c: Context, cadence: str | None, all_: bool, keep_backoff: boo
     c.layout.ensure()
     release = not keep_backoff and (all_ or cadence not in (AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD))
     doc = breakers.to_doc(now)
-    alive = liveness(c.layout, read_status(c.layout), now)["alive"]
+    alive = observe(c.layout, now).alive
     if release and alive:
         # The running daemon ends these cadences' backoff too (`Guardrails.sync`), then drops the key.
         doc = {**(doc or {"generated": iso(now), "open": {}}), "released": ["*"] if all_ else [cadence]}

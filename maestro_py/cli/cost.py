@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
+from maestro_py.bus.logview import escape
 from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx
 from maestro_py.clock import SystemClock
 from maestro_py.ops import cost, when
-from maestro_py.ops.logview import escape
 
 
 @click.command("cost")

@@ -12,8 +12,7 @@ from maestro_py.bus.store import Bus
 from maestro_py.cli.common import (EX_CONFIG, CliError, Context, budget_summary, fmt_amount, open_circuits,
                                    pass_ctx)
 from maestro_py.clock import SystemClock
-from maestro_py.config import VARS, Settings, unknown_settings
-from maestro_py.daemon.status import EX_HEALTHY, health, liveness, read_status, stale_after
+from maestro_py.config import unknown_settings
 from maestro_py.errors import AlreadyRunning, ConfigError
 from maestro_py.paths import Folder
 from maestro_py.ops import when
@@ -22,6 +21,7 @@ from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
 from maestro_py.policy.budget import never_fits_lines
 from maestro_py.registry import Registry, RegistryError
 from maestro_py.session.command import auth_fix, claude_fix, prefers_subscription
+from maestro_py.state import judge
 
 
 @click.command()
@@ -70,8 +70,8 @@ def status(c: Context, as_json: bool, wait_healthy: float | None) -> int:
     """Show whether the daemon is alive, queue depths, live sub-sessions and counters.
 
     Exit 0 only when the daemon is alive and its heartbeat fresh; 3 when no daemon runs; 4 when a process
-    holds the root but its heartbeat is stale (stopped, wedged) or missing."""
-    limit = _stale_limit(c)
+    holds the root but its heartbeat is stale (stopped, wedged) or missing; 78 when the root's settings are invalid
+    (`state.judge`, which `/healthz` answers with too)."""
     try:  # a broken cadences.toml: the daemon keeps running on its previous registry, and status still works
         Registry.load(c.layout)
         registry_error = None
@@ -79,18 +79,18 @@ def status(c: Context, as_json: bool, wait_healthy: float | None) -> int:
         registry_error = str(exc)
     deadline = time.monotonic() + (wait_healthy or 0.0)
     while True:
-        doc = read_status(c.layout)
-        now = SystemClock().now()
-        live = liveness(c.layout, doc, now)
-        code, words = health(live, limit)
-        if code == EX_HEALTHY or time.monotonic() >= deadline:
+        verdict = judge(c.layout, SystemClock().now(), c.env)
+        if verdict.healthy or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
+    if verdict.code == EX_CONFIG:
+        raise CliError(verdict.words, EX_CONFIG)
+    code, words, doc = verdict.code, verdict.words, verdict.seen.doc
     depths = Bus(c.layout).depths() if c.layout.bus_dir.exists() else {f.value: 0 for f in Folder}
     circuits = open_circuits(c)
     out = {
         "root": str(c.layout.root),
-        "daemon": {**live, "health": words, "exit_code": code, "stale_after_s": limit},
+        "daemon": verdict.daemon_json(),
         "queues": depths,
         "emergency_stop": c.layout.stop_file.exists(),
         "auth_halt": AUTH_HALT in circuits,
@@ -155,12 +155,3 @@ def status(c: Context, as_json: bool, wait_healthy: float | None) -> int:
     click.echo(f"ledger: {c.layout.ledger_file}")
     click.echo(f"events: {c.layout.events_dir}/bus-YYYY-MM-DD.jsonl   per-run logs: {c.layout.subsessions_dir}")
     return code
-
-
-def _stale_limit(c: Context) -> float:
-    """The heartbeat age past which the daemon counts as stale (its poll interval; the default if unset or bad)."""
-    try:
-        poll_ms = Settings.from_env(c.env).poll_ms
-    except ConfigError:
-        poll_ms = int(VARS["MAESTRO_POLL_MS"].default)
-    return stale_after(poll_ms)

@@ -10,11 +10,11 @@ import sys
 
 import click
 
+from maestro_py.bus.logview import escape
 from maestro_py.bus.store import Bus
 from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx, tick_id_arg
 from maestro_py.errors import TickInvalid
-from maestro_py.ops.logview import escape
 from maestro_py.paths import Folder
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
+from maestro_py.bus.logview import escape
 from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx, payload_arg, payload_option
 from maestro_py.clock import SystemClock
-from maestro_py.ops.logview import escape
 
 
 @click.command("dry-run")

@@ -6,10 +6,10 @@ import json
 
 import click
 
+from maestro_py.bus.logview import escape
 from maestro_py.cli.common import CliError, Context, pass_ctx
 from maestro_py.clock import SystemClock, parse_iso
 from maestro_py.ops import ticks, when
-from maestro_py.ops.logview import escape
 
 
 @click.group()

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
+from maestro_py.bus import logview
 from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx
 from maestro_py.clock import SystemClock
 from maestro_py.daemon import retention
-from maestro_py.daemon.status import read_status
-from maestro_py.ops import logview, when
+from maestro_py.ops import when
+from maestro_py.state import read_status
 
 
 @click.command("logs")

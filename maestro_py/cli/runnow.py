@@ -21,16 +21,15 @@ from typing import Any
 import click
 
 from maestro_py.bus.events import EventLog
+from maestro_py.bus.logview import escape
 from maestro_py.bus.store import Bus
 from maestro_py.cli.common import EX_TEMPFAIL, EX_USAGE, CliError, Context, pass_ctx, payload_arg, payload_option
 from maestro_py.clock import SystemClock, parse_iso
-from maestro_py.config import Settings
-from maestro_py.daemon.status import EX_HEALTHY, health, liveness, read_status, stale_after
 from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.ops import follow, gates, when
-from maestro_py.ops.logview import escape
 from maestro_py.redact import Redactor
 from maestro_py.registry import Cadence
+from maestro_py.state import judge, observe
 
 EX_TIMEOUT = 124  # as timeout(1)
 POLL_SECONDS = 0.2
@@ -63,7 +62,7 @@ def run_now(c: Context, cadence: str, payload: str | None, wait: bool, timeout: 
     except TickInvalid as exc:
         raise CliError(str(exc), EX_USAGE) from None
     _say(f"queued {tick.id}" + (f" ({held.gate} holds it for now: {held.why})" if held else ""))
-    child = _runner(c, settings, background=not wait)
+    child = _runner(c, background=not wait)
     if not wait:
         click.echo(tick.id)
         _say(f"follow it with `maestro tick show {tick.id[-6:]}`, or use --wait")
@@ -72,15 +71,14 @@ def run_now(c: Context, cadence: str, payload: str | None, wait: bool, timeout: 
     return _follow(c, found, tick.id, child, time.monotonic() + limit, limit)
 
 
-def _runner(c: Context, settings: Settings, *, background: bool) -> subprocess.Popen[bytes] | None:
+def _runner(c: Context, *, background: bool) -> subprocess.Popen[bytes] | None:
     """None if a daemon holds the root (it runs the tick); else a `maestro run --once` started now."""
-    live = liveness(c.layout, read_status(c.layout), SystemClock().now())
-    code, words = health(live, stale_after(settings.poll_ms))
-    if code == EX_HEALTHY:
-        _say(f"the daemon runs it at its next loop: {words}")
+    verdict = judge(c.layout, SystemClock().now(), c.env)
+    if verdict.healthy:
+        _say(f"the daemon runs it at its next loop: {verdict.words}")
         return None
-    if live.get("lock_pid"):
-        _say(f"warning: the daemon holding this root is not healthy ({words}); the tick waits for it")
+    if verdict.seen.lock_pid:
+        _say(f"warning: the daemon holding this root is not healthy ({verdict.words}); the tick waits for it")
         return None
     argv = [sys.executable, "-m", "maestro_py", "--root", str(c.layout.root), "run", "--once"]
     if background:
@@ -116,7 +114,7 @@ def _follow(c: Context, cadence: Cadence, tick_id: str, child: subprocess.Popen[
             again = follow.look(c.layout, tick_id, seen, SystemClock().now())
             if again.ended or again.state != "queued":
                 continue
-            if liveness(c.layout, read_status(c.layout), SystemClock().now())["alive"]:
+            if observe(c.layout, SystemClock().now()).alive:
                 child = None  # another daemon took the root meanwhile: it runs the tick
                 continue
             return _not_run(c, cadence, tick_id, child.returncode)

@@ -19,10 +19,10 @@ import click
 from click.core import ParameterSource
 
 from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx
-from maestro_py.ops import service as svc
-from maestro_py.ops import service_setup as setup
-from maestro_py.ops import service_sync as sync
 from maestro_py.registry import Registry, RegistryError
+from maestro_py.service import setup
+from maestro_py.service import sync
+from maestro_py.service import units as svc
 
 
 def run_command(argv: Sequence[str]) -> int:

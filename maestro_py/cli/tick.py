@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from maestro_py.bus.events import EventLog
+from maestro_py.bus.logview import escape
 from maestro_py.bus.store import Bus
 from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.cli.common import CliError, Context, pass_ctx, tick_id_arg
 from maestro_py.clock import SystemClock, parse_iso
 from maestro_py.errors import TickInvalid, TickNotQueued
 from maestro_py.ops import ticks, when
-from maestro_py.ops.logview import escape
 from maestro_py.redact import Redactor
 
 if TYPE_CHECKING:

@@ -103,9 +103,9 @@ class AutoSync:
     def sync(self, registry: Registry, settings: "Settings", env: dict[str, str]) -> dict[str, Any] | None:
         """One sync, as `maestro service sync` with the recorded options does it; None if there was nothing to do
         (no services installed here, or all up to date). SyncFailed says why it could not."""
-        from maestro_py.ops import service as svc
-        from maestro_py.ops import service_setup as setup
-        from maestro_py.ops import service_sync as sync
+        from maestro_py.service import units as svc
+        from maestro_py.service import setup
+        from maestro_py.service import sync
 
         options = setup.recorded(self.layout)
         if options is None:

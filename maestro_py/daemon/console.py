@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from maestro_py import __version__
-from maestro_py.ops.logview import Event, escape, format_event
+from maestro_py.bus.logview import Event, escape, format_event
 
 if TYPE_CHECKING:
     from maestro_py.config import Settings

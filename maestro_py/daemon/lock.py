@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 
 from maestro_py.errors import AlreadyRunning
+from maestro_py.state import holder  # how everyone else reads who holds it
 
 
 class DaemonLock:
@@ -68,21 +69,3 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def holder(path: Path) -> int | None:
-    """The pid written by the current holder, if the lock is held at all."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None  # nobody holds it
-    finally:
-        os.close(fd)

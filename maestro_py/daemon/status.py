@@ -1,8 +1,7 @@
-"""`consumer.json`: what the daemon is doing, rewritten atomically each loop, and how to read it back."""
+"""`consumer.json`: what the daemon is doing, rewritten atomically each loop (`maestro_py.state` reads it back)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
@@ -12,12 +11,11 @@ from typing import TYPE_CHECKING, Any
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.fsio import atomic_write_json
 from maestro_py.bus.owner import Owner
-from maestro_py.clock import iso, parse_iso
-from maestro_py.daemon.lock import holder
+from maestro_py.clock import iso
 from maestro_py.paths import Folder, Layout
 from maestro_py.redact import Redactor
 
-if TYPE_CHECKING:  # only for the annotations: status is read by the CLI, which must stay light
+if TYPE_CHECKING:  # only for the annotations
     from maestro_py.daemon.live import LiveRuns
     from maestro_py.policy.budget import Governor
 
@@ -29,69 +27,9 @@ COUNTERS = (
 )
 
 
-# `maestro status` exit codes (the LSB init-script convention: 0 running, 3 not running, 4 unknown).
-EX_HEALTHY = 0      # alive, and its heartbeat is fresh
-EX_NOT_RUNNING = 3  # no daemon holds the root's lock
-EX_STALE = 4        # a process holds the lock, but its heartbeat is too old (stopped, wedged) or missing
-
-
-def stale_after(poll_ms: int) -> float:
-    """Heartbeat age beyond which a daemon holding the lock is considered stuck: 3 × poll + 30 s."""
-    return 3 * max(poll_ms / 1000, 1.0) + 30
-
-
-def health(live: dict[str, Any], limit: float) -> tuple[int, str]:
-    """(exit code, the daemon's state in words) from `liveness`, judged against the heartbeat `limit`."""
-    age = live["heartbeat_age_s"]
-    if not live["alive"] and not live.get("lock_pid"):
-        return EX_NOT_RUNNING, "not running"
-    if age is None:
-        return EX_STALE, f"pid {live['pid']} holds the lock but has written no status yet"
-    if age > limit:
-        return EX_STALE, (f"STALE: pid {live['pid']} holds the lock but its heartbeat is {_ago(age)} old (limit "
-                          f"{_ago(limit)}): stopped (SIGSTOP?) or stuck")
-    if not live["alive"]:
-        return EX_STALE, f"pid {live.get('lock_pid')} holds the lock but the status names pid {live['pid']}"
-    return EX_HEALTHY, f"alive (pid {live['pid']}, heartbeat {_ago(age)} ago)"
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.1f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def write_status(layout: Layout, doc: dict[str, Any], redactor: Redactor) -> None:
     """Replace consumer.json atomically (not fsynced: it is rewritten every loop, and only shows state)."""
     atomic_write_json(layout.consumer_file, redactor.data(doc), tmp_dir=layout.folder(Folder.TMP), durable=False)
-
-
-def read_status(layout: Layout) -> dict[str, Any] | None:
-    """The last status document, or None when there is none (or it is unreadable)."""
-    try:
-        doc = json.loads(layout.consumer_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def liveness(layout: Layout, doc: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
-    """Is the daemon alive: the lock's holder, its pid and start time, and the heartbeat's age."""
-    lock_pid = holder(layout.lock_file)
-    out: dict[str, Any] = {"alive": False, "pid": None, "heartbeat_age_s": None, "lock_pid": lock_pid}
-    if doc:
-        out["pid"] = doc.get("pid")
-        try:
-            out["heartbeat_age_s"] = round((now - parse_iso(doc["heartbeat"])).total_seconds(), 3)
-        except (KeyError, TypeError, ValueError):
-            pass
-        owner = Owner.parse(str(doc.get("owner", "")))
-        out["alive"] = bool(owner and owner.is_alive() and lock_pid == owner.pid)
-    elif lock_pid:
-        out.update(alive=True, pid=lock_pid)
-    return out
 
 
 def new_counters() -> Counter[str]:

@@ -48,6 +48,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS maestro_charges_ts ON maestro_charges (ts)",
 )
 
+LIVE = "SELECT COUNT(*) FROM maestro_reservations WHERE expires_at > ?"  # the fleet's live runs at a time
 _FILTERS = {"fleet": "1=1", "agent": "agent = ?", "cadence": "agent = ? AND cadence = ?"}
 
 
@@ -197,7 +198,7 @@ class SqlStore:
 
         def work(cur: Any) -> Admission:
             self._expire(cur, t)
-            live = self._live_count(cur, t)
+            live = int(self._q(cur, LIVE, (t,)).fetchone()[0])
             refused = self._refusal(cur, lease, now, max_live, live)
             if refused is not None:
                 return refused
@@ -210,18 +211,14 @@ class SqlStore:
         return self._run(work, write=True, serial=True)
 
     def would_admit(self, lease: Lease, now: datetime, *, max_live: int | None) -> Admission:
-        """What `reserve` would answer now, with nothing written (for the views: `maestro dry-run` and the rest).
-        Expired leases count as charged, as `reserve` would charge them first: the same amounts either way."""
+        """What `reserve` would answer now, nothing written (for the views); an expired lease counts as `reserve`'s
+        charge of it would: the same amount."""
         t = _epoch(now)
 
         def work(cur: Any) -> Admission:
-            live = self._live_count(cur, t)
+            live = int(self._q(cur, LIVE, (t,)).fetchone()[0])
             return self._refusal(cur, lease, now, max_live, live) or Admission(True, live=live + 1)
-
         return self._run(work, write=False)
-
-    def _live_count(self, cur: Any, t: float) -> int:
-        return int(self._q(cur, "SELECT COUNT(*) FROM maestro_reservations WHERE expires_at > ?", (t,)).fetchone()[0])
 
     def _refusal(self, cur: Any, lease: Lease, now: datetime, max_live: int | None, live: int) -> Admission | None:
         """A full pool of `live` runs first, then the budgets (`_shortfall`); None if `lease` fits."""

@@ -10,15 +10,12 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 from maestro_py.bus.owner import Owner
 from maestro_py.bus.store import CLAIM_SEP, Bus
-from maestro_py.config import VARS, Settings, unknown_settings
-from maestro_py.daemon.lock import holder
-from maestro_py.daemon.status import liveness, read_status
-from maestro_py.daemon.status import stale_after as status_stale_after
+from maestro_py.config import Settings, unknown_settings
 from maestro_py.errors import ConfigError, SpawnError
 from maestro_py.ops import views, when
 from maestro_py.ops.probe import Check, Level, Probe
@@ -30,6 +27,7 @@ from maestro_py.policy.emergency import read_stop_file
 from maestro_py.redact import Redactor
 from maestro_py.registry import Registry, RegistryError
 from maestro_py.session import command
+from maestro_py.state import Condition, judge
 
 DEFAULT_API = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -210,36 +208,24 @@ def check_writable(p: Probe) -> Check:
     return Check("writable", Level.OK, "state/cadence-bus/tmp, state and logs are writable")
 
 
-def stale_after(env: Mapping[str, str]) -> float:
-    """Heartbeat age beyond which a daemon holding the lock is considered stuck (`status.stale_after`)."""
-    try:
-        poll_ms = Settings.from_env(env).poll_ms
-    except ConfigError:
-        poll_ms = int(VARS["MAESTRO_POLL_MS"].default)
-    return status_stale_after(poll_ms)
-
-
 def check_daemon(p: Probe) -> Check:
-    """The daemon holds the lock and its heartbeat is fresh."""
-    doc = read_status(p.layout)
-    live = liveness(p.layout, doc, p.now())
-    lock_pid = holder(p.layout.lock_file)
-    if lock_pid is None:
-        return Check("daemon", Level.WARN, "not running (start `maestro run`, or install the service)")
-    age = live["heartbeat_age_s"]
-    limit = stale_after(p.env)
-    if age is None:
-        return Check("daemon", Level.WARN, f"pid {lock_pid} holds the lock but has written no status yet")
-    if age > limit:
-        return Check("daemon", Level.FAIL, f"pid {lock_pid} holds the lock but its heartbeat is {age:.0f} s old "
-                                           f"(limit {limit:.0f} s): the loop looks stuck")
-    if not live["alive"]:
-        return Check("daemon", Level.WARN, f"pid {lock_pid} holds the lock but the status names pid {live['pid']} "
-                                           "(just restarted?)")
-    if (doc or {}).get("restart_required"):
+    """The daemon holds the lock and its heartbeat is fresh: `maestro status`'s verdict (`state.judge`), in its words.
+    An invalid setting, which makes that verdict a configuration error, is the settings check's to report."""
+    verdict = judge(p.layout, p.now(), p.env)
+    cond, words = verdict.condition, verdict.daemon_words
+    if cond is Condition.NOT_RUNNING:
+        return Check("daemon", Level.WARN, f"{words} (start `maestro run`, or install the service)")
+    if cond is Condition.NO_STATUS:
+        return Check("daemon", Level.WARN, words)
+    if cond is Condition.STALE:
+        return Check("daemon", Level.FAIL, words)
+    if cond is Condition.OTHER_PID:
+        return Check("daemon", Level.WARN, f"{words} (just restarted?)")
+    doc = verdict.seen.doc or {}
+    if doc.get("restart_required"):
         return Check("daemon", Level.WARN, f"running, but {', '.join(doc['restart_required'])} changed in .env: "
                                            "restart the daemon to apply it")
-    return Check("daemon", Level.OK, f"running: pid {lock_pid}, heartbeat {age:.1f} s ago")
+    return Check("daemon", Level.OK, words)
 
 
 def check_claims(p: Probe) -> Check:

@@ -16,7 +16,6 @@ from typing import Any
 from maestro_py.bus.tick import Tick
 from maestro_py.clock import iso
 from maestro_py.config import Settings
-from maestro_py.daemon.status import liveness, read_status
 from maestro_py.errors import SpawnError
 from maestro_py.ops import gates
 from maestro_py.paths import Layout
@@ -24,6 +23,7 @@ from maestro_py.redact import Redactor
 from maestro_py.registry import Cadence, Registry
 from maestro_py.registry_keys import Mode
 from maestro_py.session import command
+from maestro_py.state import observe
 
 OWNER_PLACEHOLDER = "<daemon-owner>"  # the running daemon's token goes here; none runs now
 
@@ -48,9 +48,9 @@ def plan(layout: Layout, env: Mapping[str, str], settings: Settings, registry: R
         claude = command.resolve_claude(env)
     except SpawnError:
         claude = "claude"  # the gates say why it cannot be found
-    status = read_status(layout)
-    alive = bool(status) and liveness(layout, status, now)["alive"]
-    owner = str((status or {}).get("owner")) if alive else OWNER_PLACEHOLDER
+    seen = observe(layout, now)
+    alive = seen.running
+    owner = str((seen.doc or {}).get("owner")) if alive else OWNER_PLACEHOLDER
     try:
         spec = command.spawn_spec(cadence, tick, env, layout.root, settings, owner=owner, stdout_log=stdout_log,
                                   stderr_log=stderr_log, claude=claude)

@@ -19,7 +19,7 @@ from typing import Any
 
 from maestro_py.clock import parse_iso
 from maestro_py.config import Settings
-from maestro_py.daemon.status import liveness, read_status
+from maestro_py.state import observe
 from maestro_py.errors import SpawnError
 from maestro_py.ops import views
 from maestro_py.paths import Layout, agent_name
@@ -48,8 +48,8 @@ class PersistedState:
         self.layout = layout
         self.env = env
         self.settings = settings
-        doc = read_status(layout)
-        self.daemon = doc if doc and liveness(layout, doc, now)["alive"] else None
+        seen = observe(layout, now)
+        self.daemon = seen.doc if seen.running else None
         daemon = self.daemon or {}
         self._live: list[dict[str, Any]] = list(daemon.get("live_subsessions") or [])
         memory = daemon.get("gates") or {}

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from maestro_py.config import Settings
 from maestro_py.errors import ConfigError
-from maestro_py.ops import service as svc
-from maestro_py.ops import service_setup as setup
-from maestro_py.ops import service_sync as sync
 from maestro_py.ops.probe import Check, Level, Probe
 from maestro_py.registry import Registry, RegistryError
+from maestro_py.service import setup
+from maestro_py.service import sync
+from maestro_py.service import units as svc
 
 
 def check_services(p: Probe) -> Check:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from maestro_py.config import Settings
-from maestro_py.daemon.status import read_status
 from maestro_py.errors import ConfigError
 from maestro_py.ops import views, when
 from maestro_py.ops.probe import Check, Level, Probe
 from maestro_py.policy.budget import never_fits_lines
 from maestro_py.registry import Registry, RegistryError
+from maestro_py.state import read_status
 
 
 def check_budget(p: Probe) -> Check:

@@ -11,7 +11,6 @@ from typing import Any
 
 from maestro_py.clock import parse_iso
 from maestro_py.config import Settings
-from maestro_py.daemon.status import liveness, read_status
 from maestro_py.errors import MaestroError
 from maestro_py.ops.when import local
 from maestro_py.paths import Folder, Layout
@@ -20,6 +19,7 @@ from maestro_py.policy.budget import Estimate, cadence_limits
 from maestro_py.registry import Registry
 from maestro_py.registry_keys import Mode
 from maestro_py.session.ledger import Ledger
+from maestro_py.state import observe
 
 
 class CircuitFileInvalid(MaestroError):
@@ -55,10 +55,10 @@ def budget_rows(layout: Layout, settings: Settings, registry: Registry | None, n
             cadence = registry.get(name)
             if cadence is not None and cadence.mode != Mode.INLINE:  # inline handlers pass no budget gate
                 estimates[name] = governor.estimate(name, cadence.reserve_tokens, cadence.reserve_usd)
-    doc = read_status(layout)
+    seen = observe(layout, now)
     # A dead daemon's reservations are not held by anything: counting them would understate what is left.
-    if doc and liveness(layout, doc, now)["alive"]:
-        for item in doc.get("reservations") or []:
+    if seen.running:
+        for item in (seen.doc or {}).get("reservations") or []:
             governor.reserve(item["tick"], item["cadence"], Estimate(item["tokens"], item["usd"], "live"))
     return governor.summary(now, estimates)
 

@@ -22,7 +22,6 @@ from starlette.routing import Route
 from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.clock import SystemClock
 from maestro_py.config import Settings
-from maestro_py.daemon.status import EX_HEALTHY, health, liveness, read_status, stale_after
 from maestro_py.paths import Layout
 from maestro_py.redact import Redactor
 from maestro_py.serve import auth, page, snapshot, ticks, triggers
@@ -30,6 +29,7 @@ from maestro_py.serve.body import read_body
 from maestro_py.serve.http import SECURITY_HEADERS, HttpError, error_answer, json_answer, text_answer
 from maestro_py.serve.idempotency import KeyStore, check_key
 from maestro_py.serve.options import ServeOptions
+from maestro_py.state import judge
 
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_METRICS_BYTES = 16 * 1024 * 1024
@@ -96,11 +96,8 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
         return json_answer(200, doc)
 
     def judge_health() -> dict[str, Any]:
-        live = liveness(layout, read_status(layout), SystemClock().now())
-        limit = stale_after(settings.poll_ms)
-        code, words = health(live, limit)
-        return {"healthy": code == EX_HEALTHY, "health": words, "exit_code": code, "pid": live["pid"],
-                "heartbeat_age_s": live["heartbeat_age_s"], "stale_after_s": limit}
+        # `maestro status`'s verdict, with the root's `.env` read now as a `maestro status` started now reads it
+        return judge(layout, SystemClock().now()).health_json()
 
     @answering
     async def healthz(request: Request) -> Response:

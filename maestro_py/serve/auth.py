@@ -24,8 +24,9 @@ import hmac
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from maestro_py.loopback import loopback_host
 from maestro_py.serve.http import WWW_AUTHENTICATE, HttpError
-from maestro_py.serve.options import ServeOptions, loopback_host
+from maestro_py.serve.options import ServeOptions
 
 SIGNATURE_HEADER = "x-hub-signature-256"
 BASIC_REALM = 'Basic realm="maestro", charset="UTF-8"'

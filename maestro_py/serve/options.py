@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from maestro_py.config import VARS, Settings
 from maestro_py.errors import ConfigError
+from maestro_py.loopback import is_loopback
 from maestro_py.redact import SERVE_SECRETS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -52,40 +51,9 @@ class ServeOptions:
         return " or ".join(ways) if ways else "none: open to loopback requests only"
 
 
-def is_loopback(host: str) -> bool:
-    """True when every address `host` names is a loopback one (127.0.0.0/8, ::1); a name is resolved."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    addresses = {info[4][0] for info in infos}
-    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
-
-
 def check_bind(host: str, options: ServeOptions) -> None:
     """Refuse to listen off loopback without a token: the triggers and the page would be open to the network."""
     if not is_loopback(host):
         if options.token is None:
             raise ConfigError(f"refusing to listen on {host} (not a loopback address) without MAESTRO_SERVE_TOKEN "
                               "set: anyone who can reach it could trigger runs and read the status page")
-
-
-def loopback_host(header: str) -> bool:
-    """Whether a request's Host header names this machine's loopback (DNS-rebinding guard for open access)."""
-    host = header.strip().lower()
-    if host.startswith("["):
-        host = host[1:host.find("]")] if "]" in host else host
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -14,8 +14,8 @@ import html
 from datetime import datetime
 from typing import Any
 
+from maestro_py.bus.logview import escape as visible
 from maestro_py.clock import parse_iso
-from maestro_py.ops.logview import escape as visible
 from maestro_py.policy.budget import amount, never_fits_lines
 from maestro_py.serve.chart import budget_bar, legend, spend_chart
 from maestro_py.serve.snapshot import Snapshot

@@ -23,9 +23,9 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from maestro_py.bus.logview import escape
 from maestro_py.config import Settings
 from maestro_py.errors import MaestroError
-from maestro_py.ops.logview import escape
 from maestro_py.paths import Layout
 from maestro_py.redact import Redactor
 from maestro_py.serve.app import build

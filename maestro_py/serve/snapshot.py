@@ -1,8 +1,8 @@
 """What the status page shows, gathered from the same read-models `maestro status` and `maestro budget` use.
 
-Health is `daemon.status.health` judged against `stale_after`; breakers come from `ops.views.open_circuits`,
-budget rows from `ops.views.budget_rows`, and spend from ledger rows through `policy.budget.charge_of`, so the
-page cannot disagree with the CLI. Nothing here writes.
+Health is `state.judge`, the verdict `maestro status` exits with and `/healthz` answers; breakers come from
+`ops.views.open_circuits`, budget rows from `ops.views.budget_rows`, and spend from ledger rows through
+`policy.budget.charge_of`, so the page cannot disagree with the CLI. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 from maestro_py.bus.store import Bus
 from maestro_py.config import Settings
-from maestro_py.daemon.status import health, liveness, read_status, stale_after
 from maestro_py.ops import views
 from maestro_py.paths import Layout
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
@@ -23,6 +22,7 @@ from maestro_py.policy.budget import charge_of, local_zone
 from maestro_py.policy.emergency import read_stop_file
 from maestro_py.registry import Registry
 from maestro_py.session.ledger import Ledger
+from maestro_py.state import judge
 
 CHART_DAYS = 30
 LAST_RUNS = 20
@@ -53,9 +53,8 @@ class Snapshot:
 def take(layout: Layout, settings: Settings, registry: Registry | None, now: datetime) -> Snapshot:
     """Read everything the page shows, as of `now`."""
     problems: list[str] = []
-    doc = read_status(layout)
-    live = liveness(layout, doc, now)
-    code, words = health(live, stale_after(settings.poll_ms))
+    verdict = judge(layout, now)
+    doc = verdict.seen.doc
     circuits: dict[str, Any] = {}
     try:
         circuits = views.open_circuits(layout)
@@ -69,10 +68,10 @@ def take(layout: Layout, settings: Settings, registry: Registry | None, now: dat
     days = [(now.astimezone(zone) - timedelta(days=back)).date() for back in range(CHART_DAYS - 1, -1, -1)]
     spend, counts, runs = _ledger(layout, now, days[0], zone)
     return Snapshot(
-        root=str(layout.root), now=now, health_code=code, health=words,
+        root=str(layout.root), now=now, health_code=verdict.code, health=verdict.words,
         emergency_stop=read_stop_file(layout.stop_file),
         queues={k: v for k, v in Bus(layout).depths().items() if k != "tmp"},
-        live=list((doc or {}).get("live_subsessions") or []) if live["alive"] else [],
+        live=list((doc or {}).get("live_subsessions") or []) if verdict.seen.alive else [],
         breakers=breakers, budget=budget, runs=runs, days=days,
         cadences=sorted({cadence for _, cadence in counts}), spend=spend, run_counts=counts, problems=problems,
     )

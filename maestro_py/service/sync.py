@@ -1,4 +1,4 @@
-"""Keeping the installed service files equal to what ops/service.py generates now: `maestro service install|sync|
+"""Keeping the installed service files equal to what service/units.py generates now: `maestro service install|sync|
 uninstall` and the daemon's autosync.
 
 A file in the manager's folder is *ours* when its name has this agent's shape (`maestro-<name>…` units,
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maestro_py.bus.fsio import atomic_write
-from maestro_py.ops.service import (LAUNCHD, LEGACY_HEADER, SYSTEMD, Command, ServiceError, ServiceFile, header,
+from maestro_py.service.units import (LAUNCHD, LEGACY_HEADER, SYSTEMD, Command, ServiceError, ServiceFile, header,
                                     plist_header)
 
 MAX_UNIT_BYTES = 256 * 1024  # a generated file is a few KiB: a bigger one is not ours, and is not read whole

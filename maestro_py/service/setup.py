@@ -19,11 +19,11 @@ from typing import Any
 from maestro_py.bus.fsio import atomic_write_json
 from maestro_py.config import Settings, load_env
 from maestro_py.errors import SpawnError
-from maestro_py.ops import service as svc
-from maestro_py.ops.service_harden import Harden
-from maestro_py.ops.service_sync import default_dest
 from maestro_py.paths import Layout
 from maestro_py.registry import Registry
+from maestro_py.service import units as svc
+from maestro_py.service.harden import Harden
+from maestro_py.service.sync import default_dest
 from maestro_py.session.command import resolve_claude
 
 
@@ -153,7 +153,7 @@ def _claude(given: str | None, env: dict[str, str], notes: list[str]) -> str | N
 
 def _serve(serve: tuple[str, int] | None, env: dict[str, str]) -> tuple[str, int] | None:
     """(host, port) of the `maestro serve` unit; off loopback only when the root sets a token."""
-    from maestro_py.serve.options import is_loopback  # no web stack: just the rule
+    from maestro_py.loopback import is_loopback  # the server's rule (serve/options.py checks it at start)
 
     if serve is not None and not is_loopback(serve[0]) and not env.get("MAESTRO_SERVE_TOKEN", "").strip():
         raise svc.ServiceError(f"--serve-host {serve[0]} is not a loopback address: set MAESTRO_SERVE_TOKEN in the "
