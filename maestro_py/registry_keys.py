@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from maestro_py import cron, inline
+from maestro_py import cron
 from maestro_py.clock import MAX_COUNT, MAX_NUMBER
 
 MODES = ("escalate", "inline", "guarded")
@@ -79,6 +79,8 @@ def _text(value: Any) -> str:
 def _runnable(value: Any) -> str:
     if not isinstance(value, str):
         raise Bad('must be a string: "noop", "module:function" or a command', value)
+    from maestro_py import inline  # its calls start processes and threads: loaded only for a cadence naming one
+
     try:
         inline.parse(value)
     except ValueError as exc:

@@ -3,22 +3,27 @@
 The waits are tenacity wait strategies driven by the count of consecutive failures, so the schedule
 (`0,30,120`: one entry per failure, the last repeating) and exponential full jitter with a cap
 (`exp:30:1800`) are both tenacity's maths, not ours.
+
+tenacity is imported where a wait is built or driven, not with the module: the settings check the
+`MAESTRO_BACKOFF_SECONDS` syntax with `parse_backoff` on every read, and `maestro enqueue` (run by cron) reads
+them, but never waits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable
-
-import tenacity
+from typing import TYPE_CHECKING, Callable
 
 from maestro_py.clock import MAX_NUMBER
 
-Wait = Callable[[tenacity.RetryCallState], float]
+if TYPE_CHECKING:
+    import tenacity
+
+Wait = Callable[["tenacity.RetryCallState"], float]  # a tenacity wait strategy: any callable of the retry state
 
 
-class _Schedule(tenacity.wait.wait_base):
+class _Schedule:
     """wait N seconds after the Nth consecutive failure, repeating the last entry."""
 
     def __init__(self, seconds: tuple[float, ...]) -> None:
@@ -38,6 +43,8 @@ def parse_backoff(text: str) -> Wait:
         base, cap = float(parts[1]), float(parts[2])
         if not (0 < base <= cap <= MAX_NUMBER):
             raise ValueError(f"exp:BASE:CAP needs 0 < BASE <= CAP <= {MAX_NUMBER:g}")
+        import tenacity
+
         return tenacity.wait_random_exponential(multiplier=base, max=cap)
     values = tuple(float(part) for part in text.split(",") if part.strip())
     if not values or not all(0 <= v <= MAX_NUMBER for v in values):  # NaN and infinity too
@@ -61,6 +68,8 @@ class Backoff:
     def record_failure(self, cadence: str, now: datetime, wait: Wait | None = None, *,
                        at_least: float = 0.0) -> datetime:
         """Count a failure and return when the cadence may spawn again (not before `at_least` seconds)."""
+        import tenacity
+
         n = self.failures.get(cadence, 0) + 1
         self.failures[cadence] = n
         state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
