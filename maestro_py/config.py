@@ -6,16 +6,17 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from dotenv import dotenv_values
 
 from maestro_py.policy.backoff import parse_backoff
-from maestro_py.policy.budget import Estimate, Governor, Limit
 from maestro_py.clock import MAX_COUNT, MAX_NUMBER
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout, launchd_prefix
 
+if TYPE_CHECKING:  # the budget is built by `governor()`: `maestro enqueue` (from cron) never imports it
+    from maestro_py.policy.budget import Governor, Limit
 
 MAX_ENV_BYTES = 1024 * 1024
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://\S+\Z")
@@ -326,6 +327,7 @@ class Settings:
 
     def governor(self, cadence_limits: dict[str, Limit] | None = None) -> Governor:
         """A budget governor with these limits (cadence limits come from the registry)."""
+        from maestro_py.policy.budget import Estimate, Governor, Limit
         return Governor(
             global_limits={"daily": Limit(self.daily_tokens, self.daily_usd),
                            "hourly": Limit(self.hourly_tokens, self.hourly_usd)},

@@ -15,7 +15,6 @@ Decisions the format leaves open:
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -189,6 +188,8 @@ def _unknown(table: str, key: str, value: Any) -> str:
     if isinstance(value, dict):
         # [inbox.processor] is TOML for a table "processor" inside "inbox", not a cadence name.
         return f'unknown key (for a cadence named "{table}.{key}", quote it: ["{table}.{key}"])'
+    import difflib  # only for a misspelt key
+
     close = difflib.get_close_matches(key, list(FIELDS), n=1)
     return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
 

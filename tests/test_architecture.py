@@ -20,12 +20,12 @@ from maestro_py.paths import Folder, Layout
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Runs `maestro ARGS` through the console-script entry point and writes, at exit, every maestro_py module
-# the process imported (atexit runs after main()'s sys.exit).
+# Runs `maestro ARGS` through the console-script entry point and writes, at exit, every module the process
+# imported (atexit runs after main()'s sys.exit).
 IMPORTS_OF = """
 import atexit, json, sys
 out = sys.argv.pop(1)
-atexit.register(lambda: open(out, "w").write(json.dumps(sorted(m for m in sys.modules if m.startswith("maestro_py")))))
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
 sys.argv[0] = "maestro"
 from maestro_py.cli import main
 main()
@@ -50,6 +50,20 @@ def test_enqueue_imports_neither_daemon_nor_ops_nor_session(tmp_path: Path) -> N
     other_commands = [m for m in modules if m.startswith("maestro_py.cli.") and m not in ("maestro_py.cli.common",
                                                                                           "maestro_py.cli.bus")]
     assert heavy == [] and other_commands == []
+
+
+def test_enqueue_loads_no_claim_backoff_budget_fleet_or_handler_machinery(tmp_path: Path) -> None:
+    """What an enqueue never uses stays unloaded: psutil (a claim's owner), tenacity (backoff waits), the budget,
+    the fleet governor and the inline handler calls (subprocess, threads). `.env` is read (python-dotenv): its
+    settings (MAESTRO_MAX_INBOX) apply to the enqueue, and a bad one fails it."""
+    root = tmp_path / "agent"
+    assert CliRunner().invoke(cli, ["--root", str(root), "init"]).exit_code == 0
+    modules = set(imports_of(tmp_path, "--root", str(root), "enqueue", "hello", "--source", "cron"))
+    assert len(list(Layout(root).folder(Folder.INBOX).glob("*.json"))) == 1
+    assert {"dotenv", "maestro_py.config", "maestro_py.registry", "maestro_py.bus.store"} <= modules  # it did load
+    unused = {"psutil", "tenacity", "maestro_py.policy.budget", "maestro_py.fleet", "maestro_py.inline",
+              "subprocess", "ctypes"}
+    assert sorted(unused & modules) == []
 
 
 def test_help_lists_every_lazy_command_with_its_short_help() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -317,6 +318,65 @@ def test_init_scaffolds_a_registry_a_gitignore_and_says_what_next(runner: CliRun
     doctor = runner.invoke(cli, ["--root", str(lay.root), "doctor", "--offline", "--json"])
     checks = {c["name"]: c["level"] for c in json.loads(doctor.stdout)["checks"]}
     assert checks["registry"] == "ok" and checks["prompts"] == "ok"
+
+
+def claude_nowhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, project_cli: bool) -> Path:
+    """No CLAUDE_BIN and a PATH without claude; this clone's `.tools/claude` CLI is a script in tmp_path (or none).
+    Returns where that CLI is."""
+    from maestro_py.errors import ClaudeUnavailable
+    from maestro_py.session import command
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.delenv("CLAUDE_BIN", raising=False)
+    monkeypatch.setenv("PATH", str(empty))
+    try:
+        pytest.skip(f"this machine has a claude where maestro always looks: {command.resolve_claude(os.environ)}")
+    except ClaudeUnavailable:
+        pass
+    local = tmp_path / "clone" / ".tools" / "claude" / "node_modules" / ".bin" / "claude"
+    if project_cli:
+        local.parent.mkdir(parents=True)
+        local.write_text("#!/bin/sh\necho '2.1.197 (Claude Code)'\n")
+        local.chmod(0o755)
+    monkeypatch.setattr(command, "PROJECT_CLAUDE", local)
+    return local
+
+
+def test_init_records_the_cli_make_installed_when_no_claude_is_on_path(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Issue 23, item 8: the README's walk-through on a machine whose only claude is the one `make` installed."""
+    from maestro_py.config import load_env
+    from maestro_py.session.command import resolve_claude
+
+    local = claude_nowhere(monkeypatch, tmp_path, project_cli=True)
+    result = runner.invoke(cli, ["--root", str(tmp_path / "a"), "init"])
+    assert result.exit_code == 0, result.output
+    assert f"CLAUDE_BIN={local} (the CLI `make` installed) written to {tmp_path / 'a' / '.env'}" in result.stdout
+    lay = Layout(tmp_path / "a")
+    assert load_env(lay)["CLAUDE_BIN"] == str(local) and resolve_claude(load_env(lay)) == str(local)
+    assert oct(lay.env_file.stat().st_mode & 0o777) == "0o600"
+    doctor = runner.invoke(cli, ["--root", str(lay.root), "doctor", "--offline", "--json"])
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["claude"]["level"] == "ok" and str(local) in checks["claude"]["detail"]
+    lay.env_file.write_text("ANTHROPIC_API_KEY=mine\n")  # a second init leaves an existing .env alone
+    assert runner.invoke(cli, ["--root", str(lay.root), "init"]).exit_code == 0
+    assert lay.env_file.read_text() == "ANTHROPIC_API_KEY=mine\n"
+
+
+def test_init_records_nothing_when_claude_is_found_or_there_is_none_to_record(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    local = claude_nowhere(monkeypatch, tmp_path, project_cli=False)
+    result = runner.invoke(cli, ["--root", str(tmp_path / "a"), "init"])
+    assert result.exit_code == 0 and "warning: claude not found: set CLAUDE_BIN" in result.stdout
+    local.parent.mkdir(parents=True)
+    local.write_text("#!/bin/sh\n")
+    local.chmod(0o755)
+    monkeypatch.setenv("CLAUDE_BIN", str(local))  # found (the environment wins over .env anyway)
+    result = runner.invoke(cli, ["--root", str(tmp_path / "b"), "init"])
+    assert result.exit_code == 0 and f"claude: {local}\n" in result.stdout
+    for root in ("a", "b"):
+        assert "\nCLAUDE_BIN=" not in (tmp_path / root / ".env").read_text()
 
 
 def test_circuit_open_refuses_a_cadence_that_does_not_exist(runner: CliRunner, root: Path) -> None:

@@ -1,7 +1,11 @@
 """The README's walk-throughs run as written: each shell block after a `<!-- walk-through: … -->` marker is read
-from the README itself (so it cannot drift) and run line by line in bash, in a HOME of its own, with the fake
-claude (`tests/fake_claude.py`) as the CLI and `EDITOR=true` (the edit step opens nothing). Every line must exit 0;
-`maestro … run` (the long-running daemon) is started, must become healthy, and must stop cleanly on SIGTERM.
+from the README itself (so it cannot drift) and run line by line in bash, in a HOME of its own, with
+`EDITOR=true` (the edit step opens nothing). Every line must exit 0; `maestro … run` (the long-running daemon) is
+started, must become healthy, and must stop cleanly on SIGTERM.
+
+"Using it on a real agent" runs as on a machine whose only `claude` is the one `make` installed in `.tools/claude`:
+no CLAUDE_BIN, no claude on PATH (`init` finds it and records it), the real CLI answered by the loopback Messages
+API fake. "Install for real" runs with the fake claude (`tests/fake_claude.py`) as CLAUDE_BIN.
 
 The only change made to a line: `/path/to/maestro_py` names this checkout."""
 
@@ -16,6 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from maestro_py.config import load_env
+from maestro_py.errors import ClaudeUnavailable
+from maestro_py.paths import Layout
+from maestro_py.session.command import PROJECT_CLAUDE, resolve_claude
+from tests.e2e.fake_api import FakeMessagesAPI
 from tests.fakes import REPO, daemon_env, wait_for
 
 MARKER = "<!-- walk-through:"
@@ -76,13 +85,34 @@ def test_the_readme_marks_its_walkthroughs() -> None:
     assert any(line.split()[-1] == "run" for line in (b.split("  #")[0] for b in blocks[0]))
 
 
+def without_claude(env: dict[str, str]) -> dict[str, str]:
+    """`env` with no CLAUDE_BIN and no PATH entry holding a `claude`."""
+    out = {k: v for k, v in env.items() if k != "CLAUDE_BIN"}
+    out["PATH"] = os.pathsep.join(d for d in env["PATH"].split(os.pathsep)
+                                  if not os.access(os.path.join(d or ".", "claude"), os.X_OK))
+    return out
+
+
 def test_using_it_on_a_real_agent_runs_as_written(tmp_path: Path) -> None:
-    env = environment(tmp_path)
-    for line in walkthroughs()[0]:
-        run_line(line, env)
+    if not (PROJECT_CLAUDE.is_file() and os.access(PROJECT_CLAUDE, os.X_OK)):
+        pytest.skip(f"the real claude CLI is not installed at {PROJECT_CLAUDE} (`make claude` installs it)")
+    env = without_claude(environment(tmp_path))
+    try:
+        elsewhere: str | None = resolve_claude(env)  # one where maestro always looks: init has nothing to record
+    except ClaudeUnavailable:
+        elsewhere = None
+    with FakeMessagesAPI() as api:
+        (tmp_path / "home" / "tmp").mkdir(parents=True, exist_ok=True)
+        env.update(ANTHROPIC_BASE_URL=f"http://127.0.0.1:{api.port}", TMPDIR=str(tmp_path / "home" / "tmp"),
+                   DISABLE_AUTOUPDATER="1", DISABLE_TELEMETRY="1", DISABLE_ERROR_REPORTING="1",
+                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+        for line in walkthroughs()[0]:
+            run_line(line, env)
+        assert len(api.posts()) >= 1, "the hello tick did not reach the real CLI's API"
     root = Path(env["HOME"]) / "agents" / "chief-of-staff"
     done = list((root / "state" / "cadence-bus" / "done").glob("*.json"))
     assert len(done) == 1, "the hello tick the walk-through queued did not run"
+    assert load_env(Layout(root), base={}).get("CLAUDE_BIN") == (None if elsewhere else str(PROJECT_CLAUDE))
 
 
 @pytest.mark.slow  # a fresh venv and a pip install with its dependencies (about a minute)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
+import functools
 import json
 import os
 import uuid
@@ -43,15 +43,17 @@ def disk_trouble(path: Path) -> str | None:
     return None
 
 
-def _load_syncfs() -> "ctypes._NamedFuncPointer | None":
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2), looked up on the first group commit (ctypes is not loaded by a bus that never makes one,
+    such as `maestro enqueue`'s); None where there is none."""
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)  # the symbols already loaded: libc on Linux
         return libc.syncfs
     except (OSError, AttributeError):  # not Linux (or no glibc): the per-file fallback is used
         return None
-
-
-_SYNCFS = _load_syncfs()
 
 
 def sync_files(files: Iterable[Path], folders: Iterable[Path]) -> None:
@@ -64,10 +66,13 @@ def sync_files(files: Iterable[Path], folders: Iterable[Path]) -> None:
     files, folders = list(files), list(folders)
     if not files and not folders:
         return
-    if _SYNCFS is not None:
+    syncfs = _syncfs()
+    if syncfs is not None:
         fd = os.open(folders[0] if folders else files[0], os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if _SYNCFS(fd) != 0:
+            if syncfs(fd) != 0:
+                import ctypes
+
                 err = ctypes.get_errno()
                 raise OSError(err, f"syncfs: {os.strerror(err)}")
         finally:

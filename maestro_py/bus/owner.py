@@ -1,12 +1,14 @@
-"""Who holds a claim: a pid plus that process's start time, so a reused pid is never mistaken for it."""
+"""Who holds a claim: a pid plus that process's start time, so a reused pid is never mistaken for it.
+
+psutil is imported when a process is first looked at, not with the module: every `Bus` has an owner, but the
+one `maestro enqueue` (run by cron) makes never claims, so it never asks.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass
-
-import psutil
 
 _TOKEN_RE = re.compile(r"^(\d+)-(\d+)$")
 
@@ -26,6 +28,8 @@ class Owner:
     @classmethod
     def of(cls, pid: int) -> "Owner":
         """The process `pid` as it is now (raises psutil.NoSuchProcess if there is none)."""
+        import psutil
+
         return cls(pid, round(psutil.Process(pid).create_time() * 100))
 
     @property
@@ -41,6 +45,8 @@ class Owner:
 
     def is_alive(self) -> bool:
         """True while this exact process runs (a zombie counts as gone)."""
+        import psutil
+
         try:
             proc = psutil.Process(self.pid)
             if proc.status() == psutil.STATUS_ZOMBIE:

@@ -34,6 +34,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
         self.layout = layout
         self.clock = clock or SystemClock()
         self.events = events or EventLog(layout, clock=self.clock)
-        self.owner = owner or Owner.current()
+        if owner is not None:
+            self.owner = owner
         self.max_inbox = max_inbox
         self.quarantined = 0  # bad entries moved to dlq/ by this process
         self.tmp = layout.folder(Folder.TMP)
@@ -75,6 +77,11 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
         self._dirs = {folder: str(layout.folder(folder)) for folder in Folder}  # as str, for the hot path
         self._group: list[dict[str, Any]] | None = None  # `done` events of completions awaiting their sync
         self.index = InboxIndex(self.inbox, self.inspect, self.quarantine, clock=self.clock)
+
+    @cached_property
+    def owner(self) -> Owner:
+        """Who this bus claims for: the calling process, looked up on first use (an enqueue never claims)."""
+        return Owner.current()
 
     def reindex(self) -> None:
         """Rebuild the index from the folder (after a step failed half-way through an update)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -36,6 +37,7 @@ def init(c: Context) -> None:
         lay.env_file.write_text(text)
         lay.env_file.chmod(0o600)
         created.append(".env")
+        claude = record_claude(lay.env_file, c.env)
     lay.cadences_dir.mkdir(exist_ok=True)
     sample = lay.prompt_file("hello")
     if not any(lay.cadences_dir.glob("*.md")):
@@ -46,6 +48,8 @@ def init(c: Context) -> None:
             (lay.root / name).write_text((templates / template).read_text())
             created.append(name)
     click.echo(f"initialised {lay.root}" + (f" (created {', '.join(created)})" if created else " (already set up)"))
+    if ".env" in created:
+        click.echo(claude)
     if created:
         root = shlex.quote(str(lay.root))
         click.echo(f"next: put a key or subscription login in {root}/.env, then\n"
@@ -53,6 +57,27 @@ def init(c: Context) -> None:
                    f"  maestro --root {root} enqueue hello   # queue a tick\n"
                    f"  maestro --root {root} run --once      # run what is queued, then exit\n"
                    f"  maestro --root {root} service install --systemd --user   # or --launchd: run it for good")
+
+
+def record_claude(env_file: Path, env: Mapping[str, str]) -> str:
+    """Which `claude` the new root's daemon will run, in one line for `init` to print. When it would find none but
+    this clone has the CLI `make` installed (in `.tools/claude`, not on PATH), that one is written into the new
+    `.env` as CLAUDE_BIN first: the README's walk-through then works on a machine whose only `claude` is that one."""
+    from dotenv import set_key
+
+    from maestro_py.errors import ClaudeUnavailable
+    from maestro_py.session.command import project_claude, resolve_claude
+
+    try:
+        return f"claude: {resolve_claude(env)}"
+    except ClaudeUnavailable as exc:
+        local = project_claude()
+        if local is None or env.get("CLAUDE_BIN", "").strip():  # the environment's CLAUDE_BIN wins over .env's
+            return f"warning: {exc}"
+    with env_file.open("a", encoding="utf-8") as fh:
+        fh.write("\n# Written by `maestro init`: no claude on PATH, so the CLI `make` installed in the clone.\n")
+    set_key(env_file, "CLAUDE_BIN", local)  # quoted as python-dotenv reads it back
+    return f"claude: none on PATH; CLAUDE_BIN={local} (the CLI `make` installed) written to {env_file}"
 
 
 @click.command()

@@ -8,22 +8,27 @@ Why a wait strategy and not tenacity's `Retrying`: `Retrying` wraps one call in 
 tries. A tick's tries are separate claims, possibly in separate daemon processes, with other ticks running in
 between and the count persisted in the tick; nothing here may sleep. So the backoff holds the strategy and asks it
 for one wait per failure, through the `RetryCallState` a strategy takes (`_wait_after`), and keeps the count itself.
+
+tenacity is imported where a wait is built or driven, not with the module: the settings check the
+`MAESTRO_BACKOFF_SECONDS` syntax with `parse_backoff` on every read, and `maestro enqueue` (run by cron) reads
+them, but never waits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable
-
-import tenacity
+from typing import TYPE_CHECKING, Callable
 
 from maestro_py.clock import MAX_NUMBER
 
-Wait = Callable[[tenacity.RetryCallState], float]
+if TYPE_CHECKING:
+    import tenacity
+
+Wait = Callable[["tenacity.RetryCallState"], float]  # a tenacity wait strategy: any callable of the retry state
 
 
-class _Schedule(tenacity.wait.wait_base):
+class _Schedule:
     """wait N seconds after the Nth consecutive failure, repeating the last entry."""
 
     def __init__(self, seconds: tuple[float, ...]) -> None:
@@ -43,6 +48,8 @@ def parse_backoff(text: str) -> Wait:
         base, cap = float(parts[1]), float(parts[2])
         if not (0 < base <= cap <= MAX_NUMBER):
             raise ValueError(f"exp:BASE:CAP needs 0 < BASE <= CAP <= {MAX_NUMBER:g}")
+        import tenacity
+
         return tenacity.wait_random_exponential(multiplier=base, max=cap)
     values = tuple(float(part) for part in text.split(",") if part.strip())
     if not values or not all(0 <= v <= MAX_NUMBER for v in values):  # NaN and infinity too
@@ -57,6 +64,8 @@ def schedule(seconds: tuple[float, ...]) -> Wait:
 
 def _wait_after(wait: Wait, failures: int) -> float:
     """What `wait` says to wait after the `failures`-th consecutive failure (its call state holds just the count)."""
+    import tenacity
+
     state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
     state.attempt_number = failures
     return wait(state)

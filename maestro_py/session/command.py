@@ -65,6 +65,19 @@ def resolve_claude(env: Mapping[str, str], home: Path | None = None) -> str:
                             "(looked in ~/.claude/local, ~/.local/bin, /opt/homebrew/bin, /usr/local/bin, the npm global bin)")
 
 
+# Where `make` (scripts/install-claude.sh) installs the CLI in a clone of this project, next to the package.
+PROJECT_CLAUDE = Path(__file__).resolve().parents[2] / ".tools" / "claude" / "node_modules" / ".bin" / "claude"
+
+
+def project_claude() -> str | None:
+    """The CLI `make` installed into this clone's `.tools/claude`, when maestro runs from the clone (an editable
+    install, `python -m maestro_py` in it); None for an installed copy, which has no `.tools/`. Not a place
+    `resolve_claude` looks: `maestro init` writes it into a new root's `.env` as CLAUDE_BIN, where it shows."""
+    if PROJECT_CLAUDE.is_file() and os.access(PROJECT_CLAUDE, os.X_OK):
+        return str(PROJECT_CLAUDE)
+    return None
+
+
 def claude_fix() -> str:
     """What an operator does about a missing or broken `claude` (the halt's event, `status`, `doctor`)."""
     return ("install the CLI (`npm install -g @anthropic-ai/claude-code`, or the native installer into "
