@@ -228,8 +228,10 @@ def test_the_governor_limit_case_reads_the_same_in_every_view(make_root: Any, tm
     assert "held by fleet_budget" in inbox.stdout
     assert "held by fleet_budget" in invoke(runner, at, "tick", "show", tick, env=root.env).stdout
     served = Served(root.layout, tmp_path, MAESTRO_GOVERNOR_URL=root.env["MAESTRO_GOVERNOR_URL"])
-    try:  # GET /v1/ticks/ID from a real server on loopback
+    try:  # GET /v1/ticks/ID and the status page from a real server on loopback
         doc = served.request("GET", f"/v1/ticks/{tick}").json()
+        page = served.request("GET", "/").text
     finally:
         served.stop()
     assert doc["state"] == "queued" and doc["held_by"]["gate"] == "fleet_budget" and doc["held_by"]["never_fits"]
+    assert '<tr class="hold" data-cadence="memo"><td>memo</td><td>fleet_budget</td>' in page

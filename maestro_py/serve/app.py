@@ -117,7 +117,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
     async def status_page(request: Request) -> Response:
         auth.read_access(request.headers, options, page=True)
         snap = await run_in_threadpool(lambda: snapshot.take(layout, settings, intake.cadences.current(),
-                                                             SystemClock().now()))
+                                                             SystemClock().now(), env))
         return Response(page.render(snap), media_type="text/html; charset=utf-8",
                         headers={**SECURITY_HEADERS, "Content-Security-Policy": page.CSP})
 

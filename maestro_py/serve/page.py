@@ -43,7 +43,8 @@ def esc(value: object) -> str:
 def render(snap: Snapshot) -> str:
     """The whole page."""
     sections = [
-        _header(snap), _queues(snap), _live(snap), _breakers(snap), _budget(snap), _chart(snap), _runs(snap),
+        _header(snap), _queues(snap), _live(snap), _holds(snap), _breakers(snap), _budget(snap), _chart(snap),
+        _runs(snap),
     ]
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
@@ -79,6 +80,17 @@ def _live(snap: Snapshot) -> str:
                    f"<td>{esc(r.get('started'))}</td></tr>" for r in snap.live)
     return ('<h2>Live sub-sessions</h2><table id="live"><tr><th>cadence</th><th>tick</th><th>attempt</th>'
             f"<th>pid</th><th>since</th></tr>{rows}</table>")
+
+
+def _holds(snap: Snapshot) -> str:
+    """Which gate holds each cadence's runs now, in the daemon's own words (`maestro dry-run` says the same)."""
+    if not snap.holds:
+        return '<h2>Held</h2><p id="holds" class="muted">no gate holds a cadence now</p>'
+    rows = "".join(f'<tr class="hold" data-cadence="{esc(h["cadence"])}"><td>{esc(h["cadence"])}</td>'
+                   f'<td>{esc(h["gate"])}</td><td class="{"bad" if h["never_fits"] else ""}">{esc(h["why"])}</td>'
+                   f'<td>{esc(h["lifts"])}</td></tr>' for h in snap.holds)
+    return ('<h2>Held</h2><table id="holds"><tr><th>cadence</th><th>gate</th><th>why</th><th>what lifts it</th></tr>'
+            f"{rows}</table>")
 
 
 def _breakers(snap: Snapshot) -> str:

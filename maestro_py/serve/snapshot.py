@@ -8,6 +8,7 @@ Health is `state.judge`, the verdict `maestro status` exits with and `/healthz` 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -48,10 +49,13 @@ class Snapshot:
     spend: dict[tuple[date, str], float]  # (local day, cadence) -> dollars charged
     run_counts: dict[tuple[date, str], int]
     problems: list[str] = field(default_factory=list)  # what could not be read (shown, not hidden)
+    holds: list[dict[str, Any]] = field(default_factory=list)  # per held cadence: the gate that holds its runs now
 
 
-def take(layout: Layout, settings: Settings, registry: Registry | None, now: datetime) -> Snapshot:
-    """Read everything the page shows, as of `now`."""
+def take(layout: Layout, settings: Settings, registry: Registry | None, now: datetime,
+         env: Mapping[str, str] | None = None) -> Snapshot:
+    """Read everything the page shows, as of `now` (`env`: the root's environment, to walk the gates as the daemon
+    would; without it the page shows no holds)."""
     problems: list[str] = []
     verdict = judge(layout, now)
     doc = verdict.seen.doc
@@ -74,7 +78,28 @@ def take(layout: Layout, settings: Settings, registry: Registry | None, now: dat
         live=list((doc or {}).get("live_subsessions") or []) if verdict.seen.alive else [],
         breakers=breakers, budget=budget, runs=runs, days=days,
         cadences=sorted({cadence for _, cadence in counts}), spend=spend, run_counts=counts, problems=problems,
+        holds=_holds(layout, env, settings, registry, now) if env is not None and registry is not None else [],
     )
+
+
+def _holds(layout: Layout, env: Mapping[str, str], settings: Settings, registry: Registry,
+           now: datetime) -> list[dict[str, Any]]:
+    """Each cadence whose runs a gate holds now, with that gate's words: the daemon's chain (`ops.gates`)."""
+    from maestro_py.ops import gates
+
+    try:
+        state = gates.PersistedState(layout, env, settings, registry, now)
+    except views.CircuitFileInvalid:
+        return []  # shown as a problem already
+    try:
+        out = []
+        for name in registry.names():
+            hold = gates.hold_of(state, registry.get(name), now)
+            if hold is not None:
+                out.append({"cadence": name, **hold.to_json()})
+        return out
+    finally:
+        state.close()
 
 
 def ledger_files(layout: Layout, since: date, today: date) -> list[Path]:
