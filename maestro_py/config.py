@@ -15,8 +15,8 @@ from maestro_py.clock import MAX_COUNT, MAX_NUMBER
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout, launchd_prefix
 
-if TYPE_CHECKING:  # the budget is built by `governor()`: `maestro enqueue` (from cron) never imports it
-    from maestro_py.policy.budget import Governor, Limit
+if TYPE_CHECKING:  # the budget is built by `budget()`: `maestro enqueue` (from cron) never imports it
+    from maestro_py.policy.budget import Budget, Limit
 
 MAX_ENV_BYTES = 1024 * 1024
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://\S+\Z")
@@ -325,10 +325,10 @@ class Settings:
         "launchd_prefix": "MAESTRO_LAUNCHD_PREFIX",
     }
 
-    def governor(self, cadence_limits: dict[str, Limit] | None = None) -> Governor:
-        """A budget governor with these limits (cadence limits come from the registry)."""
-        from maestro_py.policy.budget import Estimate, Governor, Limit
-        return Governor(
+    def budget(self, cadence_limits: dict[str, Limit] | None = None) -> Budget:
+        """This root's budget with these limits (cadence limits from the registry): built only here (start-up, views, reload)."""
+        from maestro_py.policy.budget import Estimate, Budget, Limit
+        return Budget(
             global_limits={"daily": Limit(self.daily_tokens, self.daily_usd),
                            "hourly": Limit(self.hourly_tokens, self.hourly_usd)},
             cadence_limits=cadence_limits or {},

@@ -16,7 +16,7 @@ from maestro_py.cli import cli
 from maestro_py.clock import iso
 from maestro_py.paths import Folder, Layout
 from maestro_py.policy.budget import (
-    Estimate, Governor, Limit, local_zone, never_fits_entry, never_fits_lines, over_limit, window_bounds,
+    Estimate, Budget, Limit, local_zone, never_fits_entry, never_fits_lines, over_limit, window_bounds,
 )
 from tests.fakes import (
     FakeClock, FakeSpawner, attempts, enqueue, events, ledger_rows, make_daemon, read_json, run_steps, tick_ids,
@@ -151,7 +151,7 @@ def test_a_budget_smaller_than_one_reservation_never_spawns_and_says_why(layout:
 
 
 def test_never_fits_names_the_setting_that_holds_the_reservation() -> None:
-    gov = Governor({"daily": Limit(tokens=1000, usd=0.1)}, default_estimate=Estimate(20_000, 0.25, "default"))
+    gov = Budget({"daily": Limit(tokens=1000, usd=0.1)}, default_estimate=Estimate(20_000, 0.25, "default"))
     limit = gov.global_limits["daily"]
 
     def line(*estimates: Estimate) -> list[str]:
@@ -180,7 +180,7 @@ def test_max_budget_usd_is_passed_to_the_cli(layout: Layout, clock: FakeClock) -
 
 
 def test_estimate_prefers_configured_then_recent_average_then_default() -> None:
-    gov = Governor({"daily": Limit()}, default_estimate=Estimate(500, 0.1, "default"))
+    gov = Budget({"daily": Limit()}, default_estimate=Estimate(500, 0.1, "default"))
     assert gov.estimate("a").basis == "default"
     now = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
     gov.load([{"ts": "2026-11-23T10:00:00Z", "cadence": "a", "total_tokens": 100, "cost_usd": 0.01, "ok": True},
@@ -286,7 +286,7 @@ def test_hourly_windows_are_one_real_hour_across_the_skipped_and_the_repeated_ho
 
 
 def test_charges_of_the_long_autumn_day_are_all_kept_until_its_midnight() -> None:
-    gov = Governor({"daily": Limit(tokens=100_000)}, zone=BERLIN)
+    gov = Budget({"daily": Limit(tokens=100_000)}, zone=BERLIN)
     gov.load([berlin_charge(berlin(2026, 10, 24, 23, 30)), berlin_charge(berlin(2026, 10, 25, 0, 30))],
              berlin(2026, 10, 25, 1))
     for when in (berlin(2026, 10, 25, 2, 30), berlin(2026, 10, 25, 2, 30, fold=1)):  # both passes of 02:30
@@ -299,7 +299,7 @@ def test_charges_of_the_long_autumn_day_are_all_kept_until_its_midnight() -> Non
 
 
 def test_charges_of_the_evening_before_spring_forward_are_not_counted_on_it() -> None:
-    gov = Governor({"daily": Limit(tokens=100_000)}, zone=BERLIN)
+    gov = Budget({"daily": Limit(tokens=100_000)}, zone=BERLIN)
     gov.load([berlin_charge(berlin(2026, 3, 28, 23, 30)), berlin_charge(berlin(2026, 3, 29, 0, 30))],
              berlin(2026, 3, 29, 10))
     assert gov.spent("global", "daily", berlin(2026, 3, 29, 10))[0] == 1000

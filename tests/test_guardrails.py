@@ -14,7 +14,7 @@ from maestro_py.bus.tick import Tick
 from maestro_py.paths import Folder, Layout
 from maestro_py.policy.backoff import Backoff, parse_backoff
 from maestro_py.policy.breaker import Breakers, CircuitFile, PersistedCircuits
-from maestro_py.policy.budget import Governor, Limit
+from maestro_py.policy.budget import Budget, Limit
 from maestro_py.policy.failures import FailureClass
 from maestro_py.policy.guardrails import FLEET_REFUSALS, Action, Guardrails, Refusal
 from maestro_py.session.runner import RunOutcome
@@ -45,7 +45,7 @@ def rails(layout: Layout, clock: Any, live: Live) -> Guardrails:
     circuits = PersistedCircuits(Breakers(threshold=2, open_seconds=100, max_open_seconds=1000),
                                  CircuitFile(layout.circuit_file, layout.folder(Folder.TMP)), events, clock)
     return Guardrails(circuits=circuits, backoff=Backoff(parse_backoff("0,30,120")),
-                      budget=Governor({"daily": Limit(tokens=50_000)}), live=live, max_live=2, max_attempts=3,
+                      budget=Budget({"daily": Limit(tokens=50_000)}), live=live, max_live=2, max_attempts=3,
                       credential="key-a", events=events, clock=clock)
 
 

@@ -14,7 +14,7 @@ from maestro_py.bus.tick import Tick
 from maestro_py.paths import Folder, Layout
 from maestro_py.policy.backoff import Backoff, parse_backoff
 from maestro_py.policy.breaker import QUOTA_HOLD, Breakers, CircuitFile, PersistedCircuits
-from maestro_py.policy.budget import Governor
+from maestro_py.policy.budget import Budget
 from maestro_py.policy.failures import FailureClass
 from maestro_py.policy.guardrails import Action, Guardrails, Refusal
 from maestro_py.session.runner import RunOutcome
@@ -42,7 +42,7 @@ def run(kind: str, *, rate_limit: dict[str, Any] | None = None, text: str | None
 def rails(layout: Layout, clock: Any) -> Guardrails:
     log = EventLog(layout, clock=clock)
     circuits = PersistedCircuits(Breakers(), CircuitFile(layout.circuit_file, layout.folder(Folder.TMP)), log, clock)
-    rails = Guardrails(circuits=circuits, backoff=Backoff(parse_backoff("0")), budget=Governor({}), live=Live(),
+    rails = Guardrails(circuits=circuits, backoff=Backoff(parse_backoff("0")), budget=Budget({}), live=Live(),
                        max_live=4, max_attempts=2, credential="oauth", events=log, clock=clock, subscription=True)
     rails.credentials_verified = True
     return rails

@@ -22,7 +22,7 @@ from maestro_py.bus.logview import Event, escape, format_event
 if TYPE_CHECKING:
     from maestro_py.config import Settings
     from maestro_py.daemon.loop import Daemon
-    from maestro_py.policy.budget import Governor
+    from maestro_py.policy.budget import Budget
 
 SYSLOG_LEVELS = {"critical": 3, "error": 3, "warn": 4, "warning": 4, "info": 6, "debug": 7}
 # At most one pipe buffer (PIPE_BUF is 4096 on Linux, 512 on macOS, where launchd's stderr is a file anyway): a
@@ -59,7 +59,7 @@ class Console:
     """An `EventLog` listener writing each event as one line on `fd`, never blocking (full: dropped, counted)."""
 
     def __init__(self, *, fd: int = 2, journal: bool = False, settings: Settings | None = None,
-                 budget: Governor | None = None) -> None:
+                 budget: Budget | None = None) -> None:
         self.fd = fd
         self.journal = journal  # prefix each line with its syslog level
         self.settings = settings
@@ -128,7 +128,7 @@ class Console:
                       f"{self.dropped} stderr line(s) dropped")
 
 
-def budget_words(budget: Governor) -> str:
+def budget_words(budget: Budget) -> str:
     """The limits in force, e.g. `daily 2,000,000 tokens / $5.00; cadence memo daily $1.00`, or `none`."""
     out = []
     scopes = [("", window, limit) for window, limit in budget.global_limits.items()]

@@ -17,7 +17,7 @@ from maestro_py.daemon import retention
 from maestro_py.daemon.live import LiveRuns
 from maestro_py.daemon.sdnotify import scrub
 from maestro_py.paths import Layout
-from maestro_py.policy.budget import Governor, cadence_limits
+from maestro_py.policy.budget import Budget, cadence_limits
 from maestro_py.policy.emergency import read_stop_file
 from maestro_py.daemon.settle import Settler
 from maestro_py.policy.guardrails import Guardrails
@@ -33,7 +33,7 @@ class Housekeeping:
     """Keeps the daemon's view of its agent root current; owns the registry and environment it runs with."""
 
     def __init__(self, *, layout: Layout, settings: Settings, env: dict[str, str], registry: Registry, bus: Bus,
-                 guardrails: Guardrails, budget: Governor, live: LiveRuns, redactor: Redactor, events: EventLog,
+                 guardrails: Guardrails, budget: Budget, live: LiveRuns, redactor: Redactor, events: EventLog,
                  counters: Counter[str], clock: Clock, settler: Settler,
                  on_settings: Callable[[Settings], None] = lambda settings: None,
                  on_registry: Callable[[Registry], None] = lambda registry: None) -> None:

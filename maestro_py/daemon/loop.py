@@ -76,7 +76,7 @@ class Daemon:
         if self.spawner is None:
             self.spawner = ProcessSpawner(on_exit=self.wakeup.set, redactor=self.redactor)
         registry = Registry.load(self.layout)  # invalid at start-up: the caller reports it
-        self.budget = settings.governor(cadence_limits(registry))
+        self.budget = settings.budget(cadence_limits(registry))
         self.budget.load(self.ledger.rows(), clock.now())
         self.live = LiveRuns(settings.max_live, clock.monotonic)
         self.counters = new_counters()

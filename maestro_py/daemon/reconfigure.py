@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from maestro_py.config import Settings
 from maestro_py.policy.backoff import parse_backoff
-from maestro_py.policy.budget import Estimate, Limit
 
 if TYPE_CHECKING:
     from maestro_py.daemon.loop import Daemon
@@ -40,10 +39,8 @@ def reconfigure(daemon: "Daemon", new: Settings) -> tuple[list[str], list[str]]:
     breakers = rails.breakers
     breakers.threshold, breakers.open_seconds = new.circuit_threshold, new.circuit_open_seconds
     breakers.max_open_seconds = new.circuit_max_open_seconds
-    budget = daemon.budget
-    budget.global_limits = {"daily": Limit(new.daily_tokens, new.daily_usd),
-                            "hourly": Limit(new.hourly_tokens, new.hourly_usd)}
-    budget.default_estimate = Estimate(new.reserve_tokens, new.reserve_usd, "default")
+    fresh = new.budget()  # the limits as `Settings.budget` builds them; spent and reserved stay the daemon's
+    daemon.budget.global_limits, daemon.budget.default_estimate = fresh.global_limits, fresh.default_estimate
     if daemon.fleet is not None:
         daemon.fleet.max_live, daemon.fleet.lease_seconds = new.fleet_max_live, new.fleet_lease_seconds
     daemon.settler.warn_at = new.budget_warn_at

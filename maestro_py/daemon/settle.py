@@ -12,7 +12,7 @@ from maestro_py.bus.fsio import disk_trouble
 from maestro_py.bus.store import Bus, Claim
 from maestro_py.clock import Clock, iso
 from maestro_py.daemon.live import LiveRuns, Running, Settlement
-from maestro_py.policy.budget import Governor, charge_for, window_bounds
+from maestro_py.policy.budget import Budget, charge_for, window_bounds
 from maestro_py.policy.guardrails import Guardrails
 from maestro_py.policy.verdict import Action, Verdict, reaped, requeued
 from maestro_py.session.ledger import Ledger
@@ -23,7 +23,7 @@ from maestro_py.session.runner import RunOutcome
 class Settler:
     """Turns finished runs into ledger rows and tick moves; every verdict goes through `apply`."""
 
-    def __init__(self, *, bus: Bus, guardrails: Guardrails, budget: Governor, ledger: Ledger, live: LiveRuns,
+    def __init__(self, *, bus: Bus, guardrails: Guardrails, budget: Budget, ledger: Ledger, live: LiveRuns,
                  events: EventLog, counters: Counter[str], clock: Clock, warn_at: float | None = None) -> None:
         self.bus = bus
         self.guardrails = guardrails

@@ -17,7 +17,7 @@ from maestro_py.redact import Redactor
 
 if TYPE_CHECKING:  # only for the annotations
     from maestro_py.daemon.live import LiveRuns
-    from maestro_py.policy.budget import Governor
+    from maestro_py.policy.budget import Budget
 
 STATUS_EVERY = 0.25  # seconds between consumer.json rewrites while busy
 HEARTBEAT_EVERY = 5.0  # seconds between rewrites of an unchanged consumer.json (the heartbeat)
@@ -39,7 +39,7 @@ def new_counters() -> Counter[str]:
 
 def status_doc(*, owner: Owner, root: Path, now: datetime, started_at: datetime, state: str, watching: bool,
                emergency: str | None, live: LiveRuns, queued: int, counters: Counter[str],
-               budget: Governor, quota: dict[str, dict[str, Any]] | None = None,
+               budget: Budget, quota: dict[str, dict[str, Any]] | None = None,
                governor: dict[str, Any] | None = None, settings: dict[str, Any] | None = None,
                restart_required: list[str] | None = None, gates: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `consumer.json` document (its schema, in one place)."""

@@ -19,18 +19,17 @@ from typing import Any
 
 from maestro_py.clock import parse_iso
 from maestro_py.config import Settings
-from maestro_py.state import observe
 from maestro_py.errors import SpawnError
 from maestro_py.ops import views
 from maestro_py.paths import Layout, agent_name
 from maestro_py.policy.breaker import QUOTA_HOLD, State
-from maestro_py.policy.budget import Estimate, Governor, cadence_limits
+from maestro_py.policy.budget import Estimate
 from maestro_py.policy.emergency import read_stop_file
 from maestro_py.policy.gates import Answer, FleetAnswer, Hold, first_hold, refused_by, walk
 from maestro_py.registry import Cadence, Registry
 from maestro_py.registry_keys import Mode
 from maestro_py.session import command
-from maestro_py.session.ledger import Ledger
+from maestro_py.state import observe
 
 __all__ = ["Answer", "PersistedState", "evaluate", "hold_of", "queued_hold", "refused_by", "walk"]
 
@@ -62,7 +61,7 @@ class PersistedState:
             if circuit.state is State.HALF_OPEN:  # its one probe runs now if a run it covers is live
                 circuit.probe_in_flight = bool(self._live if name == QUOTA_HOLD else self.live_ticks(name))
         self.max_live = settings.max_live
-        self.budget = budget_of(layout, settings, registry, self.daemon, now)
+        self.budget = views.budget_of(layout, settings, registry, self.daemon, now)
         self._claude: str | None = _UNSET
         self._fleet: dict[str, FleetAnswer] = {}
         self._store: Any = None
@@ -110,17 +109,6 @@ class PersistedState:
         if self._store is not None:
             self._store.close()
             self._store = None
-
-
-def budget_of(layout: Layout, settings: Settings, registry: Registry | None, daemon: dict[str, Any] | None,
-              now: datetime) -> Governor:
-    """The local budget exactly as the daemon counts it: limits from settings and the registry, spent from the
-    ledger, and a live daemon's reservations held (a dead daemon's are held by nothing)."""
-    governor = settings.governor(cadence_limits(registry) if registry is not None else {})
-    governor.load(Ledger(layout.ledger_file).rows(), now)
-    for item in (daemon or {}).get("reservations") or []:
-        governor.reserve(item["tick"], item["cadence"], Estimate(item["tokens"], item["usd"], "live"))
-    return governor
 
 
 def evaluate(layout: Layout, env: Mapping[str, str], settings: Settings, registry: Registry, cadence: Cadence,

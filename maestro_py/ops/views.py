@@ -15,7 +15,7 @@ from maestro_py.errors import MaestroError
 from maestro_py.ops.when import local
 from maestro_py.paths import Folder, Layout
 from maestro_py.policy.breaker import Breakers, Circuit, CircuitFile
-from maestro_py.policy.budget import Estimate, cadence_limits
+from maestro_py.policy.budget import Budget, Estimate, cadence_limits
 from maestro_py.registry import Registry
 from maestro_py.registry_keys import Mode
 from maestro_py.session.ledger import Ledger
@@ -43,24 +43,30 @@ def open_circuits(layout: Layout) -> dict[str, Circuit]:
     return dict(sorted(breakers.open_circuits().items()))
 
 
+def budget_of(layout: Layout, settings: Settings, registry: Registry | None, daemon: dict[str, Any] | None,
+              now: datetime) -> Budget:
+    """The local budget exactly as the daemon counts it: limits from settings and the registry (None: no
+    per-cadence limits), spent from the ledger, and the reservations of `daemon` (a live daemon's status file;
+    a dead daemon's reservations are held by nothing: counting them would understate what is left)."""
+    budget = settings.budget(cadence_limits(registry) if registry is not None else {})
+    budget.load(Ledger(layout.ledger_file).rows(), now)
+    for item in (daemon or {}).get("reservations") or []:
+        budget.reserve(item["tick"], item["cadence"], Estimate(item["tokens"], item["usd"], "live"))
+    return budget
+
+
 def budget_rows(layout: Layout, settings: Settings, registry: Registry | None, now: datetime) -> list[dict[str, Any]]:
-    """Per scope and window, as the daemon sees it: limits from settings and the registry (None: no
-    per-cadence limits), spent from the ledger, reservations from a live daemon's status file, and the
-    cadences whose one run's reservation is more than a limit (`never_fits`)."""
-    governor = settings.governor(cadence_limits(registry) if registry is not None else {})
-    governor.load(Ledger(layout.ledger_file).rows(), now)
+    """Per scope and window, as the daemon sees it (`budget_of`), with the cadences whose one run's reservation is
+    more than a limit (`never_fits`)."""
+    seen = observe(layout, now)
+    budget = budget_of(layout, settings, registry, seen.doc if seen.running else None, now)
     estimates: dict[str, Estimate] = {}
     if registry is not None:
         for name in registry.names():
             cadence = registry.get(name)
             if cadence is not None and cadence.mode != Mode.INLINE:  # inline handlers pass no budget gate
-                estimates[name] = governor.estimate(name, cadence.reserve_tokens, cadence.reserve_usd)
-    seen = observe(layout, now)
-    # A dead daemon's reservations are not held by anything: counting them would understate what is left.
-    if seen.running:
-        for item in (seen.doc or {}).get("reservations") or []:
-            governor.reserve(item["tick"], item["cadence"], Estimate(item["tokens"], item["usd"], "live"))
-    return governor.summary(now, estimates)
+                estimates[name] = budget.estimate(name, cadence.reserve_tokens, cadence.reserve_usd)
+    return budget.summary(now, estimates)
 
 
 def quota_line(doc: dict[str, Any], now: datetime) -> str:

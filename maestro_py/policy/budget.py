@@ -1,4 +1,4 @@
-"""The budget governor: token and dollar limits per window, reserve before spawn, settle after.
+"""The budget: token and dollar limits per window, reserve before spawn, settle after.
 
 Spent is always derived from the cost ledger (the source of truth), so a restart never resets it and
 nothing is counted twice. A run holds a reservation (its estimate) while it is live; concurrent runs each
@@ -195,7 +195,7 @@ def charge_for(usage: Mapping[str, Any], reserved: Estimate, *, exempt: bool) ->
 
 
 @dataclass
-class Governor:
+class Budget:
     """Limits, the current windows' charges, and live reservations."""
 
     global_limits: dict[str, Limit]                      # window -> limit ("daily", "hourly")

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from maestro_py.clock import iso
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD, Breakers, Circuit, State
-from maestro_py.policy.budget import Estimate, Governor
+from maestro_py.policy.budget import Estimate, Budget
 from maestro_py.registry import Cadence
 from maestro_py.registry_keys import Mode
 
@@ -79,7 +79,7 @@ class GateState(Protocol):
 
     emergency: str | None
     breakers: Breakers
-    budget: Governor           # spent and reserved, with every limit that applies
+    budget: Budget           # spent and reserved, with every limit that applies
     max_live: int
     credentials_verified: bool
     spawned_this_step: bool
@@ -297,7 +297,7 @@ def _budget_passes(state: GateState, cadence: Cadence, now: datetime) -> str:
             + (f"{len(scopes)} budget(s)" if scopes else "(no budget set)"))
 
 
-def fleet_estimate(budget: Governor, cadence: Cadence) -> Estimate:
+def fleet_estimate(budget: Budget, cadence: Cadence) -> Estimate:
     """What a run reserves in the governor store: its estimate, or exactly `max_budget_usd` where the cadence sets
     it (the CLI stops past it between turns, so a run overshoots by at most one turn)."""
     estimate = budget.estimate(cadence.name, cadence.reserve_tokens, cadence.reserve_usd)

@@ -20,7 +20,7 @@ from maestro_py.bus.tick import Tick
 from maestro_py.clock import Clock, iso
 from maestro_py.policy.backoff import Backoff, schedule
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD, PersistedCircuits, State
-from maestro_py.policy.budget import Estimate, Governor
+from maestro_py.policy.budget import Estimate, Budget
 from maestro_py.policy.verdict import Action, Verdict, burnt
 from maestro_py.policy.gates import FLEET_REFUSALS, FleetAnswer, Hold, Refusal, fleet_estimate, first_hold  # noqa: F401
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class _LiveState:
 class Guardrails:
     """Emergency stop, auth halt, breakers, backoff, pacing, live cap, credential probe, overlap, budget."""
 
-    def __init__(self, *, circuits: PersistedCircuits, backoff: Backoff, budget: Governor, live: LiveView,
+    def __init__(self, *, circuits: PersistedCircuits, backoff: Backoff, budget: Budget, live: LiveView,
                  max_live: int, max_attempts: int, credential: str, events: EventLog, clock: Clock,
                  subscription: bool = False, quota_min_hold: float = 60.0, quota_pause_at: float | None = None,
                  fleet: FleetGate | None = None) -> None:
