@@ -39,6 +39,9 @@ def launchd_prefix(text: str) -> str:
     return text.strip()
 
 
+LEDGER_ARCHIVE = re.compile(r"^cost-ledger-(\d{4}-\d{2})\.jsonl\Z")  # `Layout.ledger_archive`'s names
+
+
 @dataclass(frozen=True)
 class Layout:
     """The file layout of one agent root."""
@@ -128,6 +131,15 @@ class Layout:
     @cached_property
     def ledger_file(self) -> Path:
         return self.state_dir / "cost-ledger.jsonl"
+
+    def ledger_archive(self, month: str) -> Path:
+        """Where retention moves the ledger rows of an earlier local month (`YYYY-MM`): the one name rule."""
+        return self.state_dir / f"cost-ledger-{month}.jsonl"
+
+    def ledger_archives(self) -> list[tuple[str, Path]]:
+        """Every monthly ledger archive as (month, path), oldest first."""
+        found = (LEDGER_ARCHIVE.match(path.name) for path in self.state_dir.glob("cost-ledger-*.jsonl"))
+        return sorted((match[1], self.state_dir / match[0]) for match in found if match)
 
     @cached_property
     def metrics_file(self) -> Path:

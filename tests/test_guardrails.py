@@ -16,7 +16,8 @@ from maestro_py.policy.backoff import Backoff, parse_backoff
 from maestro_py.policy.breaker import Breakers, CircuitFile, PersistedCircuits
 from maestro_py.policy.budget import Budget, Limit
 from maestro_py.policy.failures import FailureClass
-from maestro_py.policy.guardrails import FLEET_REFUSALS, Action, Guardrails, Refusal
+from maestro_py.policy.gates import FLEET_REFUSALS
+from maestro_py.policy.guardrails import Action, Guardrails, Refusal
 from maestro_py.session.runner import RunOutcome
 from tests.fakes import FakeLive as Live
 from tests.fakes import cadence_of as cadence

@@ -348,7 +348,7 @@ def _rotate_ledger(layout: Layout, month: str, now: datetime, report: PruneRepor
             else:
                 keep.append(line)  # this month's rows, and lines without a readable ts (never dropped)
         for row_month, rows in sorted(old.items()):
-            archive = layout.state_dir / f"cost-ledger-{row_month}.jsonl"
+            archive = layout.ledger_archive(row_month)
             report.rotations.append(Rotation("ledger", row_month, archive, (path,), len(rows)))
             if report.dry_run:
                 continue

@@ -11,7 +11,6 @@ than the total's.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,7 +25,6 @@ from maestro_py.session.metering import TOKEN_FIELDS
 GROUPINGS = ("cadence", "model", "day")
 UNMEASURED = "(unmeasured)"      # by model: a run whose usage is unknown
 NO_MODEL = "(no model reported)"  # by model: measured, but the CLI named no model (an API error billed nothing)
-_ARCHIVE = re.compile(r"^cost-ledger-(\d{4}-\d{2})\.jsonl\Z")
 # The CLI's modelUsage keys, for rows that carry it raw instead of the ledger's per_model.
 _CAMEL = {"inputTokens": "input_tokens", "outputTokens": "output_tokens", "cacheReadInputTokens": "cache_read_tokens",
           "cacheCreationInputTokens": "cache_creation_tokens", "costUSD": "cost_usd"}
@@ -71,13 +69,8 @@ class Figures:
 
 def ledger_files(layout: Layout, since: datetime | None = None) -> list[Path]:
     """The monthly archives (those not wholly before `since`), oldest first, then the current ledger."""
-    archives = []
     floor = f"{since.astimezone():%Y-%m}" if since is not None else ""
-    for path in layout.state_dir.glob("cost-ledger-*.jsonl"):
-        match = _ARCHIVE.match(path.name)
-        if match and match[1] >= floor:
-            archives.append((match[1], path))
-    return [path for _, path in sorted(archives)] + [layout.ledger_file]
+    return [path for month, path in layout.ledger_archives() if month >= floor] + [layout.ledger_file]
 
 
 def rows(layout: Layout, since: datetime | None = None, until: datetime | None = None) -> Iterator[dict[str, Any]]:

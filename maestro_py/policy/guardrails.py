@@ -19,10 +19,10 @@ from maestro_py.bus.events import EventLog
 from maestro_py.bus.tick import Tick
 from maestro_py.clock import Clock, iso
 from maestro_py.policy.backoff import Backoff, schedule
-from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD, PersistedCircuits, State
+from maestro_py.policy.breaker import CLAUDE_MISSING, QUOTA_HOLD, PersistedCircuits, State
 from maestro_py.policy.budget import Estimate, Budget
 from maestro_py.policy.verdict import Action, Verdict, burnt
-from maestro_py.policy.gates import FLEET_REFUSALS, FleetAnswer, Hold, Refusal, fleet_estimate, first_hold  # noqa: F401
+from maestro_py.policy.gates import FleetAnswer, Hold, Refusal, fleet_estimate, first_hold
 if TYPE_CHECKING:
     from maestro_py.fleet.gate import FleetGate
 from maestro_py.policy.failures import HANDLING, FailureClass, classify, failure_reason, quota_reset

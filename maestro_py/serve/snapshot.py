@@ -10,19 +10,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, tzinfo
-from pathlib import Path
+from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from maestro_py.bus.store import Bus
 from maestro_py.config import Settings
-from maestro_py.ops import views
+from maestro_py.ops import cost, views
 from maestro_py.paths import Layout
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
 from maestro_py.policy.budget import charge_of, local_zone
 from maestro_py.policy.emergency import read_stop_file
 from maestro_py.registry import Registry
-from maestro_py.session.ledger import Ledger
 from maestro_py.state import judge
 
 CHART_DAYS = 30
@@ -102,36 +100,23 @@ def _holds(layout: Layout, env: Mapping[str, str], settings: Settings, registry:
         state.close()
 
 
-def ledger_files(layout: Layout, since: date, today: date) -> list[Path]:
-    """The ledger files that may hold rows from `since` on: the monthly archives (named as daemon/retention.py
-    names them) from that month to this one, oldest first, then the current file."""
-    months: list[str] = []
-    cursor = since.replace(day=1)
-    while cursor <= today.replace(day=1):
-        months.append(f"{cursor:%Y-%m}")
-        cursor = (cursor + timedelta(days=32)).replace(day=1)
-    archives = [layout.state_dir / f"cost-ledger-{month}.jsonl" for month in months]
-    return [path for path in archives if path.exists()] + [layout.ledger_file]
-
-
 def _ledger(layout: Layout, now: datetime, first: date, zone: tzinfo | None
             ) -> tuple[dict[tuple[date, str], float], dict[tuple[date, str], int], list[dict[str, Any]]]:
     """Spend and run counts per (day, cadence) from `first` on, and the last runs, newest first."""
     spend: dict[tuple[date, str], float] = {}
     counts: dict[tuple[date, str], int] = {}
     last: deque[dict[str, Any]] = deque(maxlen=LAST_RUNS)
-    for path in ledger_files(layout, first, now.astimezone(zone).date()):
-        for row in Ledger(path).rows():
-            charge = charge_of(row)
-            if charge is None:
-                continue
-            day = charge.ts.astimezone(zone).date()
-            if day < first or charge.ts > now + timedelta(days=1):
-                continue
-            key = (day, charge.cadence)
-            spend[key] = spend.get(key, 0.0) + charge.usd
-            counts[key] = counts.get(key, 0) + 1
-            last.append(_run(row, charge.usd))
+    for row in cost.rows(layout, since=datetime.combine(first, time(), zone).astimezone()):  # archives too, once
+        charge = charge_of(row)
+        if charge is None:
+            continue
+        day = charge.ts.astimezone(zone).date()
+        if day < first or charge.ts > now + timedelta(days=1):
+            continue
+        key = (day, charge.cadence)
+        spend[key] = spend.get(key, 0.0) + charge.usd
+        counts[key] = counts.get(key, 0) + 1
+        last.append(_run(row, charge.usd))
     return spend, counts, sorted(last, key=lambda r: r["ts"], reverse=True)
 
 
