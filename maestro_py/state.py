@@ -1,9 +1,9 @@
-"""The daemon's state as everything else reads it: `consumer.json`, the lock's holder, and one verdict on its health.
+"""The daemon's state as everything else reads it: `consumer.json`, the lock's holder, and one judgment of its health.
 
 The daemon writes `consumer.json` (daemon/status.py) and holds the root's lock (daemon/lock.py). Whatever asks
 "does a daemon run here, and is it healthy" reads it here: `observe` for the facts (the status document, who
 holds the lock, whether that process is the one the status names, the heartbeat's age) and `judge` for the
-verdict that `maestro status` exits with, `/healthz` answers, the status page shows and `maestro doctor` checks.
+judgment that `maestro status` exits with, `/healthz` answers, the status page shows and `maestro doctor` checks.
 So they cannot disagree. Nothing here writes, and nothing here imports the daemon.
 """
 
@@ -121,7 +121,7 @@ def observe(layout: Layout, now: datetime) -> Seen:
     return Seen(doc, liveness(layout, doc, now))
 
 
-# -- the verdict -------------------------------------------------------------------------------------------------
+# -- the judgment ------------------------------------------------------------------------------------------------
 
 def stale_after(poll_ms: int) -> float:
     """Heartbeat age beyond which a daemon holding the lock is considered stuck: 3 × poll + 30 s."""
@@ -158,7 +158,7 @@ def _ago(seconds: float) -> str:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Health:
     """What `maestro status` exits with and says, and what `/healthz` answers."""
 
     code: int  # EX_HEALTHY, EX_NOT_RUNNING, EX_STALE or EX_CONFIG
@@ -182,8 +182,8 @@ class Verdict:
                 "heartbeat_age_s": self.seen.live["heartbeat_age_s"], "stale_after_s": self.stale_after_s}
 
 
-def judge(layout: Layout, now: datetime, env: Mapping[str, str] | None = None) -> Verdict:
-    """The one verdict on the root's daemon, as of `now`: EX_CONFIG (78) with the error when the root's settings
+def judge(layout: Layout, now: datetime, env: Mapping[str, str] | None = None) -> Health:
+    """The one judgment of the root's daemon, as of `now`: EX_CONFIG (78) with the error when the root's settings
     cannot be used (`.env` unreadable, a setting invalid), else its condition judged against the stale limit its
     MAESTRO_POLL_MS gives. `env` is the root's merged environment (`config.load_env`); None reads it now, as a
     `maestro status` started now would (the server's way: `.env` may have changed since it started).
@@ -199,5 +199,5 @@ def judge(layout: Layout, now: datetime, env: Mapping[str, str] | None = None) -
     limit = stale_after(poll_ms)
     cond, words = condition(seen.live, limit)
     if problem is not None:
-        return Verdict(EX_CONFIG, problem, cond, words, seen, limit)
-    return Verdict(CODES[cond], words, cond, words, seen, limit)
+        return Health(EX_CONFIG, problem, cond, words, seen, limit)
+    return Health(CODES[cond], words, cond, words, seen, limit)

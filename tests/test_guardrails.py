@@ -142,31 +142,31 @@ def test_a_budget_smaller_than_one_reservation_is_reported_as_never_fitting(rail
 
 def test_success_completes_and_proves_the_credentials(rails: Guardrails) -> None:
     rails.backoff.record_failure("memo", rails.clock.now())
-    verdict = rails.record(tick(), cadence(), outcome("ok"))
+    verdict = rails.learn(tick(), cadence(), outcome("ok"))
     assert verdict.action is Action.COMPLETE and rails.credentials_verified
     assert rails.backoff.holds("memo", rails.clock.now()) is None
 
 
 def test_a_transient_failure_retries_after_the_backoff(rails: Guardrails, clock: Any) -> None:
-    first = rails.record(tick(), cadence(), outcome("500"))
+    first = rails.learn(tick(), cadence(), outcome("500"))
     assert first.action is Action.RETRY and first.failure_class is FailureClass.TRANSIENT
     assert first.retry_at == clock.now()  # 0 s after the first failure
-    second = rails.record(tick(1), cadence(), outcome("500"))
+    second = rails.learn(tick(1), cadence(), outcome("500"))
     # The second failure opens the breaker (threshold 2): the retry waits for its open period.
     assert second.retry_at == clock.now() + timedelta(seconds=100)
     assert rails.refusal(cadence(), clock.now(), spawned_this_step=False) is Refusal.CIRCUIT_OPEN
 
 
 def test_the_last_attempt_dead_letters_and_a_permanent_failure_at_once(rails: Guardrails) -> None:
-    last = rails.record(tick(attempts=2), cadence(), outcome("500"))
+    last = rails.learn(tick(attempts=2), cadence(), outcome("500"))
     assert last.action is Action.DEAD_LETTER and not last.permanent
-    permanent = rails.record(tick(), cadence("other"), outcome("400"))
+    permanent = rails.learn(tick(), cadence("other"), outcome("400"))
     assert permanent.action is Action.DEAD_LETTER and permanent.permanent
     assert permanent.failure_class is FailureClass.PERMANENT
 
 
 def test_an_auth_failure_requeues_and_halts_until_the_credentials_change(rails: Guardrails, clock: Any) -> None:
-    verdict = rails.record(tick(), cadence(), outcome("401"))
+    verdict = rails.learn(tick(), cadence(), outcome("401"))
     assert verdict.action is Action.REQUEUE and not verdict.burns_attempt
     assert verdict.outcome == "failed_auth"
     assert rails.refusal(cadence("other"), clock.now(), spawned_this_step=False) is Refusal.AUTH_HALT
@@ -177,15 +177,15 @@ def test_an_auth_failure_requeues_and_halts_until_the_credentials_change(rails: 
 
 
 def test_a_run_the_daemon_ended_is_requeued_even_after_a_printed_success(rails: Guardrails) -> None:
-    verdict = rails.record(tick(), cadence(), outcome("ok"), ended_by="daemon stopping")
+    verdict = rails.learn(tick(), cadence(), outcome("ok"), ended_by="daemon stopping")
     assert verdict == dataclasses.replace(verdict, action=Action.REQUEUE, reason="daemon stopping")
     assert not rails.credentials_verified  # a cut-short run proves nothing
 
 
 def test_no_result_during_disk_trouble_is_not_the_ticks_fault(rails: Guardrails) -> None:
-    verdict = rails.record(tick(), cadence(), outcome("garbage"), disk_trouble=lambda: "disk full")
+    verdict = rails.learn(tick(), cadence(), outcome("garbage"), disk_trouble=lambda: "disk full")
     assert verdict.action is Action.REQUEUE and verdict.failure_class is FailureClass.DISK
-    plain = rails.record(tick(), cadence("other"), outcome("garbage"))
+    plain = rails.learn(tick(), cadence("other"), outcome("garbage"))
     assert plain.action is Action.RETRY and plain.failure_class is FailureClass.UNKNOWN
 
 
@@ -204,31 +204,31 @@ def test_open_to_half_open_is_an_explicit_step(rails: Guardrails, clock: Any) ->
 def test_the_auth_halt_fix_fits_how_sub_sessions_authenticate(rails: Guardrails, layout: Layout, clock: Any) -> None:
     """With the subscription already preferred, telling the operator to prefer it was no help."""
     log = layout.events_dir / f"bus-{clock.now().astimezone():%Y-%m-%d}.jsonl"
-    rails.record(tick(), cadence(), outcome("401"))
+    rails.learn(tick(), cadence(), outcome("401"))
     assert "MAESTRO_PREFER_SUBSCRIPTION_AUTH=1" in log.read_text().splitlines()[-1]
     rails.use_credentials("oauth", "now on the subscription", subscription=True)
-    rails.record(tick(), cadence(), outcome("401"))
+    rails.learn(tick(), cadence(), outcome("401"))
     last = log.read_text().splitlines()[-1]
     assert "log in again" in last and "MAESTRO_PREFER_SUBSCRIPTION_AUTH=1" not in last
 
 
 def test_a_rate_limited_run_is_never_retried_at_once(rails: Guardrails, clock: Any) -> None:
     """After a 429 the first retry used to come at 0 s (the schedule's first step), costing a CLI start for nothing."""
-    verdict = rails.record(tick(), cadence(), outcome("429"))
+    verdict = rails.learn(tick(), cadence(), outcome("429"))
     assert verdict.action is Action.RETRY and verdict.failure_class is FailureClass.RATE
     assert verdict.retry_at == clock.now() + timedelta(seconds=60)
     assert rails.refusal(cadence(), clock.now() + timedelta(seconds=59), spawned_this_step=False) is Refusal.BACKOFF
-    transient = rails.record(tick(name="other"), cadence("other"), outcome("500"))
+    transient = rails.learn(tick(name="other"), cadence("other"), outcome("500"))
     assert transient.retry_at == clock.now()  # other classes keep the configured schedule
 
 
 def test_a_timeout_says_the_limit_and_whether_anything_was_printed(rails: Guardrails) -> None:
     """Timeouts used to be recorded only as "timed out", with an empty tail."""
     silent = dataclasses.replace(outcome("garbage"), timed_out=True, signal=9, tail="", timeout_s=1800.0)
-    verdict = rails.record(tick(), cadence(), silent)
+    verdict = rails.learn(tick(), cadence(), silent)
     assert verdict.reason == "timed out after 1800 s: it printed nothing before it was ended"
     talked = dataclasses.replace(silent, tail="retrying in 32 s")
-    assert rails.record(tick(), cadence("other"), talked).reason == "timed out after 1800 s: its last output is in `tail`"
+    assert rails.learn(tick(), cadence("other"), talked).reason == "timed out after 1800 s: its last output is in `tail`"
 
 
 def test_a_5xx_the_cli_was_free_to_retry_but_did_not_is_permanent(rails: Guardrails) -> None:
@@ -236,12 +236,12 @@ def test_a_5xx_the_cli_was_free_to_retry_but_did_not_is_permanent(rails: Guardra
     base = outcome("500")
     assert base.result is not None
     refused = dataclasses.replace(base, result=dataclasses.replace(base.result, api_retries=0))
-    verdict = rails.record(tick(), cadence(), refused, cli_retries=True)
+    verdict = rails.learn(tick(), cadence(), refused, cli_retries=True)
     assert verdict.action is Action.DEAD_LETTER and verdict.permanent
     assert "the API said not to retry it" in (verdict.reason or "")
     # The CLI was told not to retry (CLAUDE_CODE_MAX_RETRIES=0), or it retried, or nobody knows: transient.
     for result, allowed in ((refused.result, False), (dataclasses.replace(base.result, api_retries=2), True),
                             (base.result, True)):
-        again = rails.record(tick(name="other"), cadence("other"), dataclasses.replace(base, result=result),
+        again = rails.learn(tick(name="other"), cadence("other"), dataclasses.replace(base, result=result),
                              cli_retries=allowed)
         assert again.failure_class is FailureClass.TRANSIENT

@@ -55,7 +55,7 @@ def rejected(clock: Any, seconds: float) -> dict[str, Any]:
 
 def test_the_limit_holds_every_spawn_until_its_reset_without_burning_an_attempt(rails: Guardrails, clock: Any,
                                                                                 layout: Layout) -> None:
-    verdict = rails.record(tick("memo"), cadence("memo"), run("429", rate_limit=rejected(clock, 3600), text=SENTENCE))
+    verdict = rails.learn(tick("memo"), cadence("memo"), run("429", rate_limit=rejected(clock, 3600), text=SENTENCE))
     assert verdict.action is Action.REQUEUE and not verdict.burns_attempt
     assert verdict.failure_class is FailureClass.QUOTA and verdict.outcome == "failed_quota"
     for name in ("memo", "brief"):  # every cadence: the limit is the account's
@@ -68,49 +68,49 @@ def test_the_limit_holds_every_spawn_until_its_reset_without_burning_an_attempt(
 
 @pytest.mark.parametrize("seconds, held", [(-100, 60), (5, 60), (3600, 3600), (30 * 86400, 7 * 86400)])
 def test_the_reset_time_is_clamped(rails: Guardrails, clock: Any, seconds: float, held: float) -> None:
-    rails.record(tick("memo"), cadence("memo"), run("429", rate_limit=rejected(clock, seconds)))
+    rails.learn(tick("memo"), cadence("memo"), run("429", rate_limit=rejected(clock, seconds)))
     assert rails.breakers.circuits[QUOTA_HOLD].open_until == clock.now() + timedelta(seconds=held)
 
 
 def test_without_an_event_the_sentence_of_a_failed_run_is_enough_and_an_hour_is_assumed(rails: Guardrails,
                                                                                          clock: Any) -> None:
-    verdict = rails.record(tick("memo"), cadence("memo"), run("429", text=SENTENCE))
+    verdict = rails.learn(tick("memo"), cadence("memo"), run("429", text=SENTENCE))
     assert verdict.failure_class is FailureClass.QUOTA
     assert rails.breakers.circuits[QUOTA_HOLD].open_until == clock.now() + timedelta(hours=1)
 
 
 def test_a_successful_run_quoting_the_sentence_is_not_a_limit(rails: Guardrails) -> None:
-    verdict = rails.record(tick("memo"), cadence("memo"), run("ok", text=f"the docs say: {SENTENCE}"))
+    verdict = rails.learn(tick("memo"), cadence("memo"), run("ok", text=f"the docs say: {SENTENCE}"))
     assert verdict.action is Action.COMPLETE and QUOTA_HOLD not in rails.breakers.circuits
 
 
 def test_an_allowed_event_on_a_failed_run_is_not_a_limit(rails: Guardrails, clock: Any) -> None:
     allowed = {"status": "allowed", "rateLimitType": "five_hour"}
-    verdict = rails.record(tick("memo"), cadence("memo"), run("429", rate_limit=allowed, text=SENTENCE))
+    verdict = rails.learn(tick("memo"), cadence("memo"), run("429", rate_limit=allowed, text=SENTENCE))
     assert verdict.failure_class is FailureClass.RATE  # the event wins over the text
 
 
 def test_after_the_reset_one_probe_goes_first_then_the_hold_lifts(rails: Guardrails, clock: Any,
                                                                   layout: Layout) -> None:
-    rails.record(tick("memo"), cadence("memo"), run("429", rate_limit=rejected(clock, 600)))
+    rails.learn(tick("memo"), cadence("memo"), run("429", rate_limit=rejected(clock, 600)))
     clock.advance(601)
     assert rails.refusal(cadence("memo"), clock.now(), spawned_this_step=False) is Refusal.QUOTA_HOLD  # until advanced
     rails.advance(clock.now())
     assert rails.refusal(cadence("memo"), clock.now(), spawned_this_step=False) is None
     rails.spawned("probe", cadence("memo"))
     assert rails.refusal(cadence("brief"), clock.now(), spawned_this_step=False) is Refusal.QUOTA_HOLD
-    assert rails.record(tick("memo"), cadence("memo"), run("ok")).action is Action.COMPLETE
+    assert rails.learn(tick("memo"), cadence("memo"), run("ok")).action is Action.COMPLETE
     assert QUOTA_HOLD not in rails.breakers.circuits
     assert rails.refusal(cadence("brief"), clock.now(), spawned_this_step=False) is None
     assert [e["stage"] for e in events(layout)].count("quota_hold_lifted") == 1
 
 
 def test_a_probe_that_meets_the_limit_again_holds_again(rails: Guardrails, clock: Any) -> None:
-    rails.record(tick("memo"), cadence("memo"), run("429", rate_limit=rejected(clock, 600)))
+    rails.learn(tick("memo"), cadence("memo"), run("429", rate_limit=rejected(clock, 600)))
     clock.advance(601)
     rails.advance(clock.now())
     rails.spawned("probe", cadence("memo"))
-    rails.record(tick("memo"), cadence("memo"), run("429", rate_limit=rejected(clock, 1800)))
+    rails.learn(tick("memo"), cadence("memo"), run("429", rate_limit=rejected(clock, 1800)))
     hold = rails.breakers.circuits[QUOTA_HOLD]
     assert hold.state.value == "open" and hold.open_until == clock.now() + timedelta(seconds=1800)
 
@@ -120,11 +120,11 @@ def test_headroom_pauses_at_the_configured_utilization_and_not_below(rails: Guar
     rails.quota_pause_at = 0.9
     below = {"status": "allowed_warning", "utilization": 0.85, "rateLimitType": "five_hour",
              "resetsAt": clock.now().timestamp() + 1200}
-    assert rails.record(tick("memo"), cadence("memo"), run("ok", rate_limit=below)).action is Action.COMPLETE
+    assert rails.learn(tick("memo"), cadence("memo"), run("ok", rate_limit=below)).action is Action.COMPLETE
     assert QUOTA_HOLD not in rails.breakers.circuits
     assert rails.quota_usage["five_hour"]["utilization"] == 0.85
     above = dict(below, utilization=0.95)
-    assert rails.record(tick("memo"), cadence("memo"), run("ok", rate_limit=above)).action is Action.COMPLETE
+    assert rails.learn(tick("memo"), cadence("memo"), run("ok", rate_limit=above)).action is Action.COMPLETE
     assert rails.refusal(cadence("brief"), clock.now(), spawned_this_step=False) is Refusal.QUOTA_HOLD
     assert rails.breakers.circuits[QUOTA_HOLD].open_until == clock.now() + timedelta(seconds=1200)
     (held,) = [e for e in events(layout) if e["stage"] == "quota_hold"]
@@ -133,5 +133,5 @@ def test_headroom_pauses_at_the_configured_utilization_and_not_below(rails: Guar
 
 def test_without_a_pause_setting_a_warning_only_records_the_utilization(rails: Guardrails) -> None:
     warn = {"status": "allowed_warning", "utilization": 0.99, "rateLimitType": "seven_day"}
-    rails.record(tick("memo"), cadence("memo"), run("ok", rate_limit=warn))
+    rails.learn(tick("memo"), cadence("memo"), run("ok", rate_limit=warn))
     assert QUOTA_HOLD not in rails.breakers.circuits and rails.quota_usage["seven_day"]["utilization"] == 0.99

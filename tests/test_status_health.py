@@ -1,6 +1,6 @@
 """`maestro status` tells scripts the truth: exit 0 only for a live daemon with a fresh heartbeat, 3 when none
 runs, 4 when one holds the root but has gone quiet (SIGSTOP past the stale limit), 78 when the root's settings are
-invalid; `--wait-healthy` waits. `GET /healthz` of `maestro serve` answers with the same verdict (`state.judge`)."""
+invalid; `--wait-healthy` waits. `GET /healthz` of `maestro serve` answers with the same judgment (`state.judge`)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_a_bad_wait_is_a_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.startswith("maestro: ")
 
 
-# -- `maestro status` and `GET /healthz` give one verdict (`state.judge`) ------------------------------------------
+# -- `maestro status` and `GET /healthz` give one judgment (`state.judge`) ------------------------------------------
 
 AGE = re.compile(r"\d+(\.\d+)? (s|min|h)\b")  # the heartbeat's age moves on between two reads
 

@@ -37,7 +37,7 @@ def init(c: Context) -> None:
         lay.env_file.write_text(text)
         lay.env_file.chmod(0o600)
         created.append(".env")
-        claude = record_claude(lay.env_file, c.env)
+        claude = pin_claude(lay.env_file, c.env)
     lay.cadences_dir.mkdir(exist_ok=True)
     sample = lay.prompt_file("hello")
     if not any(lay.cadences_dir.glob("*.md")):
@@ -59,7 +59,7 @@ def init(c: Context) -> None:
                    f"  maestro --root {root} service install --systemd --user   # or --launchd: run it for good")
 
 
-def record_claude(env_file: Path, env: Mapping[str, str]) -> str:
+def pin_claude(env_file: Path, env: Mapping[str, str]) -> str:
     """Which `claude` the new root's daemon will run, in one line for `init` to print. When it would find none but
     this clone has the CLI `make` installed (in `.tools/claude`, not on PATH), that one is written into the new
     `.env` as CLAUDE_BIN first: the README's walk-through then works on a machine whose only `claude` is that one."""

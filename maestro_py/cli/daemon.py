@@ -79,18 +79,18 @@ def status(c: Context, as_json: bool, wait_healthy: float | None) -> int:
         registry_error = str(exc)
     deadline = time.monotonic() + (wait_healthy or 0.0)
     while True:
-        verdict = judge(c.layout, SystemClock().now(), c.env)
-        if verdict.healthy or time.monotonic() >= deadline:
+        health = judge(c.layout, SystemClock().now(), c.env)
+        if health.healthy or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
-    if verdict.code == EX_CONFIG:
-        raise CliError(verdict.words, EX_CONFIG)
-    code, words, doc = verdict.code, verdict.words, verdict.seen.doc
+    if health.code == EX_CONFIG:
+        raise CliError(health.words, EX_CONFIG)
+    code, words, doc = health.code, health.words, health.seen.doc
     depths = Bus(c.layout).depths() if c.layout.bus_dir.exists() else {f.value: 0 for f in Folder}
     circuits = open_circuits(c)
     out = {
         "root": str(c.layout.root),
-        "daemon": verdict.daemon_json(),
+        "daemon": health.daemon_json(),
         "queues": depths,
         "emergency_stop": c.layout.stop_file.exists(),
         "auth_halt": AUTH_HALT in circuits,

@@ -283,7 +283,7 @@ def alerts_for(layout: Layout, settings: Settings, env: Mapping[str, str], redac
     return alerts
 
 
-def follow(alerts: Alerts | None, layout: Layout, settings: Settings, env: Mapping[str, str], redactor: Redactor,
+def renew(alerts: Alerts | None, layout: Layout, settings: Settings, env: Mapping[str, str], redactor: Redactor,
            events: EventLog, clock: Clock) -> Alerts | None:
     """The daemon's alerts after `.env` changed its targets: the same queue with the new targets (none: nothing is
     sent), or alerts started now if there were none."""

@@ -107,7 +107,7 @@ class AutoSync:
         from maestro_py.service import setup
         from maestro_py.service import sync
 
-        options = setup.recorded(self.layout)
+        options = setup.saved_options(self.layout)
         if options is None:
             return None
         try:

@@ -45,9 +45,9 @@ def reconfigure(daemon: "Daemon", new: Settings) -> tuple[list[str], list[str]]:
         daemon.fleet.max_live, daemon.fleet.lease_seconds = new.fleet_max_live, new.fleet_lease_seconds
     daemon.settler.warn_at = new.budget_warn_at
     if (old.notify_urls, old.notify_command) != (new.notify_urls, new.notify_command):
-        from maestro_py.daemon.alerts import follow
+        from maestro_py.daemon.alerts import renew
 
-        daemon.alerts = follow(daemon.alerts, daemon.layout, new, daemon.housekeeping.env, daemon.redactor,
+        daemon.alerts = renew(daemon.alerts, daemon.layout, new, daemon.housekeeping.env, daemon.redactor,
                                daemon.events, daemon.clock)
     return [name for name in changed if name not in pending], pending
 

@@ -133,7 +133,7 @@ class Settler:
             row["run_id"] = run.run_id
         if outcome.truncated:
             details["truncated"] = True
-        verdict = self.guardrails.record(tick, run.cadence, outcome, ended_by=run.end_reason,
+        verdict = self.guardrails.learn(tick, run.cadence, outcome, ended_by=run.end_reason,
                                          disk_trouble=lambda: self._disk_trouble_during(run),
                                          cli_retries=run.cli_retries, claude=run.claude)
         if verdict.failure_class is not None:

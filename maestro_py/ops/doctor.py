@@ -209,10 +209,10 @@ def check_writable(p: Probe) -> Check:
 
 
 def check_daemon(p: Probe) -> Check:
-    """The daemon holds the lock and its heartbeat is fresh: `maestro status`'s verdict (`state.judge`), in its words.
-    An invalid setting, which makes that verdict a configuration error, is the settings check's to report."""
-    verdict = judge(p.layout, p.now(), p.env)
-    cond, words = verdict.condition, verdict.daemon_words
+    """The daemon holds the lock and its heartbeat is fresh: `maestro status`'s judgment (`state.judge`), in its words.
+    An invalid setting, which makes that judgment a configuration error, is the settings check's to report."""
+    health = judge(p.layout, p.now(), p.env)
+    cond, words = health.condition, health.daemon_words
     if cond is Condition.NOT_RUNNING:
         return Check("daemon", Level.WARN, f"{words} (start `maestro run`, or install the service)")
     if cond is Condition.NO_STATUS:
@@ -221,7 +221,7 @@ def check_daemon(p: Probe) -> Check:
         return Check("daemon", Level.FAIL, words)
     if cond is Condition.OTHER_PID:
         return Check("daemon", Level.WARN, f"{words} (just restarted?)")
-    doc = verdict.seen.doc or {}
+    doc = health.seen.doc or {}
     if doc.get("restart_required"):
         return Check("daemon", Level.WARN, f"running, but {', '.join(doc['restart_required'])} changed in .env: "
                                            "restart the daemon to apply it")

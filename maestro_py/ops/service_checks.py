@@ -17,7 +17,7 @@ from maestro_py.service import units as svc
 
 def check_services(p: Probe) -> Check:
     """Installed service files in step with the registry (a timer per scheduled cadence, none left over)."""
-    options = setup.recorded(p.layout)
+    options = setup.saved_options(p.layout)
     if options is None:
         return Check("services", Level.OK, "not installed as a service (`maestro service install`)")
     try:

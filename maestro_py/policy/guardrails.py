@@ -1,7 +1,7 @@
 """The one reliability facade: may this tick spawn now, and what happens to it after its run?
 
 Before a spawn, `Guardrails.refusal` walks `gates.GATES` (the one gate chain) over the daemon's memory and answers with a `Refusal`
-(its value is the counter the daemon bumps) or None. After a run, `Guardrails.record` teaches the auth
+(its value is the counter the daemon bumps) or None. After a run, `Guardrails.learn` teaches the auth
 halt, the backoff and the breaker what happened and answers with one `Verdict`: complete, retry at a
 time, requeue without burning an attempt, or dead-letter. The daemon moves the tick as told; it never
 looks up a failure class's handling, a breaker, the backoff or the credentials itself.
@@ -178,7 +178,7 @@ class Guardrails:
                              **short.details(cadence.name))
 
     # -- after a run ------------------------------------------------------
-    def record(self, tick: Tick, cadence: Cadence, outcome: RunOutcome, *, ended_by: str | None = None,
+    def learn(self, tick: Tick, cadence: Cadence, outcome: RunOutcome, *, ended_by: str | None = None,
                disk_trouble: Callable[[], str | None] = lambda: None, cli_retries: bool = False,
                claude: tuple[str, str] | None = None) -> Verdict:
         """What a finished sub-session teaches the guards, and where its tick goes. Call once per run.

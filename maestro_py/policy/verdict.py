@@ -1,6 +1,6 @@
 """Verdicts: where a claimed tick goes, decided once by the policy and carried out by one settler.
 
-Every outcome of a claim is a `Verdict`: a sub-session's result or failed start (`Guardrails.record`, `.failed`,
+Every outcome of a claim is a `Verdict`: a sub-session's result or failed start (`Guardrails.learn`, `.failed`,
 `.claude_unavailable`), an inline result or a failed handler (`completed`, `Guardrails.inline_failed`), a guard that
 declines (`declined`), an overlap merge (`merged`), an unknown cadence (`unknown_cadence`), an interruption or a
 disk fault (`requeued`), a reap (`reaped`). The daemon's `Settler.apply` carries each out through the bus, which

@@ -96,7 +96,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
         return json_answer(200, doc)
 
     def judge_health() -> dict[str, Any]:
-        # `maestro status`'s verdict, with the root's `.env` read now as a `maestro status` started now reads it
+        # `maestro status`'s judgment, with the root's `.env` read now as a `maestro status` started now reads it
         return judge(layout, SystemClock().now()).health_json()
 
     @answering

@@ -1,6 +1,6 @@
 """What the status page shows, gathered from the same read-models `maestro status` and `maestro budget` use.
 
-Health is `state.judge`, the verdict `maestro status` exits with and `/healthz` answers; breakers come from
+Health is `state.judge`, the judgment `maestro status` exits with and `/healthz` answers; breakers come from
 `ops.views.open_circuits`, budget rows from `ops.views.budget_rows`, and spend from ledger rows through
 `policy.budget.charge_of`, so the page cannot disagree with the CLI. Nothing here writes.
 """
@@ -55,8 +55,8 @@ def take(layout: Layout, settings: Settings, registry: Registry | None, now: dat
     """Read everything the page shows, as of `now` (`env`: the root's environment, to walk the gates as the daemon
     would; without it the page shows no holds)."""
     problems: list[str] = []
-    verdict = judge(layout, now)
-    doc = verdict.seen.doc
+    health = judge(layout, now)
+    doc = health.seen.doc
     circuits: dict[str, Any] = {}
     try:
         circuits = views.open_circuits(layout)
@@ -70,10 +70,10 @@ def take(layout: Layout, settings: Settings, registry: Registry | None, now: dat
     days = [(now.astimezone(zone) - timedelta(days=back)).date() for back in range(CHART_DAYS - 1, -1, -1)]
     spend, counts, runs = _ledger(layout, now, days[0], zone)
     return Snapshot(
-        root=str(layout.root), now=now, health_code=verdict.code, health=verdict.words,
+        root=str(layout.root), now=now, health_code=health.code, health=health.words,
         emergency_stop=read_stop_file(layout.stop_file),
         queues={k: v for k, v in Bus(layout).depths().items() if k != "tmp"},
-        live=list((doc or {}).get("live_subsessions") or []) if verdict.seen.alive else [],
+        live=list((doc or {}).get("live_subsessions") or []) if health.seen.alive else [],
         breakers=breakers, budget=budget, runs=runs, days=days,
         cadences=sorted({cadence for _, cadence in counts}), spend=spend, run_counts=counts, problems=problems,
         holds=_holds(layout, env, settings, registry, now) if env is not None and registry is not None else [],

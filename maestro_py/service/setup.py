@@ -62,7 +62,7 @@ class Options:
         return options
 
 
-def recorded(layout: Layout) -> Options | None:
+def saved_options(layout: Layout) -> Options | None:
     """The options of the last install/sync of this root, or None if there are none (or they are unreadable)."""
     try:
         return Options.from_json(json.loads(layout.service_file.read_text(encoding="utf-8")))
@@ -72,9 +72,9 @@ def recorded(layout: Layout) -> Options | None:
         return None
 
 
-def record(layout: Layout, options: Options) -> None:
+def save_options(layout: Layout, options: Options) -> None:
     """Remember `options` for `sync` and autosync (not rewritten when they are the same)."""
-    if recorded(layout) != options:
+    if saved_options(layout) != options:
         layout.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(layout.service_file, options.to_json())
 
