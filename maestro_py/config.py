@@ -384,9 +384,9 @@ def _shown(name: str, raw: Any) -> Any:
     """A setting's value as an error or `status` may quote it: a URL without its password, notification URLs as
     their schemes only."""
     if name == "MAESTRO_GOVERNOR_URL":
-        from maestro_py.fleet.model import safe_url
+        from maestro_py.redact import mask_url
 
-        return safe_url(raw)
+        return mask_url(raw)
     if name == "MAESTRO_NOTIFY_URLS":
         from maestro_py.redact import MASK
 

@@ -10,7 +10,7 @@ from typing import Any
 
 SERVE_SECRETS = ("MAESTRO_SERVE_TOKEN", "MAESTRO_WEBHOOK_SECRET")  # `maestro serve`'s inbound credentials
 SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", *SERVE_SECRETS)
-URL_VARS = ("MAESTRO_GOVERNOR_URL",)  # settings whose value may carry a password (user:password@host)
+URL_VARS = ("MAESTRO_GOVERNOR_URL",)  # settings whose value may carry a password (`url_secrets`: userinfo, query)
 # Apprise URLs carry their tokens anywhere (slack://TokenA/TokenB/TokenC, tgram://bottoken/chatid): each URL
 # is a secret whole, and so is each token in it.
 NOTIFY_VARS = ("MAESTRO_NOTIFY_URLS",)
@@ -31,7 +31,7 @@ class Redactor:
         # Short values (placeholders, "x") would mask ordinary words; real secrets are long.
         values = {env[name] for name in SECRET_VARS if len(env.get(name, "")) >= 8}
         for name in URL_VARS:  # as written in the URL, and decoded
-            values |= {pw for pw in _url_passwords(env.get(name, "")) if len(pw) >= 4}
+            values |= {pw for pw in url_secrets(env.get(name, "")) if len(pw) >= 4}
         for name in NOTIFY_VARS:
             values |= notify_secrets(env.get(name, ""))
         # Each secret as it is and as it reads inside a JSON string (quotes, backslashes, control
@@ -67,15 +67,61 @@ class Redactor:
         return re.sub(_KEY_PATTERN.pattern.encode(), MASK.encode(), value)
 
 
-def _url_passwords(url: str) -> set[str]:
-    """The password in a URL (`scheme://user:password@host/…`) as written and decoded; empty if none."""
-    from urllib.parse import unquote, urlsplit
+# A query parameter whose key names a secret: libpq's `password` and `sslpassword`, and any `…token…`, `…secret…`,
+# `…key…` or `…auth…` a driver may take (a key that merely names a file, `sslkey`, is masked too: harmless).
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|auth|cred", re.IGNORECASE)
+URL_MASK = "***"
+
+
+def url_secrets(url: str) -> set[str]:
+    """Every secret `url` carries, as written and decoded: the password of its userinfo (`user:pw@host`) and the
+    value of each query parameter whose key names a secret (`?password=…`, `&sslpassword=…`, `?token=…`)."""
+    from urllib.parse import unquote
+
+    out: set[str] = set()
+    for value in _secret_parts(url):
+        out |= {value, unquote(value), unquote(value.replace("+", " "))}
+    return {v for v in out if v}
+
+
+def mask_url(url: str) -> str:
+    """`url` as it may be shown anywhere (status, events, errors, doctor, alerts): every secret `url_secrets` finds
+    replaced by `***`, the rest as written. The one masking function for URLs."""
+    from urllib.parse import urlsplit, urlunsplit
 
     try:
-        password = urlsplit(url).password if "@" in url else None
+        parts = urlsplit(url)
+        password = parts.password
     except ValueError:
-        return set()
-    return {password, unquote(password)} if password else set()
+        return "(unparsable URL)"
+    if not _secret_parts(url):
+        return url  # as written (urlunsplit would rewrite `sqlite:////abs` as `sqlite://abs`)
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:{URL_MASK}@{hostport}"
+    query = "&".join(f"{key}={URL_MASK}" if sep and _SECRET_KEY.search(key) else f"{key}{sep}{value}"
+                     for key, sep, value in (pair.partition("=") for pair in parts.query.split("&") if pair))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _secret_parts(url: str) -> list[str]:
+    """The raw (still percent-encoded) secret values in `url`."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    out = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        if ":" in userinfo:
+            out.append(userinfo.partition(":")[2])
+    for key, sep, value in (pair.partition("=") for pair in parts.query.split("&") if pair):
+        if sep and _SECRET_KEY.search(key):
+            out.append(value)
+    return out
 
 
 _URL_SPLIT = re.compile(r"\s+|,(?=\s*[A-Za-z][A-Za-z0-9+.\-]*://)")  # a comma inside a URL's query stays

@@ -12,7 +12,8 @@ import pytest
 
 from maestro_py.errors import ConfigError
 from maestro_py.fleet import open_store
-from maestro_py.fleet.model import Lease, StoreUnavailable, check_url, safe_url
+from maestro_py.fleet.model import Lease, StoreUnavailable, check_url
+from maestro_py.redact import mask_url
 from maestro_py.fleet.store import KEEP_CHARGES_SECONDS, SqlStore
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
@@ -205,7 +206,7 @@ def test_an_unreachable_store_raises_store_unavailable_without_its_password(tmp_
     with pytest.raises(StoreUnavailable) as caught:
         open_store(url).reserve(lease("x"), NOW, lease_seconds=LEASE, max_live=None)
     assert "hunter2secret" not in str(caught.value) and "127.0.0.1" in str(caught.value)
-    assert safe_url(url) == f"postgresql://maestro:***@127.0.0.1:{port}/maestro"
+    assert mask_url(url) == f"postgresql://maestro:***@127.0.0.1:{port}/maestro"
 
 
 @pytest.mark.parametrize("bad", ["sqlite:///relative.db", "mysql://x/y", "governor.db"])

@@ -106,10 +106,10 @@ class Console:
         if s is not None:
             live = f"max live {s.max_live}"
             if s.governor_url is not None:
-                from maestro_py.fleet.model import safe_url
+                from maestro_py.redact import mask_url
 
                 fleet = "unlimited" if s.fleet_max_live is None else s.fleet_max_live
-                live += f", fleet max live {fleet}; governor store {safe_url(s.governor_url)}"
+                live += f", fleet max live {fleet}; governor store {mask_url(s.governor_url)}"
             parts.append(f"limits: {live}, max attempts {s.max_attempts}, circuit after {s.circuit_threshold} "
                          "failures")
         if self.budget is not None:

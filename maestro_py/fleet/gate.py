@@ -23,7 +23,8 @@ from typing import Any
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.fsio import atomic_write
 from maestro_py.clock import Clock, iso, parse_iso
-from maestro_py.fleet.model import Admission, Lease, StoreUnavailable, safe_url
+from maestro_py.fleet.model import Admission, Lease, StoreUnavailable
+from maestro_py.redact import mask_url
 from maestro_py.fleet.store import SqlStore
 from maestro_py.policy.budget import Estimate
 
@@ -198,20 +199,20 @@ class FleetGate:
         self._retry_at = self.clock.monotonic() + RETRY_SECONDS
         if self.unavailable is None:
             self.unavailable_since = self.clock.now()
-            self.events.emit("governor_unavailable", level="error", store=safe_url(self.store.url), reason=reason,
+            self.events.emit("governor_unavailable", level="error", store=mask_url(self.store.url), reason=reason,
                              effect="no sub-session spawns until the store answers; inline work goes on")
         self.unavailable = reason
 
     def _up(self) -> None:
         if self.unavailable is not None:
-            self.events.emit("governor_available", level="warn", store=safe_url(self.store.url),
+            self.events.emit("governor_available", level="warn", store=mask_url(self.store.url),
                              down_since=iso(self.unavailable_since) if self.unavailable_since else None)
         self.unavailable = None
         self.unavailable_since = None
 
     def status(self) -> dict[str, Any]:
         """The `governor` block of the status file."""
-        return {"store": safe_url(self.store.url), "agent": self.agent, "available": self.unavailable is None,
+        return {"store": mask_url(self.store.url), "agent": self.agent, "available": self.unavailable is None,
                 "reason": self.unavailable,
                 "since": iso(self.unavailable_since) if self.unavailable_since else None,
                 "live_here": len(self._live), "outbox": len(self._pending), "max_live": self.max_live}

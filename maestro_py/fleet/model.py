@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
 from collections.abc import Iterable, Mapping
-from urllib.parse import urlsplit, urlunsplit
 
 from maestro_py.errors import ConfigError, MaestroError
+from maestro_py.redact import mask_url
 from maestro_py.policy.budget import Limit, local_zone
 
 WINDOWS = ("hourly", "daily", "monthly")
@@ -79,30 +79,17 @@ def scopes_of(agent: str, cadence: str) -> tuple[str, str, str]:
     return "fleet", f"agent:{agent}", f"cadence:{agent}/{cadence}"
 
 
-def safe_url(url: str) -> str:
-    """`url` without its password (for status, events and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(unparsable URL)"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def check_url(url: str) -> str:
     """`url` if it names a store this build can open, else ConfigError (one line, no password)."""
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
         if not url.startswith("sqlite:////"):
-            raise ConfigError(f"MAESTRO_GOVERNOR_URL={safe_url(url)!r}: an SQLite store needs an absolute path, "
+            raise ConfigError(f"MAESTRO_GOVERNOR_URL={mask_url(url)!r}: an SQLite store needs an absolute path, "
                               "as sqlite:////abs/path/governor.db")
         return url
     if scheme in ("postgresql", "postgres"):
         return url
-    raise ConfigError(f"MAESTRO_GOVERNOR_URL={safe_url(url)!r}: use sqlite:////abs/path/governor.db or "
+    raise ConfigError(f"MAESTRO_GOVERNOR_URL={mask_url(url)!r}: use sqlite:////abs/path/governor.db or "
                       "postgresql://user@host/db")
 
 

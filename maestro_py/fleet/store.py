@@ -25,7 +25,8 @@ from typing import Any
 from maestro_py.clock import iso
 from maestro_py.errors import ConfigError
 from maestro_py.fleet.model import (WINDOWS, Admission, Lease, ScopeLimit, StoreUnavailable, axis, check_scope, over,
-                                    safe_url, scopes_of)
+                                    scopes_of)
+from maestro_py.redact import mask_url
 from maestro_py.policy.budget import Limit, amount, window_bounds
 
 KEEP_CHARGES_SECONDS = 40 * 86400  # longer than the longest window: older charges are pruned
@@ -119,7 +120,7 @@ class SqlStore:
             except self._errors() as exc:
                 self.close()
                 if fresh:
-                    raise StoreUnavailable(f"governor store {safe_url(self.url)}: {_first_line(exc)}") from None
+                    raise StoreUnavailable(f"governor store {mask_url(self.url)}: {_first_line(exc)}") from None
         raise AssertionError("unreachable")
 
     def _attempt(self, work: Any, *, write: bool, serial: bool) -> Any:

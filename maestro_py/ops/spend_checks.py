@@ -52,7 +52,8 @@ def check_governor(p: Probe) -> Check:
     if url is None:
         return Check("governor", Level.OK, "no governor store: this root's own budget only")
     from maestro_py.fleet import open_store
-    from maestro_py.fleet.model import StoreUnavailable, safe_url
+    from maestro_py.fleet.model import StoreUnavailable
+    from maestro_py.redact import mask_url
 
     store = open_store(url)
     try:
@@ -63,7 +64,7 @@ def check_governor(p: Probe) -> Check:
     finally:
         store.close()
     waiting = ((read_status(p.layout) or {}).get("governor") or {}).get("outbox") or 0
-    detail = f"{safe_url(url)} answers: {len(limits)} limit(s), {len(live)} live run(s) in the fleet"
+    detail = f"{mask_url(url)} answers: {len(limits)} limit(s), {len(live)} live run(s) in the fleet"
     if waiting:
         return Check("governor", Level.WARN, f"{detail}; {waiting} settle(s) not pushed yet")
     return Check("governor", Level.OK, detail)
