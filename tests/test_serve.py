@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from maestro_py.bus.store import Bus
 from maestro_py.paths import Folder, Layout
-from tests.fakes import (REPO, daemon_env, events, invoke, names, one_line_error, start_daemon, wait_for,
+from tests.fakes import (REPO, daemon_env, events, invoke, names, one_line_error, read_json, start_daemon, wait_for,
                          write_agent)
 from tests.serve_support import TOKEN, WEBHOOK_SECRET, Served, bearer, github_signature
 
@@ -345,7 +345,8 @@ def test_a_signed_github_push_becomes_a_tick_whose_payload_is_the_event(serve, a
     body = json.dumps(PUSH, indent=2).encode()
     answer = s.request("POST", "/v1/cadences/deploy/ticks", body, github_headers(body))
     assert answer.status == 202, answer.text
-    tick = s.request("GET", answer.json()["status_url"]).json()
+    assert s.request("GET", answer.json()["status_url"]).status == 401  # a webhook secret alone opens no reads
+    tick = read_json(agent.folder(Folder.INBOX) / f"{answer.json()['id']}.json")
     assert tick["payload"] == PUSH and tick["source"] == "github:push"
     # A redelivery carries the same delivery id: the first tick's id, nothing written.
     again = s.request("POST", "/v1/cadences/deploy/ticks", body, github_headers(body))
@@ -374,7 +375,7 @@ def test_github_ping_and_form_encoded_deliveries(serve, agent: Layout) -> None:
     headers = github_headers(form, "push", "d-form", "application/x-www-form-urlencoded")
     answer = s.request("POST", "/v1/cadences/deploy/ticks", form, headers)
     assert answer.status == 202
-    assert s.request("GET", answer.json()["status_url"]).json()["payload"] == PUSH
+    assert read_json(agent.folder(Folder.INBOX) / f"{answer.json()['id']}.json")["payload"] == PUSH
 
 
 # -- health and metrics --------------------------------------------------------------------------------------------
@@ -453,3 +454,18 @@ def test_secrets_never_appear_in_answers_or_logs(serve, agent: Layout) -> None:
     for secret in (TOKEN, WEBHOOK_SECRET):
         assert not [t for t in texts if secret in t]
     assert "GET /v1/ticks/[REDACTED]" in s.log.read_text()  # a secret in a path is masked in the log line
+
+
+def test_behind_a_proxy_open_access_is_refused_and_a_webhook_secret_opens_no_reads(serve, agent: Layout) -> None:
+    """The README's proxy on this machine connects from 127.0.0.1 with `Host: 127.0.0.1:PORT`: with nothing set,
+    a relayed request (X-Forwarded-For, as Caddy sends and the README tells nginx to) gets 403 for a trigger and the
+    page, not a paid run; with only the webhook secret set, the page and tick status answer nobody without a token."""
+    s = serve()
+    relayed = {"X-Forwarded-For": "203.0.113.9"}
+    assert s.request("POST", "/v1/cadences/hello/ticks", "{}", relayed).status == 403
+    assert s.request("GET", "/", headers={"Via": "1.1 nginx"}).status == 403
+    assert names(agent, Folder.INBOX) == []
+    assert s.request("POST", "/v1/cadences/hello/ticks", "{}").status == 202  # direct and local: still open
+    signed = serve(MAESTRO_WEBHOOK_SECRET=WEBHOOK_SECRET)
+    assert signed.request("GET", "/").status == 401 and signed.request("GET", "/metrics").status == 401
+    assert signed.request("GET", "/v1/ticks/20990101T000000000000Z-0000001-0000abcd").status == 401

@@ -87,17 +87,37 @@ def test_bearer_basic_and_signature_checks() -> None:
 
 def test_trigger_access_decisions() -> None:
     both = options(MAESTRO_SERVE_TOKEN=TOKEN, MAESTRO_WEBHOOK_SECRET=WEBHOOK_SECRET)
-    assert auth.trigger_access({"authorization": f"Bearer {TOKEN}"}, both) is auth.Access.TOKEN
-    assert auth.trigger_access({"x-hub-signature-256": "sha256=00"}, both) is auth.Access.WEBHOOK
-    assert auth.trigger_access({"host": "127.0.0.1:1"}, options()) is auth.Access.OPEN
-    cases = [({}, both, 401), ({"authorization": "Bearer nope"}, both, 401),
-             ({"x-hub-signature-256": "sha256=00"}, options(MAESTRO_SERVE_TOKEN=TOKEN), 403),
-             ({"authorization": f"Bearer {TOKEN}"}, options(), 403), ({"host": "example.com"}, options(), 403),
-             ({"authorization": f"Bearer {TOKEN}", "origin": "https://x.example", "host": "127.0.0.1:1"}, both, 403)]
-    for headers, opts, status in cases:
+    local = "127.0.0.1"
+    assert auth.trigger_access({"authorization": f"Bearer {TOKEN}"}, both, "203.0.113.9") is auth.Access.TOKEN
+    assert auth.trigger_access({"x-hub-signature-256": "sha256=00"}, both, "203.0.113.9") is auth.Access.WEBHOOK
+    assert auth.trigger_access({"host": "127.0.0.1:1"}, options(), local) is auth.Access.OPEN
+    assert auth.trigger_access({"host": "[::1]:1"}, options(), "::1") is auth.Access.OPEN
+    cases = [({}, both, local, 401), ({"authorization": "Bearer nope"}, both, local, 401),
+             ({"x-hub-signature-256": "sha256=00"}, options(MAESTRO_SERVE_TOKEN=TOKEN), local, 403),
+             ({"authorization": f"Bearer {TOKEN}"}, options(), local, 403), ({"host": "example.com"}, options(), local, 403),
+             ({"authorization": f"Bearer {TOKEN}", "origin": "https://x.example", "host": "127.0.0.1:1"}, both, local, 403),
+             # open access: a loopback Host from another peer, or relayed by a proxy on this machine, is not local
+             ({"host": "127.0.0.1:1"}, options(), "203.0.113.9", 403), ({"host": "127.0.0.1:1"}, options(), None, 403),
+             *[({"host": "127.0.0.1:1", name: value}, options(), local, 403) for name, value in (
+                 ("x-forwarded-for", "203.0.113.9"), ("X-Forwarded-Host", "maestro.example"),
+                 ("forwarded", "for=203.0.113.9"), ("via", "1.1 nginx"), ("x-real-ip", "203.0.113.9"))]]
+    for headers, opts, peer, status in cases:
         with pytest.raises(HttpError) as err:
-            auth.trigger_access(headers, opts)
-        assert err.value.status == status, headers
+            auth.trigger_access(headers, opts, peer)
+        assert err.value.status == status, (headers, peer)
+
+
+def test_reads_need_the_token_whenever_any_credential_is_set() -> None:
+    local, direct = "127.0.0.1", {"host": "127.0.0.1:1"}
+    auth.read_access(direct, options(), local)  # nothing set: direct local reads are open
+    auth.read_access({"authorization": f"Bearer {TOKEN}"}, options(MAESTRO_SERVE_TOKEN=TOKEN), "203.0.113.9")
+    for opts in (options(MAESTRO_WEBHOOK_SECRET=WEBHOOK_SECRET), options(MAESTRO_SERVE_TOKEN=TOKEN)):
+        with pytest.raises(HttpError) as err:
+            auth.read_access(direct, opts, local)
+        assert err.value.status == 401
+    with pytest.raises(HttpError) as err:  # the README's proxy, with nothing set
+        auth.read_access({**direct, "x-forwarded-for": "203.0.113.9"}, options(), local, page=True)
+    assert err.value.status == 403
 
 
 @pytest.mark.parametrize("host, ok", [

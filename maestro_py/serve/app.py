@@ -43,6 +43,11 @@ def metrics_file(layout: Layout) -> Path:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def peer(request: Request) -> str | None:
+    """The address the connection came from (None over a Unix socket or when unknown)."""
+    return request.client.host if request.client is not None else None
+
+
 def answering(handler: Handler) -> Handler:
     """Turn an HttpError raised by `handler` into its answer."""
     async def wrapped(request: Request) -> Response:
@@ -62,7 +67,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
     async def post_tick(request: Request) -> Response:
         started = time.monotonic()
         headers = request.headers
-        access = auth.trigger_access(headers, options)
+        access = auth.trigger_access(headers, options, peer(request))
         body = await read_body(request.receive, headers, limit=options.max_body, deadline=started + options.timeout,
                                timeout=options.timeout)
         if access is auth.Access.WEBHOOK:
@@ -85,7 +90,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
 
     @answering
     async def get_tick(request: Request) -> Response:
-        auth.read_access(request.headers, options)
+        auth.read_access(request.headers, options, peer(request))
         doc = await run_in_threadpool(ticks.find_tick, layout, request.path_params["tick_id"])
         if doc is None:
             raise HttpError(404, "no such tick in inbox/, claimed/, done/ or dlq/ (done ticks are pruned after "
@@ -106,7 +111,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
 
     @answering
     async def metrics(request: Request) -> Response:
-        auth.read_access(request.headers, options)
+        auth.read_access(request.headers, options, peer(request))
         text = await run_in_threadpool(_read_metrics, layout)
         if text is None:
             return text_answer(503, f"no metrics: {metrics_file(layout)} is absent (the daemon writes it while it "
@@ -115,7 +120,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
 
     @answering
     async def status_page(request: Request) -> Response:
-        auth.read_access(request.headers, options, page=True)
+        auth.read_access(request.headers, options, peer(request), page=True)
         snap = await run_in_threadpool(lambda: snapshot.take(layout, settings, intake.cadences.current(),
                                                              SystemClock().now(), env))
         return Response(page.render(snap), media_type="text/html; charset=utf-8",

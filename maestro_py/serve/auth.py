@@ -6,8 +6,13 @@
   Basic auth is never accepted for a trigger: a browser attaches it to a cross-site form post by itself.
 - With `MAESTRO_WEBHOOK_SECRET` set, a trigger may instead carry `X-Hub-Signature-256: sha256=<hex>`, the
   HMAC-SHA256 of the raw body, as GitHub computes it; the body is then the event (see triggers.py).
-- With neither set, access is open, but only to requests whose Host names loopback (the server refuses
-  to listen elsewhere without a token, and a web page that rebinds a name to 127.0.0.1 gets 403).
+- With neither set, access is open, but only to a request that comes from a loopback address, names loopback in
+  its Host (a web page that rebinds a name to 127.0.0.1 gets 403) and carries no proxy header (`Forwarded`,
+  `X-Forwarded-*`, `X-Real-IP`, `Via`): a reverse proxy on this machine connects from loopback and, by default,
+  sends `Host: 127.0.0.1:PORT`, so without that last rule anyone reaching the proxy would be "local". The server
+  also refuses to listen elsewhere without a token.
+- Reads (the page, a tick, /metrics) need the token whenever any credential is set: a webhook secret alone does
+  not open them to everyone.
 - A trigger a browser sends from another origin is refused (403) whatever its credentials.
 - Credentials the server cannot check (a signature with no secret set, a token with no token set) get 403:
   the sender believes the request is protected, and it would not be.
@@ -24,7 +29,7 @@ import hmac
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from maestro_py.loopback import loopback_host
+from maestro_py.loopback import is_loopback, loopback_host
 from maestro_py.serve.http import WWW_AUTHENTICATE, HttpError
 from maestro_py.serve.options import ServeOptions
 
@@ -40,7 +45,7 @@ class Access(str, enum.Enum):
     OPEN = "open"
 
 
-def trigger_access(headers: Mapping[str, str], options: ServeOptions) -> Access:
+def trigger_access(headers: Mapping[str, str], options: ServeOptions, peer: str | None) -> Access:
     """Decide from the headers alone (before the body is read) how a trigger is authenticated, or refuse it."""
     refuse_cross_site(headers)
     if SIGNATURE_HEADER in headers:
@@ -58,7 +63,7 @@ def trigger_access(headers: Mapping[str, str], options: ServeOptions) -> Access:
     if options.token is not None or options.webhook_secret is not None:
         raise HttpError(401, "credentials required: Authorization: Bearer <token>, or an X-Hub-Signature-256 "
                              "webhook signature", {"WWW-Authenticate": WWW_AUTHENTICATE})
-    require_loopback(headers)
+    require_loopback(headers, peer)
     return Access.OPEN
 
 
@@ -71,14 +76,18 @@ def verify_signature(body: bytes, header: str, secret: str) -> None:
                         {"WWW-Authenticate": WWW_AUTHENTICATE})
 
 
-def read_access(headers: Mapping[str, str], options: ServeOptions, *, page: bool = False) -> None:
-    """Let a GET of the page, a tick or /metrics through: the token (bearer or Basic) when set, else loopback."""
-    if options.token is None:
-        require_loopback(headers)
+def read_access(headers: Mapping[str, str], options: ServeOptions, peer: str | None, *, page: bool = False) -> None:
+    """Let a GET of the page, a tick or /metrics through: the token (bearer or Basic) when any credential is set,
+    else only a direct local request (`require_loopback`)."""
+    if options.token is None and options.webhook_secret is None:
+        require_loopback(headers, peer)
         return
     given = headers.get("authorization", "")
-    if bearer_matches(given, options.token) or basic_matches(given, options.token):
+    if options.token is not None and (bearer_matches(given, options.token) or basic_matches(given, options.token)):
         return
+    if options.token is None:
+        raise HttpError(401, "reads need MAESTRO_SERVE_TOKEN: only MAESTRO_WEBHOOK_SECRET is set here, which "
+                             "authenticates triggers, not readers", {"WWW-Authenticate": WWW_AUTHENTICATE})
     challenge = BASIC_REALM if page else WWW_AUTHENTICATE  # a browser asks for Basic credentials itself
     raise HttpError(401, "credentials required: Authorization: Bearer <token>", {"WWW-Authenticate": challenge})
 
@@ -113,8 +122,18 @@ def refuse_cross_site(headers: Mapping[str, str]) -> None:
         raise HttpError(403, "requests from another origin are refused")
 
 
-def require_loopback(headers: Mapping[str, str]) -> None:
-    """Open access (no credentials configured) is for requests addressed to loopback only."""
+PROXY_HEADERS = ("forwarded", "via", "x-real-ip")  # and every `x-forwarded-*`
+
+
+def require_loopback(headers: Mapping[str, str], peer: str | None) -> None:
+    """Open access (no credentials configured) is for direct local requests only: from a loopback address, to a
+    loopback Host, and not relayed by a proxy (whose peer address is loopback whoever sent the request)."""
+    relayed = sorted(name for name in headers if name.lower() in PROXY_HEADERS or name.lower().startswith("x-forwarded-"))
+    if relayed:
+        raise HttpError(403, f"a proxied request ({relayed[0]}) needs MAESTRO_SERVE_TOKEN: without it only direct "
+                             "requests from this machine are served")
+    if peer is None or not is_loopback(peer):
+        raise HttpError(403, "without MAESTRO_SERVE_TOKEN set, only requests from this machine are served")
     if not loopback_host(headers.get("host", "")):
         raise HttpError(403, "without MAESTRO_SERVE_TOKEN set, only requests addressed to 127.0.0.1, ::1 or "
                              "localhost are served")
