@@ -146,7 +146,7 @@ def test_an_unexpected_error_while_settling_requeues_the_tick_and_charges_its_re
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("judging failed")
 
-    monkeypatch.setattr(daemon.guardrails, "record", broken)
+    monkeypatch.setattr(daemon.guardrails, "learn", broken)
     run_steps(daemon, 2)  # spawn, then a settle that fails: used to end the daemon, the reservation held for ever
     (requeued,) = [e for e in events(layout) if e["stage"] == "requeued"]
     assert requeued["id"] == tick and "internal error while settling" in requeued["reason"]
