@@ -12,7 +12,9 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+from maestro_py.bus.claim import CLAIM_SEP
 from maestro_py.bus.events import EventLog
+from maestro_py.bus.owner import Owner
 from maestro_py.bus.fsio import dump_json, fsync_dir, scan_dir, unlink_missing_ok, write_tmp
 from maestro_py.bus.tick import Tick
 from maestro_py.bus.tickfile import read_tick_file
@@ -29,6 +31,8 @@ class DeadLetters:
     dlq: Path
     tmp: Path
     inbox: Path
+    claimed: Path
+    owner: Owner
     clock: Clock
     events: EventLog
     index: InboxIndex
@@ -100,6 +104,10 @@ class DeadLetters:
             details["quarantine_reason"] = note.get("reason")
         self._record(tick, tick.attempts, "replayed", f"replayed from {'quarantine' if note else 'dlq'} by {by}",
                      details)
+        if note is None:  # held in claimed/ first, as an operator's release is: cut short, it is in one place
+            hold = self.claimed / f"{tick.id}{CLAIM_SEP}{self.owner.token}.json"
+            os.rename(path, hold)
+            path = hold
         self._publish(tick, self.inbox / tick.filename, overwrite=False)
         unlink_missing_ok(path)
         if note is not None:

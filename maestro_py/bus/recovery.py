@@ -76,7 +76,7 @@ class Recovery:
             if not stem:
                 self.quarantine(path, "unexpected file in claimed/")
                 continue
-            if self._settled_elsewhere(stem):
+            if self._settled_elsewhere(stem) or self._claimed_again(stem, path):
                 unlink_missing_ok(path)  # the move had already published the next state; drop the stale copy
                 continue
             try:
@@ -127,6 +127,28 @@ class Recovery:
                 continue
             sync_files([later], [folder])
             return True
+        return False
+
+    def _claimed_again(self, stem: str, path: Path) -> bool:
+        """True if another claim of the same tick holds a copy at least as far along as `path`'s: a move that
+        publishes a new file into `inbox/` (an operator's release or replay, a compaction) was cut short before it
+        dropped its hold, and a daemon has claimed the published copy since. Requeueing the hold would run the
+        tick twice."""
+        prefix = f"{stem}{CLAIM_SEP}"
+        others = [Path(e.path) for e in scan_dir(self.claimed)
+                  if e.name.startswith(prefix) and e.name.endswith(".json") and e.path != str(path)]
+        if not others:
+            return False
+        try:
+            mine = len(read_tick_file(path, stem)[0].history)
+        except (TickInvalid, FileNotFoundError):
+            return True
+        for other in others:
+            try:
+                if len(read_tick_file(other, stem)[0].history) >= mine:
+                    return True
+            except (TickInvalid, FileNotFoundError):
+                continue
         return False
 
     def sweep_tmp(self, *, grace: float = 3600.0) -> int:
