@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 
 from maestro_py.paths import Layout
-from tests.fakes import daemon_env, events, gone, maestro, spawns, start_daemon, wait_for, write_agent
+from tests.fakes import daemon_env, events, gone, ledger_rows, maestro, spawns, start_daemon, wait_for, write_agent
 
 
 def test_a_sigkilled_daemon_takes_its_sub_session_with_it(layout: Layout, tmp_path: Path) -> None:
@@ -56,3 +56,31 @@ def test_a_restarted_daemon_ends_what_a_dead_one_left_before_running_the_tick_ag
         second.send_signal(signal.SIGTERM)
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=15)
+
+
+def test_a_run_killed_with_its_daemon_is_booked_before_the_tick_runs_again(layout: Layout, tmp_path: Path) -> None:
+    """SIGKILL of the daemon while its sub-session runs (the API has billed its input): the restarted daemon books
+    the lost run (usage unknown, charged its reservation) before it runs the tick again, so the budget sees both."""
+    write_agent(layout, "[memo]\nreserve_usd = 0.25\nreserve_tokens = 20000\n", {"memo": "Write the memo."})
+    env = daemon_env(tmp_path, FAKE_CLAUDE_MODE="sleep", FAKE_CLAUDE_SLEEP="60")
+    tick = maestro(layout, "enqueue", "memo", env=env).stdout.strip()
+    first = start_daemon(layout, env)
+    try:
+        wait_for(lambda: any(e["stage"] == "spawned" for e in events(layout, lenient=True)), what="the run started")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    for proc in psutil.process_iter(["cmdline"]):  # its sub-session dies with it, as under systemd's KillMode
+        if str(tmp_path / "claude") in " ".join(proc.info["cmdline"] or []):
+            proc.kill()
+    again = maestro(layout, "run", "--once", env={**env, "FAKE_CLAUDE_MODE": "ok"}, timeout=60)
+    assert again.returncode == 0, again.stderr
+    rows = [r for r in ledger_rows(layout) if r["tick"] == tick]
+    assert [r["attempt"] for r in rows] == [1, 2] or [r["attempt"] for r in rows] == [1, 1], rows
+    lost, rerun = rows
+    assert lost["metered"] is False and lost["total_tokens"] is None and lost.get("lost") is True
+    assert lost["charged_usd"] == 0.25 and lost["charged_tokens"] == 20000  # its reservation, never a silent zero
+    assert rerun["ok"] is True and rerun["metered"] is True
+    assert [e for e in events(layout, lenient=True) if e["stage"] == "lost_run_booked"]
+    again = maestro(layout, "run", "--once", env=env, timeout=60)  # nothing more is booked on a later start
+    assert len([r for r in ledger_rows(layout) if r["tick"] == tick]) == 2

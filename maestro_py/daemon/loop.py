@@ -36,7 +36,7 @@ from maestro_py.daemon.status import StatusWriter, new_counters, status_doc
 from maestro_py.daemon.wakeup import Wakeup
 from maestro_py.policy.backoff import Backoff, parse_backoff
 from maestro_py.policy.breaker import Breakers, CircuitFile, PersistedCircuits
-from maestro_py.policy.budget import cadence_limits
+from maestro_py.policy.budget import Estimate, cadence_limits
 from maestro_py.policy.guardrails import Guardrails
 from maestro_py.paths import Folder, Layout, agent_name
 from maestro_py.redact import Redactor
@@ -93,7 +93,7 @@ class Daemon:
             quota_min_hold=settings.quota_min_hold, fleet=self.fleet)
         self.settler = Settler(bus=self.bus, guardrails=self.guardrails, budget=self.budget, ledger=self.ledger,
                                live=self.live, events=self.events, counters=self.counters, clock=clock,
-                               warn_at=settings.budget_warn_at)
+                               warn_at=settings.budget_warn_at, layout=self.layout, reservation=self._reservation)
         # MAESTRO_SERVICE_AUTOSYNC: the installed timers follow a reloaded registry (a thread of its own).
         self.autosync = AutoSync(self.layout, self.events, settings=lambda: self.settings,
                                  env=lambda: self.housekeeping.env)
@@ -121,6 +121,11 @@ class Daemon:
         self._stop_deadline: float | None = None
         self._next_scan = 0.0
         self._watching = False
+
+    def _reservation(self, name: str) -> Estimate:
+        """What a run of cadence `name` reserves now (its registry entry's reservation, else the default)."""
+        cadence = self.housekeeping.registry.get(name)
+        return self.guardrails.estimate(cadence) if cadence is not None else self.budget.estimate(name)
 
     @property
     def registry(self) -> Registry:

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.fsio import disk_trouble
+from maestro_py.bus.recovery import Stale
 from maestro_py.bus.store import Bus, Claim
+from maestro_py.bus.tick import Tick
 from maestro_py.clock import Clock, iso
 from maestro_py.daemon.live import LiveRuns, Running, Settlement
-from maestro_py.policy.budget import Budget, charge_for, window_bounds
+from maestro_py.paths import Layout
+from maestro_py.policy.budget import Budget, Estimate, charge_for, window_bounds
 from maestro_py.policy.guardrails import Guardrails
 from maestro_py.policy.verdict import Action, Verdict, reaped, requeued
 from maestro_py.session.ledger import Ledger
 from maestro_py.session.metering import Usage
+from maestro_py.session.runlog import run_logs
 from maestro_py.session.runner import RunOutcome
 
 
@@ -24,7 +29,9 @@ class Settler:
     """Turns finished runs into ledger rows and tick moves; every verdict goes through `apply`."""
 
     def __init__(self, *, bus: Bus, guardrails: Guardrails, budget: Budget, ledger: Ledger, live: LiveRuns,
-                 events: EventLog, counters: Counter[str], clock: Clock, warn_at: float | None = None) -> None:
+                 events: EventLog, counters: Counter[str], clock: Clock, warn_at: float | None = None,
+                 layout: Layout | None = None,
+                 reservation: Callable[[str], Estimate] | None = None) -> None:
         self.bus = bus
         self.guardrails = guardrails
         self.budget = budget
@@ -34,6 +41,8 @@ class Settler:
         self.counters = counters
         self.clock = clock
         self.warn_at = warn_at  # MAESTRO_BUDGET_WARN_AT: the fraction of a limit that earns one budget_warning
+        self.layout = layout  # where the per-run logs show which runs a dead daemon had started
+        self.reservation = reservation or (lambda cadence: budget.estimate(cadence))  # what a run of a cadence reserves
 
     def settle_finished(self) -> bool:
         """Settle every run that has ended; True if any was. An OSError leaves the run to be settled again."""
@@ -77,14 +86,40 @@ class Settler:
             return
         tick = run.claim.tick
         held = self.budget.release(tick.id) or run.estimate
-        row = {"ts": iso(self.clock.now()), "tick": tick.id, "cadence": tick.cadence, "attempt": run.claim.attempt,
+        row = self._book_unknown(tick, run.claim.attempt, held, "settle failed; usage unknown", run_id=run.run_id)
+        self._charge_fleet(run, row)
+
+    def _book_unknown(self, tick: Tick, attempt: int, held: Estimate, error: str, **extra: Any) -> dict[str, Any]:
+        """A ledger row for a run whose usage is unknown, charged its reservation: never a silent zero."""
+        row = {"ts": iso(self.clock.now()), "tick": tick.id, "cadence": tick.cadence, "attempt": attempt,
                "ok": False, **Usage.unknown().to_row(), "metered": False, "reserved_tokens": round(held.tokens),
                "reserved_usd": round(held.usd, 6), "charged_tokens": round(held.tokens), "charged_usd": held.usd,
-               "error": "settle failed; usage unknown", "run_id": run.run_id}
+               "error": error, **extra}
         self.ledger.append(row)
         self.budget.charge(row, self.clock.now())
         self._warn_budget(row)
-        self._charge_fleet(run, row)
+        return row
+
+    def book_lost_run(self, stale: Stale) -> None:
+        """A claim whose owner died: if that daemon had started its sub-session (its log files for this attempt
+        exist) and no ledger row has it, the run is booked now, usage unknown and charged its reservation, before
+        the tick runs again: what the API billed for a killed run is never read as free. (The governor store
+        charges it too: its lease expires.)"""
+        tick, attempt = stale.claim.tick, stale.claim.attempt
+        if self.layout is None:
+            return
+        # Each start of this attempt left a log; each run booked left a row (a reaped attempt runs again under
+        # the same number, so a crash loop shows as more logs than rows).
+        started = sum(1 for p in run_logs(self.layout, tick, attempt) if p.name.endswith(".stdout.log"))
+        if not started:
+            return  # never started (an inline tick, or killed before its spawn)
+        booked = sum(1 for row in self.ledger.rows() if row.get("tick") == tick.id and row.get("attempt") == attempt)
+        held = self.reservation(tick.cadence)
+        for _ in range(started - booked):
+            self._book_unknown(tick, attempt, held, f"its daemon (pid {stale.owner_pid}) died while it ran; usage "
+                                                    "unknown, charged its reservation", lost=True)
+            self.events.emit("lost_run_booked", level="warn", id=tick.id, cadence=tick.cadence, attempt=attempt,
+                             charged_usd=round(held.usd, 6), owner_pid=stale.owner_pid)
 
     def _warn_budget(self, row: dict[str, Any]) -> None:
         """One `budget_warning` per scope and window once a charge takes its spend past `warn_at` of a limit.
@@ -156,8 +191,8 @@ class Settler:
         carry_out(self.bus, claim, verdict, self.counters, **details)
 
     def reap(self, *, max_reaps: int, active: set[str] | None = None) -> list[str]:
-        """Claims whose owner is gone, settled as the policy says (`reap`)."""
-        return reap(self.bus, self.counters, max_reaps=max_reaps, active=active)
+        """Claims whose owner is gone, a run they lost booked first, settled as the policy says (`reap`)."""
+        return reap(self.bus, self.counters, max_reaps=max_reaps, active=active, before=self.book_lost_run)
 
 
 def carry_out(bus: Bus, claim: Claim, verdict: Verdict, counters: Counter[str], **details: Any) -> None:
@@ -186,11 +221,15 @@ def carry_out(bus: Bus, claim: Claim, verdict: Verdict, counters: Counter[str], 
         counters[verdict.counter or "dlq"] += 1
 
 
-def reap(bus: Bus, counters: Counter[str], *, max_reaps: int, active: set[str] | None = None) -> list[str]:
+def reap(bus: Bus, counters: Counter[str], *, max_reaps: int, active: set[str] | None = None,
+         before: Callable[[Stale], None] = lambda stale: None) -> list[str]:
     """Every claim whose owner is gone (`Bus.stale_claims`) settled by its verdict: this process's own claim whose
-    settling an I/O error cut short goes back as it was; another's is a reap (`verdict.reaped`). Their ids."""
+    settling an I/O error cut short goes back as it was; another's is a reap (`verdict.reaped`), `before` it is
+    settled. Their ids."""
     out = []
     for stale in bus.stale_claims(active=active):
+        if not stale.interrupted:
+            before(stale)
         if stale.interrupted:
             carry_out(bus, stale.claim, requeued("settling was interrupted by an I/O error; requeued", counter="reaped"),
                       counters)

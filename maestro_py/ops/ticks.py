@@ -21,11 +21,11 @@ from maestro_py.bus.operator import STATES
 from maestro_py.bus.store import Bus
 from maestro_py.bus.tick import Tick
 from maestro_py.bus.tickfile import read_tick_file
-from maestro_py.clock import parse_iso
 from maestro_py.errors import MaestroError, TickInvalid
 from maestro_py.paths import Folder, Layout
 from maestro_py.policy.gates import Hold
 from maestro_py.session.ledger import Ledger
+from maestro_py.session.runlog import run_logs
 
 MIN_PREFIX = 4
 SUFFIX = 6  # what the per-run log names keep of an id (daemon/dispatch.py `_spawn`'s stamp)
@@ -175,17 +175,6 @@ def describe(layout: Layout, tick_id: str) -> dict[str, Any] | None:
         doc["logs"] = [str(p) for p in run_logs(layout, tick)]
         return doc
     return None
-
-
-def run_logs(layout: Layout, tick: Tick) -> list[Path]:
-    """The per-run log files of `tick`, oldest first (named as daemon/dispatch.py `_spawn` names them:
-    `<date>-<cadence>-HHMMSS-a<attempt>-<last 6 of the id>.{stdout,stderr}.log`)."""
-    named = re.compile(rf"\d{{4}}-\d\d-\d\d-{re.escape(tick.cadence)}-\d{{6}}-a\d+-{re.escape(tick.id[-SUFFIX:])}"
-                       rf"\.std(?:out|err)\.log\Z")
-    found = [Path(e.path) for e in scan_dir(layout.subsessions_dir) if named.match(e.name)]
-    enqueued = parse_iso(tick.enqueued_at).astimezone().strftime("%Y-%m-%d")
-    # The six characters can repeat across ticks of one cadence: keep those not older than the tick itself.
-    return sorted((p for p in found if p.name[:10] >= enqueued), key=lambda p: (p.name[:10], p.name))
 
 
 def last_stdout_log(layout: Layout, tick: Tick, attempt: int | None = None) -> Path | None:

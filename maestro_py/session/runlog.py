@@ -12,7 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from maestro_py.bus.fsio import scan_dir
+from maestro_py.bus.tick import Tick
+from maestro_py.clock import parse_iso
 from maestro_py.errors import ClaudeUnavailable, SpawnError
+from maestro_py.paths import Layout
 from maestro_py.redact import Redactor
 from maestro_py.session.command import SpawnSpec
 from maestro_py.session.metering import RESULT_WINDOW
@@ -320,3 +324,14 @@ def delete_if_empty(path: Path) -> None:
     except OSError:
         pass
 
+
+def run_logs(layout: Layout, tick: Tick, attempt: int | None = None) -> list[Path]:
+    """The per-run log files of `tick` (of one `attempt`, if given), oldest first, as `command.log_stamp` names
+    them: `<date>-<cadence>-HHMMSS-a<attempt>-<last 6 of the id>.{stdout,stderr}.log`."""
+    tries = str(attempt) if attempt is not None else r"\d+"
+    named = re.compile(rf"\d{{4}}-\d\d-\d\d-{re.escape(tick.cadence)}-\d{{6}}-a{tries}-{re.escape(tick.id[-6:])}"
+                       rf"\.std(?:out|err)\.log\Z")
+    found = [Path(e.path) for e in scan_dir(layout.subsessions_dir) if named.match(e.name)]
+    enqueued = parse_iso(tick.enqueued_at).astimezone().strftime("%Y-%m-%d")
+    # The six characters can repeat across ticks of one cadence: keep those not older than the tick itself.
+    return sorted((p for p in found if p.name[:10] >= enqueued), key=lambda p: (p.name[:10], p.name))
