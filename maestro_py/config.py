@@ -350,16 +350,16 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
         """Parse every setting, defaulting what is unset or empty."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            var = VARS[cls._SOURCES[f.name]]
-            raw = env.get(var.name, "").strip() or var.default
-            try:
-                values[f.name] = var.parse(raw)
-            except ValueError as exc:
-                shown = _shown(var.name, raw)
-                raise ConfigError(f"{var.name}={shown!r}: {_why(exc)}") from None
-        return cls(**values)
+        return cls(**{f.name: setting(env, cls._SOURCES[f.name]) for f in fields(cls)})
+
+
+def setting(env: Mapping[str, str], name: str) -> Any:
+    """One setting from `env` (its default when unset); ConfigError naming it if invalid, whatever the others hold."""
+    raw = env.get(name, "").strip() or VARS[name].default
+    try:
+        return VARS[name].parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={_shown(name, raw)!r}: {_why(exc)}") from None
 
 
 # MAESTRO_* names that are not settings: the sub-session mark, and the test suite's own switches.

@@ -97,10 +97,12 @@ def test_env_file_is_loaded_and_real_environment_wins(runner: CliRunner, root: P
 
 def test_invalid_registry_names_file_key_and_problem(runner: CliRunner, root: Path) -> None:
     (root / "cadences.toml").write_text("[hello]\ntimeout_seconds = 'abc'\n")
-    result = invoke(runner, root, "enqueue", "hello")
+    result = invoke(runner, root, "dry-run", "hello")
     assert result.exit_code == 78
     line = one_line_error(result)
     assert "cadences.toml" in line and "timeout_seconds" in line
+    delivered = invoke(runner, root, "enqueue", "hello")  # the cron path says it, and delivers the tick
+    assert delivered.exit_code == 0 and "timeout_seconds" in delivered.stderr and "delivered anyway" in delivered.stderr
 
 
 def test_root_from_environment(runner: CliRunner, root: Path) -> None:

@@ -15,7 +15,7 @@ from maestro_py.errors import ConfigError
 from maestro_py.paths import Folder, Layout
 from maestro_py.registry import Registry, RegistryError
 from tests.fakes import (
-    FakeSpawner, enqueue, events, invoke, make_daemon, one_line_error, read_json, run_steps, settings_env,
+    FakeClock, FakeSpawner, enqueue, events, invoke, make_daemon, one_line_error, read_json, run_steps, settings_env,
     write_agent,
 )
 
@@ -156,3 +156,41 @@ def test_an_unexpected_error_while_settling_requeues_the_tick_and_charges_its_re
     run_steps(daemon, 5)  # the loop goes on: the tick runs again and settles
     done = read_json(layout.folder(Folder.DONE) / f"{tick}.json")
     assert done["attempts"] == 1 and daemon.budget.reservations == {}  # the requeue was not counted
+
+
+def test_a_typo_in_env_or_cadences_toml_does_not_drop_a_timer_fired_tick(tmp_path: Path) -> None:
+    """`echo 'MAESTRO_DAILY_USD_BUDGET=5$' >> .env`: `maestro enqueue` (what the timers run) still delivers; only a
+    bad value of what it uses (MAESTRO_MAX_INBOX) stops it. A broken cadences.toml is said on stderr, and delivered."""
+    from tests.fakes import daemon_env, maestro
+
+    layout = write_agent(tmp_path / "agent", prompts={"hello": "Say hello."})
+    env = daemon_env(tmp_path)
+    with open(layout.env_file, "a") as f:
+        f.write("MAESTRO_DAILY_USD_BUDGET=5$\n")
+    done = maestro(layout, "enqueue", "hello", "--source", "systemd", env=env)
+    assert done.returncode == 0, done.stderr
+    assert maestro(layout, "status", env=env).returncode == 78  # the typo is still a configuration error there
+    layout.registry_file.write_text("[hello\nmode = ")
+    broken = maestro(layout, "enqueue", "hello", env=env)
+    assert broken.returncode == 0 and "delivered anyway" in broken.stderr
+    assert len(os.listdir(layout.folder(Folder.INBOX))) == 2
+    layout.env_file.write_text("MAESTRO_MAX_INBOX=lots\n")
+    assert maestro(layout, "enqueue", "hello", env=env).returncode == 78  # what it uses must be valid
+
+
+def test_a_refused_edit_alerts_once_and_again_when_fixed(layout: Layout, clock: FakeClock) -> None:
+    from maestro_py.daemon.incidents import RULES
+
+    write_agent(layout, prompts={"memo": "Write the memo."})
+    daemon = make_daemon(layout, clock, FakeSpawner())
+    for text, registry in (("MAESTRO_DAILY_USD_BUDGET=5$\n", None), ("", "[memo\n"), ("", "")):
+        if registry is not None:
+            layout.registry_file.write_text(registry)
+        layout.env_file.write_text(text)
+        clock.advance(10)
+        run_steps(daemon, 3)
+    stages = [e["stage"] for e in events(layout) if e["stage"] in RULES]
+    assert stages.count("env_invalid") == 1 and stages.count("env_fixed") == 1, stages
+    assert stages.count("registry_invalid") == 1 and stages.count("registry_fixed") == 1, stages
+    alert = RULES["env_invalid"](next(e for e in events(layout) if e["stage"] == "env_invalid"))
+    assert "MAESTRO_DAILY_USD_BUDGET" in alert.body and alert.level == "failure"

@@ -56,6 +56,7 @@ class Housekeeping:
         self._cadences_version = _version(layout.cadences_dir)
         self._emptied_at: float | None = None  # when cadences.toml lost every cadence (not applied yet)
         self._env_mtime = _mtime(layout.env_file)
+        self._refused: set[str] = set()  # "env", "registry": an edit of it was refused and not fixed since
         self._login = command.login_stamp(env)  # the CLI's stored login: (mtime, size), never its contents
         self._next_reap = 0.0
         self._next_prune = 0.0
@@ -106,7 +107,9 @@ class Housekeeping:
             self._emptied_at = None  # an invalid file is never applied: nothing left to wait for
             self.registry.settles_at = now + REGISTRY_GRACE  # half written, perhaps: its ticks wait too
             self.events.emit("registry_invalid", level="error", error=str(exc), keeping="previous registry")
+            self._refused.add("registry")
             return
+        self._fixed("registry", "cadences.toml is valid again: its cadences are in force")
         if emptied_at is None and _configured(self.registry) and not _configured(registry):
             self._emptied_at = now
             self.registry.settles_at = now + REGISTRY_GRACE
@@ -126,6 +129,12 @@ class Housekeeping:
             self.events.emit("registry_reloaded", level="warn", empty=True)
         self.on_registry(registry)
 
+    def _fixed(self, what: str, reason: str) -> None:
+        """A file whose edit was refused loads again: say so once (`env_fixed`, `registry_fixed`)."""
+        if what in self._refused:
+            self._refused.discard(what)
+            self.events.emit(f"{what}_fixed", level="warn", reason=reason)
+
     def _reload_env(self) -> None:
         """A changed `.env` (a new key, say) is picked up without a restart and lifts the auth halt; so does a
         changed login file of the CLI (`claude` run again, a new `CLAUDE_CONFIG_DIR` login)."""
@@ -139,7 +148,9 @@ class Housekeeping:
             settings = Settings.from_env(env)
         except ConfigError as exc:  # a bad edit while running: say so, keep what runs now
             self.events.emit("env_invalid", level="error", error=str(exc), keeping="previous environment")
+            self._refused.add("env")
             return
+        self._fixed("env", ".env is valid again: its settings are in force")
         self.env = env
         self.on_settings(settings)
         scrub(self.env)

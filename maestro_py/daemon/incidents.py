@@ -115,6 +115,14 @@ RULES: dict[str, Callable[[Mapping[str, Any]], Alert]] = {
     "service_sync_failed": lambda e: Alert(
         "service_sync_failed", "service sync failed", f"the timers may not follow cadences.toml: {e.get('reason')}",
         "warning", "", {"reason": e.get("reason")}),
+    "env_invalid": lambda e: Alert(
+        "env_invalid", ".env edit refused", f"{e.get('error')}; the daemon keeps its previous settings until it is "
+        "fixed", "failure", str(e.get("error")), {"error": e.get("error")}),
+    "env_fixed": lambda e: Alert("env_fixed", ".env fixed", str(e.get("reason")), "success", ""),
+    "registry_invalid": lambda e: Alert(
+        "registry_invalid", "cadences.toml edit refused", f"{e.get('error')}; the daemon keeps its previous "
+        "cadences until it is fixed", "failure", str(e.get("error")), {"error": e.get("error")}),
+    "registry_fixed": lambda e: Alert("registry_fixed", "cadences.toml fixed", str(e.get("reason")), "success", ""),
     "crash_loop": lambda e: Alert(
         "crash_loop", "daemon crash loop",
         f"the daemon started {e.get('starts')} times in {e.get('window_s')} s without a clean stop", "failure", "",
@@ -123,7 +131,8 @@ RULES: dict[str, Callable[[Mapping[str, Any]], Alert]] = {
 # An alert that ends a state forgets the dedupe of the one that began it (and back): opened, closed, opened
 # again within the window are three alerts.
 PAIRS = {"circuit_opened": "circuit_closed", "auth_halt": "auth_halt_lifted", "quota_hold": "quota_hold_lifted",
-         "claude_missing": "claude_found", "governor_unavailable": "governor_available"}
+         "claude_missing": "claude_found", "governor_unavailable": "governor_available", "env_invalid": "env_fixed",
+         "registry_invalid": "registry_fixed"}
 PAIRS.update({v: k for k, v in PAIRS.items()})
 
 
