@@ -221,3 +221,68 @@ def test_a_server_restart_between_calls_is_not_an_outage(pg_server, pg_url: str)
     pg_server.restart()
     assert reserve(store, "after").admitted  # the dead connection is replaced, not reported as an outage
     assert {r["run_id"] for r in store.live(NOW)} == {"before", "after"}
+
+
+def _in_time(call, seconds: float):  # noqa: ANN001, ANN202
+    """`call()`'s result, or None if it still runs after `seconds` (it is left running in a daemon thread)."""
+    import threading
+
+    box: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: box.update(result=_outcome(call)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return box.get("result")
+
+
+def _outcome(call):  # noqa: ANN001, ANN202
+    try:
+        return call()
+    except StoreUnavailable as exc:
+        return exc
+
+
+def test_a_frozen_backend_cannot_hold_a_call_past_its_deadline(pg_server, pg_url: str, monkeypatch) -> None:
+    """SIGSTOP of the daemon's backend (a frozen VM, a stalled disk): its kernel still acknowledges every packet, so
+    only the client's own deadline ends the wait; the call is then tried once on a fresh connection."""
+    import os
+    import signal
+    import time
+
+    from maestro_py.fleet import postgres
+
+    monkeypatch.setattr(postgres, "CALL_DEADLINE", 1.0)
+    store = open_store(pg_url)
+    assert reserve(store, "warm").admitted
+    backend = store._run(lambda cur: store._q(cur, "SELECT pg_backend_pid()").fetchone()[0], write=False)
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        answer = _in_time(lambda: reserve(store, "frozen"), 10)
+        waited = time.monotonic() - started
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    assert answer is not None, "the call still waits on a frozen backend after 10 s"
+    assert waited < 5 and (isinstance(answer, StoreUnavailable) or answer.admitted), (waited, answer)
+    store.close()
+
+
+def test_a_client_frozen_holding_the_reserve_lock_is_cut_off_by_the_server(pg_server, pg_url: str) -> None:
+    """One client stopped inside a reserve (the lock row held) must not stop every daemon of the fleet: the server
+    ends its idle transaction, and the others reserve again."""
+    from maestro_py.fleet import postgres
+
+    store = open_store(pg_url)
+    assert reserve(store, "first").admitted
+    frozen = open_store(pg_url)._connect()  # another daemon's connection, with maestro's session settings
+    frozen.execute("SELECT id FROM maestro_lock WHERE id = 1 FOR UPDATE")  # and then nothing: frozen
+    try:
+        import time
+
+        started = time.monotonic()
+        answer = _outcome(lambda: reserve(store, "blocked"))  # waits at most a lock timeout per try (two tries)
+        assert time.monotonic() - started < 2 * postgres.STATEMENT_TIMEOUT_MS / 1000 + 2
+        time.sleep(max(0.0, started + postgres.IDLE_IN_TRANSACTION_MS / 1000 + 1 - time.monotonic()))
+        assert reserve(store, "after").admitted, answer  # the server ended the frozen transaction
+    finally:
+        frozen.close()
+        store.close()

@@ -3,13 +3,22 @@
 Reserves are serialised by a row lock (`SELECT … FOR UPDATE` on the one row of `maestro_lock`), taken
 before the transaction reads anything; other writes (settle, renew, release) need no lock, as each is one
 atomic transaction that only moves an amount from held to charged, and a reserve reads what is charged and
-what is held in one statement (READ COMMITTED gives each statement its own snapshot). Every connection has short connect,
-statement and lock timeouts, so an unreachable or wedged server makes the call fail (fail closed) instead
-of blocking the daemon's loop.
+what is held in one statement (READ COMMITTED gives each statement its own snapshot).
+
+No call waits on the server for long, whatever it does: the connect has a timeout; TCP keepalives and
+`tcp_user_timeout` cut a peer that stops acknowledging (a dropped link, a dead VM); the server ends a statement, a
+lock wait and a transaction left idle (a client frozen while it holds the reserve lock would otherwise stop every
+daemon of the fleet); and the client ends any call still waiting after `CALL_DEADLINE` by shutting its socket (a
+backend that is stopped, SIGSTOP or a stalled disk, still has its kernel acknowledge every packet, so no TCP
+timeout fires). The call then fails, and the caller fails closed.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from maestro_py.errors import ConfigError
@@ -17,6 +26,10 @@ from maestro_py.fleet.store import SqlStore
 
 CONNECT_TIMEOUT = 3  # seconds
 STATEMENT_TIMEOUT_MS = 5000
+IDLE_IN_TRANSACTION_MS = 10000  # the server ends a transaction its client left idle this long (and its locks)
+CALL_DEADLINE = 8.0  # seconds a call may wait on the server before the client cuts its connection
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+             "tcp_user_timeout": 8000}
 
 
 class PostgresStore(SqlStore):
@@ -31,8 +44,26 @@ class PostgresStore(SqlStore):
 
     def _connect(self) -> Any:
         return self._psycopg.connect(
-            self.url, connect_timeout=CONNECT_TIMEOUT, application_name="maestro",
-            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={STATEMENT_TIMEOUT_MS}")
+            self.url, connect_timeout=CONNECT_TIMEOUT, application_name="maestro", **KEEPALIVE,
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={STATEMENT_TIMEOUT_MS} "
+                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}")
+
+    @contextmanager
+    def _deadline(self, conn: Any) -> Iterator[None]:
+        """Cut `conn` (shut its socket: the waiting read fails at once) if the call is still running after
+        CALL_DEADLINE seconds; the caller then treats the store as unavailable."""
+        def cut() -> None:
+            try:
+                socket.socket(fileno=conn.fileno()).shutdown(socket.SHUT_RDWR)  # the fd stays psycopg's
+            except OSError:
+                pass
+        timer = threading.Timer(CALL_DEADLINE, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
     def _init_first(self, cur: Any) -> None:
         # Many daemons starting at once would race CREATE TABLE IF NOT EXISTS (a known PostgreSQL race on

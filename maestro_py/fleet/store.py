@@ -18,6 +18,7 @@ Any failure to reach the store raises `StoreUnavailable`; the caller fails close
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -26,28 +27,13 @@ from maestro_py.clock import iso
 from maestro_py.errors import ConfigError
 from maestro_py.fleet.model import (WINDOWS, Admission, Lease, ScopeLimit, StoreUnavailable, axis, check_scope, over,
                                     scopes_of)
+from maestro_py.fleet.schema import SCHEMA
 from maestro_py.redact import mask_url
 from maestro_py.policy.budget import Limit, amount, window_bounds
 
 KEEP_CHARGES_SECONDS = 40 * 86400  # longer than the longest window: older charges are pruned
 TOP = 5  # agents and cadences listed per scope in a summary
 
-
-# The same schema for both: timestamps are epoch seconds, amounts floats, flags integers.
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS maestro_limits (
-        scope TEXT NOT NULL, period TEXT NOT NULL, tokens BIGINT, usd DOUBLE PRECISION, tz TEXT,
-        PRIMARY KEY (scope, period))""",
-    """CREATE TABLE IF NOT EXISTS maestro_reservations (
-        run_id TEXT PRIMARY KEY, agent TEXT NOT NULL, cadence TEXT NOT NULL, host TEXT NOT NULL,
-        pid INTEGER NOT NULL, tick TEXT NOT NULL, tokens DOUBLE PRECISION NOT NULL, usd DOUBLE PRECISION NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS maestro_charges (
-        run_id TEXT PRIMARY KEY, agent TEXT NOT NULL, cadence TEXT NOT NULL, host TEXT NOT NULL, tick TEXT NOT NULL,
-        ts DOUBLE PRECISION NOT NULL, tokens DOUBLE PRECISION NOT NULL, usd DOUBLE PRECISION NOT NULL,
-        measured INTEGER NOT NULL, source TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS maestro_charges_ts ON maestro_charges (ts)",
-)
 
 LIVE = "SELECT COUNT(*) FROM maestro_reservations WHERE expires_at > ?"  # the fleet's live runs at a time
 _FILTERS = {"fleet": "1=1", "agent": "agent = ?", "cadence": "agent = ? AND cadence = ?"}
@@ -78,6 +64,10 @@ class SqlStore:
 
     def _sql(self, text: str) -> str:
         return text
+
+    def _deadline(self, conn: Any) -> Any:
+        """A bound on how long one call may wait on the store (a context manager; none by default)."""
+        return nullcontext()
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         raise NotImplementedError
@@ -127,9 +117,10 @@ class SqlStore:
         conn = self._connection()
         cur = conn.cursor()
         try:
-            self._begin(cur, write=write, serial=serial)
-            result = work(cur)
-            conn.commit()
+            with self._deadline(conn):
+                self._begin(cur, write=write, serial=serial)
+                result = work(cur)
+                conn.commit()
             return result
         except BaseException:
             try:
