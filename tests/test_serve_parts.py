@@ -245,3 +245,36 @@ def test_enqueue_loads_neither_serve_nor_its_stack(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "[]"
     assert len(list(Layout(root).folder(Folder.INBOX).iterdir())) == 1
+
+
+def test_files_maestro_creates_are_private(tmp_path: Path) -> None:
+    """0600: the idempotency keys with SQLite's -wal and -shm, a SQLite governor store with its own, the daemon's
+    lock (they were 0644)."""
+    import os
+    import stat
+
+    before = os.umask(0o022)  # a usual umask: the modes must not depend on it
+    try:
+        _make_files(tmp_path)
+    finally:
+        os.umask(before)
+    made = [p for p in tmp_path.iterdir() if p.is_file()]
+    assert {p.name for p in made} >= {"serve-keys.sqlite3", "serve-keys.sqlite3-wal", "governor.db", "daemon.lock"}
+    loose = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in made if stat.S_IMODE(p.stat().st_mode) != 0o600}
+    assert loose == {}
+
+
+def _make_files(tmp_path: Path) -> None:
+    from maestro_py.daemon.lock import DaemonLock
+    from maestro_py.fleet import open_store
+    from maestro_py.serve.idempotency import KeyStore
+
+    keys = KeyStore(tmp_path / "serve-keys.sqlite3")
+    with keys.claim("k1", "fp") as (_, remember):
+        remember("20990101T000000000000Z-0000001-0000abcd", "hello")
+    store = open_store(f"sqlite:///{tmp_path}/governor.db")
+    store.ping()
+    lock = DaemonLock(tmp_path / "daemon.lock", tmp_path)
+    lock.acquire()
+    lock.release()
+    store.close()

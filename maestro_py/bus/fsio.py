@@ -198,6 +198,13 @@ def scan_dir(folder: Path) -> list[os.DirEntry[str]]:
         return []
 
 
+def private_file(path: Path) -> Path:
+    """`path` created 0600 if missing, before a library opens it (SQLite gives its -wal and -shm files the
+    database file's mode, so they are private too); an existing file is left as it is."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+    return path
+
+
 @contextmanager
 def flocked(path: Path) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created 0600 if missing) for the block; it dies with the process."""

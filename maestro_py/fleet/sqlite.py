@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from maestro_py.bus.fsio import private_file
 from maestro_py.fleet.store import SqlStore
 
 BUSY_TIMEOUT = 5.0  # seconds a writer waits for another's transaction
@@ -24,7 +25,7 @@ class SqliteStore(SqlStore):
     def _connect(self) -> Any:
         if not self.path.parent.is_dir():
             raise sqlite3.OperationalError(f"no folder {self.path.parent}")
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(private_file(self.path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; a power cut loses the last few

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from maestro_py.bus.fsio import private_file
 from maestro_py.serve.http import HttpError
 
 TTL_SECONDS = 24 * 3600
@@ -67,12 +68,11 @@ class KeyStore:
         self._lock = threading.Lock()
         self._inserts = 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+        self._db = sqlite3.connect(str(private_file(path)), isolation_level=None, check_same_thread=False,
                                    timeout=BUSY_TIMEOUT_MS / 1000)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a key answered is a key kept
         self._db.executescript(_SCHEMA)
-        path.chmod(0o600)
 
     @contextmanager
     def claim(self, key: str, fp: str) -> Iterator[tuple[Remembered | None, Callable[[str, str], None]]]:
