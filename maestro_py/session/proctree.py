@@ -158,8 +158,10 @@ def die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def reap_adopted(tracked: set[int]) -> list[int]:
-    """SIGKILL and reap every child of this process not in `tracked` (orphans adopted as subreaper); return their pids.
+def reap_adopted(tracked: set[int]) -> list[tuple[int, str]]:
+    """Reap every child of this process not in `tracked` (orphans adopted as subreaper): one that has exited (a
+    zombie the CLI's tools leave after every normal run) is only reaped; a live one is SIGKILLed with its tree and
+    reaped. (pid, command) of each live orphan killed: exited ones are no news.
 
     Only the daemon calls this, and `tracked` must hold every child it started itself (all live
     sub-sessions): any other direct child is an orphan a sub-session left behind.
@@ -170,20 +172,29 @@ def reap_adopted(tracked: set[int]) -> list[int]:
     except psutil.Error:
         return []
     adopted = [c for c in children if c.pid not in tracked]
-    if not adopted:
+    live: list[tuple[psutil.Process, str]] = []
+    for child in adopted:
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                _reap(child.pid)
+                continue
+            live.append((child, " ".join(child.cmdline())[:200]))
+        except psutil.Error:
+            _reap(child.pid)
+    if not live:
         return []
     # Their own descendants stay children of theirs until they die, so take the whole trees now.
-    trees = _unique([*adopted, *(d for c in adopted for d in _descendants(c))])
+    trees = _unique([*(c for c, _ in live), *(d for c, _ in live for d in _descendants(c))])
     kill_now(trees)
     wait_gone(trees, KILL_WAIT)
-    for child in adopted:
+    for child, _ in live:
         _reap(child.pid)
     # Grandchildren orphaned by the kill were reparented to us in the meantime: reap those too.
     for late in _children_not_in(me, tracked):
         _send(late, signal.SIGKILL)
         wait_gone([late], KILL_WAIT)
         _reap(late.pid)
-    return sorted({c.pid for c in adopted})
+    return sorted((c.pid, command) for c, command in live)
 
 
 def _children_not_in(me: psutil.Process, tracked: set[int]) -> list[psutil.Process]:
