@@ -387,3 +387,18 @@ def test_circuit_open_refuses_a_cadence_that_does_not_exist(runner: CliRunner, r
     assert invoke(runner, root, "circuit", "open", "hello").exit_code == 0
     listed = invoke(runner, root, "circuit", "list").stdout
     assert "until until" not in listed and "open until reset" in listed
+
+
+def test_small_operator_answers(runner: CliRunner, root: Path) -> None:
+    """From the walk: an empty dlq replay says so; a circuit reset of no such cadence is a usage error; a budget
+    spent past its limit is never shown as a negative amount left."""
+    from maestro_py.cli.common import figure_lines
+
+    replay = invoke(runner, root, "dlq", "replay", "--all")
+    assert replay.exit_code == 0 and "nothing to replay" in replay.stdout
+    nope = invoke(runner, root, "circuit", "reset", "nope")
+    assert nope.exit_code == 2 and "no cadence and no circuit named 'nope'" in one_line_error(nope)
+    assert invoke(runner, root, "circuit", "reset", "hello").exit_code == 0
+    row = {"total": {"tokens": None, "usd": 1.0}, "spent": {"tokens": 5, "usd": 1.0106},
+           "reserved": {"tokens": 0, "usd": 0.0}, "remaining": {"tokens": None, "usd": -0.0106}}
+    assert "remaining $0.0000 (over by $0.0106)" in figure_lines(row)[1]

@@ -258,6 +258,9 @@ def test_a_repeated_idempotency_key_returns_the_first_tick_and_writes_nothing(se
     assert (first.status, again.status) == (202, 200)
     assert again.json()["id"] == first.json()["id"] and again.headers["idempotent-replayed"] == "true"
     assert len(inbox(agent)) == 1
+    spaced = s.request("POST", "/v1/cadences/hello/ticks", '{ "payload" : { "n" : 1 } }',
+                       {"Idempotency-Key": "order-7", "Content-Type": "application/json"})
+    assert spaced.status == 200 and spaced.json()["id"] == first.json()["id"]  # the same JSON, other whitespace
     assert s.post("hello", {"payload": {"n": 2}}, {"Idempotency-Key": "order-7"}).status == 422
     assert s.post("deploy", {"payload": {"n": 1}}, {"Idempotency-Key": "order-7"}).status == 422
     assert s.post("hello", None, {"Idempotency-Key": "bad key with spaces"}).status == 400

@@ -36,7 +36,9 @@ def options(**env: str) -> ServeOptions:
 def test_an_envelope_with_every_key() -> None:
     t = triggers.envelope("memo", b'{"payload": {"a": [1]}, "delay": 1.5, "source": "ci"}', "k")
     assert (t.payload, t.delay, t.source, t.key) == ({"a": [1]}, 1.5, "ci", "k")
-    assert t.fingerprint == fingerprint("memo", b'{"payload": {"a": [1]}, "delay": 1.5, "source": "ci"}')
+    assert t.fingerprint == fingerprint("memo", b'{"delay":1.5,"payload":{"a":[1]},"source":"ci"}')  # canonical
+    spaced = triggers.envelope("memo", b'{ "source":"ci",\n "delay": 1.5, "payload": {"a": [ 1 ]} }', "k")
+    assert spaced.fingerprint == t.fingerprint
     nulls = triggers.envelope("memo", b'{"payload": null, "delay": null}', None)
     assert (nulls.payload, nulls.delay, nulls.source) == ({}, 0.0, "http")
 

@@ -10,7 +10,8 @@ import click
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.store import Bus
 from maestro_py.bus.tick import CADENCE_RE
-from maestro_py.cli.common import EX_USAGE, CliError, Context, load_breakers, open_circuits, pass_ctx
+from maestro_py.cli.common import (EX_USAGE, CliError, Context, load_breakers, open_circuits, pass_ctx,
+                                   registry_or_none)
 from maestro_py.clock import MAX_NUMBER, SystemClock, iso
 from maestro_py.errors import TickInvalid, TickNotQueued
 from maestro_py.ops import when
@@ -62,6 +63,10 @@ def circuit_reset(c: Context, cadence: str | None, all_: bool, keep_backoff: boo
     if bool(cadence) == all_:
         raise CliError("give a CADENCE or --all (not both)", EX_USAGE)
     breakers, file = load_breakers(c)
+    registry = registry_or_none(c)  # an invalid registry refuses nothing here: `maestro doctor` names it
+    if cadence is not None and cadence not in breakers.circuits and registry is not None and not registry.knows(cadence):
+        raise CliError(f"no cadence and no circuit named {cadence!r} (`maestro circuit list`, `maestro cadences`)",
+                       EX_USAGE)
     closed = breakers.reset(None if all_ else cadence)
     now = SystemClock().now()
     c.layout.ensure()

@@ -219,7 +219,15 @@ def figure_lines(row: dict[str, Any]) -> list[str]:
     """A budget row's total, spent, reserved and remaining, one line per unit (`budget`, `governor show`)."""
     return [f"  {unit:<6} total {fmt_amount(row['total'][unit], unit)}  spent {fmt_amount(row['spent'][unit], unit)}"
             f"  reserved {fmt_amount(row['reserved'][unit], unit)}"
-            f"  remaining {fmt_amount(row['remaining'][unit], unit)}" for unit in ("tokens", "usd")]
+            f"  remaining {_left(row['remaining'][unit], unit)}" for unit in ("tokens", "usd")]
+
+
+def _left(value: Any, unit: str) -> str:
+    """What is left: never below zero; a budget spent past its limit (a run costs more than it reserved) says by
+    how much."""
+    if isinstance(value, (int, float)) and value < 0:
+        return f"{fmt_amount(0 if unit == 'tokens' else 0.0, unit)} (over by {fmt_amount(-value, unit)})"
+    return fmt_amount(value, unit)
 
 
 def fmt_amount(value: Any, unit: str) -> str:

@@ -76,6 +76,9 @@ def dlq_replay(c: Context, tick_ids: tuple[str, ...], all_: bool, reset_attempts
     bus = Bus(c.layout, max_inbox=10**9)
     ids = ([i["id"] for i in bus.dead_letters() if i["kind"] == "tick"] if all_
            else [tick_id_arg(c, given, dead_letters=True) for given in tick_ids])
+    if not ids:
+        click.echo("dlq holds no dead-lettered tick: nothing to replay")
+        return
     errors: list[str] = []
     for tick_id in ids:
         try:

@@ -14,6 +14,7 @@ crash of the server between its enqueue and the commit, a key may be forgotten (
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import threading
 import time
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from maestro_py.bus.fsio import private_file
 from maestro_py.serve.http import HttpError
@@ -55,8 +57,14 @@ def check_key(key: str) -> str:
 
 
 def fingerprint(cadence: str, body: bytes) -> str:
-    """What identifies a request for its key: its cadence and raw body."""
+    """What identifies a request for its key: its cadence and body (`canonical` for a JSON envelope)."""
     return hashlib.sha256(cadence.encode() + b"\0" + body).hexdigest()
+
+
+def canonical(doc: Any) -> bytes:
+    """A JSON document as one form whatever its spacing and key order: the same envelope sent again with other
+    whitespace is the same request, not another one under the same key (422)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class KeyStore:

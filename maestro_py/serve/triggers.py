@@ -34,7 +34,7 @@ from maestro_py.policy.emergency import read_stop_file
 from maestro_py.redact import Redactor
 from maestro_py.registry import Registry, RegistryError
 from maestro_py.serve.http import HttpError
-from maestro_py.serve.idempotency import KeyStore, check_key, fingerprint
+from maestro_py.serve.idempotency import KeyStore, canonical, check_key, fingerprint
 from maestro_py.serve.options import RETRY_AFTER_FULL, RETRY_AFTER_STOP, ServeOptions
 
 ENVELOPE_KEYS = frozenset({"payload", "delay", "source"})
@@ -89,7 +89,7 @@ def envelope(cadence: str, body: bytes, key: str | None) -> Trigger:
     source = doc.get("source", DEFAULT_SOURCE)
     if not isinstance(source, str) or not 0 < len(source) <= MAX_SOURCE or not source.isprintable():
         raise HttpError(400, f"source must be a printable string of 1-{MAX_SOURCE} characters")
-    return Trigger(cadence, payload, float(delay), source, key, fingerprint(cadence, body))
+    return Trigger(cadence, payload, float(delay), source, key, fingerprint(cadence, canonical(doc)))
 
 
 def webhook(cadence: str, body: bytes, headers: Mapping[str, str], key: str | None) -> Trigger:
