@@ -286,3 +286,21 @@ def test_a_client_frozen_holding_the_reserve_lock_is_cut_off_by_the_server(pg_se
     finally:
         frozen.close()
         store.close()
+
+
+def test_a_deleted_or_replaced_sqlite_file_is_never_used_as_a_hidden_copy(tmp_path: Path) -> None:
+    """The file deleted under a running daemon: it fails closed (a new empty store would have no limits); a new
+    file in its place: its limits apply at once, not the unlinked inode's."""
+    path = tmp_path / "governor.db"
+    store = open_store(f"sqlite:///{path}")
+    assert reserve(store, "first").admitted
+    path.unlink()
+    with pytest.raises(StoreUnavailable):
+        reserve(store, "after-delete")
+    assert not path.exists()  # nothing made up in its place
+    fresh = open_store(f"sqlite:///{path}")
+    fresh.set_limit("agent:ann", "daily", usd=0.000001)
+    fresh.close()
+    answer = reserve(store, "after-replace")
+    assert not answer.admitted and answer.reason == "budget"  # the new file's limit
+    store.close()

@@ -7,6 +7,7 @@ anything, so reserves are serialised across processes by SQLite itself. A writer
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,18 @@ class SqliteStore(SqlStore):
         self.path = Path(path)
         self.url = f"sqlite:///{path}"
 
+    _file: tuple[int, int] | None = None  # (device, inode) of the file the open connection uses
+
     def _connect(self) -> Any:
         if not self.path.parent.is_dir():
             raise sqlite3.OperationalError(f"no folder {self.path.parent}")
+        if self._file is not None and not self.path.exists():
+            # A store that was in use and is gone: a new empty file would have no limits. Fail closed until it is
+            # back (or `maestro governor set` makes one).
+            raise sqlite3.OperationalError(f"{self.path} was deleted")
         conn = sqlite3.connect(private_file(self.path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        st = os.stat(self.path)
+        self._file = (st.st_dev, st.st_ino)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; a power cut loses the last few
@@ -34,6 +43,14 @@ class SqliteStore(SqlStore):
             conn.close()
             raise
         return conn
+
+    def _same_store(self) -> bool:
+        """The file at the store's path is still the one the connection has open (not deleted, not replaced)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._file
 
     def _begin(self, cur: Any, *, write: bool, serial: bool) -> None:
         cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")

