@@ -132,6 +132,11 @@ class Layout:
     def ledger_file(self) -> Path:
         return self.state_dir / "cost-ledger.jsonl"
 
+    @cached_property
+    def root_id_file(self) -> Path:
+        """This root's identity in a shared governor store (`state.root_id`)."""
+        return self.state_dir / "root-id"
+
     def ledger_archive(self, month: str) -> Path:
         """Where retention moves the ledger rows of an earlier local month (`YYYY-MM`): the one name rule."""
         return self.state_dir / f"cost-ledger-{month}.jsonl"

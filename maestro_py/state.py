@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from maestro_py.bus.fsio import atomic_write
 from maestro_py.bus.owner import Owner
 from maestro_py.clock import parse_iso
 from maestro_py.config import VARS, Settings, load_env
@@ -201,3 +202,20 @@ def judge(layout: Layout, now: datetime, env: Mapping[str, str] | None = None) -
     if problem is not None:
         return Health(EX_CONFIG, problem, cond, words, seen, limit)
     return Health(CODES[cond], words, cond, words, seen, limit)
+
+
+def root_id(layout: Layout) -> str:
+    """A stable id for this agent root, made once and kept in `state/root-id`: two roots whose folders share a name
+    share an agent name in the governor store, but each reclaims only its own leases."""
+    import secrets
+
+    try:
+        text = layout.root_id_file.read_text(encoding="ascii").strip()
+        if text.isalnum() and 8 <= len(text) <= 64:
+            return text
+    except (OSError, UnicodeDecodeError):
+        pass
+    made = secrets.token_hex(8)
+    layout.state_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(layout.root_id_file, f"{made}\n".encode())
+    return made

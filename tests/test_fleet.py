@@ -8,6 +8,8 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from maestro_py.daemon.loop import Daemon
 from maestro_py.fleet import open_store
 from maestro_py.fleet.gate import RETRY_SECONDS
@@ -164,7 +166,9 @@ def test_a_restarted_daemon_charges_the_lease_its_predecessor_left(tmp_path: Pat
     lay = agent(tmp_path, "a", MEMO.replace("[[fake:ok]]", ""))
     lay.prompt_file("memo").write_text("hang here")
     store = open_store(url)
-    left = Lease("old-run", "a", "memo", socket.gethostname(), 1, "t-old", 1000, 0.01)
+    from maestro_py.state import root_id
+
+    left = Lease("old-run", "a", "memo", f"{socket.gethostname()}#{root_id(lay)}", 1, "t-old", 1000, 0.01)
     assert store.reserve(left, clock.now(), lease_seconds=120, max_live=None).admitted
     d = daemon(lay, clock, FakeSpawner(), url)
     run_steps(d, 1)
@@ -184,3 +188,26 @@ def test_the_overshoot_is_at_most_what_runs_live_together_spend_beyond_their_res
     spawner, _, _ = three_roots_at_once(tmp_path, clock, url, tokens=3000, registry=low)
     spent = sum(c["tokens"] for c in open_store(url).charges())
     assert spawner.count == 3 and spent - 3000 == 3 * (RUN_TOKENS - 1000)
+
+
+def test_two_roots_whose_folders_share_a_name_never_take_each_others_leases(tmp_path: Path, clock: FakeClock) -> None:
+    """`/…/clientA/agent` and `/…/clientB/agent` are both agent `agent` in the store: B's start-up must not reclaim
+    A's live lease (both would run past MAESTRO_FLEET_MAX_LIVE=1), nor say "an earlier process of this agent"."""
+    url = f"sqlite:///{tmp_path}/governor.db"
+    spawner = FakeSpawner(default="hang")
+    first = write_agent(tmp_path / "clientA" / "agent", prompts={"memo": "Write."})
+    a = make_daemon(first, clock, spawner, MAESTRO_GOVERNOR_URL=url, MAESTRO_FLEET_MAX_LIVE=1)
+    a.guardrails.credentials_verified = True
+    enqueue(first, clock, "memo")
+    run_steps(a, 3)
+    assert spawner.count == 1
+    second = write_agent(tmp_path / "clientB" / "agent", prompts={"memo": "Write."})
+    b = make_daemon(second, clock, spawner, MAESTRO_GOVERNOR_URL=url, MAESTRO_FLEET_MAX_LIVE=1)
+    b.fleet.pid = 4_000_000  # B is another process, as in production
+    b.guardrails.credentials_verified = True
+    enqueue(second, clock, "memo")
+    run_steps(b, 5)
+    assert spawner.count == 1  # the pool of one is A's
+    assert len(open_store(url).live(clock.now())) == 1 and not open_store(url).charges()
+    assert not [e for e in events(second) if e["stage"] == "governor_reclaimed"]
+    assert b.counters["skipped_fleet_live_cap"] == 1

@@ -33,6 +33,7 @@ from maestro_py.daemon.metrics import Metrics
 from maestro_py.daemon.sdnotify import Notifier, scrub, status_line
 from maestro_py.daemon.settle import Settler
 from maestro_py.daemon.status import StatusWriter, new_counters, status_doc
+from maestro_py.state import root_id
 from maestro_py.daemon.wakeup import Wakeup
 from maestro_py.policy.backoff import Backoff, parse_backoff
 from maestro_py.policy.breaker import Breakers, CircuitFile, PersistedCircuits
@@ -330,7 +331,8 @@ def fleet_gate(layout: Layout, settings: Settings, events: EventLog, clock: Cloc
     from maestro_py.fleet.gate import FleetGate
     from maestro_py.fleet import open_store
 
+    # The holder is this host and this root: a root reclaims only its own leases, whatever its name.
     return FleetGate(open_store(settings.governor_url), agent=settings.agent or agent_name(layout.root.name),
-                     host=socket.gethostname(), pid=os.getpid(), max_live=settings.fleet_max_live,
+                     host=f"{socket.gethostname()}#{root_id(layout)}", pid=os.getpid(), max_live=settings.fleet_max_live,
                      lease_seconds=settings.fleet_lease_seconds, outbox=layout.fleet_outbox_file, events=events,
                      clock=clock)
