@@ -472,3 +472,18 @@ def test_behind_a_proxy_open_access_is_refused_and_a_webhook_secret_opens_no_rea
     signed = serve(MAESTRO_WEBHOOK_SECRET=WEBHOOK_SECRET)
     assert signed.request("GET", "/").status == 401 and signed.request("GET", "/metrics").status == 401
     assert signed.request("GET", "/v1/ticks/20990101T000000000000Z-0000001-0000abcd").status == 401
+
+
+def test_a_token_added_or_rotated_in_env_takes_effect_at_once(serve, agent: Layout) -> None:
+    """`maestro serve` applies `.env` edits to its credentials as the daemon applies its settings: no restart."""
+    s = serve()
+    assert s.post("hello", {}).status == 202  # nothing set: open to direct local requests
+    agent.env_file.write_text(f"MAESTRO_SERVE_TOKEN={TOKEN}\n")
+    assert s.post("hello", {}).status == 401
+    assert s.post("hello", {}, bearer()).status == 202
+    newer = TOKEN + "-rotated"
+    agent.env_file.write_text(f"MAESTRO_SERVE_TOKEN={newer}\n")
+    assert s.post("hello", {}, bearer()).status == 401  # the old token is refused at once
+    assert s.post("hello", {}, bearer(newer)).status == 202
+    agent.env_file.write_text(f"MAESTRO_SERVE_TOKEN={newer}\nMAESTRO_POLL_MS=lots\n")  # a bad edit: kept as it was
+    assert s.post("hello", {}, bearer(newer)).status == 202

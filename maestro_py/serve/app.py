@@ -28,7 +28,7 @@ from maestro_py.serve import auth, page, snapshot, ticks, triggers
 from maestro_py.serve.body import read_body
 from maestro_py.serve.http import SECURITY_HEADERS, HttpError, error_answer, json_answer, text_answer
 from maestro_py.serve.idempotency import KeyStore, check_key
-from maestro_py.serve.options import ServeOptions
+from maestro_py.serve.options import Credentials, ServeOptions
 from maestro_py.state import judge
 
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -62,16 +62,18 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
     """The application for one agent root (the registry is read now: an invalid one raises RegistryError)."""
     keys = KeyStore(layout.serve_keys_file)
     intake = triggers.Intake(layout, options, triggers.Cadences(layout), keys, Redactor(env))
+    creds = Credentials(layout, options, settings, on_env=intake.redactor.update)  # `.env` edits apply at once
 
     @answering
     async def post_tick(request: Request) -> Response:
         started = time.monotonic()
         headers = request.headers
-        access = auth.trigger_access(headers, options, peer(request))
+        opts = creds.current()
+        access = auth.trigger_access(headers, opts, peer(request))
         body = await read_body(request.receive, headers, limit=options.max_body, deadline=started + options.timeout,
                                timeout=options.timeout)
         if access is auth.Access.WEBHOOK:
-            auth.verify_signature(body, headers[auth.SIGNATURE_HEADER], options.webhook_secret or "")
+            auth.verify_signature(body, headers[auth.SIGNATURE_HEADER], opts.webhook_secret or "")
         name = request.path_params["name"]
         if not CADENCE_RE.match(name):
             raise HttpError(400, f"invalid cadence name (expected {CADENCE_RE.pattern})")
@@ -90,7 +92,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
 
     @answering
     async def get_tick(request: Request) -> Response:
-        auth.read_access(request.headers, options, peer(request))
+        auth.read_access(request.headers, creds.current(), peer(request))
         doc = await run_in_threadpool(ticks.find_tick, layout, request.path_params["tick_id"])
         if doc is None:
             raise HttpError(404, "no such tick in inbox/, claimed/, done/ or dlq/ (done ticks are pruned after "
@@ -111,7 +113,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
 
     @answering
     async def metrics(request: Request) -> Response:
-        auth.read_access(request.headers, options, peer(request))
+        auth.read_access(request.headers, creds.current(), peer(request))
         text = await run_in_threadpool(_read_metrics, layout)
         if text is None:
             return text_answer(503, f"no metrics: {metrics_file(layout)} is absent (the daemon writes it while it "
@@ -120,7 +122,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
 
     @answering
     async def status_page(request: Request) -> Response:
-        auth.read_access(request.headers, options, peer(request), page=True)
+        auth.read_access(request.headers, creds.current(), peer(request), page=True)
         snap = await run_in_threadpool(lambda: snapshot.take(layout, settings, intake.cadences.current(),
                                                              SystemClock().now(), env))
         return Response(page.render(snap), media_type="text/html; charset=utf-8",

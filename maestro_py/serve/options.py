@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
-from maestro_py.config import VARS, Settings
+from maestro_py.config import VARS, Settings, load_env
 from maestro_py.errors import ConfigError
 from maestro_py.loopback import is_loopback
+from maestro_py.paths import Layout
 from maestro_py.redact import SERVE_SECRETS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -57,3 +59,38 @@ def check_bind(host: str, options: ServeOptions) -> None:
         if options.token is None:
             raise ConfigError(f"refusing to listen on {host} (not a loopback address) without MAESTRO_SERVE_TOKEN "
                               "set: anyone who can reach it could trigger runs and read the status page")
+
+
+class Credentials:
+    """The serve credentials in force: `.env` is looked at on each request (one stat) and, when it changed, read
+    again, so a token added, rotated or removed takes effect at once, as the daemon applies `.env` edits. An
+    edit that does not parse keeps the credentials in force (the daemon alerts it: `env_invalid`). Limits and the
+    listening address stay as started (a restart applies them)."""
+
+    def __init__(self, layout: Layout, options: ServeOptions, settings: Settings,
+                 on_env: Callable[[dict[str, str]], None] = lambda env: None) -> None:
+        self.layout = layout
+        self.options = options
+        self.settings = settings
+        self.on_env = on_env
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.layout.env_file)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def current(self) -> ServeOptions:
+        stamp = self._stamp()
+        if stamp != self._seen:
+            self._seen = stamp
+            try:
+                env = load_env(self.layout)
+                fresh = ServeOptions.from_env(env, self.settings)
+            except ConfigError:
+                return self.options
+            self.options = replace(self.options, token=fresh.token, webhook_secret=fresh.webhook_secret)
+            self.on_env(env)
+        return self.options
