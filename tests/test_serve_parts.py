@@ -280,3 +280,33 @@ def _make_files(tmp_path: Path) -> None:
     lock.acquire()
     lock.release()
     store.close()
+
+
+def test_a_corrupt_key_store_is_one_line_and_a_locked_one_a_bounded_503(tmp_path: Path) -> None:
+    import sqlite3
+    import time
+
+    from maestro_py.errors import ConfigError
+    from maestro_py.serve import idempotency
+    from maestro_py.serve.idempotency import KeyStore
+
+    bad = tmp_path / "corrupt.sqlite3"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ConfigError) as err:
+        KeyStore(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    keys = KeyStore(tmp_path / "keys.sqlite3")
+    other = sqlite3.connect(tmp_path / "keys.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        started = time.monotonic()
+        with pytest.raises(HttpError) as busy:
+            with keys.claim("k", "fp"):
+                pass
+        assert busy.value.status == 503 and busy.value.headers["Retry-After"]
+        assert time.monotonic() - started < idempotency.BUSY_TIMEOUT_MS / 1000 + 1
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with keys.claim("k", "fp") as (found, remember):  # free again: it works
+        assert found is None

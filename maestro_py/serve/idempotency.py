@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from maestro_py.bus.fsio import private_file
+from maestro_py.errors import ConfigError
 from maestro_py.serve.http import HttpError
 
 TTL_SECONDS = 24 * 3600
 MAX_KEYS = 100_000
 MAX_KEY_LENGTH = 200
-BUSY_TIMEOUT_MS = 10_000
+BUSY_TIMEOUT_MS = 2_000  # a keyed request waits at most this for another writer (then 503, Retry-After)
+RETRY_AFTER_BUSY = 5
 CAP_EVERY = 1000  # inserts between checks of MAX_KEYS (the check walks the index): at most MAX_KEYS + this kept
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -76,11 +78,15 @@ class KeyStore:
         self._lock = threading.Lock()
         self._inserts = 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(private_file(path)), isolation_level=None, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a key answered is a key kept
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(str(private_file(path)), isolation_level=None, check_same_thread=False,
+                                       timeout=BUSY_TIMEOUT_MS / 1000)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a key answered is a key kept
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:  # corrupt, not a database, locked past the timeout: one line at start
+            raise ConfigError(f"{path}: the idempotency keys cannot be used ({exc}); move the file aside (keys "
+                              "only live 24 h) and start again") from None
 
     @contextmanager
     def claim(self, key: str, fp: str) -> Iterator[tuple[Remembered | None, Callable[[str, str], None]]]:
@@ -88,7 +94,11 @@ class KeyStore:
         call once the tick is enqueued). 422 if the key was used for another request. An exception inside the
         block rolls back: nothing is remembered for a request that wrote nothing."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:  # another writer holds it past the busy timeout: bounded
+                raise HttpError(503, f"the idempotency keys are busy ({exc}); retry shortly",
+                                {"Retry-After": str(RETRY_AFTER_BUSY)}) from None
             try:
                 now = self._clock()
                 row = self._db.execute("SELECT fingerprint, tick_id, cadence, created FROM keys WHERE key = ? "
