@@ -46,3 +46,34 @@ def test_concurrent_replays_of_one_key_make_one_tick(served: Served) -> None:
     statuses = storm(served, 40, {"Idempotency-Key": "storm-1"})
     assert statuses == Counter({202: 1, 200: 39})
     assert len(names(served.layout, Folder.INBOX)) == 1
+
+
+def test_past_the_connection_limit_healthz_still_answers_the_daemons_health(tmp_path: Path) -> None:
+    """1,010 clients that trickle their headers hold every connection: other requests get 503 "overloaded" (the
+    server's own state), while /healthz answers what `maestro status` would (here: no daemon, 503 not running)."""
+    import resource
+    import socket as sockets
+    import time
+
+    from maestro_py.serve.server import MAX_CONNECTIONS
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < MAX_CONNECTIONS + 200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is too low for {MAX_CONNECTIONS} connections")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, MAX_CONNECTIONS + 200), hard))
+    served = Served(write_agent(tmp_path / "agent", prompts={"hello": "hi"}), tmp_path)  # inherits the limit
+    held: list[sockets.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 10):
+            s = sockets.create_connection(("127.0.0.1", served.port), timeout=5)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the end of the headers
+            held.append(s)
+        time.sleep(0.5)
+        page = served.request("GET", "/")
+        health = served.request("GET", "/healthz")
+    finally:
+        for s in held:
+            s.close()
+        served.stop()
+    assert page.status == 503 and "overloaded" in page.text
+    assert health.status == 503 and health.json()["exit_code"] == 3 and "not running" in health.json()["health"]

@@ -310,3 +310,33 @@ def test_a_corrupt_key_store_is_one_line_and_a_locked_one_a_bounded_503(tmp_path
         other.close()
     with keys.claim("k", "fp") as (found, remember):  # free again: it works
         assert found is None
+
+
+def test_serves_own_overload_is_not_the_daemons_health() -> None:
+    """Past the connection limit every request but /healthz gets 503 "overloaded" with Retry-After; /healthz is
+    still answered by the app (uvicorn keeps it a reserve of connections), so a monitor is not paged for it."""
+    import asyncio
+
+    from maestro_py.serve.server import overload_guard
+
+    reached: list[str] = []
+
+    async def app(scope, receive, send):  # noqa: ANN001, ANN202
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def call(path: str, open_connections: int) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        guarded = overload_guard(app, {"connections": set(range(open_connections))}, limit=10)
+        asyncio.run(guarded({"type": "http", "path": path}, None, send))
+        return sent
+
+    busy = call("/v1/ticks/x", 11)
+    assert busy[0]["status"] == 503 and (b"retry-after", b"5") in busy[0]["headers"] and b"overloaded" in busy[1]["body"]
+    assert call("/healthz", 11)[0]["status"] == 200 and reached == ["/healthz"]
+    assert call("/", 10)[0]["status"] == 200

@@ -3,8 +3,9 @@
 uvicorn serves the application over its pure-Python h11 protocol, extended here with a header deadline:
 uvicorn itself only times out idle keep-alive connections, so a client that trickles its request *headers*
 would hold a connection forever. With it, a connection gets MAESTRO_SERVE_TIMEOUT_SECONDS for each
-request's headers, and then the same again for its body (serve/body.py). Connections beyond
-MAX_CONNECTIONS are answered 503 by uvicorn.
+request's headers, and then the same again for its body (serve/body.py). Beyond MAX_CONNECTIONS a request is
+answered 503 "overloaded" (`overload_guard`), except `/healthz`, for which uvicorn keeps HEALTH_RESERVE more: a
+monitor must not read the server's own overload as the daemon being unhealthy.
 
 The log is one line per request on stderr (method, path without its query, status, time, client), plus
 uvicorn's warnings, every line masked by the same `Redactor` as the daemon's files. Headers and bodies are
@@ -32,20 +33,25 @@ from maestro_py.serve.app import build
 from maestro_py.serve.options import ServeOptions, check_bind
 
 MAX_CONNECTIONS = 1000
+HEALTH_RESERVE = 64  # connections beyond MAX_CONNECTIONS that only /healthz may use
+RETRY_AFTER_OVERLOAD = 5
 KEEP_ALIVE_SECONDS = 5
 GRACEFUL_SECONDS = 10
 MAX_HEADER_BYTES = 16 * 1024
 LOGGER = "maestro.serve"
 
 
-def header_deadline_protocol(timeout: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, closing a connection whose next request's headers take longer than `timeout`."""
+def header_deadline_protocol(timeout: float, load: dict[str, Any] | None = None) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose next request's headers take longer than `timeout`
+    (`load["connections"]`: the server's open connections, for `overload_guard`)."""
 
     class HeaderDeadline(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            if load is not None:
+                load["connections"] = self.server_state.connections
             self._arm()
 
         def on_response_complete(self) -> None:
@@ -71,6 +77,21 @@ def header_deadline_protocol(timeout: float) -> type[H11Protocol]:
                 self.transport.close()
 
     return HeaderDeadline
+
+
+def overload_guard(app: Any, load: dict[str, Any], limit: int = MAX_CONNECTIONS) -> Any:
+    """503 "overloaded" (with Retry-After) for every request but `/healthz` while more than `limit` connections are
+    open: the server's overload, said as such, and never in the health check's answer."""
+    async def guarded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") != "/healthz" and len(load.get("connections", ())) > limit:
+            body = b'{"error": "maestro serve is overloaded: too many open connections; retry shortly"}'
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"retry-after", str(RETRY_AFTER_OVERLOAD).encode()),
+                (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+    return guarded
 
 
 class Redacting(logging.Filter):
@@ -150,9 +171,11 @@ def run(layout: Layout, settings: Settings, env: dict[str, str], host: str, port
     sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    load: dict[str, Any] = {}
     config = uvicorn.Config(
-        access_log(app, logger), http=header_deadline_protocol(options.timeout), lifespan="off",
-        log_config=None, access_log=False, server_header=False, limit_concurrency=MAX_CONNECTIONS,
+        access_log(overload_guard(app, load), logger), http=header_deadline_protocol(options.timeout, load),
+        lifespan="off", log_config=None, access_log=False, server_header=False,
+        limit_concurrency=MAX_CONNECTIONS + HEALTH_RESERVE,
         timeout_keep_alive=KEEP_ALIVE_SECONDS, timeout_graceful_shutdown=GRACEFUL_SECONDS,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
