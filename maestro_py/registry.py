@@ -76,6 +76,7 @@ class Cadence:
     configured: bool  # True if it has a table in cadences.toml
     output_format: str = "stream-json"  # "json" for whoever relies on it (no retry or usage-limit events then)
     timezone: str | None = None  # the zone `schedule` is in (None: the machine's); systemd timers only
+    webhook_events: tuple[str, ...] = ()  # signed webhooks it takes (GitHub event names, "*": any); none by default
 
 
 # -- value checks ---------------------------------------------------------------
@@ -264,6 +265,7 @@ def _cadence(
         claude_args=values.get("claude_args", ()),
         schedule=values.get("schedule"),
         timezone=values.get("timezone"),
+        webhook_events=values.get("webhook_events", ()),
         overlap=values.get("overlap", "skip"),
         max_budget_usd=values.get("max_budget_usd"),
         budget_tokens_daily=values.get("budget_tokens_daily"),

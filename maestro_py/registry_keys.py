@@ -157,4 +157,5 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "reserve_usd": _number(at_least=0),
     "budget_exempt": _flag,
     "backoff_seconds": _delays,
+    "webhook_events": _strings,  # the X-GitHub-Event names a signed webhook may trigger it with ("*": any)
 }

@@ -33,7 +33,7 @@ PROMPTS = {"hello": "say hi", "deploy": "deploy notes"}
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Layout:
-    return write_agent(tmp_path / "agent", prompts=PROMPTS)
+    return write_agent(tmp_path / "agent", '[deploy]\nwebhook_events = ["push"]\n', prompts=PROMPTS)
 
 
 @pytest.fixture
@@ -487,3 +487,20 @@ def test_a_token_added_or_rotated_in_env_takes_effect_at_once(serve, agent: Layo
     assert s.post("hello", {}, bearer(newer)).status == 202
     agent.env_file.write_text(f"MAESTRO_SERVE_TOKEN={newer}\nMAESTRO_POLL_MS=lots\n")  # a bad edit: kept as it was
     assert s.post("hello", {}, bearer(newer)).status == 202
+
+
+def test_a_captured_webhook_cannot_be_replayed_nor_sent_to_another_cadence(serve, agent: Layout) -> None:
+    """The HMAC covers the body only: one captured delivery re-sent with fresh X-GitHub-Delivery ids makes one tick
+    (a replay answers 200 with it), to another cadence it is refused, and a cadence takes only the events its table
+    lists (`webhook_events`)."""
+    s = serve(MAESTRO_WEBHOOK_SECRET=WEBHOOK_SECRET)
+    body = json.dumps(PUSH).encode()
+    answers = [s.request("POST", "/v1/cadences/deploy/ticks", body, github_headers(body, delivery=f"fresh-{i}"))
+               for i in range(6)]
+    assert [a.status for a in answers] == [202] + [200] * 5
+    assert len({a.json()["id"] for a in answers}) == 1 and len(names(agent, Folder.INBOX)) == 1
+    assert s.request("POST", "/v1/cadences/hello/ticks", body, github_headers(body, delivery="x")).status in (403, 422)
+    other = json.dumps({**PUSH, "after": "f" * 40}).encode()
+    refused = s.request("POST", "/v1/cadences/deploy/ticks", other, github_headers(other, "issues", "y"))
+    assert refused.status == 403 and "webhook_events" in refused.text  # deploy takes push only
+    assert len(names(agent, Folder.INBOX)) == 1

@@ -57,11 +57,13 @@ def test_bad_envelopes(body: bytes, fragment: str) -> None:
 def test_a_webhook_body_is_the_payload_and_its_event_the_source() -> None:
     body = b'{"action": "opened", "number": 7}'
     t = triggers.webhook("memo", body, {"x-github-event": "pull_request", "x-github-delivery": "abc-1"}, None)
-    assert (t.payload, t.source, t.key, t.delay, t.event) == ({"action": "opened", "number": 7},
-                                                               "github:pull_request", "abc-1", 0.0, "pull_request")
+    assert (t.payload, t.source, t.delay, t.event, t.signed) == ({"action": "opened", "number": 7},
+                                                                  "github:pull_request", 0.0, "pull_request", True)
     assert triggers.webhook("memo", body, {}, None).source == "webhook"
-    assert triggers.webhook("memo", body, {"x-github-delivery": "abc-1"}, "mine").key == "mine"
-    for headers in ({"x-github-event": "push;rm"}, {"x-github-event": "push", "x-github-delivery": "a b"}):
+    # The signature covers the body only: the body is the key, whatever delivery id or key the sender chose.
+    again = triggers.webhook("memo", body, {"x-github-event": "pull_request", "x-github-delivery": "fresh-2"}, "mine")
+    assert t.key == again.key and t.key.startswith("body-")
+    for headers in ({"x-github-event": "push;rm"},):
         with pytest.raises(HttpError):
             triggers.webhook("memo", body, headers, None)
     form = {"content-type": "application/x-www-form-urlencoded"}

@@ -16,6 +16,7 @@ Two shapes of body:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from maestro_py.policy.emergency import read_stop_file
 from maestro_py.redact import Redactor
 from maestro_py.registry import Registry, RegistryError
 from maestro_py.serve.http import HttpError
-from maestro_py.serve.idempotency import KeyStore, canonical, check_key, fingerprint
+from maestro_py.serve.idempotency import KeyStore, canonical, fingerprint
 from maestro_py.serve.options import RETRY_AFTER_FULL, RETRY_AFTER_STOP, ServeOptions
 
 ENVELOPE_KEYS = frozenset({"payload", "delay", "source"})
@@ -54,6 +55,7 @@ class Trigger:
     key: str | None
     fingerprint: str
     event: str | None = None  # the webhook's X-GitHub-Event
+    signed: bool = False  # a webhook authenticated by its body's signature (not by the token)
 
 
 def parse_json(data: bytes | str, what: str) -> Any:
@@ -110,11 +112,12 @@ def webhook(cadence: str, body: bytes, headers: Mapping[str, str], key: str | No
     doc = parse_json(data, "the webhook body")
     if not isinstance(doc, dict):
         raise HttpError(400, "a webhook body must be a JSON object")
-    delivery = headers.get("x-github-delivery")
-    if key is None and delivery:
-        key = check_key(delivery)
+    # The signature covers the body only, not the delivery id nor the URL: a captured delivery re-sent with a fresh
+    # X-GitHub-Delivery is the same body. So the body is the key (kept 24 h): a redelivery answers with its first
+    # tick, and the same body sent to another cadence is refused (422).
+    key = f"body-{hashlib.sha256(body).hexdigest()[:48]}"
     source = f"github:{event}" if event else "webhook"
-    return Trigger(cadence, doc, 0.0, source, key, fingerprint(cadence, body), event)
+    return Trigger(cadence, doc, 0.0, source, key, fingerprint(cadence, body), event, signed=True)
 
 
 class Cadences:
@@ -160,9 +163,13 @@ class Intake:
 
     def accept(self, trigger: Trigger) -> tuple[int, dict[str, Any]]:
         """(202 or 200, the answer) for a trigger, or an HttpError (404, 422, 503, 429, 413, 400)."""
-        if not self.cadences.current().knows(trigger.cadence):
+        cadence = self.cadences.current().get(trigger.cadence)
+        if cadence is None:
             raise HttpError(404, f"unknown cadence {trigger.cadence!r}: no entry in cadences.toml and no "
                                  f"cadences/{trigger.cadence}.md")
+        if trigger.signed and not ({"*", trigger.event or ""} & set(cadence.webhook_events)):
+            raise HttpError(403, f"{trigger.cadence} takes no webhook of event {trigger.event or '(none)'}: list it in "
+                                 f"its table, webhook_events = [\"{trigger.event or 'push'}\"]")
         if trigger.key is None:
             self._refuse_if_stopped()
             return 202, self._answer(self._enqueue(trigger), trigger)
