@@ -304,3 +304,19 @@ def test_a_deleted_or_replaced_sqlite_file_is_never_used_as_a_hidden_copy(tmp_pa
     answer = reserve(store, "after-replace")
     assert not answer.admitted and answer.reason == "budget"  # the new file's limit
     store.close()
+
+
+def test_a_client_whose_clock_is_ahead_cannot_expire_anothers_live_lease(pg_server, pg_url: str) -> None:
+    """Root B's clock 600 s ahead, MAESTRO_FLEET_MAX_LIVE=1: leases are timed by the server's clock, so B's reserve
+    does not find A's live lease expired and both run at once."""
+    import time
+
+    a, b = open_store(pg_url), open_store(pg_url)
+    b._wall = lambda: time.time() + 600  # type: ignore[attr-defined]  # B's machine
+    real = datetime.now(timezone.utc)
+    assert a.reserve(lease("a-run", agent="a"), real, lease_seconds=120, max_live=1).admitted
+    answer = b.reserve(lease("b-run", agent="b"), real + timedelta(seconds=600), lease_seconds=120, max_live=1)
+    assert not answer.admitted and answer.reason == "live_cap"
+    assert [r["run_id"] for r in a.live(real)] == ["a-run"] and a.charges() == []
+    a.close()
+    b.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +28,7 @@ from maestro_py.fleet.store import SqlStore
 CONNECT_TIMEOUT = 3  # seconds
 STATEMENT_TIMEOUT_MS = 5000
 IDLE_IN_TRANSACTION_MS = 10000  # the server ends a transaction its client left idle this long (and its locks)
+SKEW_EVERY = 60.0  # seconds between measures of the server's clock against ours
 CALL_DEADLINE = 8.0  # seconds a call may wait on the server before the client cuts its connection
 KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
              "tcp_user_timeout": 8000}
@@ -47,6 +49,20 @@ class PostgresStore(SqlStore):
             self.url, connect_timeout=CONNECT_TIMEOUT, application_name="maestro", **KEEPALIVE,
             options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={STATEMENT_TIMEOUT_MS} "
                     f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}")
+
+    _offset: tuple[float, float] | None = None  # (the server's clock minus ours, when measured: monotonic)
+
+    def _skew(self, cur: Any) -> float:
+        """The server's clock minus this machine's, measured once a minute: leases and charges of every host are
+        timed by the server's clock (a host whose clock is 10 min ahead must not expire the others' leases)."""
+        mono = time.monotonic()
+        if self._offset is None or mono - self._offset[1] > SKEW_EVERY:
+            before = self._wall()
+            server = float(cur.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
+            self._offset = (server - (before + self._wall()) / 2, mono)
+        return self._offset[0]
+
+    _wall = staticmethod(time.time)  # this machine's clock (a test skews it)
 
     @contextmanager
     def _deadline(self, conn: Any) -> Iterator[None]:

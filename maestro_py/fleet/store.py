@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from maestro_py.clock import iso
@@ -65,8 +65,16 @@ class SqlStore:
     def _sql(self, text: str) -> str:
         return text
 
-    def _deadline(self, conn: Any) -> Any:
-        """A bound on how long one call may wait on the store (a context manager; none by default)."""
+    def _skew(self, cur: Any) -> float:
+        """Seconds the store's clock is ahead of this machine's (0: the store is on this machine)."""
+        return 0.0
+
+    def _time(self, cur: Any, now: datetime) -> tuple[float, datetime]:
+        """`now` on the store's clock (epoch, datetime): a client whose clock is off expires no other's lease."""
+        t = _epoch(now) + self._skew(cur)
+        return t, datetime.fromtimestamp(t, timezone.utc)
+
+    def _deadline(self, conn: Any) -> Any:  # a bound on how long one call may wait on the store (none by default)
         return nullcontext()
 
     def _errors(self) -> tuple[type[BaseException], ...]:
@@ -75,8 +83,7 @@ class SqlStore:
     # -- plumbing -------------------------------------------------------------------
     _conn: Any = None
 
-    def _same_store(self) -> bool:
-        """False once the open connection no longer reaches the store its URL names (a replaced SQLite file)."""
+    def _same_store(self) -> bool:  # False once the connection no longer reaches the store its URL names
         return True
 
     def _connection(self) -> Any:
@@ -192,12 +199,11 @@ class SqlStore:
     # -- reserve, renew, settle -----------------------------------------------------
     def reserve(self, lease: Lease, now: datetime, *, lease_seconds: float, max_live: int | None) -> Admission:
         """Hold a live slot and `lease`'s amounts for one run, or refuse as a whole (nothing written)."""
-        t = _epoch(now)
-
         def work(cur: Any) -> Admission:
+            t, at = self._time(cur, now)
             self._expire(cur, t)
             live = int(self._q(cur, LIVE, (t,)).fetchone()[0])
-            refused = self._refusal(cur, lease, now, max_live, live)
+            refused = self._refusal(cur, lease, at, max_live, live)
             if refused is not None:
                 return refused
             self._q(cur, "INSERT INTO maestro_reservations (run_id, agent, cadence, host, pid, tick, tokens, usd, "
@@ -211,11 +217,10 @@ class SqlStore:
     def would_admit(self, lease: Lease, now: datetime, *, max_live: int | None) -> Admission:
         """What `reserve` would answer now, nothing written (for the views); an expired lease counts as `reserve`'s
         charge of it would: the same amount."""
-        t = _epoch(now)
-
         def work(cur: Any) -> Admission:
+            t, at = self._time(cur, now)
             live = int(self._q(cur, LIVE, (t,)).fetchone()[0])
-            return self._refusal(cur, lease, now, max_live, live) or Admission(True, live=live + 1)
+            return self._refusal(cur, lease, at, max_live, live) or Admission(True, live=live + 1)
         return self._run(work, write=False)
 
     def _refusal(self, cur: Any, lease: Lease, now: datetime, max_live: int | None, live: int) -> Admission | None:
@@ -274,9 +279,9 @@ class SqlStore:
         ids = list(run_ids)
         if not ids:
             return 0
-        t = _epoch(now)
 
         def work(cur: Any) -> int:
+            t = self._time(cur, now)[0]
             marks = ", ".join("?" for _ in ids)
             return int(self._q(cur, f"UPDATE maestro_reservations SET expires_at = ? WHERE run_id IN ({marks})",
                                (t + lease_seconds, *ids)).rowcount)
@@ -287,9 +292,8 @@ class SqlStore:
                lease: Lease | None = None) -> None:
         """Charge a finished run and drop its reservation; idempotent by `run_id`. A charge made when its lease
         expired is replaced by this one (the run's holder came back with its real figures)."""
-        t = _epoch(now)
-
         def work(cur: Any) -> None:
+            t = self._time(cur, now)[0]
             row = self._q(cur, "SELECT agent, cadence, host, tick FROM maestro_reservations WHERE run_id = ?",
                           (run_id,)).fetchone()
             who = row or ((lease.agent, lease.cadence, lease.host, lease.tick) if lease else None)
@@ -315,9 +319,8 @@ class SqlStore:
     def reclaim(self, agent: str, host: str, pid: int, now: datetime) -> int:
         """Charge, now, the leases an earlier process of `agent` on `host` left (it died mid-run: one daemon per
         agent root, so any other pid is gone); how many."""
-        t = _epoch(now)
-
         def work(cur: Any) -> int:
+            t = self._time(cur, now)[0]
             self._q(cur, "UPDATE maestro_reservations SET expires_at = ? WHERE agent = ? AND host = ? AND pid <> ?",
                     (t, agent, host, pid))
             return self._expire(cur, t)
