@@ -342,3 +342,27 @@ def test_serves_own_overload_is_not_the_daemons_health() -> None:
     assert busy[0]["status"] == 503 and (b"retry-after", b"5") in busy[0]["headers"] and b"overloaded" in busy[1]["body"]
     assert call("/healthz", 11)[0]["status"] == 200 and reached == ["/healthz"]
     assert call("/", 10)[0]["status"] == 200
+
+
+def test_the_page_shows_times_in_the_machines_zone_as_the_cli_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    from datetime import datetime, timezone
+
+    from maestro_py.config import Settings
+    from maestro_py.ops.when import local
+    from maestro_py.paths import Layout
+    from maestro_py.serve import snapshot
+    from tests.fakes import settings_env
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        layout = Layout(tmp_path / "agent")
+        layout.root.mkdir()
+        layout.ensure()
+        now = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
+        html = page.render(snapshot.take(layout, Settings.from_env(settings_env()), None, now))
+        assert f"as of {local(now)}" in html and "21:00:00 JST" in html and " UTC;" not in html
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -240,6 +240,7 @@ def test_install_and_uninstall_with_dest(runner: CliRunner, agent: Path, tmp_pat
     assert {p.name: p.read_text() for p in dest.iterdir() if p.name != "someone-else.service"} == expected
     assert (dest / "maestro-agent.service").stat().st_mode & 0o777 == 0o644
     assert "systemctl --user daemon-reload" in result.stdout
+    assert f"note: {dest} is not a folder the service manager reads" in result.stdout  # the commands need it first
     assert ("systemctl --user enable --now maestro-agent.service maestro-agent-heartbeat.timer "
             "maestro-agent-inbox-processor.timer maestro-agent-weekly-strategic-memo.timer") in result.stdout
     again = invoke(runner, agent, "service", "install", "--systemd", "--user", "--dest", str(dest))

@@ -213,6 +213,10 @@ def service_install(c: Context, now: bool, **opts: Any) -> None:
     t = _target(c, opts)
     run = _now_allowed(t, now)
     _sync_files(c, t, deployed=opts["deploy_root"] is not None)
+    if t.custom_dest:  # the manager does not read that folder: the commands below work once the files are in its own
+        link = "systemctl --user link PATH…" if t.options.manager == "systemd" else "cp PATH… ~/Library/LaunchAgents/"
+        click.echo(f"note: {t.dest} is not a folder the service manager reads; put the files in its folder first "
+                   f"(`{link}`), then:")
     commands = sync.activate(t.options.manager, t.options.user, t.files, t.dest, os.getuid())
     if run:
         _run_all(commands, strict=True)

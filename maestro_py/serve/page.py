@@ -16,6 +16,7 @@ from typing import Any
 
 from maestro_py.bus.logview import escape as visible
 from maestro_py.clock import parse_iso
+from maestro_py.ops.when import local  # the CLI's way: the machine's zone (TZ), named
 from maestro_py.policy.budget import amount, never_fits_lines
 from maestro_py.serve.chart import budget_bar, legend, spend_chart
 from maestro_py.serve.snapshot import Snapshot
@@ -58,7 +59,7 @@ def _header(snap: Snapshot) -> str:
     cls = "ok" if snap.health_code == 0 else "bad"
     out = [f"<h1>maestro · {esc(snap.root)}</h1>",
            f'<p id="health" class="{cls}">daemon: {esc(snap.health)}</p>',
-           f'<p class="muted">as of {snap.now:%Y-%m-%d %H:%M:%S} UTC; refreshes every {REFRESH_SECONDS} s</p>']
+           f'<p class="muted">as of {esc(local(snap.now))}; refreshes every {REFRESH_SECONDS} s</p>']
     if snap.emergency_stop is not None:
         out.insert(1, f'<p id="emergency-stop" class="banner">EMERGENCY STOP: {esc(snap.emergency_stop)} — nothing '
                       f"spawns and triggers are refused (503) until <code>maestro resume</code></p>")
@@ -99,7 +100,7 @@ def _breakers(snap: Snapshot) -> str:
     rows = []
     for b in snap.breakers:
         until = b.get("open_until")
-        until_text = f"{esc(until)} ({_in(until, snap.now)})" if until else "until reset"
+        until_text = f"{esc(local(until))} ({_in(until, snap.now)})" if until else "until reset"
         detail = b.get("words") or b.get("last_error") or ""
         rows.append(f'<tr class="breaker" data-name="{esc(b["name"])}"><td>{esc(b["name"])}</td><td>{esc(b["kind"])}'
                     f'</td><td class="bad">{esc(b["state"])}</td><td>{until_text}</td>'
@@ -132,7 +133,7 @@ def _budget(snap: Snapshot) -> str:
         note = "".join(f'<div class="bad">{esc(line)}</div>' for line in never_fits_lines(row.get("never_fits", [])))
         rows.append(f'<tr class="budget" data-scope="{esc(row["scope"])}" data-window="{esc(row["window"])}">'
                     f'<td>{esc(row["scope"])}</td><td>{esc(row["window"])}</td><td>{"".join(cells)}{note}</td>'
-                    f'<td>{esc(row["resets_at"])}</td><td class="num">{esc(row["runs"])}</td></tr>')
+                    f'<td>{esc(local(row["resets_at"]))}</td><td class="num">{esc(row["runs"])}</td></tr>')
     return ('<h2>Budget</h2><table id="budget"><tr><th>scope</th><th>window</th><th>spent / limit</th>'
             f'<th>resets</th><th>runs</th></tr>{"".join(rows)}</table>')
 
@@ -161,6 +162,6 @@ def _run_row(r: dict[str, Any]) -> str:
         cost = f"${r['charged_usd']:.4f} (unmetered: reservation charged)" if r["charged_usd"] else "unknown"
     cls = "ok" if r["ok"] else "bad"
     tick = f'<a href="/v1/ticks/{esc(r["tick"])}"><code>{esc(r["tick"])}</code></a>' if r["tick"] else ""
-    return (f'<tr class="run"><td>{esc(r["ts"])}</td><td>{esc(r["cadence"])}</td><td class="{cls}">'
+    return (f'<tr class="run"><td>{esc(local(r["ts"]))}</td><td>{esc(r["cadence"])}</td><td class="{cls}">'
             f'{esc(r["outcome"])}</td><td class="num">{duration}</td><td class="num">{esc(cost)}</td>'
             f"<td>{tick}</td></tr>")
