@@ -55,25 +55,25 @@ def dies_at(n: int | None) -> Iterator[list[str]]:
             setattr(os, name, real)
 
 
-def _waiting(layout: Layout, clock: FakeClock) -> str:
-    """A queued tick that waits for a retry time an earlier failure set (what retry-now and circuit reset release)."""
+def _failed(layout: Layout, clock: FakeClock, *, permanent: bool) -> str:
+    """A tick that failed once: queued for a retry time (what retry-now and circuit reset release), or, if
+    `permanent`, dead-lettered (what dlq replay brings back)."""
     [tick] = enqueue(layout, clock, "memo")
     bus = Bus(layout, clock=clock, owner=DEAD)
     bus.index.refresh(force=True)
     claim = bus.claim(f"{tick}.json")
     assert claim is not None
-    fail(bus, claim, "API Error: 500", max_attempts=5, retry_at=clock.now() + timedelta(hours=1))
+    fail(bus, claim, "400 bad request" if permanent else "API Error: 500", max_attempts=5, permanent=permanent,
+         retry_at=None if permanent else clock.now() + timedelta(hours=1))
     return tick
+
+
+def _waiting(layout: Layout, clock: FakeClock) -> str:
+    return _failed(layout, clock, permanent=False)
 
 
 def _dead_letter(layout: Layout, clock: FakeClock) -> str:
-    [tick] = enqueue(layout, clock, "memo")
-    bus = Bus(layout, clock=clock, owner=DEAD)
-    bus.index.refresh(force=True)
-    claim = bus.claim(f"{tick}.json")
-    assert claim is not None
-    fail(bus, claim, "400 bad request", max_attempts=5, permanent=True)
-    return tick
+    return _failed(layout, clock, permanent=True)
 
 
 MOVES: dict[str, tuple[Callable[[Layout, FakeClock], str], Callable[[Bus, str], object]]] = {

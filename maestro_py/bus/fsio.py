@@ -198,6 +198,16 @@ def scan_dir(folder: Path) -> list[os.DirEntry[str]]:
         return []
 
 
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is edited or replaced (inode, size, mtime), or None if it is not there: a cheap
+    "has it changed" for files re-read on change (`cadences.toml`, `.env`)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def private_file(path: Path) -> Path:
     """`path` created 0600 if missing, before a library opens it (SQLite gives its -wal and -shm files the
     database file's mode, so they are private too); an existing file is left as it is."""

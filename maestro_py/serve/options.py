@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from maestro_py.bus.fsio import file_stamp
 from maestro_py.config import VARS, Settings, load_env
 from maestro_py.errors import ConfigError
 from maestro_py.loopback import is_loopback
@@ -76,11 +76,7 @@ class Credentials:
         self._seen = self._stamp()
 
     def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.layout.env_file)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
+        return file_stamp(self.layout.env_file)
 
     def current(self) -> ServeOptions:
         stamp = self._stamp()

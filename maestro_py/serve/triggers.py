@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import threading
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from maestro_py.bus.events import EventLog
+from maestro_py.bus.fsio import file_stamp
 from maestro_py.bus.store import MAX_DELAY_SECONDS, Bus
 from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.paths import Layout
@@ -130,11 +130,7 @@ class Cadences:
         self._registry = Registry.load(layout)  # invalid at start: the caller says so and does not serve
 
     def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.layout.registry_file)
-        except OSError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
+        return file_stamp(self.layout.registry_file)
 
     def current(self) -> Registry:
         """The registry, reloaded first if its file changed."""
