@@ -211,3 +211,61 @@ def test_two_roots_whose_folders_share_a_name_never_take_each_others_leases(tmp_
     assert len(open_store(url).live(clock.now())) == 1 and not open_store(url).charges()
     assert not [e for e in events(second) if e["stage"] == "governor_reclaimed"]
     assert b.counters["skipped_fleet_live_cap"] == 1
+
+
+def test_the_loop_never_waits_on_a_store_that_does_not_answer(tmp_path: Path, clock: FakeClock) -> None:
+    """A tarpit store (every call hangs): each admit returns within the gate's wait, the store counts as
+    unavailable (spawns fail closed), and a reservation that arrives after the loop stopped waiting is given back."""
+    import threading
+    import time
+
+    from maestro_py.bus.events import EventLog
+    from maestro_py.fleet import gate as fleet_gate
+    from maestro_py.fleet.gate import FleetGate
+    from maestro_py.paths import Layout
+    from maestro_py.policy.budget import Estimate
+
+    real = open_store(f"sqlite:///{tmp_path}/governor.db")
+    release = threading.Event()
+    calls: list[str] = []
+
+    class Tarpit:
+        url = real.url
+
+        def reserve(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+            calls.append("reserve")
+            release.wait(10)
+            return real.reserve(*args, **kwargs)
+
+        def release(self, run_id: str) -> None:
+            calls.append("release")
+            real.release(run_id)
+
+        def close(self) -> None:
+            real.close()
+
+        def __getattr__(self, name: str):  # noqa: ANN204 - reclaim, renew, prune, settle: the real store's
+            return getattr(real, name)
+
+    lay = Layout(tmp_path / "agent")
+    lay.root.mkdir()
+    lay.ensure()
+    g = FleetGate(Tarpit(), agent="a", host="h", pid=1, max_live=None, lease_seconds=120,  # type: ignore[arg-type]
+                  outbox=tmp_path / "outbox.jsonl", events=EventLog(lay, clock=clock), clock=clock)
+    waited = []
+    for tick in ("t1", "t2", "t3"):
+        started = time.monotonic()
+        answer = g.admit(tick, "memo", Estimate(100, 0.1, "test"), clock.now())
+        waited.append(time.monotonic() - started)
+        assert not answer.admitted and answer.reason == "unavailable"
+        clock.advance(fleet_gate.RETRY_SECONDS)
+    assert max(waited) < fleet_gate.WAIT_SECONDS + 0.5 and calls == ["reserve"]  # one call in flight, no pile-up
+    release.set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "release" not in calls:
+        clock.advance(fleet_gate.RETRY_SECONDS)
+        g.housekeep()  # what the daemon's loop does each step
+        time.sleep(0.05)
+    assert "release" in calls  # the late reservation of t1 went back
+    assert "t1" not in {r["tick"] for r in real.live(clock.now())}
+    g.close()

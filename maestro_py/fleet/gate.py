@@ -8,14 +8,20 @@
 - `housekeep` renews the leases of live runs, pushes the outbox, and retries a store that was down.
 - While the store is unreachable nothing may spawn (`admit` answers "unavailable" without waiting on the
   store more than once every `RETRY_SECONDS`); one `governor_unavailable` event, one `governor_available`.
+- The loop never waits on the store: every call runs on the gate's own thread, and the loop waits for its answer
+  at most `WAIT_SECONDS`. A call that takes longer (a tarpit, a frozen server: the store's own deadline ends it)
+  goes on there, and the store counts as unavailable meanwhile, so inline work, the heartbeat and the status go on
+  and spawns fail closed; a reservation that arrives late is given back.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent import futures
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,12 @@ from maestro_py.fleet.store import SqlStore
 from maestro_py.policy.budget import Estimate
 
 RETRY_SECONDS = 5.0   # how often a store that is down is tried again
+WAIT_SECONDS = 0.25   # the longest the daemon's loop waits for one answer of the store
+SLOW_SECONDS = 5.0    # a call still unanswered after this long makes the store unavailable (event, alert)
+
+
+class StoreSlow(StoreUnavailable):
+    """The store has not answered yet (for less than SLOW_SECONDS): no spawn now, but not an outage to report."""
 PRUNE_SECONDS = 3600  # how often old charges are pruned
 MAX_OUTBOX_LINE = 4096
 
@@ -58,6 +70,40 @@ class FleetGate:
         self._reclaimed = False
         self._announced: set[tuple[str, str, str]] = set()
         self.last_refusal: Admission | None = None
+        self._worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="maestro-governor")
+        self._job: tuple[futures.Future[Any], Callable[[Any], None], float] | None = None  # a call still running
+
+    def _ask(self, call: Callable[[], Any], late: Callable[[Any], None] = lambda result: None) -> Any:
+        """`call()` (one store call) on the gate's thread: its result, or StoreUnavailable: its own, or because it
+        takes longer than WAIT_SECONDS (it goes on there; `late` gets its result when it ends)."""
+        self._collect()
+        if self._job is not None:
+            age = time.monotonic() - self._job[2]
+            error = StoreSlow if age < SLOW_SECONDS else StoreUnavailable
+            raise error(f"governor store {mask_url(self.store.url)}: no answer for {age:.1f} s")
+        job = self._worker.submit(call)
+        try:
+            return job.result(timeout=WAIT_SECONDS)
+        except futures.TimeoutError:
+            self._job = (job, late, time.monotonic())
+            raise StoreSlow(f"governor store {mask_url(self.store.url)}: no answer within {WAIT_SECONDS:g} s") from None
+
+    def _collect(self) -> None:
+        """A call that outlived its wait has ended: hand its result to its `late`."""
+        if self._job is None or not self._job[0].done():
+            return
+        job, late, _ = self._job
+        self._job = None
+        try:
+            result = job.result()
+        except StoreUnavailable:
+            return
+        late(result)
+
+    def _late_admission(self, answer: Admission, lease: Lease) -> None:
+        """A reservation the loop stopped waiting for: no spawn uses it, so it goes back."""
+        if answer.admitted:
+            self._push({"op": "release", "run_id": lease.run_id})
 
     # -- before a spawn -----------------------------------------------------
     def admit(self, tick_id: str, cadence: str, estimate: Estimate, now: datetime) -> Admission:
@@ -65,14 +111,17 @@ class FleetGate:
         held = self._admitted.get(tick_id)
         if held is not None:
             return Admission(True)
+        self._collect()
         if not self._usable():
             return Admission(False, "unavailable", self.unavailable or "")
         lease = Lease(f"{tick_id}.{uuid.uuid4().hex[:8]}", self.agent, cadence, self.host, self.pid, tick_id,
                       float(estimate.tokens), float(estimate.usd))
         try:
-            answer = self.store.reserve(lease, now, lease_seconds=self.lease_seconds, max_live=self.max_live)
+            answer = self._ask(lambda: self.store.reserve(lease, now, lease_seconds=self.lease_seconds,
+                                                          max_live=self.max_live),
+                               late=lambda late: self._late_admission(late, lease))
         except StoreUnavailable as exc:
-            self._down(str(exc))
+            self._failed(exc)
             return Admission(False, "unavailable", str(exc))
         self._up()
         if answer.admitted:
@@ -127,16 +176,17 @@ class FleetGate:
     def _send(self, entry: dict[str, Any]) -> bool:
         try:
             if entry["op"] == "release":
-                self.store.release(entry["run_id"])
+                self._ask(lambda: self.store.release(entry["run_id"]))
             else:
                 lease = None
                 if "agent" in entry:
                     lease = Lease(entry["run_id"], entry["agent"], entry["cadence"], entry["host"], 0,
                                   entry["tick"], 0.0, 0.0)
-                self.store.settle(entry["run_id"], tokens=entry["tokens"], usd=entry["usd"],
-                                  measured=entry["measured"], now=parse_iso(entry["ts"]), lease=lease)
+                self._ask(lambda: self.store.settle(entry["run_id"], tokens=entry["tokens"], usd=entry["usd"],
+                                                    measured=entry["measured"], now=parse_iso(entry["ts"]),
+                                                    lease=lease))
         except StoreUnavailable as exc:
-            self._down(str(exc))
+            self._failed(exc)
             return False
         self._up()
         return True
@@ -163,25 +213,27 @@ class FleetGate:
 
     def housekeep(self) -> None:
         """Reclaim (once), push the outbox, renew live leases every third of a lease, prune old charges hourly."""
+        self._collect()
         if not self._usable():
             return
         now = self.clock.now()
         mono = self.clock.monotonic()
         try:
             if not self._reclaimed:
-                count = self.store.reclaim(self.agent, self.host, self.pid, now)
+                count = self._ask(lambda: self.store.reclaim(self.agent, self.host, self.pid, now))
                 self._reclaimed = True
                 if count:
                     self.events.emit("governor_reclaimed", level="warn", leases=count,
                                      reason="a run of an earlier process of this agent was charged its reservation")
             if self._renewed_at is None or mono - self._renewed_at >= self.lease_seconds / 3:
-                self.store.renew(self._held_ids(), now, lease_seconds=self.lease_seconds)
+                held = list(self._held_ids())
+                self._ask(lambda: self.store.renew(held, now, lease_seconds=self.lease_seconds))
                 self._renewed_at = mono
             if self._pruned_at is None or mono - self._pruned_at >= PRUNE_SECONDS:
-                self.store.prune(now)
+                self._ask(lambda: self.store.prune(now))
                 self._pruned_at = mono
         except StoreUnavailable as exc:
-            self._down(str(exc))
+            self._failed(exc)
             return
         self._up()
         self.flush()
@@ -194,6 +246,11 @@ class FleetGate:
     # -- availability ------------------------------------------------------
     def _usable(self) -> bool:
         return self.unavailable is None or self.clock.monotonic() >= self._retry_at
+
+    def _failed(self, exc: StoreUnavailable) -> None:
+        """A call failed: an outage, unless the store is only slow to answer (then the next call asks again)."""
+        if not isinstance(exc, StoreSlow):
+            self._down(str(exc))
 
     def _down(self, reason: str) -> None:
         self._retry_at = self.clock.monotonic() + RETRY_SECONDS
@@ -246,4 +303,5 @@ class FleetGate:
 
     def close(self) -> None:
         self.unadmit()
+        self._worker.shutdown(wait=False, cancel_futures=True)
         self.store.close()
