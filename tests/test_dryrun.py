@@ -51,9 +51,10 @@ def test_the_plan_is_what_the_daemon_spawns(layout: Layout, clock: FakeClock) ->
                                          "--max-budget-usd", "0.5", "--allowedTools", "Read"]
     assert plan["cwd"] == str(spec.cwd) and plan["timeout_s"] == spec.timeout == 300
     changed = {c["name"]: c["value"] for c in plan["env_changes"]}
+    per_run = ("MAESTRO_SUBSESSION", "MAESTRO_TICK")  # the daemon's token and the tick's id: the rest is equal
     assert {k: v for k, v in spec.env.items() if env.get(k) != v} == {
-        **{k: v for k, v in changed.items() if k != "MAESTRO_SUBSESSION"},
-        "MAESTRO_SUBSESSION": spec.env["MAESTRO_SUBSESSION"]}
+        **{k: v for k, v in changed.items() if k not in per_run}, **{k: spec.env[k] for k in per_run}}
+    assert changed["MAESTRO_TICK"] == f"{plan['tick_id']} memo"
     assert changed["MAESTRO_SUBSESSION"] == f"<daemon-owner>:{layout.root}"  # no daemon alive: a placeholder
     prompt, block = plan["stdin"].split("---\nmaestro tick:\n")
     assert spec.stdin.decode().startswith(prompt) and '"payload": {\n    "to": "board"' in block

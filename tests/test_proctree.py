@@ -113,7 +113,8 @@ SUBREAPER_SCRIPT = textwrap.dedent(
     out = {"before": is_subreaper(), "became": proctree.become_subreaper(), "after": is_subreaper()}
     # A child the daemon tracks (a live sub-session): must be spared.
     tracked = subprocess.Popen(["sleep", "30"])
-    env = dict(os.environ, FAKE_CLAUDE_MODE="orphan", FAKE_CLAUDE_PIDFILE=pidfile, FAKE_CLAUDE_SLEEP="0")
+    env = dict(os.environ, FAKE_CLAUDE_MODE="orphan", FAKE_CLAUDE_PIDFILE=pidfile, FAKE_CLAUDE_SLEEP="0",
+               MAESTRO_TICK="20261207T000000000000Z-0000001-0000abcd memo")
     cli = subprocess.run([fake], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=10)
     orphan = int(open(pidfile).read())
     out["cli_rc"] = cli.returncode
@@ -153,8 +154,8 @@ def test_subreaper_adopts_and_reap_adopted_kills_orphans(tmp_path: Path) -> None
     assert out["cli_rc"] == 0
     # The detached tool outlived the CLI and was reparented to the subreaper, not to init.
     assert out["orphan_ppid"] == out["me"]
-    assert [pid for pid, _ in out["reaped"]] == [out["orphan"]]  # the zombie is reaped, not reported as killed
-    assert out["reaped"][0][1]  # with its command
+    assert [r[0] for r in out["reaped"]] == [out["orphan"]]  # the zombie is reaped, not reported as killed
+    assert out["reaped"][0][1] and out["reaped"][0][2] == "20261207T000000000000Z-0000001-0000abcd memo"  # its run
     assert not out["orphan_exists"] and not out["zombie_exists"]
     assert out["tracked_alive"] is True
     assert out["children_left"] == []

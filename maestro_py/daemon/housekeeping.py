@@ -192,9 +192,10 @@ class Housekeeping:
         self.settler.reap(max_reaps=self.settings.max_reaps, active=self.live.ids())
         self.bus.sweep_tmp(grace=self.settings.tmp_grace)
         tracked = {r.session.pid for r in self.live}
-        for pid, command in proctree.reap_adopted(tracked):  # exited ones (zombies) are reaped without a word
-            self.events.emit("orphan_killed", level="warn", pid=pid, command=command,
-                             reason="a process a sub-session left running was ended")
+        for pid, argv, run in proctree.reap_adopted(tracked):  # exited ones (zombies): reaped without a word
+            tick, _, cadence = (run or "").partition(" ")
+            self.events.emit("orphan_killed", level="warn", pid=pid, command=argv, id=tick or None,
+                             cadence=cadence or None, reason="a process a sub-session left running was ended")
 
     def _prune(self) -> None:
         """Retention: old done ticks and per-run logs; last months' event logs and ledger rows to monthly files."""

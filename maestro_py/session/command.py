@@ -127,7 +127,7 @@ def strips_api_key(env: Mapping[str, str]) -> bool:
     return not key or key.startswith(_PLACEHOLDER_PREFIXES)
 
 
-def child_env(env: Mapping[str, str], root: Path, owner: str | None = None) -> dict[str, str]:
+def child_env(env: Mapping[str, str], root: Path, owner: str | None = None, tick: Tick | None = None) -> dict[str, str]:
     """The sub-session's environment: the daemon's, plus AGENT_DIR, the CLI defaults and (with the daemon's
     `owner` token) the mark by which a later daemon finds what this one left running if it dies.
 
@@ -140,6 +140,8 @@ def child_env(env: Mapping[str, str], root: Path, owner: str | None = None) -> d
     out["AGENT_DIR"] = str(root)
     if owner is not None:
         out[proctree.SESSION_MARK] = proctree.session_mark(str(root), owner)
+    if tick is not None:  # what a process left behind is reported as (`proctree.reap_adopted`)
+        out[proctree.TICK_MARK] = f"{tick.id} {tick.cadence}"
     for name, value in CHILD_DEFAULTS.items():
         out.setdefault(name, value)
     if prefers_subscription(env):
@@ -282,7 +284,7 @@ def spawn_spec(cadence: Cadence, tick: Tick, env: Mapping[str, str], root: Path,
     return SpawnSpec(
         argv=argv(claude or resolve_claude(env), model=cadence.model, extra=cadence.claude_args,
                   max_budget_usd=cadence.max_budget_usd, output_format=cadence.output_format),
-        env=child_env(env, root, owner),
+        env=child_env(env, root, owner, tick),
         cwd=root,
         stdin=prompt(cadence.prompt, tick, root),
         stdout_log=stdout_log,

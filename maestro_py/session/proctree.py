@@ -116,6 +116,7 @@ def wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Pr
 
 
 SESSION_MARK = "MAESTRO_SUBSESSION"  # in every sub-session's environment: "<daemon owner token>:<agent root>"
+TICK_MARK = "MAESTRO_TICK"  # and "<tick id> <cadence>": whose run a process left behind was
 PR_SET_PDEATHSIG = 1
 
 
@@ -158,10 +159,11 @@ def die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def reap_adopted(tracked: set[int]) -> list[tuple[int, str]]:
+def reap_adopted(tracked: set[int]) -> list[tuple[int, str, str | None]]:
     """Reap every child of this process not in `tracked` (orphans adopted as subreaper): one that has exited (a
     zombie the CLI's tools leave after every normal run) is only reaped; a live one is SIGKILLed with its tree and
-    reaped. (pid, command) of each live orphan killed: exited ones are no news.
+    reaped. (pid, command, "<tick id> <cadence>" of the run that left it, if known) of each live orphan killed:
+    exited ones are no news.
 
     Only the daemon calls this, and `tracked` must hold every child it started itself (all live
     sub-sessions): any other direct child is an orphan a sub-session left behind.
@@ -172,29 +174,36 @@ def reap_adopted(tracked: set[int]) -> list[tuple[int, str]]:
     except psutil.Error:
         return []
     adopted = [c for c in children if c.pid not in tracked]
-    live: list[tuple[psutil.Process, str]] = []
+    live: list[tuple[psutil.Process, str, str | None]] = []
     for child in adopted:
         try:
             if child.status() == psutil.STATUS_ZOMBIE:
                 _reap(child.pid)
                 continue
-            live.append((child, " ".join(child.cmdline())[:200]))
+            live.append((child, " ".join(child.cmdline())[:200], _run_of(child)))
         except psutil.Error:
             _reap(child.pid)
     if not live:
         return []
     # Their own descendants stay children of theirs until they die, so take the whole trees now.
-    trees = _unique([*(c for c, _ in live), *(d for c, _ in live for d in _descendants(c))])
+    trees = _unique([*(c for c, _, _ in live), *(d for c, _, _ in live for d in _descendants(c))])
     kill_now(trees)
     wait_gone(trees, KILL_WAIT)
-    for child, _ in live:
+    for child, _, _ in live:
         _reap(child.pid)
     # Grandchildren orphaned by the kill were reparented to us in the meantime: reap those too.
     for late in _children_not_in(me, tracked):
         _send(late, signal.SIGKILL)
         wait_gone([late], KILL_WAIT)
         _reap(late.pid)
-    return sorted((c.pid, command) for c, command in live)
+    return sorted((c.pid, command, run) for c, command, run in live)
+
+
+def _run_of(proc: psutil.Process) -> str | None:
+    try:
+        return proc.environ().get(TICK_MARK)
+    except (psutil.Error, OSError):
+        return None
 
 
 def _children_not_in(me: psutil.Process, tracked: set[int]) -> list[psutil.Process]:
