@@ -94,3 +94,33 @@ def test_a_running_daemon_releases_the_cadence_and_its_backoff_at_once(tmp_path:
     finally:
         daemon.terminate()
         daemon.wait(timeout=20)
+
+
+def test_after_a_circuit_reset_the_oldest_released_tick_runs_before_a_younger_one(tmp_path: Path) -> None:
+    """FIFO per cadence: the tick the breaker held (older) runs before one queued behind it that was never tried, with
+    a live daemon (the reset hands it the release through circuit-open.json)."""
+    from maestro_py.daemon.lock import DaemonLock
+
+    layout = write_agent(tmp_path / "agent", "[memo]\nmax_attempts = 5\n", {"memo": "[[fake:500]]"})
+    clock = FakeClock(datetime.now(timezone.utc))
+    spawner = FakeSpawner()
+    daemon = make_daemon(layout, clock, spawner, MAESTRO_CIRCUIT_THRESHOLD=1, MAESTRO_CIRCUIT_OPEN_SECONDS=3600,
+                         MAESTRO_BACKOFF_SECONDS="600")
+    lock = DaemonLock(layout.lock_file, layout.root)
+    lock.acquire()  # a live daemon, as the CLI sees it
+    try:
+        daemon.guardrails.credentials_verified = True
+        [older] = enqueue(layout, clock, "memo")
+        run_steps(daemon, 5)  # it fails: the breaker opens, the tick waits for its retry time
+        clock.advance(5)
+        [younger] = enqueue(layout, clock, "memo", payload={"x": 1})
+        run_steps(daemon, 5)
+        daemon._write_status(force=True)
+        assert spawner.count == 1
+        (layout.root / "cadences" / "memo.md").write_text("it works now")
+        assert invoke(CliRunner(), layout.root, "circuit", "reset", "memo", env={"CLAUDE_BIN": "/bin/true"}).exit_code == 0
+        run_steps(daemon, 10)
+    finally:
+        lock.release()
+    ran = [older if older.encode() in s.spec.stdin else younger for s in spawner.sessions[1:]]
+    assert ran == [older, younger]
