@@ -178,7 +178,11 @@ class Layout:
         return Path(f"{base}.stdout.log"), Path(f"{base}.stderr.log")
 
     def ensure(self) -> None:
-        """Create every runtime folder (idempotent)."""
+        """Create every runtime folder (idempotent): private (0700) when made, but `state/` (0711: a node_exporter of
+        another user may read `state/metrics.prom` by its path, and list nothing)."""
+        for folder, mode in ((self.state_dir, 0o711), (self.bus_dir, 0o700), (self.logs_dir, 0o700),
+                             (self.events_dir, 0o700)):
+            folder.mkdir(mode=mode, parents=True, exist_ok=True)
         for which in Folder:
-            self.folder(which).mkdir(parents=True, exist_ok=True)
-        self.subsessions_dir.mkdir(parents=True, exist_ok=True)
+            self.folder(which).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.subsessions_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

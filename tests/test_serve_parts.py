@@ -366,3 +366,21 @@ def test_the_page_shows_times_in_the_machines_zone_as_the_cli_does(tmp_path: Pat
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_folders_maestro_creates_are_private_but_state_is_traversable(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from maestro_py.paths import Folder, Layout
+
+    before = os.umask(0o022)
+    try:
+        layout = Layout(tmp_path / "agent")
+        layout.ensure()
+    finally:
+        os.umask(before)
+    mode = {p: stat.S_IMODE(p.stat().st_mode) for p in (layout.state_dir, layout.bus_dir, layout.logs_dir,
+                                                          layout.folder(Folder.INBOX), layout.subsessions_dir)}
+    assert mode.pop(layout.state_dir) == 0o711  # metrics.prom (0644) stays readable by its path, nothing listable
+    assert set(mode.values()) == {0o700}
