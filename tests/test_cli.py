@@ -402,3 +402,12 @@ def test_small_operator_answers(runner: CliRunner, root: Path) -> None:
     row = {"total": {"tokens": None, "usd": 1.0}, "spent": {"tokens": 5, "usd": 1.0106},
            "reserved": {"tokens": 0, "usd": 0.0}, "remaining": {"tokens": None, "usd": -0.0106}}
     assert "remaining $0.0000 (over by $0.0106)" in figure_lines(row)[1]
+
+
+def test_init_suggests_a_cadence_the_root_has(runner: CliRunner, tmp_path: Path) -> None:
+    root = tmp_path / "agent"
+    (root / "cadences").mkdir(parents=True)
+    (root / "cadences" / "digest.md").write_text("Write the digest.")
+    (root / "cadences.toml").write_text("[digest]\nschedule = \"0 9 * * *\"\n")  # an agent of its own, as examples/agent
+    result = invoke(runner, root, "init")
+    assert result.exit_code == 0 and "enqueue digest" in result.stdout and "enqueue hello" not in result.stdout

@@ -55,9 +55,14 @@ def init(c: Context) -> None:
         click.echo(claude)
     if created:
         root = shlex.quote(str(lay.root))
+        try:  # a cadence this root has (the example agent has no `hello`)
+            names = Registry.load(lay).names()
+        except RegistryError:
+            names = []
+        first = "hello" if "hello" in names or not names else names[0]
         click.echo(f"next: put a key or subscription login in {root}/.env, then\n"
                    f"  maestro --root {root} doctor          # check the set-up\n"
-                   f"  maestro --root {root} enqueue hello   # queue a tick\n"
+                   f"  maestro --root {root} enqueue {first}   # queue a tick\n"
                    f"  maestro --root {root} run --once      # run what is queued, then exit\n"
                    f"  maestro --root {root} service install --systemd --user   # or --launchd: run it for good")
 
