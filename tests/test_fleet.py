@@ -8,8 +8,6 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
-
 from maestro_py.daemon.loop import Daemon
 from maestro_py.fleet import open_store
 from maestro_py.fleet.gate import RETRY_SECONDS
