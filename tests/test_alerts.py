@@ -285,7 +285,7 @@ def test_alert_targets_and_the_warning_threshold_follow_an_edit_of_env(layout: L
             assert daemon.alerts.flush(10)
         assert [a["title"] for a in receiver.alerts] == [a["title"] for a in other.alerts] == \
             ["maestro agent: disk trouble"]
-        assert daemon.settler.warn_at == 0.5 and daemon.restart_required == []
+        assert daemon.settler.warn_at() == 0.5 and daemon.restart_required == []
         shown = daemon.settings.in_force()["MAESTRO_NOTIFY_URLS"]
         assert shown == [f"json://{MASK}"]  # what `status --json` shows: the scheme, never a token
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 from datetime import timedelta
 from typing import Any
 
@@ -45,8 +46,9 @@ def rails(layout: Layout, clock: Any, live: Live) -> Guardrails:
     events = EventLog(layout, clock=clock)
     circuits = PersistedCircuits(Breakers(threshold=2, open_seconds=100, max_open_seconds=1000),
                                  CircuitFile(layout.circuit_file, layout.folder(Folder.TMP)), events, clock)
+    tuning = SimpleNamespace(max_live=2, max_attempts=3, quota_min_hold=60.0, quota_pause_at=None, backoff="0,30,120")
     return Guardrails(circuits=circuits, backoff=Backoff(parse_backoff("0,30,120")),
-                      budget=Budget({"daily": Limit(tokens=50_000)}), live=live, max_live=2, max_attempts=3,
+                      budget=Budget({"daily": Limit(tokens=50_000)}), live=live, settings=lambda: tuning,
                       credential="key-a", events=events, clock=clock)
 
 
@@ -87,9 +89,9 @@ def test_refusals_come_in_the_readme_order(rails: Guardrails, clock: Any, live: 
     refusal()
     rails.backoff.record_success("memo")
     refusal()                      # pacing: something spawned this step
-    rails.max_live = 1
+    rails.settings().max_live = 1  # the settings in force change (a reload hands out new ones)
     refusal(spawned=False)         # live cap: 1 running, cap 1
-    rails.max_live = 2
+    rails.settings().max_live = 2
     refusal(spawned=False)         # auth probe: 1 running, credentials unproven
     rails.credentials_verified = True
     refusal(spawned=False)         # overlap: memo itself is running

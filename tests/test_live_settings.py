@@ -48,11 +48,12 @@ def test_every_part_follows_a_changed_setting(tmp_path: Path, clock: FakeClock) 
                      "MAESTRO_MAX_ATTEMPTS=5\nMAESTRO_SPAWN_TIMEOUT_SECONDS=12\nMAESTRO_HOURLY_TOKEN_BUDGET=500\n"
                      "MAESTRO_BACKOFF_SECONDS=exp:1:10\n")
     run_steps(daemon, 1)
-    assert (daemon.live.max_live, daemon.guardrails.max_live, daemon.bus.max_inbox) == (4, 4, 7)
-    assert daemon.guardrails.breakers.threshold == 9 and daemon.guardrails.max_attempts == 5
-    assert daemon.dispatcher.settings.spawn_timeout == 12 and daemon.housekeeping.settings.spawn_timeout == 12
+    # One new value, read by every part at its next use: nothing of it was written into them.
+    assert (daemon.live.max_live, daemon.guardrails.max_live, daemon.settings.max_inbox) == (4, 4, 7)
+    assert daemon.guardrails.breakers.figures()[0] == 9 and daemon.guardrails.max_attempts == 5
+    assert daemon.dispatcher.settings().spawn_timeout == 12 and daemon.housekeeping.settings().spawn_timeout == 12
     assert daemon.budget.global_limits["hourly"].tokens == 500
-    assert daemon.guardrails.backoff.wait is not None
+    assert daemon.guardrails._default_wait() is not None and daemon.settings.backoff == "exp:1:10"
 
 
 def test_settings_that_need_a_restart_say_so_and_a_bad_edit_keeps_what_runs(tmp_path: Path,

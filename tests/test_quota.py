@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -42,8 +43,9 @@ def run(kind: str, *, rate_limit: dict[str, Any] | None = None, text: str | None
 def rails(layout: Layout, clock: Any) -> Guardrails:
     log = EventLog(layout, clock=clock)
     circuits = PersistedCircuits(Breakers(), CircuitFile(layout.circuit_file, layout.folder(Folder.TMP)), log, clock)
+    tuning = SimpleNamespace(max_live=4, max_attempts=2, quota_min_hold=60.0, quota_pause_at=None, backoff="0")
     rails = Guardrails(circuits=circuits, backoff=Backoff(parse_backoff("0")), budget=Budget({}), live=Live(),
-                       max_live=4, max_attempts=2, credential="oauth", events=log, clock=clock, subscription=True)
+                       settings=lambda: tuning, credential="oauth", events=log, clock=clock, subscription=True)
     rails.credentials_verified = True
     return rails
 
@@ -117,7 +119,7 @@ def test_a_probe_that_meets_the_limit_again_holds_again(rails: Guardrails, clock
 
 def test_headroom_pauses_at_the_configured_utilization_and_not_below(rails: Guardrails, clock: Any,
                                                                       layout: Layout) -> None:
-    rails.quota_pause_at = 0.9
+    rails.settings().quota_pause_at = 0.9
     below = {"status": "allowed_warning", "utilization": 0.85, "rateLimitType": "five_hour",
              "resetsAt": clock.now().timestamp() + 1200}
     assert rails.learn(tick("memo"), cadence("memo"), run("ok", rate_limit=below)).action is Action.COMPLETE

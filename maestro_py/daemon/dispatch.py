@@ -67,11 +67,11 @@ class Holds:
 class Dispatcher:
     """One step's claims: coalesce duplicates, then the oldest runnable heads, inline up to a batch."""
 
-    def __init__(self, *, layout: Layout, settings: Settings, bus: Bus, guardrails: Guardrails, live: LiveRuns,
+    def __init__(self, *, layout: Layout, settings: Callable[[], Settings], bus: Bus, guardrails: Guardrails, live: LiveRuns,
                  spawner: Spawner, settler: Settler, events: EventLog, notifier: Notifier,
                  counters: Counter[str], clock: Clock, stopping: Callable[[], bool] = lambda: False) -> None:
         self.layout = layout
-        self.settings = settings
+        self.settings = settings  # the settings in force (a reload hands out a new value)
         self.bus = bus
         self.guardrails = guardrails
         self.live = live
@@ -214,7 +214,7 @@ class Dispatcher:
         stamp = command.log_stamp(local, claim.attempt, tick.id)
         stdout_log, stderr_log = self.layout.subsession_logs(local, tick.cadence, stamp)
         try:
-            spec = command.spawn_spec(cadence, tick, env, self.layout.root, self.settings, owner=self.bus.owner.token,
+            spec = command.spawn_spec(cadence, tick, env, self.layout.root, self.settings(), owner=self.bus.owner.token,
                                       stdout_log=stdout_log, stderr_log=stderr_log)
             session = self.spawner.spawn(spec)
         except ClaudeUnavailable as exc:
@@ -256,4 +256,4 @@ class Dispatcher:
 
     def _inline_timeout(self, cadence: Cadence) -> float:
         """Inline work blocks the loop: its own, much shorter default."""
-        return cadence.timeout_seconds or self.settings.inline_timeout
+        return cadence.timeout_seconds or self.settings().inline_timeout

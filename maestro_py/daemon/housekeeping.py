@@ -32,13 +32,13 @@ CLAUDE_RECHECK_SECONDS = 5.0  # while `claude` is missing, how often to look for
 class Housekeeping:
     """Keeps the daemon's view of its agent root current; owns the registry and environment it runs with."""
 
-    def __init__(self, *, layout: Layout, settings: Settings, env: dict[str, str], registry: Registry, bus: Bus,
+    def __init__(self, *, layout: Layout, settings: Callable[[], Settings], env: dict[str, str], registry: Registry, bus: Bus,
                  guardrails: Guardrails, budget: Budget, live: LiveRuns, redactor: Redactor, events: EventLog,
                  counters: Counter[str], clock: Clock, settler: Settler,
                  on_settings: Callable[[Settings], None] = lambda settings: None,
                  on_registry: Callable[[Registry], None] = lambda registry: None) -> None:
         self.layout = layout
-        self.settings = settings
+        self.settings = settings  # the settings in force (a reload hands out a new value)
         self.env = env
         self.registry = registry
         self.bus = bus
@@ -73,7 +73,7 @@ class Housekeeping:
         if self.guardrails.fleet is not None:  # renew leases, push the outbox, retry a store that was down
             self.guardrails.fleet.housekeep()
         if now_mono >= self._next_reap:
-            self._next_reap = now_mono + self.settings.reap_seconds
+            self._next_reap = now_mono + self.settings().reap_seconds
             self.reap()
         if now_mono >= self._next_prune:
             self._next_prune = now_mono + retention.PRUNE_EVERY_SECONDS
@@ -184,13 +184,13 @@ class Housekeeping:
             else:
                 self.events.emit("emergency_stop", level="error", reason=reason, live=len(self.live))
         if reason is not None:
-            self.live.end_all(f"emergency stop: {reason}", grace=self.settings.kill_grace)
+            self.live.end_all(f"emergency stop: {reason}", grace=self.settings().kill_grace)
 
     # -- periodic sweeps --------------------------------------------------
     def reap(self) -> None:
         """Stale claims back to `inbox/`, old `tmp/` leftovers removed, adopted orphans ended."""
-        self.settler.reap(max_reaps=self.settings.max_reaps, active=self.live.ids())
-        self.bus.sweep_tmp(grace=self.settings.tmp_grace)
+        self.settler.reap(max_reaps=self.settings().max_reaps, active=self.live.ids())
+        self.bus.sweep_tmp(grace=self.settings().tmp_grace)
         tracked = {r.session.pid for r in self.live}
         for pid, argv, run in proctree.reap_adopted(tracked):  # exited ones (zombies): reaped without a word
             tick, _, cadence = (run or "").partition(" ")
@@ -200,8 +200,8 @@ class Housekeeping:
     def _prune(self) -> None:
         """Retention: old done ticks and per-run logs; last months' event logs and ledger rows to monthly files."""
         protect = {Path(p) for r in self.live for p in (r.stdout_log, r.stderr_log)}
-        report = retention.prune(self.layout, now=self.clock.now(), retention_days=self.settings.retention_days,
-                                 max_mb=self.settings.logs_max_mb, protect=protect, dry_run=False)
+        report = retention.prune(self.layout, now=self.clock.now(), retention_days=self.settings().retention_days,
+                                 max_mb=self.settings().logs_max_mb, protect=protect, dry_run=False)
         if report.changed:
             self.events.emit("pruned", level="warn" if report.errors else "info", **report.summary())
 

@@ -55,12 +55,16 @@ class Running:
 class LiveRuns:
     """Running sub-sessions by tick id; `count()` also sees leaked `claude` children (fails closed)."""
 
-    def __init__(self, max_live: int, monotonic: Callable[[], float]) -> None:
-        self.max_live = max_live
+    def __init__(self, max_live: Callable[[], int], monotonic: Callable[[], float]) -> None:
+        self._max_live = max_live  # MAESTRO_MAX_LIVE_SUBSESSIONS in force
         self._monotonic = monotonic
         self._by_tick: dict[str, Running] = {}
         self._leaked: set[int] = set()            # live `--print` children found by the last process scan
         self._scanned_at: float | None = None     # monotonic time of that scan
+
+    @property
+    def max_live(self) -> int:
+        return self._max_live()
 
     def add(self, tick_id: str, run: Running) -> None:
         self._by_tick[tick_id] = run
@@ -95,7 +99,7 @@ class LiveRuns:
     def count(self) -> int:
         """Live sub-sessions, counted from real processes too, so a leaked child still counts (fails closed)."""
         pids = {r.session.pid for r in self._by_tick.values()}
-        if len(pids) >= self.max_live:
+        if len(pids) >= self._max_live():
             return len(pids)  # at the cap already: no need to look further
         now = self._monotonic()
         if self._scanned_at is None or now - self._scanned_at >= SCAN_EVERY:
@@ -110,7 +114,7 @@ class LiveRuns:
                 self._scanned_at = now
             except psutil.Error:
                 self._scanned_at = None
-                return self.max_live  # cannot tell: refuse
+                return self._max_live()  # cannot tell: refuse
         return len(pids | self._leaked)
 
     def end_all(self, reason: str, *, grace: float) -> None:

@@ -79,34 +79,36 @@ class Daemon:
         registry = Registry.load(self.layout)  # invalid at start-up: the caller reports it
         self.budget = settings.budget(cadence_limits(registry))
         self.budget.load(self.ledger.rows(), clock.now())
-        self.live = LiveRuns(settings.max_live, clock.monotonic)
+        # The parts read the settings in force through `current` at each use: a reload of `.env` hands out a new
+        # value (`reconfigure`), it does not write figures into them.
+        current = lambda: self.settings  # noqa: E731
+        self.live = LiveRuns(lambda: self.settings.max_live, clock.monotonic)
         self.counters = new_counters()
-        breakers = Breakers(threshold=settings.circuit_threshold, open_seconds=settings.circuit_open_seconds,
-                            max_open_seconds=settings.circuit_max_open_seconds)
+        breakers = Breakers(tuning=lambda: (self.settings.circuit_threshold, self.settings.circuit_open_seconds,
+                                            self.settings.circuit_max_open_seconds))
         circuits = PersistedCircuits(breakers, CircuitFile(self.layout.circuit_file, self.layout.folder(Folder.TMP)),
                                      self.events, clock)
         self.fleet = fleet_gate(self.layout, settings, self.events, clock)
         self.guardrails = Guardrails(
             circuits=circuits, backoff=Backoff(parse_backoff(settings.backoff)), budget=self.budget, live=self.live,
-            max_live=settings.max_live, max_attempts=settings.max_attempts,
-            credential=command.credential_fingerprint(self.env), events=self.events, clock=clock,
-            subscription=command.prefers_subscription(self.env), quota_pause_at=settings.quota_pause_at,
-            quota_min_hold=settings.quota_min_hold, fleet=self.fleet)
+            settings=current, credential=command.credential_fingerprint(self.env), events=self.events, clock=clock,
+            subscription=command.prefers_subscription(self.env), fleet=self.fleet)
         self.settler = Settler(bus=self.bus, guardrails=self.guardrails, budget=self.budget, ledger=self.ledger,
                                live=self.live, events=self.events, counters=self.counters, clock=clock,
-                               warn_at=settings.budget_warn_at, layout=self.layout, reservation=self._reservation)
+                               warn_at=lambda: self.settings.budget_warn_at, layout=self.layout,
+                               reservation=self._reservation)
         # MAESTRO_SERVICE_AUTOSYNC: the installed timers follow a reloaded registry (a thread of its own).
-        self.autosync = AutoSync(self.layout, self.events, settings=lambda: self.settings,
+        self.autosync = AutoSync(self.layout, self.events, settings=current,
                                  env=lambda: self.housekeeping.env)
         self.housekeeping = Housekeeping(
-            layout=self.layout, settings=settings, env=self.env, registry=registry, bus=self.bus,
+            layout=self.layout, settings=current, env=self.env, registry=registry, bus=self.bus,
             guardrails=self.guardrails, budget=self.budget, live=self.live, redactor=self.redactor,
             events=self.events, counters=self.counters, clock=clock, settler=self.settler,
             on_settings=self._settings_changed,
             on_registry=self.autosync.registry_changed)
         self.restart_required: list[str] = []  # settings changed in .env that only a restart applies
         self.dispatcher = Dispatcher(
-            layout=self.layout, settings=settings, bus=self.bus, guardrails=self.guardrails, live=self.live,
+            layout=self.layout, settings=current, bus=self.bus, guardrails=self.guardrails, live=self.live,
             spawner=self.spawner, settler=self.settler, events=self.events, notifier=self.notifier,
             counters=self.counters, clock=clock, stopping=lambda: self.stopping)
         self.status = StatusWriter(self.layout, self.redactor, self.events, clock.monotonic)

@@ -29,7 +29,8 @@ class Settler:
     """Turns finished runs into ledger rows and tick moves; every verdict goes through `apply`."""
 
     def __init__(self, *, bus: Bus, guardrails: Guardrails, budget: Budget, ledger: Ledger, live: LiveRuns,
-                 events: EventLog, counters: Counter[str], clock: Clock, warn_at: float | None = None,
+                 events: EventLog, counters: Counter[str], clock: Clock,
+                 warn_at: Callable[[], float | None] = lambda: None,
                  layout: Layout | None = None,
                  reservation: Callable[[str], Estimate] | None = None) -> None:
         self.bus = bus
@@ -40,7 +41,7 @@ class Settler:
         self.events = events
         self.counters = counters
         self.clock = clock
-        self.warn_at = warn_at  # MAESTRO_BUDGET_WARN_AT: the fraction of a limit that earns one budget_warning
+        self.warn_at = warn_at  # MAESTRO_BUDGET_WARN_AT in force: the fraction of a limit that earns one budget_warning
         self.layout = layout  # where the per-run logs show which runs a dead daemon had started
         self.reservation = reservation or (lambda cadence: budget.estimate(cadence))  # what a run of a cadence reserves
 
@@ -124,20 +125,21 @@ class Settler:
     def _warn_budget(self, row: dict[str, Any]) -> None:
         """One `budget_warning` per scope and window once a charge takes its spend past `warn_at` of a limit.
         Only the limits this run's cadence counts against are looked at, and only after a sub-session."""
-        if self.warn_at is None:
+        warn_at = self.warn_at()
+        if warn_at is None:
             return
         now = self.clock.now()
         for scope, window, limit in self.budget.scopes(str(row.get("cadence", ""))):
             tokens, usd = self.budget.spent(scope, window, now)
             used = max(tokens / limit.tokens if limit.tokens else 0.0, usd / limit.usd if limit.usd else 0.0)
-            if used >= self.warn_at and self.budget.first_report(scope, window, now, "warn"):
+            if used >= warn_at and self.budget.first_report(scope, window, now, "warn"):
                 resets = window_bounds(window, now, self.budget.zone)[1]
                 self.events.emit("budget_warning", level="warn", cadence=row.get("cadence"), scope=scope,
                                  window=window, used_pct=round(used * 100), spent_tokens=round(tokens),
                                  limit_tokens=limit.tokens, spent_usd=round(usd, 6), limit_usd=limit.usd,
                                  resets_at=iso(resets),
                                  reason=f"the {scope} {window} budget is {used:.0%} spent (warning at "
-                                        f"{self.warn_at:.0%}, MAESTRO_BUDGET_WARN_AT); it resets at {iso(resets)}")
+                                        f"{warn_at:.0%}, MAESTRO_BUDGET_WARN_AT); it resets at {iso(resets)}")
 
     def _charge_fleet(self, run: Running, row: dict[str, Any]) -> None:
         """The same charge in the governor store (or its outbox, when the store cannot be reached)."""

@@ -16,6 +16,7 @@ keeps its breakers and an operator's `maestro circuit reset/open` reaches the ru
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 import json
 import os
 from dataclasses import dataclass, field
@@ -82,6 +83,8 @@ class Breakers:
     threshold: int = 3
     open_seconds: float = 1800.0
     max_open_seconds: float = 6 * 3600.0
+    # The daemon's: (threshold, open_seconds, max_open_seconds) as the settings in force say, read at each failure
+    tuning: Callable[[], tuple[int, float, float]] | None = None
     circuits: dict[str, Circuit] = field(default_factory=dict)
 
     # -- questions --------------------------------------------------------
@@ -144,12 +147,17 @@ class Breakers:
         circuit = self.circuits.setdefault(cadence, Circuit(cadence))
         circuit.last_error = error[:500]
         circuit.failures += 1
+        threshold, open_seconds, max_open_seconds = self.figures()
         if circuit.state is State.HALF_OPEN:
             # The probe failed: open again for twice as long, up to the cap.
-            self._open(circuit, now, min(max(circuit.open_seconds, self.open_seconds) * 2, self.max_open_seconds))
-        elif circuit.state is State.CLOSED and circuit.failures >= self.threshold:
-            self._open(circuit, now, self.open_seconds)
+            self._open(circuit, now, min(max(circuit.open_seconds, open_seconds) * 2, max_open_seconds))
+        elif circuit.state is State.CLOSED and circuit.failures >= threshold:
+            self._open(circuit, now, open_seconds)
         return circuit
+
+    def figures(self) -> tuple[int, float, float]:
+        """(threshold, open_seconds, max_open_seconds) in force."""
+        return self.tuning() if self.tuning is not None else (self.threshold, self.open_seconds, self.max_open_seconds)
 
     def halt_auth(self, now: datetime, error: str, credential: str) -> Circuit:
         """Stop all spawning until the credentials change (or a reset)."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.tick import Tick
 from maestro_py.clock import Clock, iso
-from maestro_py.policy.backoff import Backoff, schedule
+from maestro_py.policy.backoff import Backoff, Wait, parse_backoff, schedule
 from maestro_py.policy.breaker import CLAUDE_MISSING, QUOTA_HOLD, PersistedCircuits, State
 from maestro_py.policy.budget import Estimate, Budget
 from maestro_py.policy.verdict import Action, Verdict, burnt
@@ -40,6 +40,16 @@ RATE_MIN_WAIT = 60.0
 # Exit codes of a run that never became the CLI: 126 "cannot execute", 127 "not found", as `env` (a script's
 # `#!/usr/bin/env node` under launchd's bare PATH) and shells report them. With no result line, `claude` is broken.
 CANNOT_EXEC = (126, 127)
+
+
+class Tuning(Protocol):
+    """The settings the guardrails read (`config.Settings` is one), as they are in force at each use."""
+
+    max_live: int
+    max_attempts: int
+    quota_min_hold: float
+    quota_pause_at: float | None
+    backoff: str
 
 
 class LiveView(Protocol):
@@ -91,26 +101,48 @@ class Guardrails:
     """Emergency stop, auth halt, breakers, backoff, pacing, live cap, credential probe, overlap, budget."""
 
     def __init__(self, *, circuits: PersistedCircuits, backoff: Backoff, budget: Budget, live: LiveView,
-                 max_live: int, max_attempts: int, credential: str, events: EventLog, clock: Clock,
-                 subscription: bool = False, quota_min_hold: float = 60.0, quota_pause_at: float | None = None,
-                 fleet: FleetGate | None = None) -> None:
+                 settings: Callable[[], Tuning], credential: str, events: EventLog, clock: Clock,
+                 subscription: bool = False, fleet: FleetGate | None = None) -> None:
         self.circuits = circuits
         self.breakers = circuits.breakers
         self.backoff = backoff
         self.budget = budget
         self.fleet = fleet  # the governor store's gate, when MAESTRO_GOVERNOR_URL names one
         self.live = live
-        self.max_live = max_live
-        self.max_attempts = max_attempts
+        self.settings = settings  # the settings in force: a reload hands out a new value, read at each use
+        self._wait: tuple[str, Wait] | None = None  # MAESTRO_BACKOFF_SECONDS as last parsed
         self.credential = credential  # fingerprint of the credentials sub-sessions run with now
         self.subscription = subscription  # sub-sessions authenticate with the subscription login
-        self.quota_min_hold = quota_min_hold  # seconds a usage-limit hold lasts at least, whatever the reset says
-        self.quota_pause_at = quota_pause_at  # utilization at which spawning pauses, leaving the rest to a human
         self.quota_usage: dict[str, dict[str, Any]] = {}  # window kind -> last utilization the CLI reported
         self.events = events
         self.clock = clock
         self.emergency: str | None = None
         self.credentials_verified = False  # until one run succeeds with these credentials, run one at a time
+
+    @property
+    def max_live(self) -> int:
+        return self.settings().max_live
+
+    @property
+    def max_attempts(self) -> int:
+        return self.settings().max_attempts
+
+    @property
+    def quota_min_hold(self) -> float:
+        """Seconds a usage-limit hold lasts at least, whatever the reset says."""
+        return self.settings().quota_min_hold
+
+    @property
+    def quota_pause_at(self) -> float | None:
+        """The utilization at which spawning pauses, leaving the rest to a human (None: never)."""
+        return self.settings().quota_pause_at
+
+    def _default_wait(self) -> Wait:
+        """The backoff after a failure of a cadence without its own `backoff_seconds` (parsed once per value)."""
+        text = self.settings().backoff
+        if self._wait is None or self._wait[0] != text:
+            self._wait = (text, parse_backoff(text))
+        return self._wait[1]
 
     # -- before a spawn ---------------------------------------------------
     def refusal(self, cadence: Cadence, now: datetime, *, spawned_this_step: bool,
@@ -314,7 +346,7 @@ class Guardrails:
 
     def _trip(self, name: str, cadence: Cadence, now: datetime, reason: str, at_least: float) -> datetime:
         """Count a failure toward the cadence's backoff and breaker; when the cadence may run again."""
-        wait = schedule(cadence.backoff_seconds) if cadence.backoff_seconds else None
+        wait = schedule(cadence.backoff_seconds) if cadence.backoff_seconds else self._default_wait()
         retry_at = self.backoff.record_failure(name, now, wait, at_least=at_least)
         before = self.breakers.circuits.get(name)
         was_open = before is not None and before.state is not State.CLOSED
