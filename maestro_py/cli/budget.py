@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-from maestro_py.registry_keys import Mode
 from maestro_py.cli.common import CliError, Context, budget_summary, figure_lines, pass_ctx
 from maestro_py.cli.governor import fleet_lines
 from maestro_py.ops import when
@@ -48,21 +47,17 @@ def _fleet_never_fits(c: Context) -> list[tuple[str, Any]]:
     now = SystemClock().now()
     try:
         registry = c.registry()
-        state = gates.PersistedState(c.layout, c.env, c.settings(), registry, now)
+        out = []
+        with gates.PersistedState(c.layout, c.env, c.settings(), registry, now) as state:
+            for name in registry.names():
+                cadence = registry.get(name)
+                for answer in gates.walk(state, cadence, now) if cadence is not None else []:  # inline: none
+                    hold = answer.hold
+                    if hold is not None and hold.refusal is Refusal.FLEET_BUDGET and hold.never_fits:
+                        out.append((name, hold))
+        return out
     except (CliError, views.CircuitFileInvalid):
         return []  # `maestro doctor` names what is broken
-    try:
-        out = []
-        for name in registry.names():
-            cadence = registry.get(name)
-            if cadence is None or cadence.mode == Mode.INLINE:
-                continue
-            for answer in gates.walk(state, cadence, now):
-                if answer.hold is not None and answer.hold.refusal is Refusal.FLEET_BUDGET and answer.hold.never_fits:
-                    out.append((name, answer.hold))
-        return out
-    finally:
-        state.close()
 
 
 @click.command()

@@ -26,11 +26,8 @@ def cadences_cmd(c: Context, as_json: bool) -> None:
     now = SystemClock().now()
     registry = c.registry()
     try:
-        state = gates.PersistedState(c.layout, c.env, c.settings(), registry, now)
-        try:
-            doc = cadences.overview(c.layout, registry, now, state)
-        finally:
-            state.close()
+        with gates.PersistedState(c.layout, c.env, c.settings(), registry, now) as state:
+            doc = cadences.overview(c.layout, registry, now, gates.holds(state, registry, now))
     except views.CircuitFileInvalid as exc:
         raise CliError(str(exc)) from None
     if as_json:

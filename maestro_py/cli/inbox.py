@@ -27,15 +27,12 @@ def inbox_list(c: Context, as_json: bool) -> None:
     now = SystemClock().now()
     try:
         registry = c.registry()
-        state = gates.PersistedState(c.layout, c.env, c.settings(), registry, now)
+        with gates.PersistedState(c.layout, c.env, c.settings(), registry, now) as state:
+            held = gates.holds(state, registry, now)
+        items = ticks.queued(c.layout, now, held.get)
     except (CliError, views.CircuitFileInvalid) as exc:  # the queue is still worth listing: say why gates are unknown
         click.echo(escape(f"(which gate holds each tick is unknown: {exc})"), err=True)
         items = ticks.queued(c.layout, now)
-    else:
-        try:
-            items = ticks.queued(c.layout, now, lambda name: gates.hold_of(state, registry.get(name), now))
-        finally:
-            state.close()
     if as_json:
         click.echo(json.dumps(items, indent=2, ensure_ascii=False))
         return

@@ -8,7 +8,7 @@ and the queued ticks (those that wait for a retry time a failure set: the backof
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo
 from typing import Any
@@ -23,10 +23,9 @@ from maestro_py.ops import ticks
 from maestro_py.ops.views import open_circuits
 from maestro_py.paths import Folder, Layout
 from maestro_py.policy.breaker import Circuit
-from maestro_py.policy.gates import GateState, Refusal, first_hold
+from maestro_py.policy.gates import Hold, Refusal
 from maestro_py.policy.budget import local_zone, window_bounds
 from maestro_py.registry import Registry
-from maestro_py.registry_keys import Mode
 from maestro_py.session.ledger import Ledger
 
 # Gates that hold every cadence's runs alike: shown once, above the table.
@@ -34,10 +33,10 @@ EVERY_CADENCE = frozenset((Refusal.EMERGENCY_STOP, Refusal.AUTH_HALT, Refusal.CL
                            Refusal.GOVERNOR_UNAVAILABLE))
 
 
-def overview(layout: Layout, registry: Registry, now: datetime, gates: GateState | None = None) -> dict[str, Any]:
-    """{"holds": what stops every spawn now, "cadences": one entry per cadence, by name}. With `gates` (the
-    persisted state, `ops.gates.PersistedState`), each cadence's `held_by` is the gate that holds its runs now: the
-    daemon's own answer; "holds" are those of them that hold every cadence."""
+def overview(layout: Layout, registry: Registry, now: datetime, held: Mapping[str, Hold] | None = None) -> dict[str, Any]:
+    """{"holds": what stops every spawn now, "cadences": one entry per cadence, by name}. With `held` (the gate that
+    holds each cadence's runs now, `ops.gates.holds`: the daemon's own answer), each cadence's `held_by` says it;
+    "holds" are those that hold every cadence."""
     names = registry.names()
     circuits = open_circuits(layout)
     last = last_outcomes(layout, names)
@@ -57,7 +56,7 @@ def overview(layout: Layout, registry: Registry, now: datetime, gates: GateState
                 entry["next_fire"] = iso(fire) if fire else None
             except (cron.CronError, ValueError) as exc:  # loaded before the registry checked schedules in full
                 entry["schedule_error"] = str(exc)
-        hold = first_hold(gates, cadence, now) if gates is not None and cadence.mode != Mode.INLINE else None
+        hold = (held or {}).get(name)
         if hold is not None and hold.refusal in EVERY_CADENCE:
             holds.setdefault(hold.gate, hold.line())
         mine = [t for t in queue if t["cadence"] == name]

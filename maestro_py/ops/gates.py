@@ -31,14 +31,14 @@ from maestro_py.registry_keys import Mode
 from maestro_py.session import command
 from maestro_py.state import observe
 
-__all__ = ["Answer", "PersistedState", "evaluate", "hold_of", "queued_hold", "refused_by", "walk"]
+__all__ = ["Answer", "PersistedState", "evaluate", "hold_of", "holds", "queued_hold", "refused_by", "walk"]
 
 _UNSET: Any = object()
 
 
 class PersistedState:
     """The gates' view of what the daemon persisted (`policy.gates.GateState`). Read once, asked for many cadences;
-    `close` lets go of the governor store."""
+    used as a context manager, it lets go of the governor store at the end (`close`)."""
 
     spawned_this_step = False  # pacing is within one loop: never a wait a view can see
 
@@ -110,15 +110,18 @@ class PersistedState:
             self._store.close()
             self._store = None
 
+    def __enter__(self) -> "PersistedState":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def evaluate(layout: Layout, env: Mapping[str, str], settings: Settings, registry: Registry, cadence: Cadence,
              now: datetime) -> list[Answer]:
     """Every gate's answer for a run of `cadence` now, in the daemon's order (inline cadences pass none)."""
-    state = PersistedState(layout, env, settings, registry, now)
-    try:
+    with PersistedState(layout, env, settings, registry, now) as state:
         return walk(state, cadence, now)
-    finally:
-        state.close()
 
 
 def hold_of(state: PersistedState, cadence: Cadence | None, now: datetime) -> Hold | None:
@@ -126,6 +129,16 @@ def hold_of(state: PersistedState, cadence: Cadence | None, now: datetime) -> Ho
     if cadence is None or cadence.mode == Mode.INLINE:
         return None
     return first_hold(state, cadence, now)
+
+
+def holds(state: PersistedState, registry: Registry, now: datetime) -> dict[str, Hold]:
+    """Each cadence of `registry` whose runs a gate holds now, with that gate's hold, in the registry's order."""
+    out = {}
+    for name in registry.names():
+        hold = hold_of(state, registry.get(name), now)
+        if hold is not None:
+            out[name] = hold
+    return out
 
 
 def queued_hold(layout: Layout, env: Mapping[str, str], settings: Settings, registry: Registry, cadence: str,
@@ -136,10 +149,7 @@ def queued_hold(layout: Layout, env: Mapping[str, str], settings: Settings, regi
     if not_before and parse_iso(not_before) > now:
         return None
     try:
-        state = PersistedState(layout, env, settings, registry, now)
+        with PersistedState(layout, env, settings, registry, now) as state:
+            return hold_of(state, registry.get(cadence), now)
     except views.CircuitFileInvalid:
         return None
-    try:
-        return hold_of(state, registry.get(cadence), now)
-    finally:
-        state.close()

@@ -82,20 +82,13 @@ def check_gates(p: Probe) -> Check:
 
     now = p.now()
     try:
-        state = gates.PersistedState(p.layout, p.env, settings, registry, now)
+        with gates.PersistedState(p.layout, p.env, settings, registry, now) as state:
+            held = gates.holds(state, registry, now)
     except views.CircuitFileInvalid as exc:
         return Check("gates", Level.FAIL, str(exc))
-    never: list[str] = []
-    lasting: list[str] = []
-    try:
-        for name in registry.names():
-            hold = gates.hold_of(state, registry.get(name), now)
-            if hold is not None and hold.never_fits:
-                never.append(f"{name} never fits: {hold.line()}")
-            elif hold is not None and hold.lasting:
-                lasting.append(f"{name} held by {hold.gate}: {hold.why}")
-    finally:
-        state.close()
+    never = [f"{name} never fits: {hold.line()}" for name, hold in held.items() if hold.never_fits]
+    lasting = [f"{name} held by {hold.gate}: {hold.why}" for name, hold in held.items()
+               if hold.lasting and not hold.never_fits]
     if never:
         return Check("gates", Level.FAIL, "; ".join(never))
     if lasting:

@@ -318,15 +318,13 @@ def _fleet(reason: str, refusal: Refusal, lifts: str) -> Check:
     return check
 
 
-def _fleet_passes(reason: str) -> Words:
-    def words(state: GateState, cadence: Cadence, now: datetime) -> str:
-        answer = state.fleet(cadence, fleet_estimate(state.budget, cadence), now)
-        if answer is None:
-            return "no governor store (MAESTRO_GOVERNOR_URL unset)"
-        if answer.admitted:
-            return "the governor store would admit it"
-        return f"the governor store refuses it for another reason ({answer.reason})"
-    return words
+def _fleet_passes(state: GateState, cadence: Cadence, now: datetime) -> str:
+    answer = state.fleet(cadence, fleet_estimate(state.budget, cadence), now)
+    if answer is None:
+        return "no governor store (MAESTRO_GOVERNOR_URL unset)"
+    if answer.admitted:
+        return "the governor store would admit it"
+    return f"the governor store refuses it for another reason ({answer.reason})"
 
 
 def _says(text: str) -> Words:
@@ -350,11 +348,11 @@ GATES: tuple[Gate, ...] = (
          lambda s, c, n: f"overlap = {c.overlap!r}: {len(s.live_ticks(c.name))} run(s) of {c.name} live"),
     Gate(Refusal.BUDGET, _budget, _budget_passes),
     Gate(Refusal.GOVERNOR_UNAVAILABLE, _fleet("unavailable", Refusal.GOVERNOR_UNAVAILABLE,
-                                              "the store answering again"), _fleet_passes("unavailable")),
+                                              "the store answering again"), _fleet_passes),
     Gate(Refusal.FLEET_LIVE_CAP, _fleet("live_cap", Refusal.FLEET_LIVE_CAP, "a fleet run's end"),
-         _fleet_passes("live_cap")),
+         _fleet_passes),
     Gate(Refusal.FLEET_BUDGET, _fleet("budget", Refusal.FLEET_BUDGET, "the window's reset, or a larger limit"),
-         _fleet_passes("budget")),
+         _fleet_passes),
 )
 
 

@@ -22,7 +22,7 @@ from maestro_py.policy.backoff import Backoff, Wait, parse_backoff, schedule
 from maestro_py.policy.breaker import CLAUDE_MISSING, QUOTA_HOLD, PersistedCircuits, State
 from maestro_py.policy.budget import Estimate, Budget
 from maestro_py.policy.verdict import Action, Verdict, burnt
-from maestro_py.policy.gates import FleetAnswer, Hold, Refusal, fleet_estimate, first_hold
+from maestro_py.policy.gates import FleetAnswer, Hold, Refusal, first_hold
 if TYPE_CHECKING:
     from maestro_py.fleet.gate import FleetGate
 from maestro_py.policy.failures import HANDLING, FailureClass, classify, failure_reason, quota_reset
@@ -169,10 +169,6 @@ class Guardrails:
         `ops.gates.PersistedState` reads it back): whether the credentials are proven, the backoffs still ahead."""
         return {"credentials_verified": self.credentials_verified,
                 "backoff": {name: iso(at) for name, at in self.backoff.next_allowed.items() if at > now}}
-
-    def fleet_estimate(self, cadence: Cadence) -> Estimate:
-        """What a run reserves in the governor store (`gates.fleet_estimate`)."""
-        return fleet_estimate(self.budget, cadence)
 
     def _report_fleet_budget(self, cadence: Cadence, answer: FleetAnswer, now: datetime) -> None:
         """The store's budget refused: said once per scope, window and reset."""

@@ -86,18 +86,10 @@ def _holds(layout: Layout, env: Mapping[str, str], settings: Settings, registry:
     from maestro_py.ops import gates
 
     try:
-        state = gates.PersistedState(layout, env, settings, registry, now)
+        with gates.PersistedState(layout, env, settings, registry, now) as state:
+            return [{"cadence": name, **hold.to_json()} for name, hold in gates.holds(state, registry, now).items()]
     except views.CircuitFileInvalid:
         return []  # shown as a problem already
-    try:
-        out = []
-        for name in registry.names():
-            hold = gates.hold_of(state, registry.get(name), now)
-            if hold is not None:
-                out.append({"cadence": name, **hold.to_json()})
-        return out
-    finally:
-        state.close()
 
 
 def _ledger(layout: Layout, now: datetime, first: date, zone: tzinfo | None
