@@ -59,7 +59,7 @@ from maestro_py.bus.tick import Tick  # noqa: E402
 PY = sys.executable
 HUEY_CONSUMER = str(Path(PY).parent / "huey_consumer")
 CLAUDE = REPO / ".tools" / "claude" / "node_modules" / ".bin" / "claude"
-FAKE_CLAUDE_PY = REPO / "tests" / "fake_claude.py"
+CLAUDE_CODE_FAKE_PY = REPO / "tests" / "fake_claude.py"
 GAP = (0.020, 0.050)  # seconds between pickup ticks: the consumer is idle when each one arrives
 WARM = 10  # pickup ticks sent and waited for before measuring (imports, first-call costs)
 
@@ -674,7 +674,7 @@ def timed_child(folder: Path, real: Path) -> tuple[Path, Path]:
 
 def tiny_claude(folder: Path) -> Path:
     """The smallest possible `claude`: a sh script that prints a result object shaped like the real one."""
-    sys.path.insert(0, str(FAKE_CLAUDE_PY.parent))
+    sys.path.insert(0, str(CLAUDE_CODE_FAKE_PY.parent))
     import fake_claude
 
     obj = json.dumps(fake_claude.result("hi there"))
@@ -688,7 +688,7 @@ def tiny_claude(folder: Path) -> Path:
 def fake_claude_py(folder: Path) -> Path:
     """tests/fake_claude.py started by this venv's python (not `env python3`, which may be a slow shim)."""
     path = folder / "fake-claude"
-    path.write_text(f'#!/bin/sh\nexec "{PY}" "{FAKE_CLAUDE_PY}" "$@"\n')
+    path.write_text(f'#!/bin/sh\nexec "{PY}" "{CLAUDE_CODE_FAKE_PY}" "$@"\n')
     path.chmod(0o755)
     return path
 
@@ -1094,7 +1094,7 @@ def main() -> int:
         tiny = tiny_claude(scratch.new("tiny"))
         ov["tiny"] = overhead(scratch, "tiny fake claude (sh printf)", tiny, clean_env(), 10, 1 if q else 4)
         ov["fake_py"] = overhead(scratch, "tests/fake_claude.py (ok mode)", fake_claude_py(scratch.new("fake")),
-                                 clean_env(FAKE_CLAUDE_MODE="ok"), 10, 1 if q else 3)
+                                 clean_env(CLAUDE_CODE_FAKE_MODE="ok"), 10, 1 if q else 3)
         if CLAUDE.exists():
             from fake_api import FakeMessagesAPI
 

@@ -24,12 +24,16 @@ from typing import Any
 from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout
-from maestro_py.registry_keys import FIELDS, Bad, Mode, show
+from maestro_py import permissions
+from maestro_py.permissions import Permissions
+from maestro_py.registry_keys import FIELDS as CADENCE_FIELDS, Bad, Mode, show
+
+FIELDS = {**CADENCE_FIELDS, **permissions.FIELDS}  # every key a table may hold
 
 # \Z, not $: "$" also matches before a trailing newline, and names become file names.
 DEFAULTS_TABLE = "defaults"
 PER_CADENCE_ONLY = frozenset({"mode", "prompt", "handler", "guard", "schedule"})
-SESSION_ONLY = ("prompt", "model", "claude_args", "max_budget_usd", "output_format")
+SESSION_ONLY = ("prompt", "model", "claude_args", "max_budget_usd", "output_format", *permissions.FIELDS)
 
 
 class RegistryError(ConfigError):
@@ -77,6 +81,7 @@ class Cadence:
     output_format: str = "stream-json"  # "json" for whoever relies on it (no retry or usage-limit events then)
     timezone: str | None = None  # the zone `schedule` is in (None: the machine's); systemd timers only
     webhook_events: tuple[str, ...] = ()  # signed webhooks it takes (GitHub event names, "*": any); none by default
+    permissions: Permissions = Permissions()  # what a run may do (`maestro_py.permissions`)
 
 
 # -- value checks ---------------------------------------------------------------
@@ -121,6 +126,8 @@ class Registry:
         defaults: dict[str, Any] = {}
         if DEFAULTS_TABLE in data:
             defaults = _check_table(path, DEFAULTS_TABLE, data[DEFAULTS_TABLE], defaults_table=True)
+            _check_permissions(defaults, lambda problem, key: RegistryError(path, problem, table=DEFAULTS_TABLE,
+                                                                            key=key))
         cadences: dict[str, Cadence] = {}
         for name, table in data.items():
             if name == DEFAULTS_TABLE:
@@ -222,6 +229,9 @@ def _build(layout: Layout, path: Path, name: str, own: dict[str, Any], defaults:
     if mode == "guarded" and "guard" not in own:
         raise fail('mode = "guarded" needs a guard', "mode")
 
+    values = {**defaults, **own}
+    if mode != "inline":
+        _check_permissions(values, fail)
     prompt: Path | None = None
     if mode == "inline":
         for key in SESSION_ONLY:
@@ -229,7 +239,17 @@ def _build(layout: Layout, path: Path, name: str, own: dict[str, Any], defaults:
                 raise fail('only used by escalate and guarded cadences (mode is "inline")', key)
     else:
         prompt = _resolve_prompt(layout, own.get("prompt"), default_prompt, fail)
-    return _cadence(name, mode, prompt, {**defaults, **own}, configured=True)
+    return _cadence(name, mode, prompt, values, configured=True)
+
+
+def _check_permissions(values: Mapping[str, Any], fail: Callable[[str, str], RegistryError]) -> None:
+    """A permission flag in `claude_args`, or keys that contradict each other, are load errors."""
+    flag = permissions.permission_flag(values.get("claude_args", ()))
+    if flag is not None:
+        raise fail(f"{flag[0]} grants permissions: use {flag[1]} instead", "claude_args")
+    contradiction = Permissions.of(values).problem()
+    if contradiction is not None:
+        raise fail(contradiction[1], contradiction[0])
 
 
 def _resolve_prompt(
@@ -276,4 +296,5 @@ def _cadence(
         backoff_seconds=values.get("backoff_seconds"),
         configured=configured,
         output_format=values.get("output_format", "stream-json"),
+        permissions=Permissions.of(values),
     )

@@ -271,7 +271,7 @@ def daemon_env(tmp_path: Path, **extra: Any) -> dict[str, str]:
     env.update({
         "CLAUDE_BIN": str(fast_fake_claude(tmp_path)),
         "ANTHROPIC_API_KEY": SECRET,
-        "FAKE_CLAUDE_COUNT": str(tmp_path / "spawns.txt"),
+        "CLAUDE_CODE_FAKE_COUNT": str(tmp_path / "spawns.txt"),
         "MAESTRO_KILL_GRACE_SECONDS": "0.5",
         "MAESTRO_STOP_GRACE_SECONDS": "1",
         "PYTHONPATH": str(REPO),

@@ -31,7 +31,7 @@ def test_a_restarted_daemon_ends_what_a_dead_one_left_before_running_the_tick_ag
     again beside it (two live runs under a cap of 1, the orphan outliving even the second daemon)."""
     write_agent(layout, "[leak]\nmax_attempts = 3\n", {"leak": "[[fake_claude:orphan]]"})
     pidfile = tmp_path / "tool.pid"
-    env = daemon_env(tmp_path, FAKE_CLAUDE_PIDFILE=str(pidfile), MAESTRO_REAP_SECONDS="3600")
+    env = daemon_env(tmp_path, CLAUDE_CODE_FAKE_PIDFILE=str(pidfile), MAESTRO_REAP_SECONDS="3600")
     tick = maestro(layout, "enqueue", "leak", env=env).stdout.strip()
     first = start_daemon(layout, env)
     wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the tool started")
@@ -62,7 +62,7 @@ def test_a_run_killed_with_its_daemon_is_booked_before_the_tick_runs_again(layou
     """SIGKILL of the daemon while its sub-session runs (the API has billed its input): the restarted daemon books
     the lost run (usage unknown, charged its reservation) before it runs the tick again, so the budget sees both."""
     write_agent(layout, "[memo]\nreserve_usd = 0.25\nreserve_tokens = 20000\n", {"memo": "Write the memo."})
-    env = daemon_env(tmp_path, FAKE_CLAUDE_MODE="sleep", FAKE_CLAUDE_SLEEP="60")
+    env = daemon_env(tmp_path, CLAUDE_CODE_FAKE_MODE="sleep", CLAUDE_CODE_FAKE_SLEEP="60")
     tick = maestro(layout, "enqueue", "memo", env=env).stdout.strip()
     first = start_daemon(layout, env)
     try:
@@ -73,7 +73,7 @@ def test_a_run_killed_with_its_daemon_is_booked_before_the_tick_runs_again(layou
     for proc in psutil.process_iter(["cmdline"]):  # its sub-session dies with it, as under systemd's KillMode
         if str(tmp_path / "claude") in " ".join(proc.info["cmdline"] or []):
             proc.kill()
-    again = maestro(layout, "run", "--once", env={**env, "FAKE_CLAUDE_MODE": "ok"}, timeout=60)
+    again = maestro(layout, "run", "--once", env={**env, "CLAUDE_CODE_FAKE_MODE": "ok"}, timeout=60)
     assert again.returncode == 0, again.stderr
     rows = [r for r in ledger_rows(layout) if r["tick"] == tick]
     assert [r["attempt"] for r in rows] == [1, 2] or [r["attempt"] for r in rows] == [1, 1], rows

@@ -21,9 +21,12 @@ def test_preferring_the_subscription_withholds_every_api_credential(tmp_path: Pa
     assert child["AGENT_DIR"] == str(tmp_path) and child["HOME"] == "/h"
 
 
-def test_api_credentials_pass_when_the_subscription_is_not_preferred(tmp_path: Path) -> None:
-    child = child_env({"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_AUTH_TOKEN": AUTH}, tmp_path)
-    assert child["ANTHROPIC_API_KEY"] == KEY and child["ANTHROPIC_AUTH_TOKEN"] == AUTH
+def test_only_the_credential_in_use_passes_when_the_subscription_is_not_preferred(tmp_path: Path) -> None:
+    child = child_env({"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_AUTH_TOKEN": AUTH, "CLAUDE_CODE_OAUTH_TOKEN": OAUTH},
+                      tmp_path)
+    assert child["ANTHROPIC_API_KEY"] == KEY
+    assert "ANTHROPIC_AUTH_TOKEN" not in child and "CLAUDE_CODE_OAUTH_TOKEN" not in child
+    assert child["CLAUDE_CODE_SUBPROCESS_ENV_SCRUB"] == "0"  # see Permissions.scrubs_credential
 
 
 def test_a_placeholder_key_is_withheld_but_a_real_auth_token_is_not(tmp_path: Path) -> None:

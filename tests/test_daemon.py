@@ -109,7 +109,7 @@ def test_unmetered_run_is_recorded_as_null_not_zero(layout: Layout, tmp_path: Pa
 
 def test_secret_never_reaches_any_file_under_the_root(layout: Layout, tmp_path: Path) -> None:
     write_agent(layout, "", {"leaky": "[[fake_claude:echo_env]]", "bad": "[[fake_claude:api_error:401]]"})
-    env = daemon_env(tmp_path, FAKE_CLAUDE_ENV_KEYS="ANTHROPIC_API_KEY", MAESTRO_MAX_ATTEMPTS="1")
+    env = daemon_env(tmp_path, CLAUDE_CODE_FAKE_ENV_KEYS="ANTHROPIC_API_KEY", MAESTRO_MAX_ATTEMPTS="1")
     maestro(layout, "enqueue", "leaky", env=env)
     maestro(layout, "enqueue", "bad", env=env)
     assert maestro(layout, "run", "--once", env=env).returncode == 0
@@ -122,7 +122,7 @@ def test_secret_never_reaches_any_file_under_the_root(layout: Layout, tmp_path: 
 def test_placeholder_key_is_stripped_from_the_child(layout: Layout, tmp_path: Path) -> None:
     write_agent(layout, "", {"who": "[[fake_claude:echo_env]]"})
     keys = "ANTHROPIC_API_KEY,AGENT_DIR,CLAUDE_CODE_MAX_RETRIES,CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"
-    env = daemon_env(tmp_path, ANTHROPIC_API_KEY="your-api-key-here", FAKE_CLAUDE_ENV_KEYS=keys)
+    env = daemon_env(tmp_path, ANTHROPIC_API_KEY="your-api-key-here", CLAUDE_CODE_FAKE_ENV_KEYS=keys)
     tick = maestro(layout, "enqueue", "who", env=env).stdout.strip()
     assert maestro(layout, "run", "--once", env=env).returncode == 0
     (log,) = layout.subsessions_dir.glob("*.stdout.log")
@@ -216,7 +216,7 @@ def test_emergency_stop_ends_running_work_and_spawns_nothing_until_resume(layout
 def test_timeout_ends_the_whole_tree_including_escaped_tools(layout: Layout, tmp_path: Path) -> None:
     write_agent(layout, "[hung]\ntimeout_seconds = 1.5\nmax_attempts = 1\n", {"hung": "[[fake_claude:orphan]]"})
     pidfile = tmp_path / "tool.pid"
-    env = daemon_env(tmp_path, FAKE_CLAUDE_PIDFILE=str(pidfile))
+    env = daemon_env(tmp_path, CLAUDE_CODE_FAKE_PIDFILE=str(pidfile))
     tick = maestro(layout, "enqueue", "hung", env=env).stdout.strip()
     assert maestro(layout, "run", "--once", env=env, timeout=30).returncode == 0
     tool = int(pidfile.read_text())

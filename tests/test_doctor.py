@@ -208,10 +208,35 @@ def test_claude_version_runs_with_the_child_environment(root: Path) -> None:
         seen.update(argv=argv, env=dict(env), cwd=cwd, timeout=timeout)
         return 0, "9.9.9 (Claude Code)\n", ""
 
-    check = doctor.check_claude(probe(root, {"CLAUDE_BIN": str(CLAUDE)}, run=record))
+    check, version = doctor.check_claude(probe(root, {"CLAUDE_BIN": str(CLAUDE)}, run=record))
     assert check.level is Level.OK and "9.9.9" in check.detail
+    assert version.level is Level.OK and "permissions need 2.1.337 or newer" in version.detail
     assert seen["argv"] == [str(CLAUDE), "--version"] and seen["timeout"] == 10.0
     assert seen["env"]["AGENT_DIR"] == str(root) and seen["env"]["CLAUDE_CODE_MAX_RETRIES"] == "2"
+
+
+def test_a_cli_older_than_the_permissions_need_fails_with_the_fix(root: Path) -> None:
+    def old(argv: list[str], env: Any, cwd: Path, timeout: float) -> tuple[int, str, str]:
+        return 0, "2.1.197 (Claude Code)\n", ""
+
+    _, version = doctor.check_claude(probe(root, {"CLAUDE_BIN": str(CLAUDE)}, run=old))
+    assert version.level is Level.FAIL and "2.1.197 is older than 2.1.337" in version.detail
+    assert "npm install -g @anthropic-ai/claude-code@2.1.337" in version.detail
+
+
+def test_doctor_shows_the_sandbox_and_each_cadence_policy(root: Path, tmp_path: Path) -> None:
+    from maestro_py.ops import permission_checks
+
+    (root / "cadences.toml").write_text('[hello]\ntools = ["Read", "Bash"]\nallow = ["Bash(git status)"]\n')
+    blind = probe(root, {"PATH": str(tmp_path)})  # no bwrap, no socat
+    sandbox = permission_checks.check_sandbox(blind)
+    assert sandbox.level is Level.FAIL and "hello" in sandbox.detail and "apt-get install bubblewrap socat" in \
+        sandbox.detail
+    (policy,) = permission_checks.check_permissions(blind)
+    assert policy.name == "may[hello]" and policy.detail.startswith("dontAsk; tools Read,Bash; allow Bash(git status)")
+    assert "untrusted input refused" in policy.detail
+    (root / "cadences.toml").write_text('[hello]\ntools = ["Read", "Bash"]\nsandbox = "preferred"\n')
+    assert permission_checks.check_sandbox(blind).level is Level.WARN
 
 
 # -- the running system -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from tests.fakes import (
 REGISTRY = """
 [memo]
 model = "claude-sonnet-4-5"
-claude_args = ["--allowedTools", "Read"]
+claude_args = ["--fallback-model", "claude-haiku-4-5"]
 max_budget_usd = 0.5
 timeout_seconds = 300
 
@@ -46,9 +46,11 @@ def test_the_plan_is_what_the_daemon_spawns(layout: Layout, clock: FakeClock) ->
     enqueue(layout, clock, "memo", payload={"to": "board"})
     run_steps(daemon, 3)
     spec = spawner.sessions[0].spec
+    flags = plan["permissions"]["flags"]
     assert plan["argv"] == spec.argv == ["/bin/true", "--print", "--output-format", "stream-json", "--verbose",
                                          "--no-session-persistence", "--model", "claude-sonnet-4-5",
-                                         "--max-budget-usd", "0.5", "--allowedTools", "Read"]
+                                         "--max-budget-usd", "0.5", *flags, "--fallback-model", "claude-haiku-4-5"]
+    assert flags[:2] == ["--settings", plan["permissions"]["settings_file"]] and spec.files[0][0] == Path(flags[1])
     assert plan["cwd"] == str(spec.cwd) and plan["timeout_s"] == spec.timeout == 300
     changed = {c["name"]: c["value"] for c in plan["env_changes"]}
     per_run = ("MAESTRO_SUBSESSION", "MAESTRO_TICK")  # the daemon's token and the tick's id: the rest is equal
@@ -72,7 +74,10 @@ def test_dry_run_masks_secrets_and_says_what_the_sub_session_loses(runner: CliRu
     assert out.exit_code == 0, out.stdout + out.stderr
     text = out.stdout
     assert SECRET not in text and "TOKENTOKEN" not in text and "[REDACTED]" in text
-    assert "- ANTHROPIC_API_KEY (withheld from the sub-session)" in text
+    withheld = next(line for line in text.splitlines() if line.startswith("  withheld ("))
+    assert "ANTHROPIC_API_KEY" in withheld and "MAESTRO_PREFER_SUBSCRIPTION_AUTH" in withheld  # names only
+    assert "permissions: dontAsk; tools Read,Grep,Glob" in text and "--setting-sources user" in text
+    assert '"disableBypassPermissionsMode": "disable"' in text  # the settings file, printed, not written
     assert "+ AGENT_DIR=" in text and "+ CLAUDE_CODE_MAX_RETRIES=2" in text
     assert f"argv: {layout.root / 'claude'} --print" in text and "  | Use the key [REDACTED] nowhere." in text
     assert "verdict: it would start at the daemon's next loop" in text

@@ -189,7 +189,7 @@ def test_tool_sleep_then_text(api: FakeMessagesAPI) -> None:
     events = _sse_events(_post(api, _body(stream=True))[2])
     block = events[2]["content_block"]
     assert block["type"] == "tool_use" and block["name"] == "Bash" and block["input"] == {}
-    assert json.loads(events[3]["delta"]["partial_json"])["command"] == "sleep 300"
+    assert json.loads(events[3]["delta"]["partial_json"])["command"] == "true && sleep 300"
     assert events[5]["delta"]["stop_reason"] == "tool_use"
     convo = [
         {"role": "user", "content": "go"},

@@ -100,6 +100,22 @@ def _ledger_spent(root: Root) -> None:
     root.daemon.budget.charge(row, root.clock.now())
 
 
+def _denied_runs(root: Root) -> None:
+    """The last three runs of `memo` under its current policy were each denied a tool call."""
+    from maestro_py.registry import Registry
+    from maestro_py.session import command
+
+    cadence = Registry.load(root.layout).get("memo")
+    assert cadence is not None
+    policy = command.policy_id(cadence, root.daemon.housekeeping.env, root.layout.root)
+    rows = [{"ts": root.clock.now().isoformat(), "tick": f"t{i}", "cadence": "memo", "attempt": 1, "ok": True,
+             "policy": policy, "denials": {"count": 1, "tools": ["Bash"]}} for i in range(3)]
+    with open(root.layout.ledger_file, "a") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    root.daemon.guardrails.denials.seed(rows)
+
+
+NO_BWRAP = "/nonexistent-bin"  # a PATH on which neither bwrap nor socat is found
 CASES: dict[str, tuple[str, dict[str, str], list[Setup], Refusal | None]] = {
     # name: (cadences.toml, settings, setups, the gate that holds)
     "none": ("", {}, [_verified], None),
@@ -107,6 +123,9 @@ CASES: dict[str, tuple[str, dict[str, str], list[Setup], Refusal | None]] = {
     "auth halt": ("", {}, [_halt("auth")], Refusal.AUTH_HALT),
     "claude missing": ("", {}, [_halt("claude")], Refusal.CLAUDE_MISSING),
     "quota hold": ("", {}, [_halt("quota")], Refusal.QUOTA_HOLD),
+    "sandbox missing": ('[memo]\ntools = ["Read", "Bash"]\nsandbox = "required"\n', {"PATH": NO_BWRAP}, [],
+                        Refusal.SANDBOX_MISSING),
+    "misconfigured": ("", {}, [_denied_runs], Refusal.MISCONFIGURED),
     "breaker open": ("", {}, [_breaker], Refusal.CIRCUIT_OPEN),
     "backoff": ("", {}, [_backoff], Refusal.BACKOFF),
     "live cap": ("", {"MAESTRO_MAX_LIVE_SUBSESSIONS": "1"}, [lambda r: _hang(r, "other"), _verified],

@@ -17,7 +17,7 @@ from maestro_py.policy.backoff import Backoff, parse_backoff
 from maestro_py.policy.breaker import Breakers, CircuitFile, PersistedCircuits
 from maestro_py.policy.budget import Budget, Limit
 from maestro_py.policy.failures import FailureClass
-from maestro_py.policy.gates import FLEET_REFUSALS
+from maestro_py.policy.holds import FLEET_REFUSALS
 from maestro_py.policy.guardrails import Action, Guardrails, Refusal
 from maestro_py.session.runner import RunOutcome
 from tests.fakes import FakeLive as Live
@@ -58,8 +58,14 @@ def test_every_gate_open_means_no_refusal(rails: Guardrails, clock: Any) -> None
 
 def test_refusals_come_in_the_readme_order(rails: Guardrails, clock: Any, live: Live) -> None:
     """Make every gate refuse, then lift them one by one: each answer is the next gate in `Refusal`'s order."""
-    memo = cadence()
+    from maestro_py.permissions import Permissions
+    from maestro_py.session.sandbox import Sandbox
+
+    memo = cadence(permissions=Permissions(tools=("Read", "Bash"), sandbox="required"))
     now = clock.now()
+    for _ in range(3):
+        rails.denials.learn("memo", "", ("Bash",))                                   # misconfigured
+    rails.sandbox = lambda: Sandbox("bwrap not on the run's PATH")                   # sandbox missing
     rails.budget.reserve("other", "x", rails.budget.estimate("x", 50_000, None))  # budget: nothing left
     live.cadences = ["memo"]                                                         # overlap, and unproven creds
     rails.backoff.record_failure("memo", now)
@@ -84,6 +90,10 @@ def test_refusals_come_in_the_readme_order(rails: Guardrails, clock: Any, live: 
     rails.breakers.reset("_claude")
     refusal()
     rails.breakers.reset("_quota")
+    refusal()
+    rails.sandbox = lambda: Sandbox(None)
+    refusal()
+    rails.denials.learn("memo", "", ())
     refusal()
     rails.breakers.reset("memo")
     refusal()

@@ -113,7 +113,7 @@ SUBREAPER_SCRIPT = textwrap.dedent(
     out = {"before": is_subreaper(), "became": proctree.become_subreaper(), "after": is_subreaper()}
     # A child the daemon tracks (a live sub-session): must be spared.
     tracked = subprocess.Popen(["sleep", "30"])
-    env = dict(os.environ, FAKE_CLAUDE_MODE="orphan", FAKE_CLAUDE_PIDFILE=pidfile, FAKE_CLAUDE_SLEEP="0",
+    env = dict(os.environ, CLAUDE_CODE_FAKE_MODE="orphan", CLAUDE_CODE_FAKE_PIDFILE=pidfile, CLAUDE_CODE_FAKE_SLEEP="0",
                MAESTRO_TICK="20261207T000000000000Z-0000001-0000abcd memo")
     cli = subprocess.run([fake], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=10)
     orphan = int(open(pidfile).read())

@@ -27,7 +27,7 @@ def spec(tmp_path: Path, mode: str, *, stdin: bytes = b"say hi", timeout: float 
          argv: list[str] | None = None, **env: str) -> SpawnSpec:
     return SpawnSpec(
         argv=argv or [str(FAKE), "--print", "--output-format", "json"],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "FAKE_CLAUDE_MODE": mode, **env},
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CLAUDE_CODE_FAKE_MODE": mode, **env},
         cwd=tmp_path,
         stdin=stdin,
         stdout_log=tmp_path / "out.log",
@@ -66,7 +66,7 @@ def test_ok_run_is_metered_from_model_usage(tmp_path: Path) -> None:
 
 
 def test_cut_stream_result_is_metered_from_model_usage(tmp_path: Path) -> None:
-    out = run(spec(tmp_path, "ok", FAKE_CLAUDE_CUT="1"))
+    out = run(spec(tmp_path, "ok", CLAUDE_CODE_FAKE_CUT="1"))
     assert out.result is not None
     assert out.result.raw["usage"]["input_tokens"] == 0
     assert (out.result.usage.input_tokens, out.result.usage.output_tokens) == (1234, 56)
@@ -81,7 +81,7 @@ def test_no_json_means_no_result_and_unknown_usage(tmp_path: Path) -> None:
 
 
 def test_api_error_tail_comes_from_stdout(tmp_path: Path) -> None:
-    s = spec(tmp_path, "api_error", FAKE_CLAUDE_STATUS="529")
+    s = spec(tmp_path, "api_error", CLAUDE_CODE_FAKE_STATUS="529")
     out = run(s)
     assert out.exit_code == 1 and not out.ok
     assert out.result is not None and out.result.is_error is True and out.result.api_error_status == 529
@@ -91,7 +91,7 @@ def test_api_error_tail_comes_from_stdout(tmp_path: Path) -> None:
 
 
 def test_stderr_tail_is_last_4096_bytes(tmp_path: Path) -> None:
-    s = spec(tmp_path, "stderr", FAKE_CLAUDE_BYTES="10000")
+    s = spec(tmp_path, "stderr", CLAUDE_CODE_FAKE_BYTES="10000")
     out = run(s)
     assert out.exit_code == 2 and out.result is None
     payload = "".join(chr(ord("a") + i % 26) for i in range(10000))
@@ -112,12 +112,12 @@ def test_env_is_exactly_the_spec_env_and_secrets_are_redacted(tmp_path: Path) ->
     key = "sk-ant-api03-" + "A" * 40
     token = "plain-secret-token-value"  # no recognisable shape: known only from the child's env
     s = spec(tmp_path, "echo_env", ANTHROPIC_API_KEY=key, ANTHROPIC_AUTH_TOKEN=token,
-             FAKE_CLAUDE_ENV_KEYS="ANTHROPIC_API_KEY,ANTHROPIC_AUTH_TOKEN,HOME,FAKE_CLAUDE_MODE")
+             CLAUDE_CODE_FAKE_ENV_KEYS="ANTHROPIC_API_KEY,ANTHROPIC_AUTH_TOKEN,HOME,CLAUDE_CODE_FAKE_MODE")
     out = run(s)
     assert out.ok and out.result is not None and out.result.text is not None
     seen = json.loads(out.result.text)
     assert seen == {"ANTHROPIC_API_KEY": MASK, "ANTHROPIC_AUTH_TOKEN": MASK, "HOME": None,
-                    "FAKE_CLAUDE_MODE": "echo_env"}
+                    "CLAUDE_CODE_FAKE_MODE": "echo_env"}
     log = s.stdout_log.read_bytes()
     assert key.encode() not in log and token.encode() not in log
     assert MASK.encode() in log
@@ -127,7 +127,7 @@ def test_env_is_exactly_the_spec_env_and_secrets_are_redacted(tmp_path: Path) ->
 
 def test_timeout_ends_the_tree_including_a_setsid_tool(tmp_path: Path) -> None:
     pidfile = tmp_path / "tool.pid"
-    s = spec(tmp_path, "orphan", timeout=1.0, grace=0.3, FAKE_CLAUDE_PIDFILE=str(pidfile))
+    s = spec(tmp_path, "orphan", timeout=1.0, grace=0.3, CLAUDE_CODE_FAKE_PIDFILE=str(pidfile))
     session = ProcessSpawner().spawn(s)
     tool = int(wait_for_file(pidfile))
     # The pid is written once `setsid` has started; it becomes `sleep` when its exec is through.
@@ -147,7 +147,7 @@ def test_tool_left_running_after_a_normal_exit_is_killed(tmp_path: Path) -> None
     # The CLI exits 0 but leaves its detached tool behind; pytest is no subreaper, so the tool is
     # reparented to init and only the watcher's remembered snapshot can find it.
     pidfile = tmp_path / "tool.pid"
-    s = spec(tmp_path, "orphan", FAKE_CLAUDE_PIDFILE=str(pidfile), FAKE_CLAUDE_SLEEP="1.2")
+    s = spec(tmp_path, "orphan", CLAUDE_CODE_FAKE_PIDFILE=str(pidfile), CLAUDE_CODE_FAKE_SLEEP="1.2")
     session = ProcessSpawner().spawn(s)
     tool = int(wait_for_file(pidfile))
     out = session.wait(timeout=10)
@@ -160,8 +160,8 @@ def test_tool_left_running_after_a_normal_exit_is_killed(tmp_path: Path) -> None
 def test_nested_tool_left_running_is_killed_with_its_children(tmp_path: Path) -> None:
     # Like the real Bash tool: a detached shell with its own child, both outliving the CLI.
     pidfile = tmp_path / "tool.pid"
-    s = spec(tmp_path, "orphan", FAKE_CLAUDE_PIDFILE=str(pidfile), FAKE_CLAUDE_SLEEP="1.2",
-             FAKE_CLAUDE_TOOL='["sh", "-c", "sleep 300; true"]')
+    s = spec(tmp_path, "orphan", CLAUDE_CODE_FAKE_PIDFILE=str(pidfile), CLAUDE_CODE_FAKE_SLEEP="1.2",
+             CLAUDE_CODE_FAKE_TOOL='["sh", "-c", "sleep 300; true"]')
     session = ProcessSpawner().spawn(s)
     shell = psutil.Process(int(wait_for_file(pidfile)))
     (sleeper,) = wait_for(shell.children, timeout=3, what="the tool shell's child", interval=0.01)
@@ -173,8 +173,8 @@ def test_nested_tool_left_running_is_killed_with_its_children(tmp_path: Path) ->
 
 def test_stop_sends_sigterm_then_sigkill_after_grace(tmp_path: Path) -> None:
     siglog, ready = tmp_path / "signals", tmp_path / "ready"
-    s = spec(tmp_path, "sleep", FAKE_CLAUDE_SLEEP="30", FAKE_CLAUDE_SIGLOG=str(siglog),
-             FAKE_CLAUDE_READYFILE=str(ready))
+    s = spec(tmp_path, "sleep", CLAUDE_CODE_FAKE_SLEEP="30", CLAUDE_CODE_FAKE_SIGLOG=str(siglog),
+             CLAUDE_CODE_FAKE_READYFILE=str(ready))
     session = ProcessSpawner().spawn(s)
     wait_for_file(ready)
     asked = time.monotonic()
@@ -191,7 +191,7 @@ def test_stop_sends_sigterm_then_sigkill_after_grace(tmp_path: Path) -> None:
 
 def test_stop_ends_a_child_that_honours_sigterm(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
-    session = ProcessSpawner().spawn(spec(tmp_path, "sleep", FAKE_CLAUDE_SLEEP="30", FAKE_CLAUDE_READYFILE=str(ready)))
+    session = ProcessSpawner().spawn(spec(tmp_path, "sleep", CLAUDE_CODE_FAKE_SLEEP="30", CLAUDE_CODE_FAKE_READYFILE=str(ready)))
     wait_for_file(ready)
     assert session.wait(timeout=0.05) is None and session.poll() is None
     session.stop(grace=5)
@@ -202,8 +202,8 @@ def test_stop_ends_a_child_that_honours_sigterm(tmp_path: Path) -> None:
 
 def test_kill_is_immediate_and_idempotent_from_another_thread(tmp_path: Path) -> None:
     siglog, ready = tmp_path / "signals", tmp_path / "ready"
-    session = ProcessSpawner().spawn(spec(tmp_path, "sleep", FAKE_CLAUDE_SLEEP="30", FAKE_CLAUDE_SIGLOG=str(siglog),
-                                          FAKE_CLAUDE_READYFILE=str(ready)))
+    session = ProcessSpawner().spawn(spec(tmp_path, "sleep", CLAUDE_CODE_FAKE_SLEEP="30", CLAUDE_CODE_FAKE_SIGLOG=str(siglog),
+                                          CLAUDE_CODE_FAKE_READYFILE=str(ready)))
     wait_for_file(ready)
     session.stop(grace=30)  # a long grace in progress must not delay kill()
     time.sleep(0.1)
@@ -222,7 +222,7 @@ def test_kill_is_immediate_and_idempotent_from_another_thread(tmp_path: Path) ->
 
 def test_child_runs_in_its_own_session(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
-    session = ProcessSpawner().spawn(spec(tmp_path, "sleep", FAKE_CLAUDE_SLEEP="30", FAKE_CLAUDE_READYFILE=str(ready)))
+    session = ProcessSpawner().spawn(spec(tmp_path, "sleep", CLAUDE_CODE_FAKE_SLEEP="30", CLAUDE_CODE_FAKE_READYFILE=str(ready)))
     try:
         wait_for_file(ready)
         assert os.getsid(session.pid) == session.pid != os.getsid(0)
@@ -234,7 +234,7 @@ def test_child_runs_in_its_own_session(tmp_path: Path) -> None:
 def test_live_pids_and_on_exit(tmp_path: Path) -> None:
     exited = threading.Event()
     spawner = ProcessSpawner(on_exit=exited.set)
-    session = spawner.spawn(spec(tmp_path, "sleep", FAKE_CLAUDE_SLEEP="0.3"))
+    session = spawner.spawn(spec(tmp_path, "sleep", CLAUDE_CODE_FAKE_SLEEP="0.3"))
     assert spawner.live_pids() == {session.pid}
     assert exited.wait(timeout=5)
     out = session.poll()
@@ -277,3 +277,24 @@ def test_missing_cwd_raises_spawn_error(tmp_path: Path) -> None:
     s = SpawnSpec(**{**s.__dict__, "cwd": tmp_path / "gone"})
     with pytest.raises(SpawnError, match="working directory"):
         ProcessSpawner().spawn(s)
+
+
+def test_a_run_over_its_memory_limit_fails_as_a_breach_of_it(tmp_path: Path) -> None:
+    """`memory_mb`: the child takes the limit before exec; a run that outgrows it fails, and says which limit."""
+    from dataclasses import replace
+
+    from maestro_py.policy.failures import FailureClass, classify, failure_reason
+    from maestro_py.session import limits
+
+    hog = tmp_path / "hog"
+    hog.write_text("#!/bin/sh\nhead -c 400000000 /dev/zero | tr '\\0' a > /dev/null\n"
+                   "x=$(head -c 300000000 /dev/zero | tr '\\0' a)\necho survived\n")
+    hog.chmod(0o755)
+    capped = limits.of(64, None)
+    assert capped is not None
+    out = run(replace(spec(tmp_path, "ok", argv=[str(hog)]), limits=capped))
+    assert not out.ok and out.breach == "resource limit reached: memory_mb = 64"
+    assert "survived" not in out.tail
+    assert classify(out) is FailureClass.PERMANENT and failure_reason(out).startswith(out.breach)
+    free = run(spec(tmp_path, "ok", argv=[str(hog)]))  # the same child without the limit gets through
+    assert free.breach is None and "survived" in free.tail

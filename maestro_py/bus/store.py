@@ -89,14 +89,14 @@ class Bus(DeadLetters, OperatorMoves, Recovery):
 
     # -- delivery ---------------------------------------------------------
     def enqueue(self, cadence: str, *, source: str = "cli", payload: dict[str, Any] | None = None,
-                delay: float = 0.0) -> Tick:
+                delay: float = 0.0, trusted: bool = True) -> Tick:
         """Create and deliver a new tick, refusing when the inbox is at capacity (exactly, under concurrency)."""
         if not 0 <= delay <= MAX_DELAY_SECONDS:  # also NaN and infinity
             raise TickInvalid(f"delay must be between 0 and {MAX_DELAY_SECONDS} seconds (366 days)")
         now = self.clock.now()
         not_before = now + timedelta(seconds=delay) if delay > 0 else None
-        tick = Tick.new(cadence, now=now, source=source, payload=payload, not_before=not_before)
-        tick.record("enqueued", at=now, source=source)
+        tick = Tick.new(cadence, now=now, source=source, payload=payload, not_before=not_before, trusted=trusted)
+        tick.record("enqueued", at=now, source=source, trusted=None if trusted else False)
         # Count-then-deliver under one lock: racing enqueues at the ceiling must not all see room for one.
         with flocked(self.layout.bus_dir / ENQUEUE_LOCK):
             depth = self.depth(Folder.INBOX, stop_at=self.max_inbox)  # a full check, not a full count

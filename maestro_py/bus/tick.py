@@ -69,6 +69,9 @@ class Tick:
     reaps: int = 0
     dlq_reason: str | None = None  # set when dead-lettered
     dlq_at: str | None = None
+    # Whether its source is trusted: the CLI, timers and a token holder are; a webhook's body (anyone may have
+    # written it) and an open trigger are not. An untrusted payload reaches the prompt fenced (`session.command`).
+    trusted: bool = True
     # What reading the file found (never written): its bytes up to the last whole line, the bytes of a torn
     # last line after them, whether it lacks a final newline (written by hand), and the folder its last record
     # was moving it to.
@@ -85,12 +88,12 @@ class Tick:
     @classmethod
     def new(
         cls, cadence: str, *, now: datetime, source: str = "cli", payload: dict[str, Any] | None = None,
-        not_before: datetime | None = None,
+        not_before: datetime | None = None, trusted: bool = True,
     ) -> "Tick":
         """A fresh tick (validated)."""
         tick = cls(
             id=new_id(now), cadence=cadence, source=source, enqueued_at=iso(now),
-            payload=payload or {}, not_before=iso(not_before) if not_before else None,
+            payload=payload or {}, not_before=iso(not_before) if not_before else None, trusted=trusted,
         )
         tick.validate(check_encoding=False)
         try:  # one encoding checks both: UTF-8 (a lone surrogate fails) and the size
@@ -176,8 +179,8 @@ class Tick:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id, "cadence": self.cadence, "source": self.source, "enqueued_at": self.enqueued_at,
-            "attempts": self.attempts, "not_before": self.not_before, "payload": self.payload,
-            "history": self.history,
+            "attempts": self.attempts, "not_before": self.not_before, "trusted": self.trusted,
+            "payload": self.payload, "history": self.history,
         }
         if self.reaps:
             out["reaps"] = self.reaps
@@ -206,6 +209,8 @@ class Tick:
             raise TickInvalid("reaps must be a non-negative integer")
         if not isinstance(self.payload, dict):
             raise TickInvalid("payload must be a JSON object")
+        if not isinstance(self.trusted, bool):
+            raise TickInvalid("trusted must be true or false")
         if not isinstance(self.history, list) or not all(isinstance(h, dict) for h in self.history):
             raise TickInvalid("history must be a list of objects")
         if not all(isinstance(v, (str, type(None))) for v in (self.dlq_reason, self.dlq_at)):
@@ -226,6 +231,15 @@ class Tick:
             self.to_bytes()
         except UnicodeEncodeError:  # JSON's "\ud800" escapes decode to lone surrogates UTF-8 cannot store
             raise TickInvalid("contains an unpaired UTF-16 surrogate (\\ud800-\\udfff): not UTF-8") from None
+
+
+UNTRUSTED_SOURCES = ("github:", "webhook")
+
+
+def trusted_source(source: str) -> bool:
+    """Whether a tick file without `trusted` (written before it existed) came from a trusted source: a webhook's
+    did not."""
+    return not source.startswith(UNTRUSTED_SOURCES)
 
 
 def encode(doc: dict[str, Any]) -> bytes:

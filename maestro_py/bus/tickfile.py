@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from maestro_py.bus.tick import MAX_BASE_BYTES, MAX_PAYLOAD_DEPTH, MAX_TICK_BYTES, TICK_ID_RE, Tick
+from maestro_py.bus.tick import MAX_BASE_BYTES, MAX_PAYLOAD_DEPTH, MAX_TICK_BYTES, TICK_ID_RE, Tick, trusted_source
 from maestro_py.clock import iso
 from maestro_py.errors import TickInvalid
 
@@ -85,6 +85,7 @@ def parse_tick(data: bytes, *, stem: str, fallback_time: datetime | float) -> Ti
         reaps=obj.get("reaps", 0),
         dlq_reason=obj.get("dlq_reason"),
         dlq_at=obj.get("dlq_at"),
+        trusted=obj["trusted"] if "trusted" in obj else trusted_source(str(obj.get("source", "file"))),
     )
     if not isinstance(tick.history, list):
         raise TickInvalid("history must be a list of objects")

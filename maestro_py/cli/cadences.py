@@ -69,6 +69,9 @@ def _state(entry: dict[str, Any], now: Any) -> str:
         parts.append(f"circuit {circuit['state'].replace('_', '-')}"
                      + (until if circuit["state"] == "open" else "")
                      + (" (opened by hand)" if circuit["manual"] else f" ({circuit['failures']} failures)"))
+    denied = (entry["last_cost"] or {}).get("denials") or {}
+    if denied.get("count"):
+        parts.append(f"last run denied {denied['count']} call(s): {', '.join(denied['tools'])}")
     if entry["retry_wait_until"]:
         parts.append(f"retry wait until {_short(entry['retry_wait_until'])}")
     held = entry["held_by"]

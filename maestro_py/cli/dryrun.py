@@ -62,8 +62,15 @@ def plan_lines(doc: dict[str, Any]) -> list[str]:
             sign = {"added": "+", "changed": "~", "removed": "-"}[change["change"]]
             value = f"={change['value']}" if change["value"] is not None else " (withheld from the sub-session)"
             lines.append(f"  {sign} {change['name']}{value}")
+        permissions = doc["permissions"]
+        withheld = permissions["withheld_env"]
+        lines.append(f"  withheld ({len(withheld)}, names only): {', '.join(withheld) or 'none'}")
         if doc.get("owner_placeholder"):
             lines.append("  (no daemon runs now: the daemon that spawns it puts its own token in place of <daemon-owner>)")
+        lines.append(f"permissions: {permissions['policy']}")
+        lines.append(f"  flags: {shlex.join(permissions['flags'])}")
+        lines.append(f"  settings file {permissions['settings_file']} (written at its first run, 0600):")
+        lines += [f"  | {line}" for line in json.dumps(permissions["settings"], indent=2, sort_keys=True).split("\n")]
         lines.append(f"logs: {doc['logs'][0]}  (and .stderr.log)")
         stdin = doc["stdin"]
         lines.append(f"stdin ({len(stdin.encode())} bytes: the prompt, then the tick block; the tick id is an example):")

@@ -64,7 +64,9 @@ def show_lines(doc: dict[str, Any], now: Any) -> list[str]:
     lines = [f"tick {doc['id']}: {doc['state'].replace('_', ' ')} ({doc['folder']}/)", f"  file: {doc['path']}"]
     if not doc.get("readable", True):
         return lines + [f"  unreadable: {doc['error']}"]
-    lines.append(f"  cadence: {doc['cadence']}   source: {doc['source']}   enqueued: {when.local(doc['enqueued_at'])}")
+    trust = "" if doc.get("trusted", True) else " (untrusted: its payload is fenced)"
+    lines.append(f"  cadence: {doc['cadence']}   source: {doc['source']}{trust}   enqueued: "
+                 f"{when.local(doc['enqueued_at'])}")
     due = doc.get("not_before")
     wait = ""
     if due:
@@ -91,7 +93,9 @@ def show_lines(doc: dict[str, Any], now: Any) -> list[str]:
     for row in doc.get("runs") or []:
         lines.append(f"run: attempt {row.get('attempt')}  {'ok' if row.get('ok') else 'failed'}  "
                      f"{_tokens(row.get('total_tokens'))}  {_usd(row.get('cost_usd'))}"
-                     + ("" if row.get("metered", True) else f" (unmeasured: charged ${row.get('charged_usd') or 0:.4f})"))
+                     + ("" if row.get("metered", True) else f" (unmeasured: charged ${row.get('charged_usd') or 0:.4f})")
+                     + (f"  DENIED {row['denials']['count']} call(s): {', '.join(row['denials']['tools'])}"
+                        if (row.get("denials") or {}).get("count") else ""))
     lines += [f"log: {path}" for path in doc.get("logs") or []]
     return lines
 

@@ -115,6 +115,9 @@ class Dispatcher:
             if cadence is None:
                 self.settler.apply(claim, verdict.unknown_cadence(claim.tick.cadence))
                 continue
+            if cadence.mode != Mode.INLINE and not claim.tick.trusted and cadence.permissions.refuses_untrusted():
+                self.settler.apply(claim, verdict.untrusted_refused(cadence.name, claim.tick.source))
+                continue
             if cadence.mode == Mode.ESCALATE or (cadence.mode == Mode.GUARDED and self._guard_says_escalate(claim, cadence, env)):
                 spawned = self._spawn(claim, cadence, env) or spawned
             else:
@@ -249,7 +252,7 @@ class Dispatcher:
                                        payload_fingerprint(tick.payload), estimate, run_id=run_id,
                                        io_errors_at_start=self.counters["io_errors"],
                                        cli_retries=command.cli_retries(env),
-                                       claude=(spec.argv[0], command.claude_identity(env))))
+                                       claude=(spec.argv[0], command.claude_identity(env)), policy=spec.policy))
         self.events.emit("spawned", id=tick.id, cadence=tick.cadence, attempt=claim.attempt, pid=session.pid,
                          stdout_log=str(stdout_log), stderr_log=str(stderr_log))
         return True

@@ -95,6 +95,12 @@ RULES: dict[str, Callable[[Mapping[str, Any]], Alert]] = {
     "budget_warning": _budget_warning,
     "io_error": lambda e: Alert(
         "io_error", "disk trouble", f"{e.get('error')}; {e.get('action')}", "failure", "", {"error": e.get("error")}),
+    "permission_denied": lambda e: Alert(  # one per cadence per DEDUPE_SECONDS: later denials join it
+        "permission_denied", f"permission denied: {e.get('cadence')}" + (" (held: misconfigured)" if e.get("held")
+                                                                         else ""),
+        f"{e.get('reason')}; {e.get('fix')}", "failure" if e.get("held") else "warning", str(e.get("cadence")),
+        {"cadence": e.get("cadence"), "tick": e.get("id"), "count": e.get("count"), "tools": e.get("tools"),
+         "streak": e.get("streak")}),
     "run_timed_out": lambda e: Alert(
         "run_timed_out", f"run timed out: {e.get('cadence')}",
         f"a run of {e.get('cadence')} passed its {e.get('timeout_s')} s timeout and was ended", "warning",

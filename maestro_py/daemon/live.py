@@ -49,6 +49,7 @@ class Running:
     cli_retries: bool = False              # the CLI was allowed to retry failed requests itself
     claude: tuple[str, str] | None = None  # the binary it ran, and its `command.claude_identity` then
     end_reason: str | None = None          # set when the daemon ends it (drain, emergency stop)
+    policy: str = ""                       # what it was allowed and asked (`command.policy_id`)
     settlement: Settlement | None = None   # set when it has finished and its settle is under way
 
 

@@ -38,11 +38,12 @@ from maestro_py.daemon.wakeup import Wakeup
 from maestro_py.policy.backoff import Backoff, parse_backoff
 from maestro_py.policy.breaker import Breakers, CircuitFile, PersistedCircuits
 from maestro_py.policy.budget import Estimate, cadence_limits
+from maestro_py.policy.denials import Denials
 from maestro_py.policy.guardrails import Guardrails
 from maestro_py.paths import Folder, Layout, agent_name
 from maestro_py.redact import Redactor
 from maestro_py.registry import Registry
-from maestro_py.session import command, proctree
+from maestro_py.session import command, proctree, sandbox
 from maestro_py.session.ledger import Ledger
 from maestro_py.session.runner import ProcessSpawner, Spawner
 
@@ -92,7 +93,9 @@ class Daemon:
         self.guardrails = Guardrails(
             circuits=circuits, backoff=Backoff(parse_backoff(settings.backoff)), budget=self.budget, live=self.live,
             settings=current, credential=command.credential_fingerprint(self.env), events=self.events, clock=clock,
-            subscription=command.prefers_subscription(self.env), fleet=self.fleet)
+            subscription=command.prefers_subscription(self.env), fleet=self.fleet,
+            sandbox=lambda: sandbox.available(self.housekeeping.env), denials=Denials().seed(self.ledger.rows()),
+            policy_of=lambda cadence: command.policy_id(cadence, self.housekeeping.env, self.layout.root))
         self.settler = Settler(bus=self.bus, guardrails=self.guardrails, budget=self.budget, ledger=self.ledger,
                                live=self.live, events=self.events, counters=self.counters, clock=clock,
                                warn_at=lambda: self.settings.budget_warn_at, layout=self.layout,

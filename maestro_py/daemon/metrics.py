@@ -130,6 +130,8 @@ class Metrics:
         self._last_success: dict[str, float] = {}
         self._runs: Counter[tuple[str, str]] = Counter()
         self._unmetered: Counter[str] = Counter()
+        self._denied_runs: Counter[str] = Counter()  # runs the CLI denied a tool call, and the calls denied
+        self._denials: Counter[str] = Counter()
         self._tokens: Counter[tuple[str, str, str]] = Counter()
         self._usd: dict[tuple[str, str], float] = {}
         self._charged_tokens: Counter[str] = Counter()
@@ -173,6 +175,10 @@ class Metrics:
         self._runs[cadence, "ok" if row.get("ok") else "failed"] += 1
         if not row.get("metered"):
             self._unmetered[cadence] += 1
+        denied = row.get("denials") if isinstance(row.get("denials"), dict) else {}
+        if denied.get("count"):
+            self._denied_runs[cadence] += 1
+            self._denials[cadence] += _count(denied.get("count"))
         self._charged_tokens[cadence] += _count(row.get("charged_tokens"))
         self._charged_usd[cadence] = self._charged_usd.get(cadence, 0.0) + _amount(row.get("charged_usd"))
         per_model = row.get("per_model") if isinstance(row.get("per_model"), dict) else {}
@@ -288,6 +294,10 @@ class Metrics:
         yield _by_cadence(CounterMetricFamily("maestro_subsessions_unmetered", "Sub-sessions whose usage the CLI "
                                               "did not report (charged their reservation)", labels=["cadence"]),
                           self._unmetered)
+        yield _by_cadence(CounterMetricFamily("maestro_runs_denied", "Sub-sessions the CLI denied a tool call under "
+                                              "their permissions", labels=["cadence"]), self._denied_runs)
+        yield _by_cadence(CounterMetricFamily("maestro_permission_denials", "Tool calls the CLI denied",
+                                              labels=["cadence"]), self._denials)
         tokens = CounterMetricFamily("maestro_tokens", "Tokens the CLI reported, by model and kind",
                                      labels=["cadence", "model", "kind"])
         for (cadence, model, kind), value in sorted(self._tokens.items()):

@@ -16,6 +16,7 @@ from maestro_py.bus.tick import Tick
 from maestro_py.clock import Clock, iso
 from maestro_py.daemon.live import LiveRuns, Running, Settlement
 from maestro_py.paths import Layout
+from maestro_py.policy import denials
 from maestro_py.policy.budget import Budget, Estimate, charge_for, window_bounds
 from maestro_py.policy.guardrails import Guardrails
 from maestro_py.policy.verdict import Action, Verdict, reaped, requeued
@@ -168,6 +169,7 @@ class Settler:
         }
         if run.run_id is not None:
             row["run_id"] = run.run_id
+        self._note_denials(run, outcome, row, details)
         if outcome.truncated:
             details["truncated"] = True
         verdict = self.guardrails.learn(tick, run.cadence, outcome, ended_by=run.end_reason,
@@ -180,6 +182,25 @@ class Settler:
             self.events.emit("run_timed_out", level="warn", id=tick.id, cadence=tick.cadence, attempt=claim.attempt,
                              timeout_s=outcome.timeout_s, duration_ms=outcome.duration_ms)
         return Settlement(verdict, row, details)
+
+    def _note_denials(self, run: Running, outcome: RunOutcome, row: dict[str, Any], details: dict[str, Any]) -> None:
+        """What the CLI denied the run: in its ledger row (with the policy it ran under), its history, an event;
+        the cadence's streak of denied runs learns it (`policy.denials`)."""
+        tick = run.claim.tick
+        tools = outcome.result.denials if outcome.result is not None else None
+        row["policy"], row["denials"] = run.policy, denials.to_row(tools, None)
+        streak = self.guardrails.denials.learn(tick.cadence, run.policy, tools)
+        if not tools:
+            return
+        details["denials"] = row["denials"]
+        self.counters["permission_denials"] += len(tools)
+        held = streak is not None and streak.runs >= self.guardrails.denials.hold_after
+        self.events.emit("permission_denied", level="error" if held else "warn", id=tick.id, cadence=tick.cadence,
+                         attempt=run.claim.attempt, count=len(tools), tools=sorted(set(tools)),
+                         streak=streak.runs if streak else 1, held=held,
+                         reason=f"the CLI denied {len(tools)} tool call(s) ({', '.join(sorted(set(tools)))}) under "
+                                "the cadence's permissions" + ("; the cadence is held as misconfigured" if held else ""),
+                         fix=denials.fix(tick.cadence, streak) if streak else "")
 
     def _disk_trouble_during(self, run: Running) -> str | None:
         """Did the disk fail while `run` ran? (Checked now, and by the I/O errors the loop met meanwhile.)"""

@@ -69,6 +69,7 @@ def overview(layout: Layout, registry: Registry, now: datetime, held: Mapping[st
             "circuit": _circuit(circuits.get(name)),
             "retry_wait_until": max(retry) if retry else None,  # the backoff or breaker, as its ticks carry it
             "held_by": hold.to_json() if hold is not None else None,  # inline work runs through every hold
+            "permissions": cadence.permissions.line() if cadence.mode != "inline" else None,
         })
         out.append(entry)
     return {"holds": list(holds.values()), "cadences": out}
@@ -117,7 +118,7 @@ def _spend(layout: Layout, now: datetime) -> dict[str, dict[str, Any]]:
         except (KeyError, ValueError):
             continue
         last[name] = {"at": row["ts"], "cost_usd": row.get("cost_usd"), "tokens": row.get("total_tokens"),
-                      "charged_usd": row.get("charged_usd"), "ok": row.get("ok")}
+                      "charged_usd": row.get("charged_usd"), "ok": row.get("ok"), "denials": row.get("denials")}
         if ts >= start:
             day = today.setdefault(name, {"runs": 0, "cost_usd": 0.0, "cost_unknown_runs": 0})
             day["runs"] += 1

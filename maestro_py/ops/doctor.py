@@ -18,6 +18,7 @@ from maestro_py.bus.store import CLAIM_SEP, Bus
 from maestro_py.config import Settings, unknown_settings
 from maestro_py.errors import ConfigError, SpawnError
 from maestro_py.ops import views, when
+from maestro_py.ops.permission_checks import check_permissions, check_sandbox, cli_version
 from maestro_py.ops.probe import Check, Level, Probe
 from maestro_py.ops.service_checks import check_services
 from maestro_py.ops.spend_checks import check_budget, check_gates, check_governor
@@ -107,8 +108,9 @@ def check_prompts(p: Probe) -> Check:
 
 # -- claude and the credential ------------------------------------------------------------------
 
-def check_claude(p: Probe) -> Check:
-    """The `claude` executable is found and answers `--version` with the daemon's child environment."""
+def check_claude(p: Probe) -> Check | list[Check]:
+    """The `claude` executable is found and answers `--version` with the daemon's child environment, a release
+    the permissions can use."""
     try:
         claude = command.resolve_claude(p.env)
     except SpawnError as exc:
@@ -125,7 +127,7 @@ def check_claude(p: Probe) -> Check:
         last = (err.strip() or out.strip()).splitlines()[-1:] or ["no output"]
         return Check("claude", Level.FAIL, f"{claude} --version exited {code}: {last[0][:200]}")
     version = out.strip().splitlines()[0] if out.strip() else "unknown version"
-    return Check("claude", Level.OK, f"{claude} ({version})")
+    return [Check("claude", Level.OK, f"{claude} ({version})"), cli_version(claude, out)]
 
 
 def check_credential(p: Probe) -> Check:
@@ -303,7 +305,8 @@ def check_disk(p: Probe) -> Check:
 
 
 CHECKS: tuple[Callable[[Probe], Check | list[Check]], ...] = (
-    check_env_file, check_settings, check_registry, check_prompts, check_claude, check_credential,
+    check_env_file, check_settings, check_registry, check_prompts, check_claude, check_sandbox,
+    check_permissions, check_credential,
     check_writable, check_daemon, check_claims, check_dlq, check_stop, check_circuits, check_budget,
     check_governor, check_gates, check_services, check_disk,
 )

@@ -57,7 +57,13 @@ def plan(layout: Layout, env: Mapping[str, str], settings: Settings, registry: R
     except SpawnError as exc:  # the prompt: missing, outside the root, not UTF-8 …
         doc["start_error"] = f"the run would fail to start (an attempt burnt): {exc}"
     else:
-        doc.update(argv=spec.argv, cwd=str(spec.cwd), env_changes=env_changes(env, spec.env),
+        rules = command.enforcement_of(cadence, env, layout.root)
+        changes = env_changes(env, spec.env)
+        doc["permissions"] = {"policy": cadence.permissions.line(), "settings_file": str(rules.settings_path),
+                              "settings": rules.settings, "mcp_file": str(rules.mcp_path), "mcp": rules.mcp,
+                              "flags": list(rules.flags),
+                              "withheld_env": [c["name"] for c in changes if c["change"] == "removed"]}
+        doc.update(argv=spec.argv, cwd=str(spec.cwd), env_changes=[c for c in changes if c["change"] != "removed"],
                    stdin=spec.stdin.decode("utf-8", errors="replace"), timeout_s=spec.timeout, kill_grace_s=spec.grace,
                    logs=[str(stdout_log), str(stderr_log)], owner_placeholder=not alive)
     answers = gates.evaluate(layout, env, settings, registry, cadence, now)

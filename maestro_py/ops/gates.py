@@ -28,7 +28,10 @@ from maestro_py.policy.emergency import read_stop_file
 from maestro_py.policy.gates import Answer, FleetAnswer, Hold, first_hold, refused_by, walk
 from maestro_py.registry import Cadence, Registry
 from maestro_py.registry_keys import Mode
-from maestro_py.session import command
+from maestro_py.policy.denials import Denials, Streak
+from maestro_py.session import command, sandbox
+from maestro_py.session.ledger import Ledger
+from maestro_py.session.sandbox import Sandbox
 from maestro_py.state import observe
 
 __all__ = ["Answer", "PersistedState", "evaluate", "hold_of", "holds", "queued_hold", "refused_by", "walk"]
@@ -65,6 +68,7 @@ class PersistedState:
         self._claude: str | None = _UNSET
         self._fleet: dict[str, FleetAnswer] = {}
         self._store: Any = None
+        self._denials: Denials | None = None
 
     def claude_problem(self) -> str | None:
         if self._claude is _UNSET:
@@ -74,6 +78,14 @@ class PersistedState:
             except SpawnError as exc:
                 self._claude = str(exc)
         return self._claude
+
+    def sandbox(self) -> Sandbox:
+        return sandbox.available(self.env)
+
+    def denied(self, cadence: Cadence) -> Streak | None:
+        if self._denials is None:  # the daemon's streaks, learned the same way from the same rows
+            self._denials = Denials().seed(Ledger(self.layout.ledger_file).rows())
+        return self._denials.holding(cadence.name, command.policy_id(cadence, self.env, self.layout.root))
 
     def backoff_until(self, cadence: str, now: datetime) -> datetime | None:
         at = self._backoff.get(cadence)

@@ -103,6 +103,8 @@ def silent(outcome: RunOutcome) -> bool:
 def classify(outcome: RunOutcome, *, cli_retries: bool = False) -> FailureClass:
     """The failure class of a run that did not succeed (`cli_retries`: the CLI was allowed to retry)."""
     result = outcome.result
+    if outcome.breach is not None:
+        return FailureClass.PERMANENT  # the same run would hit the same limit again
     if outcome.timed_out or outcome.signal is not None:
         return FailureClass.TRANSIENT
     if result is None or silent(outcome):
@@ -126,6 +128,9 @@ def classify(outcome: RunOutcome, *, cli_retries: bool = False) -> FailureClass:
 
 def failure_reason(outcome: RunOutcome, *, cli_retries: bool = False) -> str:
     """One line for the tick's history: why the run failed."""
+    if outcome.breach is not None:
+        said = (outcome.tail.strip().splitlines() or [f"signal {outcome.signal}"])[-1][:300]
+        return f"{outcome.breach} (raise it in cadences.toml if the duty needs more): {said}"
     if outcome.timed_out:
         limit = f" after {outcome.timeout_s:g} s" if outcome.timeout_s else ""
         said = "its last output is in `tail`" if outcome.tail.strip() else "it printed nothing before it was ended"

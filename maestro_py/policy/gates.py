@@ -15,51 +15,19 @@ answer is a reservation). The daemon's reactions to a hold (an event the first t
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-from maestro_py.clock import iso
+from maestro_py.policy.holds import Answer, Hold, Refusal
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD, Breakers, Circuit, State
+from maestro_py.policy import denials
 from maestro_py.policy.budget import Estimate, Budget
+from maestro_py.policy.denials import Streak
 from maestro_py.registry import Cadence
 from maestro_py.registry_keys import Mode
-
-
-class Refusal(str, enum.Enum):
-    """Why a tick may not start now, in the order the gates are asked; the value is its counter name."""
-
-    EMERGENCY_STOP = "skipped_emergency_stop"
-    AUTH_HALT = "skipped_auth_halt"
-    CLAUDE_MISSING = "skipped_claude_missing"
-    QUOTA_HOLD = "skipped_quota_hold"
-    CIRCUIT_OPEN = "skipped_circuit_open"
-    BACKOFF = "skipped_backoff"
-    PACING = "skipped_pacing"
-    LIVE_CAP = "skipped_live_cap"
-    AUTH_PROBE = "skipped_auth_probe"
-    OVERLAP_WAIT = "skipped_overlap_wait"
-    BUDGET = "deferred_budget"
-    GOVERNOR_UNAVAILABLE = "skipped_governor_unavailable"
-    FLEET_LIVE_CAP = "skipped_fleet_live_cap"
-    FLEET_BUDGET = "deferred_fleet_budget"
-
-    @property
-    def gate(self) -> str:
-        """The gate's name, as every view shows it (`emergency_stop`, `budget`, `fleet_budget` …); the value is its
-        counter's name, kept for the metrics and `consumer.json` that dashboards already read."""
-        return self.name.lower()
-
-
-FLEET_REFUSALS = {"unavailable": Refusal.GOVERNOR_UNAVAILABLE, "live_cap": Refusal.FLEET_LIVE_CAP,
-                  "budget": Refusal.FLEET_BUDGET}  # the governor store's refusal reasons, as gates
-
-
-# Holds that do not lift by themselves within a run's time (`maestro run-now` refuses up front instead of queueing).
-LASTING = frozenset((Refusal.EMERGENCY_STOP, Refusal.AUTH_HALT, Refusal.CLAUDE_MISSING, Refusal.QUOTA_HOLD,
-                     Refusal.CIRCUIT_OPEN, Refusal.BACKOFF, Refusal.BUDGET, Refusal.FLEET_BUDGET))
+from maestro_py.session.sandbox import Sandbox
 
 
 class FleetAnswer(Protocol):
@@ -87,6 +55,12 @@ class GateState(Protocol):
     def claude_problem(self) -> str | None:
         """Why `claude` could not be started now, beyond its halt (the daemon learns it at a spawn: None)."""
 
+    def sandbox(self) -> Sandbox:
+        """Whether the CLI's sandbox can run here (`session.sandbox.available`)."""
+
+    def denied(self, cadence: Cadence) -> Streak | None:
+        """The streak of denied runs that holds `cadence` under its current policy, or None."""
+
     def backoff_until(self, cadence: str, now: datetime) -> datetime | None:
         """When `cadence`'s backoff after a failure ends, if it is still ahead."""
 
@@ -98,35 +72,6 @@ class GateState(Protocol):
 
     def fleet(self, cadence: Cadence, estimate: Estimate, now: datetime) -> FleetAnswer | None:
         """The governor store's answer for one run of `cadence` (None: no store is configured)."""
-
-
-@dataclass(frozen=True)
-class Hold:
-    """A gate's refusal, in words: why, until when it lifts by itself, whether the run can ever fit, what lifts it."""
-
-    refusal: Refusal
-    why: str
-    until: datetime | None = None
-    never_fits: bool = False
-    lifts: str = ""
-    detail: Any = None  # what the daemon reports the first time (a budget `Shortfall`, a fleet answer)
-
-    @property
-    def gate(self) -> str:
-        return self.refusal.gate
-
-    @property
-    def lasting(self) -> bool:
-        """It will not lift by itself within a run's time (or ever, when the run can never fit)."""
-        return self.never_fits or self.refusal in LASTING
-
-    def to_json(self) -> dict[str, Any]:
-        return {"gate": self.gate, "counter": self.refusal.value, "why": self.why,
-                "until": iso(self.until) if self.until else None, "never_fits": self.never_fits, "lifts": self.lifts}
-
-    def line(self) -> str:
-        """One line for an operator: why, and what lifts it."""
-        return f"{self.why}; {self.lifts}" if self.lifts else self.why
 
 
 Check = Callable[[GateState, Cadence, datetime], "Hold | None"]
@@ -144,30 +89,6 @@ class Gate:
     @property
     def name(self) -> str:
         return self.refusal.gate
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One gate's answer for a view: it holds the run (with its `Hold`) or passes (with its words)."""
-
-    refusal: Refusal
-    hold: Hold | None
-    why: str
-
-    @property
-    def gate(self) -> str:
-        return self.refusal.gate
-
-    @property
-    def holds(self) -> bool:
-        return self.hold is not None
-
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"gate": self.gate, "counter": self.refusal.value, "holds": self.holds, "why": self.why}
-        if self.hold is not None:
-            doc.update(until=iso(self.hold.until) if self.hold.until else None, never_fits=self.hold.never_fits,
-                       lifts=self.hold.lifts)
-        return doc
 
 
 RESET_ALL = "`maestro circuit reset --all` lifts it"
@@ -214,6 +135,36 @@ def _quota_hold(state: GateState, cadence: Cadence, now: datetime) -> Hold | Non
                     lifts="its reset (then one probe run), or " + RESET_ALL)
     return Hold(Refusal.QUOTA_HOLD, "usage limit reset: its one probe run is running",
                 lifts="the probe's end")
+
+
+def _sandbox(state: GateState, cadence: Cadence, now: datetime) -> Hold | None:
+    p = cadence.permissions
+    if p.sandbox != "required" or not p.runs_commands:
+        return None  # only commands are sandboxed: a cadence that runs none has nothing to confine
+    found = state.sandbox()
+    if found.ready:
+        return None
+    return Hold(Refusal.SANDBOX_MISSING, f"sandbox = \"required\" but the sandbox cannot run: {found.problem}",
+                lifts=f'{found.fix}; or sandbox = "preferred" (runs unsandboxed) in cadences.toml [{cadence.name}]')
+
+
+def _sandbox_passes(state: GateState, cadence: Cadence, now: datetime) -> str:
+    p = cadence.permissions
+    if p.sandbox == "off":
+        return "sandbox off"
+    if not p.runs_commands:
+        return "no commands to sandbox (Bash is not among its tools)"
+    found = state.sandbox()
+    return f"commands run sandboxed: {found.how}" if found.ready else f"sandbox unavailable, {p.sandbox}: {found.problem}"
+
+
+def _misconfigured(state: GateState, cadence: Cadence, now: datetime) -> Hold | None:
+    streak = state.denied(cadence)
+    if streak is None:
+        return None
+    return Hold(Refusal.MISCONFIGURED, f"misconfigured: its last {streak.runs} runs were denied "
+                                       f"{', '.join(streak.tools)} by its permissions", lifts=denials.fix(cadence.name,
+                                                                                                          streak))
 
 
 def _circuit(state: GateState, cadence: Cadence, now: datetime) -> Hold | None:
@@ -336,6 +287,8 @@ GATES: tuple[Gate, ...] = (
     Gate(Refusal.AUTH_HALT, _auth_halt, _says("no auth halt")),
     Gate(Refusal.CLAUDE_MISSING, _claude_missing, _says("claude can be started")),
     Gate(Refusal.QUOTA_HOLD, _quota_hold, _says("no usage-limit hold")),
+    Gate(Refusal.SANDBOX_MISSING, _sandbox, _sandbox_passes),
+    Gate(Refusal.MISCONFIGURED, _misconfigured, _says("its recent runs were not all denied a tool")),
     Gate(Refusal.CIRCUIT_OPEN, _circuit, _circuit_passes),
     Gate(Refusal.BACKOFF, _backoff, _says("no backoff after a failure")),
     Gate(Refusal.PACING, _pacing, _says("at most one spawn per loop: not a wait")),

@@ -1,10 +1,10 @@
 """The one reliability facade: may this tick spawn now, and what happens to it after its run?
 
-Before a spawn, `Guardrails.refusal` walks `gates.GATES` (the one gate chain) over the daemon's memory and answers with a `Refusal`
-(its value is the counter the daemon bumps) or None. After a run, `Guardrails.learn` teaches the auth
-halt, the backoff and the breaker what happened and answers with one `Verdict`: complete, retry at a
-time, requeue without burning an attempt, or dead-letter. The daemon moves the tick as told; it never
-looks up a failure class's handling, a breaker, the backoff or the credentials itself.
+Before a spawn, `Guardrails.refusal` walks `gates.GATES` (the one gate chain) over the daemon's memory and answers
+with a `Refusal` (its value is the counter the daemon bumps) or None. After a run, `Guardrails.learn` teaches the
+auth halt, the backoff and the breaker what happened and answers with one `Verdict`: complete, retry at a time,
+requeue without burning an attempt, or dead-letter. The daemon moves the tick as told; it never looks up a failure
+class's handling, a breaker, the backoff or the credentials itself.
 
 Every gate fails closed: a refusal leaves the tick in `inbox/` without burning an attempt.
 """
@@ -21,6 +21,7 @@ from maestro_py.clock import Clock, iso
 from maestro_py.policy.backoff import Backoff, Wait, parse_backoff, schedule
 from maestro_py.policy.breaker import CLAUDE_MISSING, QUOTA_HOLD, PersistedCircuits, State
 from maestro_py.policy.budget import Estimate, Budget
+from maestro_py.policy.denials import Denials, Streak
 from maestro_py.policy.verdict import Action, Verdict, burnt
 from maestro_py.policy.gates import FleetAnswer, Hold, Refusal, first_hold
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ from maestro_py.registry import Cadence
 from maestro_py.session.command import auth_fix, claude_fix
 from maestro_py.session.runlog import cap_mib
 from maestro_py.session.runner import RunOutcome
+from maestro_py.session.sandbox import Sandbox
 
 
 
@@ -73,14 +75,19 @@ class _LiveState:
         self.breakers = guardrails.breakers
         self.budget = guardrails.budget
         self.max_live = guardrails.max_live
-        self.credentials_verified = guardrails.credentials_verified
-        self._fleet: FleetAnswer | None = None
+        self.credentials_verified, self._fleet = guardrails.credentials_verified, None
 
     def claude_problem(self) -> str | None:
         return None  # the daemon learns it from a spawn, and halts (the claude_missing breaker)
 
     def backoff_until(self, cadence: str, now: datetime) -> datetime | None:
         return self.g.backoff.holds(cadence, now)
+
+    def sandbox(self) -> Sandbox:
+        return self.g.sandbox()
+
+    def denied(self, cadence: Cadence) -> Streak | None:
+        return self.g.denials.holding(cadence.name, self.g.policy_of(cadence))
 
     def live_count(self) -> int:
         return self.g.live.count()
@@ -102,20 +109,22 @@ class Guardrails:
 
     def __init__(self, *, circuits: PersistedCircuits, backoff: Backoff, budget: Budget, live: LiveView,
                  settings: Callable[[], Tuning], credential: str, events: EventLog, clock: Clock,
-                 subscription: bool = False, fleet: FleetGate | None = None) -> None:
-        self.circuits = circuits
-        self.breakers = circuits.breakers
-        self.backoff = backoff
-        self.budget = budget
+                 subscription: bool = False, fleet: FleetGate | None = None,
+                 sandbox: Callable[[], Sandbox] = lambda: Sandbox(None), denials: Denials | None = None,
+                 policy_of: Callable[[Cadence], str] = lambda cadence: "") -> None:
+        self.circuits, self.breakers = circuits, circuits.breakers
+        self.backoff, self.budget = backoff, budget
         self.fleet = fleet  # the governor store's gate, when MAESTRO_GOVERNOR_URL names one
         self.live = live
+        self.sandbox = sandbox  # whether the CLI's sandbox can run (`session.sandbox.available`)
+        self.denials = denials or Denials()  # each cadence's streak of denied runs
+        self.policy_of = policy_of  # a cadence's policy id now (`command.policy_id`): a change lifts a denial hold
         self.settings = settings  # the settings in force: a reload hands out a new value, read at each use
         self._wait: tuple[str, Wait] | None = None  # MAESTRO_BACKOFF_SECONDS as last parsed
         self.credential = credential  # fingerprint of the credentials sub-sessions run with now
         self.subscription = subscription  # sub-sessions authenticate with the subscription login
         self.quota_usage: dict[str, dict[str, Any]] = {}  # window kind -> last utilization the CLI reported
-        self.events = events
-        self.clock = clock
+        self.events, self.clock = events, clock
         self.emergency: str | None = None
         self.credentials_verified = False  # until one run succeeds with these credentials, run one at a time
 

@@ -76,6 +76,13 @@ def unknown_cadence(name: str) -> Verdict:
                                        f"cadences/{name}.md", outcome="dead_letter", permanent=True)
 
 
+def untrusted_refused(name: str, source: str) -> Verdict:
+    """An untrusted tick for a cadence that may act and does not accept untrusted input: it never runs."""
+    return Verdict(Action.DEAD_LETTER, f"untrusted input (source {source!r}) refused: {name} may write, run commands "
+                                       "or reach the network; set accept_untrusted = true in its table to take it, "
+                                       "fenced in the prompt", outcome="dead_letter", permanent=True)
+
+
 def burnt(tick: Tick, reason: str, retry_at: datetime | None, cls: FailureClass | None, *, max_attempts: int,
           permanent: bool) -> Verdict:
     """A failed attempt: back to inbox/ (not before `retry_at`), or dlq/ when its class is permanent or it was the

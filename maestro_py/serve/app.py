@@ -83,7 +83,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
             if trigger.event == "ping":  # GitHub's hello when a webhook is created: nothing to run
                 return json_answer(200, {"ping": True, "enqueued": False})
         else:
-            trigger = triggers.envelope(name, body, key)
+            trigger = triggers.envelope(name, body, key, trusted=access is auth.Access.TOKEN)
         status, answer = await run_in_threadpool(intake.accept, trigger)
         extra = {"Location": answer["status_url"]}
         if answer.get("replayed"):

@@ -56,6 +56,7 @@ class Trigger:
     fingerprint: str
     event: str | None = None  # the webhook's X-GitHub-Event
     signed: bool = False  # a webhook authenticated by its body's signature (not by the token)
+    trusted: bool = False  # as trusted as its token: a webhook's body and an open trigger are not
 
 
 def parse_json(data: bytes | str, what: str) -> Any:
@@ -69,7 +70,7 @@ def parse_json(data: bytes | str, what: str) -> Any:
         raise HttpError(400, f"{what} is not valid JSON: {str(exc)[:200] or type(exc).__name__}") from None
 
 
-def envelope(cadence: str, body: bytes, key: str | None) -> Trigger:
+def envelope(cadence: str, body: bytes, key: str | None, *, trusted: bool = False) -> Trigger:
     """The trigger an envelope body asks for (empty: all defaults)."""
     doc: Any = {} if not body.strip() else parse_json(body, "the body")
     if not isinstance(doc, dict):
@@ -91,7 +92,8 @@ def envelope(cadence: str, body: bytes, key: str | None) -> Trigger:
     source = doc.get("source", DEFAULT_SOURCE)
     if not isinstance(source, str) or not 0 < len(source) <= MAX_SOURCE or not source.isprintable():
         raise HttpError(400, f"source must be a printable string of 1-{MAX_SOURCE} characters")
-    return Trigger(cadence, payload, float(delay), source, key, fingerprint(cadence, canonical(doc)))
+    return Trigger(cadence, payload, float(delay), source, key, fingerprint(cadence, canonical(doc)),
+                   trusted=trusted)
 
 
 def webhook(cadence: str, body: bytes, headers: Mapping[str, str], key: str | None) -> Trigger:
@@ -166,6 +168,10 @@ class Intake:
         if trigger.signed and not ({"*", trigger.event or ""} & set(cadence.webhook_events)):
             raise HttpError(403, f"{trigger.cadence} takes no webhook of event {trigger.event or '(none)'}: list it in "
                                  f"its table, webhook_events = [\"{trigger.event or 'push'}\"]")
+        if not trigger.trusted and cadence.permissions.refuses_untrusted():
+            raise HttpError(403, f"{trigger.cadence} may write, run commands or reach the network, so it refuses "
+                                 "untrusted input (a webhook, or a trigger without the token); set accept_untrusted = "
+                                 "true in its table to take it, fenced in the prompt")
         if trigger.key is None:
             self._refuse_if_stopped()
             return 202, self._answer(self._enqueue(trigger), trigger)
@@ -194,7 +200,8 @@ class Intake:
     def _enqueue(self, trigger: Trigger) -> Any:
         bus = self._bus()
         try:
-            return bus.enqueue(trigger.cadence, source=trigger.source, payload=trigger.payload, delay=trigger.delay)
+            return bus.enqueue(trigger.cadence, source=trigger.source, payload=trigger.payload, delay=trigger.delay,
+                               trusted=trigger.trusted)
         except InboxFull as exc:
             raise HttpError(429, str(exc), {"Retry-After": str(RETRY_AFTER_FULL)}) from None
         except TickInvalid as exc:

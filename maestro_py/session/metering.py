@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,7 @@ class CliResult:
     raw: dict[str, Any]
     api_retries: int | None = None  # `api_retry` lines before it (stream-json); None: not known
     rate_limit: dict[str, Any] | None = None  # the last `rate_limit_event`'s `rate_limit_info` (subscription auth)
+    denials: tuple[str, ...] | None = None  # the tools its `permission_denials` name, one per denial (None: absent)
 
 
 _STREAM_INIT = b'{"type":"system","subtype":"init"'
@@ -104,7 +106,33 @@ def parse_result(stdout: bytes) -> CliResult | None:
         raw=obj,
         api_retries=retries,
         rate_limit=last_rate_limit(window),
+        denials=_denials(denied_tools(obj), window if _STREAM_INIT in window else None),
     )
+
+
+_USER_LINE = b'{"type":"user"'
+_NO_SUCH_TOOL = re.compile(rb"No such tool available: ([A-Za-z0-9_]{1,100})")
+
+
+def _denials(listed: tuple[str, ...] | None, stream: bytes | None) -> tuple[str, ...] | None:
+    """The result's `permission_denials`, plus the calls of tools the run was not given (`--tools` narrows the set,
+    and the CLI answers those "No such tool available" without listing them): the stream's tool results say so."""
+    if stream is None or listed is None or b"No such tool available" not in stream:
+        return listed
+    missing = []
+    for line in stream.split(b"\n"):
+        if line.startswith(_USER_LINE) and b'"is_error":true' in line:
+            missing += [m.decode() for m in _NO_SUCH_TOOL.findall(line)[:1]]
+    return listed + tuple(missing[:1000])
+
+
+def denied_tools(obj: dict[str, Any]) -> tuple[str, ...] | None:
+    """The tool of each call the CLI denied (`permission_denials: [{tool_name, tool_use_id, tool_input}]`), in order;
+    None when the result has no such list (an older CLI, or a result cut short)."""
+    found = obj.get("permission_denials")
+    if not isinstance(found, list):
+        return None
+    return tuple(str(d.get("tool_name") or "?")[:100] if isinstance(d, dict) else "?" for d in found[:1000])
 
 
 def last_rate_limit(window: bytes) -> dict[str, Any] | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import select
-import sys
 import subprocess
 import threading
 import time
@@ -16,19 +15,17 @@ from typing import Protocol
 
 import psutil
 
-from maestro_py.session import proctree, runlog
-from maestro_py.session.command import SpawnSpec
 from maestro_py.errors import SpawnError
-from maestro_py.session.metering import CliResult, parse_result
 from maestro_py.redact import Redactor
+from maestro_py.session import enforce, limits as run_limits, proctree, runlog
+from maestro_py.session.command import SpawnSpec
+from maestro_py.session.metering import CliResult, parse_result
 
 # How often the watcher re-reads the child's descendants. The CLI's Bash tool escapes into its own
 # session, so a process-group kill misses it; only a remembered pid lets us end it after the CLI dies.
 REFRESH_INTERVAL = 0.5
-# Exit detection latency; a stop() request wakes the watcher at once regardless.
-_POLL = 0.05
+_POLL = 0.05  # exit detection latency; a stop() request wakes the watcher at once regardless
 FIRST_REFRESH = 0.1
-_LINUX = sys.platform.startswith("linux")
 
 
 @dataclass(frozen=True)
@@ -47,6 +44,7 @@ class RunOutcome:
     truncated: bool = False  # its output passed the log cap, so it was ended (its log is cut to the cap)
     log_cap: int | None = None  # that cap in bytes (SpawnSpec.log_max_bytes)
     timeout_s: float | None = None  # the limit it ran under (SpawnSpec.timeout)
+    breach: str | None = None  # it failed in a way that says it hit its resource limits (`limits.Limits.breach`)
 
     @property
     def ok(self) -> bool:
@@ -95,6 +93,7 @@ class ProcessSpawner:
         """Start `spec`; raises SpawnError with a one-line reason if a log cannot be opened or exec fails."""
         if not spec.argv:
             raise SpawnError("cannot start a sub-session: empty argv")
+        enforce.materialise(spec.files)  # its settings file: a run never starts without the policy it was given
         out_fd, err_fd, offsets = runlog.open_logs(spec)
         try:
             with runlog.prompt_file(spec.stdin) as prompt:
@@ -110,7 +109,7 @@ class ProcessSpawner:
                         # Own session: a Ctrl-C on the daemon's terminal must not reach it; the daemon decides.
                         start_new_session=True,
                         # Dies with the daemon, even a SIGKILLed one (Linux): no run goes on unsupervised.
-                        preexec_fn=functools.partial(proctree.die_with_parent, os.getpid()) if _LINUX else None,
+                        preexec_fn=functools.partial(run_limits.in_child, os.getpid(), spec.limits),
                     )
                 except OSError as exc:
                     raise runlog.exec_error(spec, exc) from exc
@@ -368,7 +367,9 @@ class ProcessSession:
         # Logs are redacted and capped as streams and read back from their ends: a run printing gigabytes
         # costs the daemon a few MiB.
         stdout, tail = runlog.settle_run(self._spec, self._offsets, self._redactors, self._truncated)
-        return replace(self._bare_outcome(timed_out, stopped), result=parse_result(stdout), tail=tail)
+        outcome = replace(self._bare_outcome(timed_out, stopped), result=parse_result(stdout), tail=tail)
+        hit = self._spec.limits is not None and not (outcome.ok or timed_out or stopped)  # its limits, if it failed
+        return replace(outcome, breach=self._spec.limits.breach(outcome.signal, tail)) if hit else outcome
 
     def _bare_outcome(self, timed_out: bool, stopped: bool) -> RunOutcome:
         """The outcome from process facts alone (no logs read)."""

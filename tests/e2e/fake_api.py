@@ -5,36 +5,60 @@ so the OS picks a free one). Point the CLI at it with ``ANTHROPIC_BASE_URL=<api.
 
 It answers:
 
-* ``HEAD /`` with 200 (the CLI sends it first, as a connectivity probe);
+* ``HEAD /`` with 200 (CLI 2.1.197 sent it first, as a connectivity probe; 2.1.337 does not);
 * ``POST /v1/messages`` (the CLI adds ``?beta=true``) in streaming form (SSE, when the body has
   ``"stream": true``: message_start, ping, content_block_start/delta/stop, message_delta,
-  message_stop) or as one JSON message, with usage input_tokens=1234 / output_tokens=56 (the CLI
-  prices that at $0.00757 for its default opus model);
+  message_stop) or as one JSON message, with usage input_tokens=1234 / output_tokens=56 (CLI 2.1.337
+  prices that at $0.006056 on its default model, claude-opus-5-5: $4 / $20 per million tokens);
 * anything else with a 404 ``{"type":"error","error":{...}}`` body.
 
 Modes (see ``MODES``): ``ok``, ``slow`` (ok after ``slow_seconds``), ``401``, ``403``, ``400``,
 ``404``, ``413``, ``429``, ``500``, ``529`` (real error bodies), ``hang`` (read the request,
 never answer), ``stall`` (200 + message_start, then silence), ``cut`` (200, message_start and a
 text delta, then after ``cut_delay`` a TCP reset), ``tool_sleep`` (reply with a Bash ``tool_use`` running
-``tool_command``, default ``sleep 300``; once the conversation holds a tool_result, reply with
-text). ``stall`` and ``cut`` only affect streaming requests: the CLI's non-streaming fallback
-gets a normal answer, as it did in the measurements (/work/shared/claude-cli-facts.md).
-``hang``/``stall``/``slow`` wait on the server's stop event, so ``stop()`` never blocks on them,
-and they give up when the client disconnects.
+``tool_command``, default ``true && sleep 300``; once the conversation holds a tool_result, reply
+with text), and ``calls:NAME`` (scripted tool calls, below). ``stall`` and ``cut`` only affect
+streaming requests: the CLI's non-streaming fallback gets a normal answer, as it did in the
+measurements (/work/shared/claude-cli-facts.md). ``hang``/``stall``/``slow`` wait on the server's
+stop event, so ``stop()`` never blocks on them, and they give up when the client disconnects.
+
+What CLI 2.1.337 does with these that 2.1.197 did not: a ``400`` (any message but "prompt is too
+long") costs 6 POSTs whatever ``CLAUDE_CODE_MAX_RETRIES`` is, as the CLI re-sends the request with
+betas and features dropped; ``cut`` is metered twice (the cut stream's message_start usage plus the
+fallback's: 2468 input tokens in ``modelUsage`` and in the top-level ``usage``).
 
 Mode of one POST, first match wins:
 
-1. a directive ``[[fake:MODE]]`` in the user text of the request (the last directive in the
-   latest user message that has one; tool_result contents are ignored), so a prompt file picks
-   its own behaviour and one daemon can run cadences that behave differently;
+1. a directive ``[[fake:MODE]]`` (or ``[[fake:calls:NAME]]``) in the user text of the request (the
+   last directive in the latest user message that has one; tool_result contents are ignored), so a
+   prompt file picks its own behaviour and one daemon can run cadences that behave differently;
 2. the credential: an ``x-api-key`` (or ``Authorization: Bearer`` token) starting with ``bad-``
    or ``invalid`` gets ``401``;
 3. the next entry of ``api.script([...])``, consumed one per POST that reaches this step;
 4. ``api.mode``.
 
-Bash tool mode (measured with CLI 2.1.197 as root, under ``--print``):
+Scripted tool calls: ``api.register_calls("peek", [{"name": "Read", "input": {"file_path": "/x"}},
+{"name": "Bash", "input": {"command": "cat /x"}}])``, then ``[[fake:calls:peek]]`` in a prompt (or
+``api.tool_calls([...])``, which makes them the default mode). The first POST of a conversation
+answers with ONE assistant message holding every scripted ``tool_use`` (distinct ids); once the
+conversation holds tool_results, the final text. ``api.tool_results()`` lists what the CLI sent back,
+once per tool_use id: ``{tool_use_id, tool_name, input, is_error, content}`` (content flattened to
+text). ``api.requests_containing(needle)`` finds a string in any request (raw body, decoded JSON,
+path, query, headers): a canary read by a tool must not show up there. Measured with CLI 2.1.337:
+a denied call comes back as an ``is_error`` tool_result (and in the result's ``permission_denials``);
+a tool missing from the session's set comes back ``is_error`` ("No such tool available: Grep"),
+not as a denial. By default 2.1.337 offers Bash, Read, Edit, Write… but not Grep/Glob (``--tools``
+or ``--disallowedTools Bash`` bring them), and defers some tools behind ToolSearch.
 
-* ``sleep 300`` needs **no flag**: the CLI classes it as read-only and runs it under the default
+Requests of CLI 2.1.337 also carry a ``role: "system"`` message after the first user message;
+directives there are ignored like every non-user message.
+
+Bash tool mode (measured with CLI 2.1.197 as root, under ``--print``; rechecked with 2.1.337):
+
+* CLI 2.1.337 refuses a bare ``sleep 300`` (tool_result "Blocked: standalone sleep 300. …") and
+  ``sleep 300; true`` ("Blocked: sleep 300 followed by: true"), hence ``true && sleep 300``: it
+  still runs ``["sleep", "300"]`` as a child of the tool's bash.
+* That command needs **no flag**: the CLI classes it as read-only and runs it under the default
   permission mode (and under ``--permission-mode dontAsk``).
 * Pass ``--allowedTools Bash`` anyway (test_fake_api_cli.py does) so a changed ``tool_command``
   that writes still runs: without it, ``touch`` outside the working directory comes back as an
@@ -80,8 +104,9 @@ FAKE_KEY = "sk-ant-test-FAKEKEY-0123456789"
 INPUT_TOKENS = 1234
 OUTPUT_TOKENS = 56
 REPLY_TEXT = "hi there"
-EXPECTED_COST_USD = 0.00757
-"""What CLI 2.1.197 reports as total_cost_usd for one ok reply on its default (opus) model."""
+EXPECTED_COST_USD = 0.006056
+"""What CLI 2.1.337 reports as total_cost_usd for one ok reply on its default model (claude-opus-5-5,
+$4 / $20 per million input / output tokens). CLI 2.1.197 reported $0.00757 (opus at $5 / $25)."""
 
 ERRORS: dict[str, tuple[int, str, str]] = {
     "400": (400, "invalid_request_error", "messages: field required (fake)"),
@@ -95,16 +120,29 @@ ERRORS: dict[str, tuple[int, str, str]] = {
 }
 MODES: frozenset[str] = frozenset(ERRORS) | {"ok", "slow", "hang", "stall", "cut", "tool_sleep"}
 
-DIRECTIVE_RE = re.compile(r"\[\[fake:([A-Za-z0-9_]+)\]\]")
+DIRECTIVE_RE = re.compile(r"\[\[fake:([A-Za-z0-9_]+(?::[A-Za-z0-9_.-]+)?)\]\]")
+CALLS_PREFIX = "calls:"
+"""``calls:NAME`` answers with the tool calls registered as NAME (``FakeMessagesAPI.register_calls``)."""
+CALLS_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 MESSAGES_PATH = "/v1/messages"
 _POLL_S = 0.1
 
 
 def check_mode(mode: str) -> str:
-    """Return ``mode`` if it is a known mode, else raise ValueError."""
-    if mode not in MODES:
-        raise ValueError(f"unknown fake API mode {mode!r}; known: {sorted(MODES)}")
+    """Return ``mode`` if it is a known mode or ``calls:NAME``, else raise ValueError.
+
+    Whether NAME is registered is checked when a request uses it (it may be registered later).
+    """
+    if mode not in MODES and not _calls_name(mode):
+        raise ValueError(f"unknown fake API mode {mode!r}; known: {sorted(MODES)} and calls:NAME")
     return mode
+
+
+def _calls_name(mode: str) -> str | None:
+    """NAME of a ``calls:NAME`` mode, else None."""
+    if mode.startswith(CALLS_PREFIX) and CALLS_NAME_RE.fullmatch(mode[len(CALLS_PREFIX):]):
+        return mode[len(CALLS_PREFIX):]
+    return None
 
 
 def error_body(err_type: str, message: str) -> dict[str, Any]:
@@ -133,6 +171,36 @@ def find_directive(body: Any) -> str | None:
         if found:
             return found[-1]
     return None
+
+
+def flatten_content(content: Any) -> str:
+    """A tool_result's ``content`` as text: a string as is, text blocks joined by newlines
+    (other blocks as ``[<type>]``)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return "" if content is None else json.dumps(content)
+    parts = []
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict):
+            parts.append(f"[{block.get('type')}]")
+        else:
+            parts.append(str(block))
+    return "\n".join(parts)
+
+
+def _blocks(body: Any, role: str, block_type: str) -> Iterable[dict[str, Any]]:
+    """The content blocks of ``block_type`` in the ``role`` messages of a request body, in order."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") == role and isinstance(m.get("content"), list):
+            for b in m["content"]:
+                if isinstance(b, dict) and b.get("type") == block_type:
+                    yield b
 
 
 def _has_tool_result(body: Any) -> bool:
@@ -167,6 +235,7 @@ class RecordedRequest:
     body_size: int
     json: Any  # parsed JSON body, or None
     time: float  # time.time() when the request was read
+    body: bytes = b""  # the raw body, as received (after de-chunking)
     mode: str | None = None  # the mode that answered a POST /v1/messages
     stream: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -225,6 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
             body_size=len(body),
             json=parsed,
             time=time.time(),
+            body=body,
         )
         return rec
 
@@ -328,9 +398,16 @@ class _Handler(BaseHTTPRequestHandler):
         body = rec.json if isinstance(rec.json, dict) else {}
         rec.stream = body.get("stream") is True
         rec.mode = mode = api._choose_mode(rec)
+        api._collect_tool_results(body)
         api._add(rec)  # only now: wait_for_posts() callers see a complete record
         api._log(f"POST {rec.path} stream={rec.stream} size={rec.body_size} mode={mode}")
-        if mode not in MODES:
+        calls: list[dict[str, Any]] | None = None
+        if _calls_name(mode) is not None:
+            calls = api._registered(_calls_name(mode))
+            if calls is None:
+                self._send_json(400, error_body("invalid_request_error", f"fake: no calls registered as {mode!r}"))
+                return
+        elif mode not in MODES:
             self._send_json(400, error_body("invalid_request_error", f"fake: unknown mode {mode!r}"))
             return
         if mode in ERRORS:
@@ -351,8 +428,12 @@ class _Handler(BaseHTTPRequestHandler):
             if api._stop_event.is_set() or self._peer_closed():
                 self.close_connection = True
                 return
-        tool = mode == "tool_sleep" and not _has_tool_result(body)
-        content = api._content(tool)
+        if _has_tool_result(body):
+            content = api._content(False)  # the tools ran: the final text
+        elif calls is not None:
+            content = api._tool_uses(calls)
+        else:
+            content = api._content(mode == "tool_sleep")
         model = str(body.get("model") or "claude-fake")
         if not rec.stream:
             self._send_json(200, api._message(model, content, final=True))
@@ -405,7 +486,8 @@ class FakeMessagesAPI:
         self._port = port
         self.verbose = verbose
         self.reply_text = REPLY_TEXT
-        self.tool_command = "sleep 300"
+        # Not a bare `sleep 300`: CLI 2.1.337 refuses "standalone sleep" ("Blocked: standalone sleep 300. …").
+        self.tool_command = "true && sleep 300"
         self.slow_seconds = 3.0
         self.cut_delay = 0.5  # seconds between the last streamed bytes and the RST in ``cut``
         self.retry_after: int | None = None  # sent with 429 when set
@@ -417,6 +499,10 @@ class FakeMessagesAPI:
         self._requests: list[RecordedRequest] = []
         self.server_errors: list[str] = []  # unexpected handler exceptions (repr), oldest first
         self._script: deque[str] = deque()
+        self._calls: dict[str, list[dict[str, Any]]] = {}  # register_calls()
+        self._tool_names: dict[str, str] = {}  # tool_use id -> tool name (ids the fake issued or saw)
+        self._tool_inputs: dict[str, Any] = {}
+        self._tool_results: dict[str, dict[str, Any]] = {}  # tool_use id -> first tool_result seen
         self._ids = itertools.count(1)
         self._stop_event = threading.Event()
         self._server: _Server | None = None
@@ -483,6 +569,47 @@ class FakeMessagesAPI:
         with self._lock:
             self._script.extend(modes)
 
+    def register_calls(self, name: str, calls: Iterable[dict[str, Any]]) -> None:
+        """Register tool calls for the directive ``[[fake:calls:NAME]]`` (or the mode ``calls:NAME``).
+
+        Each call is ``{"name": "Read", "input": {"file_path": "/x"}}`` (``input`` defaults to {};
+        an ``id`` may be given, else the fake makes a unique one per request; a fixed id repeats in every
+        conversation, and ``tool_results()`` keeps only its first result). A conversation's
+        first POST (no tool_result yet) is answered with ONE assistant message holding all these
+        ``tool_use`` blocks; once the conversation holds tool_results, with the final text
+        (``reply_text``). The CLI's tool_results are recorded: see ``tool_results()``.
+        """
+        if not CALLS_NAME_RE.fullmatch(name):
+            raise ValueError(f"calls name {name!r} must match {CALLS_NAME_RE.pattern}")
+        specs = []
+        for call in calls:
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise ValueError(f"a tool call needs a string 'name': {call!r}")
+            extra = set(call) - {"name", "input", "id"}
+            if extra:
+                raise ValueError(f"unknown keys {sorted(extra)} in tool call {call!r}")
+            tool_input = call.get("input", {})
+            if not isinstance(tool_input, dict):
+                raise ValueError(f"a tool call's 'input' must be an object: {call!r}")
+            spec = {"name": call["name"], "input": tool_input}
+            if "id" in call:
+                spec["id"] = str(call["id"])
+            specs.append(spec)
+        if not specs:
+            raise ValueError("register_calls needs at least one tool call")
+        with self._lock:
+            self._calls[name] = specs
+
+    def tool_calls(self, calls: Iterable[dict[str, Any]], name: str = "default") -> str:
+        """Register ``calls`` as ``name`` and make ``calls:name`` the default mode; returns the mode."""
+        self.register_calls(name, calls)
+        self.mode = CALLS_PREFIX + name
+        return self.mode
+
+    def _registered(self, name: str | None) -> list[dict[str, Any]] | None:
+        with self._lock:
+            return self._calls.get(name or "")
+
     def _choose_mode(self, rec: RecordedRequest) -> str:
         directive = find_directive(rec.json)
         if directive is not None:
@@ -518,11 +645,39 @@ class FakeMessagesAPI:
         with self._cond:
             return self._cond.wait_for(enough, timeout=timeout)
 
+    def tool_results(self) -> list[dict[str, Any]]:
+        """Every tool_result the CLI sent back so far, once each, in the order first seen.
+
+        Each is ``{"tool_use_id", "tool_name", "input", "is_error", "content"}``: ``tool_name`` and
+        ``input`` come from the tool_use the id answers (None when unknown), ``is_error`` is a bool
+        and ``content`` the result's text (text blocks joined by newlines).
+        """
+        with self._lock:
+            return [
+                {**r, "tool_name": self._tool_names.get(r["tool_use_id"]),
+                 "input": self._tool_inputs.get(r["tool_use_id"])}
+                for r in self._tool_results.values()
+            ]
+
+    def requests_containing(self, needle: str | bytes) -> list[RecordedRequest]:
+        """The requests (any method and path) that carry ``needle`` anywhere: in the raw body, in the
+        body's JSON decoded (so a JSON-escaped occurrence counts), in the path, query or a header value."""
+        raw = needle.encode() if isinstance(needle, str) else needle
+        text = raw.decode(errors="replace")
+        found = []
+        for rec in self.requests:
+            if raw in rec.body or text in rec.path or text in rec.query or any(text in v for v in rec.headers.values()):
+                found.append(rec)
+            elif rec.json is not None and text in json.dumps(rec.json, ensure_ascii=False):
+                found.append(rec)
+        return found
+
     def clear(self) -> None:
-        """Forget recorded requests and any queued script."""
+        """Forget recorded requests, tool results and any queued script (registered calls stay)."""
         with self._lock:
             self._requests.clear()
             self._script.clear()
+            self._tool_results.clear()
 
     def _add(self, rec: RecordedRequest) -> None:
         with self._cond:
@@ -535,7 +690,35 @@ class FakeMessagesAPI:
         if self.verbose:
             print(f"fake_api: {line}", file=sys.stderr, flush=True)
 
+    def _collect_tool_results(self, body: Any) -> None:
+        """Note the tool_use blocks and tool_results of a request body (each request repeats the
+        conversation: keep the first sighting of each id)."""
+        with self._lock:
+            for block in _blocks(body, "assistant", "tool_use"):
+                tid = block.get("id")
+                if isinstance(tid, str) and tid not in self._tool_names:
+                    self._tool_names[tid] = str(block.get("name"))
+                    self._tool_inputs[tid] = block.get("input")
+            for block in _blocks(body, "user", "tool_result"):
+                tid = block.get("tool_use_id")
+                if isinstance(tid, str) and tid not in self._tool_results:
+                    self._tool_results[tid] = {
+                        "tool_use_id": tid,
+                        "is_error": block.get("is_error") is True,
+                        "content": flatten_content(block.get("content")),
+                    }
+
     # ---- response bodies ------------------------------------------------------------------
+    def _tool_uses(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        content = []
+        for call in calls:
+            tid = call.get("id") or f"toolu_fake{next(self._ids):06d}"
+            content.append({"type": "tool_use", "id": tid, "name": call["name"], "input": call["input"]})
+            with self._lock:
+                self._tool_names[tid] = call["name"]
+                self._tool_inputs[tid] = call["input"]
+        return content
+
     def _request_id(self) -> str:
         return f"req_fake{next(self._ids):06d}"
 

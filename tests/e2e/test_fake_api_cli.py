@@ -1,4 +1,4 @@
-"""The real claude CLI (2.1.197) against the loopback fake: the behaviours the daemon relies on.
+"""The real claude CLI (2.1.337) against the loopback fake: the behaviours the daemon relies on.
 
 Each run takes about a second; every run is bounded by a timeout of at most 30 s.
 """
@@ -43,9 +43,9 @@ def test_ok_reports_usage_and_cost(run_claude: Run, fake_api: FakeMessagesAPI) -
     assert result["result"] == REPLY_TEXT
     assert _model_usage(result) == (INPUT_TOKENS, OUTPUT_TOKENS)
     assert result["total_cost_usd"] == pytest.approx(EXPECTED_COST_USD, abs=1e-6)
-    # HEAD / first, then exactly one streaming POST (the title request is off via NONESSENTIAL_TRAFFIC).
-    reqs = fake_api.requests
-    assert (reqs[0].method, reqs[0].path) == ("HEAD", "/")
+    # Exactly one streaming POST (the title request is off via NONESSENTIAL_TRAFFIC), and nothing else:
+    # 2.1.337 no longer probes with `HEAD /` first (2.1.197 did).
+    assert [(r.method, r.path) for r in fake_api.requests] == [("POST", "/v1/messages")]
     posts = fake_api.posts()
     assert len(posts) == 1 and posts[0].stream and posts[0].query == "beta=true"
     assert posts[0].headers["x-api-key"] == FAKE_KEY
@@ -76,13 +76,25 @@ def test_bad_key_gets_401(run_claude: Run, fake_api: FakeMessagesAPI) -> None:
     assert "bad-key-0000" not in run.stdout
 
 
+DEGRADED_400_POSTS = 6
+"""POSTs CLI 2.1.337 spends on a 400: the request, then five re-sends with betas and features dropped
+(thinking-token-count, thinking display, then tool search with the deferred tools loaded…)."""
+
+
 def test_directive_400_is_not_retried(run_claude: Run, fake_api: FakeMessagesAPI) -> None:
-    run = run_claude("[[fake:400]] broken request", env={"CLAUDE_CODE_MAX_RETRIES": "2"})
-    assert run.returncode == 1
-    result = run.json
-    assert result["is_error"] is True
-    assert result["api_error_status"] == 400
-    assert fake_api.post_count() == 1  # 400 is never retried, whatever the retry budget
+    """A 400 is not retried by the retry budget: the CLI only re-sends degraded variants, a fixed number."""
+    counts = []
+    for retries in ("0", "2"):
+        fake_api.clear()
+        run = run_claude("[[fake:400]] broken request", env={"CLAUDE_CODE_MAX_RETRIES": retries})
+        assert run.returncode == 1
+        result = run.json
+        assert result["is_error"] is True
+        assert result["api_error_status"] == 400
+        assert result["result"] == "API Error: 400 messages: field required (fake)"
+        assert run.wall < 15  # no backoff between the variants
+        counts.append(fake_api.post_count())
+    assert counts == [DEGRADED_400_POSTS, DEGRADED_400_POSTS]  # the same, whatever the retry budget
 
 
 def test_scripted_500_then_ok_is_retried(run_claude: Run, fake_api: FakeMessagesAPI) -> None:
@@ -100,10 +112,13 @@ def test_cut_stream_falls_back_and_still_meters(run_claude: Run, fake_api: FakeM
     result = run.json
     assert result["is_error"] is False
     assert result["result"] == REPLY_TEXT
-    assert _model_usage(result) == (INPUT_TOKENS, OUTPUT_TOKENS)
-    assert result["total_cost_usd"] == pytest.approx(EXPECTED_COST_USD, abs=1e-6)
-    # Top-level usage comes from the aborted stream: not a metering source (zeros in 2.1.197).
-    assert result["usage"]["output_tokens"] in (0, OUTPUT_TOKENS)
+    # 2.1.337 meters the cut stream too (its message_start's usage) on top of the fallback's reply;
+    # 2.1.197 counted the fallback only, and had all zeros in the top-level usage.
+    tokens_in, tokens_out = _model_usage(result)
+    assert tokens_in == 2 * INPUT_TOKENS and tokens_out >= OUTPUT_TOKENS
+    assert result["usage"]["input_tokens"] == 2 * INPUT_TOKENS
+    cost = sum(u["costUSD"] for u in result["modelUsage"].values())
+    assert result["total_cost_usd"] == pytest.approx(cost) and cost > EXPECTED_COST_USD
     # The cut streaming request, then the non-streaming fallback.
     assert [p.stream for p in fake_api.posts()] == [True, False]
 
@@ -136,7 +151,7 @@ def _wait_for_sleep(cli_pid: int, timeout: float) -> psutil.Process:
         try:
             for child in psutil.Process(cli_pid).children(recursive=True):
                 try:
-                    if child.cmdline() == ["sleep", "300"]:
+                    if child.cmdline() == ["sleep", "300"]:  # the fake's `true && sleep 300`
                         return child
                 except psutil.NoSuchProcess:
                     pass
@@ -149,7 +164,9 @@ def _wait_for_sleep(cli_pid: int, timeout: float) -> psutil.Process:
 def test_tool_sleep_runs_bash_in_its_own_session(
     claude_bin: str, claude_env: dict[str, str], claude_cwd: Path, fake_api: FakeMessagesAPI, tmp_path: Path
 ) -> None:
-    """tool_sleep makes the CLI run `sleep 300` through Bash, in a new session (what orphaning needs)."""
+    """tool_sleep makes the CLI run `sleep 300` through Bash, in a new session (what orphaning needs).
+
+    (The fake asks for `true && sleep 300`: 2.1.337 refuses a standalone `sleep 300`.)"""
     out = open(tmp_path / "stdout", "wb")
     proc = subprocess.Popen(
         [claude_bin, "--print", "--output-format", "json", "--no-session-persistence", "--allowedTools", "Bash"],
@@ -186,3 +203,76 @@ def test_tool_sleep_runs_bash_in_its_own_session(
             except psutil.NoSuchProcess:
                 pass
         out.close()
+
+
+# ---- scripted tool calls: what the tools gave back ------------------------------------------------
+
+CANARY = "CANARY-7c1e94-never-send-me"
+
+
+def test_scripted_read_inside_cwd_comes_back(run_claude: Run, fake_api: FakeMessagesAPI, claude_cwd: Path) -> None:
+    """A scripted Read of a file in the working directory runs: its content reaches the API."""
+    (claude_cwd / "notes.txt").write_text("inside-the-cwd-42\n")
+    fake_api.register_calls("peek", [{"name": "Read", "input": {"file_path": str(claude_cwd / "notes.txt")}}])
+    run = run_claude("read my notes [[fake:calls:peek]]")
+    assert run.returncode == 0, run.stderr
+    result = run.json
+    assert result["is_error"] is False and result["result"] == REPLY_TEXT
+    assert result["permission_denials"] == []
+    [tool] = fake_api.tool_results()
+    assert tool["tool_name"] == "Read" and tool["is_error"] is False
+    assert tool["input"] == {"file_path": str(claude_cwd / "notes.txt")}
+    assert "inside-the-cwd-42" in tool["content"]
+    posts = fake_api.posts()
+    assert [p.mode for p in posts] == ["calls:peek", "calls:peek"]  # the calls, then the final text
+    assert fake_api.requests_containing("inside-the-cwd-42") == [posts[1]]
+
+
+def test_denied_reads_come_back_as_errors(
+    run_claude: Run, fake_api: FakeMessagesAPI, claude_cwd: Path, tmp_path: Path
+) -> None:
+    """Reads outside the working directory (Read, and Bash `cat`) are denied under --print: each comes
+    back as an is_error tool_result, is listed in permission_denials, and the canary never reaches the API."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "canary.txt"
+    secret.write_text(CANARY + "\n")
+    (claude_cwd / "ok.txt").write_text("fine\n")
+    fake_api.register_calls("snoop", [
+        {"name": "Read", "input": {"file_path": str(secret)}},
+        {"name": "Bash", "input": {"command": f"cat {secret}"}},
+        {"name": "Read", "input": {"file_path": str(claude_cwd / "ok.txt")}},
+    ])
+    run = run_claude("look around [[fake:calls:snoop]]", "--permission-mode", "dontAsk")
+    assert run.returncode == 0, run.stderr
+    result = run.json
+    assert result["is_error"] is False and result["subtype"] == "success"  # a denial does not fail the run
+    by_input = {json.dumps(t["input"], sort_keys=True): t for t in fake_api.tool_results()}
+    assert len(by_input) == 3
+    denied_read = by_input[json.dumps({"file_path": str(secret)})]
+    denied_bash = by_input[json.dumps({"command": f"cat {secret}"})]
+    allowed = by_input[json.dumps({"file_path": str(claude_cwd / "ok.txt")})]
+    assert (denied_read["tool_name"], denied_read["is_error"]) == ("Read", True)
+    assert (denied_bash["tool_name"], denied_bash["is_error"]) == ("Bash", True)
+    assert "don't ask mode" in denied_read["content"] and "don't ask mode" in denied_bash["content"]
+    assert (allowed["is_error"], "fine" in allowed["content"]) == (False, True)
+    denials = result["permission_denials"]
+    assert sorted((d["tool_name"], json.dumps(d["tool_input"], sort_keys=True)) for d in denials) == sorted([
+        ("Read", json.dumps({"file_path": str(secret)})),
+        ("Bash", json.dumps({"command": f"cat {secret}"})),
+    ])
+    assert {d["tool_use_id"] for d in denials} == {denied_read["tool_use_id"], denied_bash["tool_use_id"]}
+    assert fake_api.requests_containing(CANARY) == []
+    assert CANARY not in run.stdout
+
+
+def test_requests_containing_sees_a_canary_that_was_read(
+    run_claude: Run, fake_api: FakeMessagesAPI, claude_cwd: Path
+) -> None:
+    """The canary check has teeth: a canary the CLI may read does show up in the next request."""
+    (claude_cwd / "canary.txt").write_text(CANARY + "\n")
+    fake_api.register_calls("leak", [{"name": "Read", "input": {"file_path": str(claude_cwd / "canary.txt")}}])
+    run = run_claude("read it [[fake:calls:leak]]")
+    assert run.returncode == 0, run.stderr
+    assert [r.mode for r in fake_api.requests_containing(CANARY)] == ["calls:leak"]
+    assert CANARY in fake_api.tool_results()[0]["content"]

@@ -80,7 +80,7 @@ def quarantined(layout: Layout) -> dict[str, dict[str, Any]]:
 
 
 def runs_per_tick(count_file: Path) -> Counter[str]:
-    """How many times fake claude ran for each tick id (from its FAKE_CLAUDE_COUNT lines)."""
+    """How many times fake claude ran for each tick id (from its CLAUDE_CODE_FAKE_COUNT lines)."""
     runs: Counter[str] = Counter()
     if count_file.exists():
         for line in count_file.read_text().splitlines():

@@ -344,7 +344,7 @@ class World:
             os.utime(entry, ns=(st_.st_mtime_ns - 10**12, st_.st_mtime_ns), follow_symlinks=False)
         env = daemon_env(base, **TORTURE_ENV, MAESTRO_MAX_LIVE_SUBSESSIONS=2, MAESTRO_POLL_MS=200,
                          MAESTRO_REAP_SECONDS=1)
-        env.pop("FAKE_CLAUDE_COUNT")  # nothing may appear beside the root
+        env.pop("CLAUDE_CODE_FAKE_COUNT")  # nothing may appear beside the root
         self.stderr = open(base / "daemon.stderr", "wb")
         self.outside_before = fingerprint(self.outside, atime=True)
         self.linked_before = fingerprint(base / "linked", atime=False)
