@@ -327,11 +327,11 @@ def spawn_spec(cadence: Cadence, tick: Tick, env: Mapping[str, str], root: Path,
         log_max_bytes=int(settings.run_log_max_mb * (1 << 20)),
         files=rules.files(),
         limits=dataclasses.replace(caps, in_child=False) if scope and caps is not None else caps,
-        policy=policy_id(cadence, env, root),
+        policy=policy_id(cadence, env, root, rules),
     )
 
 
-def policy_id(cadence: Cadence, env: Mapping[str, str], root: Path) -> str:
+def policy_id(cadence: Cadence, env: Mapping[str, str], root: Path, rules: enforce.Enforcement | None = None) -> str:
     """What a run of `cadence` is allowed and asked: its settings file's digest and its prompt file's (mtime, size).
     A denial hold lasts while this stays the same (`policy.denials`)."""
     try:
@@ -339,13 +339,23 @@ def policy_id(cadence: Cadence, env: Mapping[str, str], root: Path) -> str:
     except OSError:
         st = None
     stamp = f"{st.st_mtime_ns:x}{st.st_size:x}" if st is not None else "0"
-    return f"{enforcement_of(cadence, env, root).digest}-{hashlib.sha256(stamp.encode()).hexdigest()[:8]}"
+    digest = (rules or enforcement_of(cadence, env, root)).digest
+    return f"{digest}-{hashlib.sha256(stamp.encode()).hexdigest()[:8]}"
+
+
+_ENFORCEMENTS: dict[tuple[str, str, str], enforce.Enforcement] = {}  # the gates ask for every held tick: hash once
 
 
 def enforcement_of(cadence: Cadence, env: Mapping[str, str], root: Path) -> enforce.Enforcement:
     """The settings file and flags that enforce `cadence`'s permissions for runs in `root`."""
     home = Path(env.get("HOME") or Path.home())
-    return enforce.enforcement(cadence.permissions, root, Layout(root).state_dir, home)
+    key = (repr(cadence.permissions), str(root), str(home))
+    found = _ENFORCEMENTS.get(key)
+    if found is None:
+        if len(_ENFORCEMENTS) >= 256:
+            _ENFORCEMENTS.clear()
+        found = _ENFORCEMENTS[key] = enforce.enforcement(cadence.permissions, root, Layout(root).state_dir, home)
+    return found
 
 
 def log_stamp(local: datetime, attempt: int, tick_id: str) -> str:
