@@ -115,6 +115,11 @@ class Layout:
         return self.bus_dir / "STOP"
 
     @cached_property
+    def kill_dir(self) -> Path:
+        """`maestro tick kill`'s requests to the daemon: one `<tick id>.json` each, removed once acted on."""
+        return self.bus_dir / "kill"
+
+    @cached_property
     def lock_file(self) -> Path:
         return self.bus_dir / "daemon.lock"
 

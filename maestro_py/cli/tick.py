@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 VALUE_WIDTH = 160  # a longer history value (a stderr tail) is cut here; --json shows it whole
 NOT_QUEUED_HINTS = {
-    "running": "it is running now (claimed); `maestro stop` ends every run, or wait for it to settle",
+    "running": "it is running now (claimed): `maestro tick kill` ends that run alone, or wait for it to settle",
     "done": "it has settled already",
     "dead_letter": "it is a dead letter: `maestro dlq replay` or `maestro dlq purge`",
 }
@@ -115,6 +115,30 @@ def tick_cancel(c: Context, tick_id: str, reason: str | None) -> None:
     except TickInvalid as exc:
         raise CliError(f"cannot cancel {full}: not a valid tick ({exc}); moved to dlq/") from None
     click.echo(escape(f"cancelled {done.id} ({done.cadence}): in done/ with outcome \"cancelled\""))
+
+
+@tick.command("kill", short_help="End one running sub-session; the others go on")
+@click.argument("tick_id")
+@click.option("--requeue", is_flag=True, help="Put the tick back in inbox/ (its attempt not counted) instead of done/.")
+@click.option("--reason", default=None, help="Why (recorded in the tick's history).")
+@pass_ctx
+def tick_kill(c: Context, tick_id: str, requeue: bool, reason: str | None) -> None:
+    """End one running sub-session's whole process tree (as a timeout does), book what it spent, and settle its
+    tick: in done/ as "killed" (not retried, not dead-lettered), or with --requeue back in inbox/. The daemon acts on
+    it at its next loop; this waits for the settle."""
+    from maestro_py.ops import kill
+
+    full = tick_id_arg(c, tick_id)
+    try:
+        kill.ask(c.layout, full, requeue=requeue, reason=reason, now=SystemClock().now())
+    except kill.NotRunning as exc:
+        raise CliError(f"cannot kill: {exc}; `maestro tick cancel` settles a queued tick") from None
+    where = kill.settled(c.layout, full)
+    if where is None:
+        raise CliError(f"asked the daemon to kill {full}; it has not settled within {kill.WAIT_SECONDS:g} s "
+                       f"(`maestro tick show {full}`)")
+    folder, outcome = where
+    click.echo(escape(f"killed {full}: in {folder.value}/ with outcome \"{outcome}\""))
 
 
 @tick.command("retry-now", short_help="Clear a queued tick's retry time: it runs at the next loop")

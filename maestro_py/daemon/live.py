@@ -9,6 +9,7 @@ from typing import Any
 
 import psutil
 
+from maestro_py.bus.kills import Kill
 from maestro_py.bus.store import Claim
 from maestro_py.policy.budget import Estimate
 from maestro_py.policy.guardrails import Verdict
@@ -50,6 +51,7 @@ class Running:
     claude: tuple[str, str] | None = None  # the binary it ran, and its `command.claude_identity` then
     end_reason: str | None = None          # set when the daemon ends it (drain, emergency stop)
     policy: str = ""                       # what it was allowed and asked (`command.policy_id`)
+    kill: Kill | None = None               # an operator's `maestro tick kill` of this run
     settlement: Settlement | None = None   # set when it has finished and its settle is under way
 
 
@@ -69,6 +71,9 @@ class LiveRuns:
 
     def add(self, tick_id: str, run: Running) -> None:
         self._by_tick[tick_id] = run
+
+    def get(self, tick_id: str) -> Running | None:
+        return self._by_tick.get(tick_id)
 
     def remove(self, tick_id: str) -> None:
         del self._by_tick[tick_id]

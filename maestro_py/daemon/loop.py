@@ -38,6 +38,7 @@ from maestro_py.daemon.wakeup import Wakeup
 from maestro_py.policy.backoff import Backoff, parse_backoff
 from maestro_py.policy.breaker import Breakers, CircuitFile, PersistedCircuits
 from maestro_py.policy.budget import Estimate, cadence_limits
+from maestro_py.bus import kills
 from maestro_py.policy.denials import Denials
 from maestro_py.policy.guardrails import Guardrails
 from maestro_py.paths import Folder, Layout, agent_name
@@ -202,6 +203,7 @@ class Daemon:
         now_mono = self.clock.monotonic()
         self.notifier.keepalive(now_mono)
         progressed = self.settler.settle_finished()
+        self._act_on_kills()
         self.housekeeping.run(now_mono)
         self.autosync.poll()
         self._handle_stopping(now_mono)
@@ -212,6 +214,19 @@ class Daemon:
                 self.wakeup.set()  # more may be runnable: look again before sleeping
         self._write_status()
         return progressed
+
+    def _act_on_kills(self) -> None:
+        """`maestro tick kill`: end that one run as a timeout ends one; its settle books what it spent and files the
+        tick (done/ as killed, or back to inbox/ with its attempt intact)."""
+        for kill in kills.take(self.layout):
+            run = self.live.get(kill.tick)
+            if run is None or run.kill is not None:
+                self.events.emit("kill_ignored", level="warn", id=kill.tick, reason="no run of it is live here")
+                continue
+            run.kill, run.end_reason = kill, kill.words()
+            run.session.stop()
+            self.events.emit("kill_requested", id=kill.tick, cadence=run.claim.tick.cadence, requeue=kill.requeue,
+                             reason=kill.reason or None)
 
     def _discover(self, now_mono: float) -> None:
         """Files that arrived from elsewhere (other processes' enqueues, hand-dropped ticks)."""

@@ -41,7 +41,7 @@ UNKNOWN_MODEL = "_unknown"  # a cost the CLI reported without a per-model breakd
 
 # Event stage -> the `outcome` label of a settled tick (None: the `done` event's own outcome).
 SETTLED: dict[str, str | None] = {"done": None, "retry": "retry", "requeued": "requeued", "dlq": "dlq"}
-DONE_OUTCOMES = ("ok", "nothing_to_do", "skipped_overlap")  # a done/ tick's outcomes; anything else is "other"
+DONE_OUTCOMES = ("ok", "nothing_to_do", "skipped_overlap", "killed")  # a done/ tick's outcomes; anything else is "other"
 OUTCOMES = (*DONE_OUTCOMES, "retry", "requeued", "dlq")
 SUCCESS = ("ok", "nothing_to_do")  # the duty ran and completed (a guard finding nothing to do is a success)
 TOKEN_KINDS = {"input_tokens": "input", "output_tokens": "output", "cache_read_tokens": "cache_read",

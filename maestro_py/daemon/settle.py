@@ -19,7 +19,7 @@ from maestro_py.paths import Layout
 from maestro_py.policy import denials
 from maestro_py.policy.budget import Budget, Estimate, charge_for, window_bounds
 from maestro_py.policy.guardrails import Guardrails
-from maestro_py.policy.verdict import Action, Verdict, reaped, requeued
+from maestro_py.policy.verdict import Action, Verdict, killed, reaped, requeued
 from maestro_py.session.ledger import Ledger
 from maestro_py.session.metering import Usage
 from maestro_py.session.runlog import run_logs
@@ -175,6 +175,8 @@ class Settler:
         verdict = self.guardrails.learn(tick, run.cadence, outcome, ended_by=run.end_reason,
                                          disk_trouble=lambda: self._disk_trouble_during(run),
                                          cli_retries=run.cli_retries, claude=run.claude)
+        if run.kill is not None and not run.kill.requeue:  # ended by `maestro tick kill`: filed as killed
+            verdict = killed(run.kill.words())
         if verdict.failure_class is not None:
             details["tail"] = outcome.tail  # what the CLI said, for the tick's history and the event
         if outcome.timed_out:

@@ -23,7 +23,7 @@ STATUS_EVERY = 0.25  # seconds between consumer.json rewrites while busy
 HEARTBEAT_EVERY = 5.0  # seconds between rewrites of an unchanged consumer.json (the heartbeat)
 COUNTERS = (
     "claimed", "inline", "escalated", "guard_skipped", "succeeded", "failed", "retries", "dlq",
-    "quarantined", "requeued", "reaped", "spawn_failures", "timeouts", "io_errors", "skipped_emergency_stop",
+    "quarantined", "requeued", "reaped", "killed", "spawn_failures", "timeouts", "io_errors", "skipped_emergency_stop",
 )
 
 

@@ -76,6 +76,11 @@ def unknown_cadence(name: str) -> Verdict:
                                        f"cadences/{name}.md", outcome="dead_letter", permanent=True)
 
 
+def killed(reason: str) -> Verdict:
+    """An operator ended the run (`maestro tick kill`): settled as it is, neither retried nor dead-lettered."""
+    return Verdict(Action.COMPLETE, reason, outcome="killed", counter="killed")
+
+
 def untrusted_refused(name: str, source: str) -> Verdict:
     """An untrusted tick for a cadence that may act and does not accept untrusted input: it never runs."""
     return Verdict(Action.DEAD_LETTER, f"untrusted input (source {source!r}) refused: {name} may write, run commands "

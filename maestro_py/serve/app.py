@@ -22,6 +22,7 @@ from starlette.routing import Route
 from maestro_py.bus.tick import CADENCE_RE
 from maestro_py.clock import SystemClock
 from maestro_py.config import Settings
+from maestro_py.ops import kill
 from maestro_py.paths import Layout
 from maestro_py.redact import Redactor
 from maestro_py.serve import auth, page, snapshot, ticks, triggers
@@ -91,6 +92,28 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
         return json_answer(status, answer, extra)
 
     @answering
+    async def kill_tick(request: Request) -> Response:
+        """`maestro tick kill` over HTTP: the token (or, with no credential set, a local request); never a webhook."""
+        started, headers = time.monotonic(), request.headers
+        if auth.trigger_access(headers, creds.current(), peer(request)) is auth.Access.WEBHOOK:
+            raise HttpError(403, "a webhook signature cannot kill a run: send the token")
+        body = await read_body(request.receive, headers, limit=options.max_body, deadline=started + options.timeout,
+                               timeout=options.timeout)
+        doc = triggers.parse_json(body, "the body") if body.strip() else {}
+        if not isinstance(doc, dict) or set(doc) - {"requeue", "reason"} or not isinstance(doc.get("requeue", False),
+                                                                                       bool) \
+                or not isinstance(doc.get("reason", ""), (str, type(None))):
+            raise HttpError(400, 'the body must be empty or {"requeue": true|false, "reason": "…"}')
+        tick_id = request.path_params["tick_id"]
+        try:
+            asked = await run_in_threadpool(kill.ask, layout, tick_id, requeue=bool(doc.get("requeue")),
+                                            reason=doc.get("reason"), now=SystemClock().now())
+        except kill.NotRunning as exc:
+            raise HttpError(404 if isinstance(exc, kill.Unknown) else 409, str(exc)) from None
+        return json_answer(202, {"id": tick_id, "kill_requested": True, "requeue": asked.requeue,
+                                 "status_url": f"/v1/ticks/{tick_id}"}, {"Location": f"/v1/ticks/{tick_id}"})
+
+    @answering
     async def get_tick(request: Request) -> Response:
         auth.read_access(request.headers, creds.current(), peer(request))
         doc = await run_in_threadpool(ticks.find_tick, layout, request.path_params["tick_id"])
@@ -134,6 +157,7 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/cadences/{name}/ticks", post_tick, methods=["POST"]),
         Route("/v1/ticks/{tick_id}", get_tick, methods=["GET"]),
+        Route("/v1/ticks/{tick_id}/kill", kill_tick, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.keys = keys
