@@ -115,6 +115,11 @@ class Layout:
         return self.bus_dir / "STOP"
 
     @cached_property
+    def run_settings_dir(self) -> Path:
+        """The CLI settings (and MCP) files that enforce each cadence policy, named by their content."""
+        return self.state_dir / "run-settings"
+
+    @cached_property
     def kill_dir(self) -> Path:
         """`maestro tick kill`'s requests to the daemon: one `<tick id>.json` each, removed once acted on."""
         return self.bus_dir / "kill"

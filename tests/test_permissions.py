@@ -60,7 +60,7 @@ def test_the_settings_file_enforces_the_policy_and_points_nowhere_relative(tmp_p
     root, home = tmp_path / "agent", Path("/home/op")
     p = Permissions(tools=("Read", "Bash"), allow=("Bash(git status)",), deny=("WebFetch",),
                     allowed_domains=("api.github.com",))
-    rules = enforce.enforcement(p, root, root / "state", home)
+    rules = enforce.enforcement(p, root, root / "state" / "run-settings", home)
     doc = rules.settings
     deny = doc["permissions"]["deny"]
     assert "Read(//home/op/.ssh/**)" in deny and f"Read(/{root}/.env)" in deny and f"Read(/{root}/state/**)" in deny
@@ -77,12 +77,12 @@ def test_the_settings_file_enforces_the_policy_and_points_nowhere_relative(tmp_p
     assert flags[flags.index("--tools") + 1] == "Read,Bash"
     assert rules.settings_path.parent == root / "state" / "run-settings"
     # The name is the content: the same policy, the same file; another policy, another file.
-    assert enforce.enforcement(p, root, root / "state", home).settings_path == rules.settings_path
-    assert enforce.enforcement(Permissions(), root, root / "state", home).settings_path != rules.settings_path
+    assert enforce.enforcement(p, root, root / "state" / "run-settings", home).settings_path == rules.settings_path
+    assert enforce.enforcement(Permissions(), root, root / "state" / "run-settings", home).settings_path != rules.settings_path
 
 
 def test_the_settings_files_are_private_and_written_once(tmp_path: Path) -> None:
-    rules = enforce.enforcement(Permissions(), tmp_path, tmp_path / "state", Path("/h"))
+    rules = enforce.enforcement(Permissions(), tmp_path, tmp_path / "state" / "run-settings", Path("/h"))
     enforce.materialise(rules.files())
     enforce.materialise(rules.files())
     assert json.loads(rules.settings_path.read_text()) == rules.settings

@@ -287,3 +287,21 @@ def test_prune_command_rejects_a_bad_setting(layout: Layout) -> None:
     result = CliRunner().invoke(cli, ["--root", str(layout.root), "prune"], env={"MAESTRO_LOGS_MAX_MB": "0"})
     assert result.exit_code == 78
     assert result.stderr.strip() == "maestro: MAESTRO_LOGS_MAX_MB='0': must be a number > 0"
+
+
+def test_the_settings_files_of_a_policy_no_run_used_for_the_retention_period_go(layout: Layout) -> None:
+    """Every run touches its policy's files, so only those of a policy unused for the retention period are old."""
+    from maestro_py.permissions import Permissions
+    from maestro_py.session import enforce
+
+    now = datetime.now(timezone.utc)
+    old = enforce.enforcement(Permissions(tools=("Read", "Bash")), layout.root, layout.run_settings_dir, Path("/h"))
+    used = enforce.enforcement(Permissions(), layout.root, layout.run_settings_dir, Path("/h"))
+    for rules in (old, used):
+        enforce.materialise(rules.files())
+        for path, _ in rules.files():
+            os.utime(path, (now.timestamp() - 30 * 86400,) * 2)
+    enforce.materialise(used.files())  # a run under this policy now
+    report = retention.prune(layout, now=now, retention_days=14, max_mb=500, protect=set(), dry_run=False)
+    assert sorted(p.name for p in layout.run_settings_dir.iterdir()) == sorted(p.name for p, _ in used.files())
+    assert {r.path.name for r in report.removed} == {p.name for p, _ in old.files()}

@@ -164,7 +164,9 @@ class _Unit:
 
 def _units(layout: Layout) -> list[_Unit]:
     units: dict[str, _Unit] = {}
-    for folder, pattern in ((layout.folder(Folder.DONE), None), (layout.subsessions_dir, ".log")):
+    # A policy's settings files are touched by every run under it: old ones are of policies no longer used.
+    for folder, pattern in ((layout.folder(Folder.DONE), None), (layout.subsessions_dir, ".log"),
+                            (layout.run_settings_dir, ".json")):
         for entry in scan_dir(folder):
             if pattern and not entry.name.endswith(pattern):
                 continue
@@ -174,7 +176,9 @@ def _units(layout: Layout) -> list[_Unit]:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            key = f"{folder.name}/{_RUN_LOG_RE.sub('', entry.name) if pattern else entry.name}"
+            name = entry.name.split(".")[0] if pattern == ".json" else _RUN_LOG_RE.sub("", entry.name) if pattern \
+                else entry.name
+            key = f"{folder.name}/{name}"
             units.setdefault(key, _Unit(key, [])).files.append((Path(entry.path), st.st_size, st.st_mtime))
     return sorted(units.values(), key=lambda u: (u.mtime, u.key))
 
@@ -191,6 +195,8 @@ def _prune_files(layout: Layout, now: datetime, retention_days: float, protect: 
             continue
         if unit.mtime < old_before:
             reason = "age"
+        elif unit.key.startswith("run-settings/"):
+            continue  # a policy's files go by age only: a long run may still be using them
         elif total > report.limit_bytes:
             reason = "size"
         else:

@@ -354,7 +354,7 @@ def enforcement_of(cadence: Cadence, env: Mapping[str, str], root: Path) -> enfo
     if found is None:
         if len(_ENFORCEMENTS) >= 256:
             _ENFORCEMENTS.clear()
-        found = _ENFORCEMENTS[key] = enforce.enforcement(cadence.permissions, root, Layout(root).state_dir, home)
+        found = _ENFORCEMENTS[key] = enforce.enforcement(cadence.permissions, root, Layout(root).run_settings_dir, home)
     return found
 
 

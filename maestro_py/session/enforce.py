@@ -22,7 +22,6 @@ from typing import Any
 
 from maestro_py.permissions import Permissions
 
-SETTINGS_DIR = "run-settings"  # under state/
 # Read denials every run gets, relative to the home folder.
 HOME_SECRETS = (".ssh", ".aws", ".config/gh", ".gnupg", ".docker", ".kube", ".netrc", ".claude/.credentials.json")
 # What configures the agent: a run may not read the secrets among it, nor edit any of it.
@@ -125,12 +124,12 @@ def _encode(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
-def enforcement(permissions: Permissions, root: Path, state_dir: Path, home: Path) -> Enforcement:
-    """What enforces `permissions`: the settings and MCP files (named by the hash of both) and the flags."""
+def enforcement(permissions: Permissions, root: Path, folder: Path, home: Path) -> Enforcement:
+    """What enforces `permissions`: the settings and MCP files in `folder` (`Layout.run_settings_dir`), named by the
+    hash of both, and the flags."""
     doc = settings_doc(permissions, root, home)
     mcp = {"mcpServers": {name: dict(server) for name, server in permissions.mcp_servers.items()}}
     digest = hashlib.sha256(_encode(doc) + _encode(mcp)).hexdigest()[:16]
-    folder = state_dir / SETTINGS_DIR
     settings_path, mcp_path = folder / f"{digest}.json", folder / f"{digest}.mcp.json"
     builtin = [tool for tool in permissions.tools if not tool.startswith("mcp__")]
     flags = ["--settings", str(settings_path), "--setting-sources", "user",
@@ -144,15 +143,20 @@ def enforcement(permissions: Permissions, root: Path, state_dir: Path, home: Pat
 
 
 def materialise(files: tuple[tuple[Path, bytes], ...]) -> None:
-    """Write each file once (0600, folder 0700), atomically; a file already there has this content by its name."""
+    """Write each file once (0600, folder 0700), atomically; a file already there has this content by its name, and
+    is touched: retention removes only the files of policies no run used for `MAESTRO_RETENTION_DAYS`."""
     for path, data in files:
-        if not path.exists():  # one stat per file and run
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+        try:
+            os.utime(path)  # one syscall per file and run
+            continue
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
