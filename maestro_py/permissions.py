@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from maestro_py.registry_keys import Bad, _choice, _flag, _integer, _strings
+from maestro_py.registry_keys import Bad, choice, flag, integer, strings
 
 MODES = ("dontAsk", "acceptEdits", "plan", "bypassPermissions")
 SANDBOX = ("required", "preferred", "off")
@@ -59,7 +59,7 @@ def has_sandbox(platform: str = sys.platform) -> bool:
 
 def _listed(pattern: re.Pattern[str], what: str) -> Callable[[Any], tuple[str, ...]]:
     def check(value: Any) -> tuple[str, ...]:
-        items = _strings(value)
+        items = strings(value)
         for item in items:
             if not pattern.match(item):
                 raise Bad(f"each must be {what}", item)
@@ -69,7 +69,7 @@ def _listed(pattern: re.Pattern[str], what: str) -> Callable[[Any], tuple[str, .
 
 
 def _mode(value: Any) -> str:
-    return _choice(MODES)(value)
+    return choice(MODES)(value)
 
 
 def _servers(value: Any) -> dict[str, dict[str, Any]]:
@@ -97,17 +97,17 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "tools": _listed(_TOOL, "a tool name such as Read, Bash or mcp__server__tool"),
     "allow": _listed(_RULE, 'a permission rule such as "Bash(git diff *)" or "Read(//srv/data/**)"'),
     "deny": _listed(_RULE, 'a permission rule such as "Bash(curl *)" or "WebFetch"'),
-    "add_dirs": _strings,
+    "add_dirs": strings,
     "mcp_servers": _servers,
-    "hooks": _flag,
-    "sandbox": _choice(SANDBOX),
+    "hooks": flag,
+    "sandbox": choice(SANDBOX),
     "allowed_domains": _listed(_DOMAIN, "a domain such as github.com or *.example.org"),
-    "max_turns": _integer(at_least=1, wording="an integer >= 1"),
+    "max_turns": integer(at_least=1, wording="an integer >= 1"),
     "env_pass": lambda value: _own_names(_listed(_ENV_NAME, "a variable name")(value)),
-    "isolation": _choice(ISOLATION),
-    "accept_untrusted": _flag,
-    "memory_mb": _integer(at_least=16, wording="an integer >= 16 (MiB)"),
-    "max_processes": _integer(at_least=1, wording="an integer >= 1"),
+    "isolation": choice(ISOLATION),
+    "accept_untrusted": flag,
+    "memory_mb": integer(at_least=16, wording="an integer >= 16 (MiB)"),
+    "max_processes": integer(at_least=1, wording="an integer >= 1"),
 }
 
 
@@ -207,7 +207,7 @@ def _tool_of(rule: str) -> str:
 def permission_flag(args: tuple[str, ...]) -> tuple[str, str] | None:
     """(flag, the key to use instead) for the first permission flag in `claude_args`, else None."""
     for arg in args:
-        flag = arg.split("=", 1)[0]
-        if flag in PERMISSION_FLAGS:
-            return flag, PERMISSION_FLAGS[flag]
+        name = arg.split("=", 1)[0]
+        if name in PERMISSION_FLAGS:
+            return name, PERMISSION_FLAGS[name]
     return None

@@ -59,7 +59,7 @@ def _number(*, above: float | None = None, at_least: float | None = None) -> Cal
     return check
 
 
-def _integer(*, at_least: int, wording: str) -> Callable[[Any], int]:
+def integer(*, at_least: int, wording: str) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value < at_least:
             raise Bad(f"must be {wording}", value)
@@ -70,7 +70,7 @@ def _integer(*, at_least: int, wording: str) -> Callable[[Any], int]:
     return check
 
 
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+def choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in options:
             raise Bad("must be one of " + ", ".join(f'"{o}"' for o in options), value)
@@ -95,7 +95,7 @@ def _runnable(value: Any) -> str:
     return value.strip()
 
 
-def _strings(value: Any) -> tuple[str, ...]:
+def strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise Bad("must be a list of strings", value)
     return tuple(value)
@@ -131,31 +131,31 @@ def _delays(value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-def _flag(value: Any) -> bool:
+def flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise Bad("must be true or false", value)
     return value
 
 
 FIELDS: dict[str, Callable[[Any], Any]] = {
-    "mode": _choice(MODES),
+    "mode": choice(MODES),
     "prompt": _text,
     "handler": _runnable,
     "guard": _runnable,
     "timeout_seconds": _number(above=0),
-    "max_attempts": _integer(at_least=1, wording="an integer >= 1"),
+    "max_attempts": integer(at_least=1, wording="an integer >= 1"),
     "model": _text,
-    "claude_args": _strings,
+    "claude_args": strings,
     "schedule": _schedule,
     "timezone": _timezone,
-    "overlap": _choice(OVERLAPS),
-    "output_format": _choice(("stream-json", "json")),
+    "overlap": choice(OVERLAPS),
+    "output_format": choice(("stream-json", "json")),
     "max_budget_usd": _number(above=0),
-    "budget_tokens_daily": _integer(at_least=1, wording="an integer > 0"),
+    "budget_tokens_daily": integer(at_least=1, wording="an integer > 0"),
     "budget_usd_daily": _number(above=0),
-    "reserve_tokens": _integer(at_least=0, wording="an integer >= 0"),
+    "reserve_tokens": integer(at_least=0, wording="an integer >= 0"),
     "reserve_usd": _number(at_least=0),
-    "budget_exempt": _flag,
+    "budget_exempt": flag,
     "backoff_seconds": _delays,
-    "webhook_events": _strings,  # the X-GitHub-Event names a signed webhook may trigger it with ("*": any)
+    "webhook_events": strings,  # the X-GitHub-Event names a signed webhook may trigger it with ("*": any)
 }
