@@ -1,20 +1,25 @@
-"""`maestro runs` (issue 26, item 3): the settled runs newest first, from the ledger and the bus folders.
+"""`maestro runs` (issue 26, item 3): the settled runs newest first, from the ledger and the bus folders, with a run
+still going listed first as running; the status page's "Runs" table is the same list.
 
 Everything goes through real `maestro` processes: a mixed `maestro run --once` with the fake claude (a success, a
-tick that fails into `dlq/`, one that waits in `inbox/` for its retry, an unmeasured run).
+tick that fails into `dlq/`, one that waits in `inbox/` for its retry, an unmeasured run), then a daemon whose
+sub-session sleeps, and `maestro serve` on a loopback port.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import signal
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from maestro_py.clock import iso, parse_iso
 from maestro_py.paths import Folder, Layout
-from tests.fakes import daemon_env, ledger_rows, maestro, read_json, tick_ids, write_agent
+from tests.fakes import (daemon_env, ledger_rows, maestro, read_json, spawns, start_daemon, tick_ids, wait_for,
+                         write_agent)
+from tests.serve_support import Served
 
 REGISTRY = """
 [flaky]
@@ -101,3 +106,46 @@ def test_runs_agree_with_the_ledger_and_the_folders(tmp_path: Path) -> None:
     assert maestro(layout, "runs", "--cadence", "nothing", env=env).stdout.strip() == "no runs of nothing in the ledger"
     bad = maestro(layout, "runs", "--since", "yesterday", env=env)
     assert bad.returncode == 2 and bad.stderr.startswith("maestro: --since:")
+
+
+def test_a_live_run_is_listed_first_as_running_and_on_the_page(tmp_path: Path) -> None:
+    layout = write_agent(tmp_path / "agent", "", {"memo": "Write the memo.", "slow": "[[fake_claude:sleep:30]]"})
+    env = daemon_env(tmp_path)
+    memo = maestro(layout, "enqueue", "memo", env=env).stdout.strip()
+    assert maestro(layout, "run", "--once", env=env).returncode == 0
+    slow = maestro(layout, "enqueue", "slow", env=env).stdout.strip()
+    proc = start_daemon(layout, env)
+    served = None
+    try:
+        wait_for(lambda: len(spawns(tmp_path)) == 2, what="the slow run to start")
+        found = wait_for(lambda: (lambda r: r if r and r[0]["state"] == "running" else None)(
+            runs_json(layout, env=env)), what="the slow run listed as running")
+        live = found[0]
+        assert (live["tick"], live["cadence"], live["attempt"], live["outcome"]) == (slow, "slow", 1, "running")
+        assert live["folder"] == "claimed" and live["pid"] == int(spawns(tmp_path)[1].split()[0])
+        assert live["cost_usd"] is None and live["ended"] is None and live["duration_ms"] >= 0
+        assert [(r["tick"], r["outcome"]) for r in found[1:]] == [(memo, "ok")]
+        line = maestro(layout, "runs", env=env).stdout.splitlines()[1]
+        assert slow in line and " running " in line and "so far" in line
+        assert runs_json(layout, "--failed", env=env) == []  # a running run has not failed
+        assert [r["tick"] for r in runs_json(layout, "--cadence", "memo", env=env)] == [memo]
+
+        served = Served(layout, tmp_path)
+        page = served.request("GET", "/")
+        assert page.status == 200
+        html = page.text
+        assert "<h2>Runs (the last 50)</h2>" in html
+        listed = re.findall(r'<tr class="run" data-tick="([^"]*)" data-state="([^"]*)">', html)
+        shown = runs_json(layout, env=env)
+        assert listed == [(r["tick"], r["state"]) for r in shown] == [(slow, "running"), (memo, "settled")]
+        links = re.findall(r'<a href="(/runs/[^"]*)" title="[^"]*"><code>([^<]*)</code></a>', html)
+        assert links == [(f"/runs/{slow}", f"…{slow[-6:]}"), (f"/runs/{memo}", f"…{memo[-6:]}")]
+    finally:
+        if served is not None:
+            served.stop()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    # Drained: the slow run was ended and its tick requeued; it is no longer listed as running.
+    after = runs_json(layout, env=env)
+    assert all(r["state"] == "settled" for r in after) and after[0]["tick"] == slow
+    assert after[0]["then"] == "requeued" and after[0]["folder"] == "inbox"
