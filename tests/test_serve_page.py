@@ -143,6 +143,7 @@ def test_the_status_page_in_headless_chromium(tmp_path: Path) -> None:
                 assert {"memo", "triage", visible(HOSTILE)} <= {b[1] for b in bars}
                 assert len({b[0] for b in bars}) >= 3  # several days
                 assert page.locator("tr.run").count() >= 5
+                assert page.locator('#runs a[href^="/runs/"]').count() >= 5  # each run links to its page
                 # Hostile text is shown as text: no element, no script ran, nothing fetched for it.
                 assert page.locator("script").count() == 0 and page.locator("body img").count() == 0
                 assert page.title().startswith("maestro") and "<script>" in page.inner_text("#runs")

@@ -65,3 +65,19 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 def _fail(text: str) -> datetime:
     raise ValueError(f"{text!r} is not a span (7d, 24h, 90m, 2w), a date (2026-11-01) or an ISO time")
+
+
+def duration(ms: float | None) -> str:
+    """How long something took, as an operator reads it: `850 ms`, `12.3 s`, `4 min 05 s`, `1 h 02 min`; "-" for
+    None."""
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"

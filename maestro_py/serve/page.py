@@ -15,13 +15,17 @@ from datetime import datetime
 from typing import Any
 
 from maestro_py.bus.logview import escape as visible
+from maestro_py.bus.tick import TICK_ID_RE
 from maestro_py.clock import parse_iso
+from maestro_py.ops.runs import COLUMNS, cells  # `maestro runs`' words
 from maestro_py.ops.when import local  # the CLI's way: the machine's zone (TZ), named
 from maestro_py.policy.budget import amount, never_fits_lines
 from maestro_py.serve.chart import budget_bar, legend, spend_chart
-from maestro_py.serve.snapshot import Snapshot
+from maestro_py.serve.snapshot import LAST_RUNS, Snapshot
 
 REFRESH_SECONDS = 15
+NUMERIC = {"attempt", "duration", "exit", "tokens", "cost"}  # right-aligned columns of the runs table
+SHORT_TICK = 6  # characters of a tick id the runs table shows (ops/ticks.py SUFFIX: what log names carry)
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:1000px}
 h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.1em;margin:1.4em 0 .4em;border-bottom:1px solid #ddd}
@@ -29,7 +33,7 @@ table{border-collapse:collapse;width:100%}td,th{padding:3px 8px;text-align:left;
 vertical-align:top}th{font-weight:600;color:#555}.num{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#1a7f37}.bad{color:#c62828;font-weight:600}.banner{background:#c62828;color:#fff;padding:.5em 1em}
 .muted{color:#777}.legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:1em}
-code{font-size:.95em}
+code{font-size:.95em}#runs td.started,#runs td.tick{white-space:nowrap}
 """
 STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
 CSP = (f"default-src 'none'; style-src 'sha256-{STYLE_HASH}'; img-src data:; base-uri 'none'; "
@@ -147,21 +151,27 @@ def _chart(snap: Snapshot) -> str:
 
 
 def _runs(snap: Snapshot) -> str:
+    """The last runs as `maestro runs` lists them (running ones first), each linking to its run's page."""
+    head = f"<h2>Runs (the last {LAST_RUNS})</h2>"
     if not snap.runs:
-        return '<h2>Last runs</h2><p id="runs" class="muted">none yet</p>'
-    rows = "".join(_run_row(r) for r in snap.runs)
-    return ('<h2>Last runs</h2><table id="runs"><tr><th>when</th><th>cadence</th><th>outcome</th><th>duration</th>'
-            f'<th>cost</th><th>tick</th></tr>{rows}</table>')
+        return head + '<p id="runs" class="muted">none yet</p>'
+    heads = "".join(f"<th>{esc(name)}</th>" for name in COLUMNS)
+    return head + f'<table id="runs"><tr>{heads}</tr>{"".join(_run_row(r) for r in snap.runs)}</table>'
 
 
-def _run_row(r: dict[str, Any]) -> str:
-    duration = f"{r['duration_ms'] / 1000:.1f} s" if isinstance(r["duration_ms"], (int, float)) else "—"
-    if isinstance(r["cost_usd"], (int, float)):
-        cost = f"${r['cost_usd']:.4f}"
-    else:
-        cost = f"${r['charged_usd']:.4f} (unmetered: reservation charged)" if r["charged_usd"] else "unknown"
-    cls = "ok" if r["ok"] else "bad"
-    tick = f'<a href="/v1/ticks/{esc(r["tick"])}"><code>{esc(r["tick"])}</code></a>' if r["tick"] else ""
-    return (f'<tr class="run"><td>{esc(local(r["ts"]))}</td><td>{esc(r["cadence"])}</td><td class="{cls}">'
-            f'{esc(r["outcome"])}</td><td class="num">{duration}</td><td class="num">{esc(cost)}</td>'
-            f"<td>{tick}</td></tr>")
+def _run_row(run: dict[str, Any]) -> str:
+    shown = cells(run)
+    cls = {"running": "", "ok": "ok"}.get(str(run["outcome"]), "bad")
+    out = []
+    for name in COLUMNS:
+        text = esc(shown[name])
+        if name == "tick" and TICK_ID_RE.match(run["tick"]):  # a safe path segment: nothing to encode
+            tick = run["tick"]  # its last characters, as `maestro tick show` takes them; the whole id on hover
+            short = tick if len(tick) <= SHORT_TICK + 2 else f"…{tick[-SHORT_TICK:]}"
+            text = f'<a href="/runs/{esc(tick)}" title="{esc(tick)}"><code>{esc(short)}</code></a>'
+        elif name == "outcome":
+            text = f'<span class="{cls}">{text}</span>'
+        kind = "num" if name in NUMERIC else name
+        out.append(f'<td class="{kind}">{text}</td>')
+    return (f'<tr class="run" data-tick="{esc(run["tick"])}" data-state="{esc(run["state"])}">'
+            + "".join(out) + "</tr>")

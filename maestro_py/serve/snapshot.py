@@ -1,13 +1,13 @@
 """What the status page shows, gathered from the same read-models `maestro status` and `maestro budget` use.
 
 Health is `state.judge`, the judgment `maestro status` exits with and `/healthz` answers; breakers come from
-`ops.views.open_circuits`, budget rows from `ops.views.budget_rows`, and spend from ledger rows through
-`policy.budget.charge_of`, so the page cannot disagree with the CLI. Nothing here writes.
+`ops.views.open_circuits`, budget rows from `ops.views.budget_rows`, spend from ledger rows through
+`policy.budget.charge_of`, and the runs from `ops.runs.listing` (`maestro runs`), so the page cannot disagree with
+the CLI. Nothing here writes.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
@@ -15,16 +15,17 @@ from typing import Any
 
 from maestro_py.bus.store import Bus
 from maestro_py.config import Settings
-from maestro_py.ops import cost, views
+from maestro_py.ops import cost, runs, views
 from maestro_py.paths import Layout
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
 from maestro_py.policy.budget import charge_of, local_zone
 from maestro_py.policy.emergency import read_stop_file
+from maestro_py.redact import Redactor
 from maestro_py.registry import Registry
 from maestro_py.state import judge
 
 CHART_DAYS = 30
-LAST_RUNS = 20
+LAST_RUNS = 50
 HOLD_KINDS = {AUTH_HALT: "auth halt", CLAUDE_MISSING: "claude missing", QUOTA_HOLD: "usage-limit hold"}
 
 
@@ -41,7 +42,7 @@ class Snapshot:
     live: list[dict[str, Any]]
     breakers: list[dict[str, Any]]
     budget: list[dict[str, Any]]
-    runs: list[dict[str, Any]]
+    runs: list[dict[str, Any]]  # `ops.runs.listing`: running ones first, then the last settled, newest first
     days: list[date]
     cadences: list[str]  # the cadences with a ledger row in the chart's window, sorted
     spend: dict[tuple[date, str], float]  # (local day, cadence) -> dollars charged
@@ -68,13 +69,14 @@ def take(layout: Layout, settings: Settings, registry: Registry | None, now: dat
     budget = views.budget_rows(layout, settings, registry, now)
     zone = local_zone()
     days = [(now.astimezone(zone) - timedelta(days=back)).date() for back in range(CHART_DAYS - 1, -1, -1)]
-    spend, counts, runs = _ledger(layout, now, days[0], zone)
+    spend, counts = _ledger(layout, now, days[0], zone)
+    listed = runs.listing(layout, now, runs.Query(limit=LAST_RUNS))
     return Snapshot(
         root=str(layout.root), now=now, health_code=health.code, health=health.words,
         emergency_stop=read_stop_file(layout.stop_file),
         queues={k: v for k, v in Bus(layout).depths().items() if k != "tmp"},
         live=list((doc or {}).get("live_subsessions") or []) if health.seen.alive else [],
-        breakers=breakers, budget=budget, runs=runs, days=days,
+        breakers=breakers, budget=budget, runs=Redactor(env).data(listed) if env is not None else listed, days=days,
         cadences=sorted({cadence for _, cadence in counts}), spend=spend, run_counts=counts, problems=problems,
         holds=_holds(layout, env, settings, registry, now) if env is not None and registry is not None else [],
     )
@@ -93,11 +95,10 @@ def _holds(layout: Layout, env: Mapping[str, str], settings: Settings, registry:
 
 
 def _ledger(layout: Layout, now: datetime, first: date, zone: tzinfo | None
-            ) -> tuple[dict[tuple[date, str], float], dict[tuple[date, str], int], list[dict[str, Any]]]:
-    """Spend and run counts per (day, cadence) from `first` on, and the last runs, newest first."""
+            ) -> tuple[dict[tuple[date, str], float], dict[tuple[date, str], int]]:
+    """Spend and run counts per (day, cadence) from `first` on."""
     spend: dict[tuple[date, str], float] = {}
     counts: dict[tuple[date, str], int] = {}
-    last: deque[dict[str, Any]] = deque(maxlen=LAST_RUNS)
     for row in cost.rows(layout, since=datetime.combine(first, time(), zone).astimezone()):  # archives too, once
         charge = charge_of(row)
         if charge is None:
@@ -108,21 +109,4 @@ def _ledger(layout: Layout, now: datetime, first: date, zone: tzinfo | None
         key = (day, charge.cadence)
         spend[key] = spend.get(key, 0.0) + charge.usd
         counts[key] = counts.get(key, 0) + 1
-        last.append(_run(row, charge.usd))
-    return spend, counts, sorted(last, key=lambda r: r["ts"], reverse=True)
-
-
-def _run(row: dict[str, Any], charged: float) -> dict[str, Any]:
-    """One ledger row as the page's "last runs" shows it."""
-    ok = row.get("ok") is True
-    if ok:
-        outcome = "ok"
-    elif row.get("error"):
-        outcome = f"failed: {row['error']}"
-    elif row.get("signal"):
-        outcome = f"failed (signal {row['signal']})"
-    else:
-        outcome = f"failed (exit {row.get('exit_code')})"
-    return {"ts": str(row.get("ts", "")), "cadence": str(row.get("cadence", "")), "tick": str(row.get("tick") or ""),
-            "attempt": row.get("attempt"), "ok": ok, "outcome": outcome, "duration_ms": row.get("duration_ms"),
-            "cost_usd": row.get("cost_usd"), "charged_usd": charged, "metered": row.get("metered", True)}
+    return spend, counts

@@ -12,6 +12,8 @@ from typing import Any, Callable
 from maestro_py.bus.fsio import append_whole
 from maestro_py.redact import Redactor
 
+BLOCK = 64 * 1024  # how much of the file `newest_first` reads at a time, from its end
+
 
 class Ledger:
     """Append-only `state/cost-ledger.jsonl`; unmeasured figures are null, never 0."""
@@ -60,3 +62,39 @@ class Ledger:
                         yield row
         except FileNotFoundError:
             return
+
+    def newest_first(self, needle: bytes | None = None) -> Iterator[dict[str, Any]]:
+        """Every parsable row, newest first, read from the end of the file a block at a time: the last rows of a
+        large ledger cost what they weigh, not what the file does. `needle`: only lines containing these bytes are
+        parsed (a cheap filter that must never leave out a row the caller wants: a cadence's quoted name, say)."""
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with fh:
+            pos = fh.seek(0, os.SEEK_END)
+            head = b""  # the start of a line whose beginning is in the block before
+            while pos > 0:
+                size = min(BLOCK, pos)
+                pos -= size
+                fh.seek(pos)
+                lines = (fh.read(size) + head).split(b"\n")
+                head = lines[0]
+                for line in reversed(lines[1:]):
+                    row = _parse(line, needle)
+                    if row is not None:
+                        yield row
+            row = _parse(head, needle)
+            if row is not None:
+                yield row
+
+
+def _parse(line: bytes, needle: bytes | None) -> dict[str, Any] | None:
+    """One line as a row; None for an empty, unwanted, torn or unparsable one."""
+    if not line or (needle is not None and needle not in line):
+        return None
+    try:
+        row = json.loads(line)
+    except ValueError:  # a torn line (UnicodeDecodeError is a ValueError too)
+        return None
+    return row if isinstance(row, dict) else None
