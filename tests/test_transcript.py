@@ -105,7 +105,8 @@ def test_what_was_not_measured_is_unknown_never_zero() -> None:
                        result="API Error: 500 Internal server error\ndetails")
     (entry,) = transcript.render([api_error])
     # an empty modelUsage is a report (the CLI billed nothing), so these zeros are measured ones
-    assert entry.text == "= result error (HTTP 500), 1 turn, 0 tokens, $0.0000, 2.5 s: API Error: 500 Internal server error"
+    assert entry.text == ("= result error (HTTP 500), 1 turn, 0 tokens, $0.0000, 2.5 s: API Error: 500 Internal "
+                          "server error")
 
 
 def test_a_stream_without_its_result_says_so() -> None:
@@ -159,7 +160,8 @@ def test_megabytes_under_the_line_limit_are_cut_to_a_bounded_display() -> None:
 
 def test_lines_that_are_not_json_are_shown_as_notes_and_the_rest_goes_on() -> None:
     junk = [b"plain words", b"{not json", b'{"type": "assistant", "message": ', b"[1, 2]", b"null", b'"a string"',
-            b"\xff\xfe\x00binary\x1b[31m", b"[" * 100_000, b"", b"   ", b"[maestro: 1,234 bytes of output dropped here]",
+            b"\xff\xfe\x00binary\x1b[31m", b"[" * 100_000, b"", b"   ",
+            b"[maestro: 1,234 bytes of output dropped here]",
             line({"type": "assistant", "message": "not an object"}), line({"type": "assistant", "message": {
                 "content": ["not a block", {"type": "tool_use"}, {"type": "text", "text": 5}]}}),
             line({"type": "user", "message": {"content": [{"type": "tool_result"}]}}),

@@ -55,7 +55,7 @@ SUMMARIES: Mapping[str, str] = {
     "circuit": "List, reset or open the circuit breakers and the halts",
     "dlq": "List, show, replay or purge dead letters",
     "inbox": "List the queued ticks, oldest first, and why they wait",
-    "tick": "Show, cancel or run now one tick (ids may be shortened)",
+    "tick": "Show, log, cancel or run now one tick (ids may be shortened)",
     "cost": "What the runs cost, by cadence, model or day, with totals",
     "cadences": "Each cadence: schedule, next fire, last outcome, cost, holds",
     "dry-run": "Show the exact run CADENCE would get now, and any gate holding it",
