@@ -11,21 +11,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from maestro_py.bus.claim import Claim
 from maestro_py.bus.logview import escape
 from maestro_py.bus.store import Bus
 from maestro_py.ops import runlogs
 from maestro_py.ops.transcript import Entry
 from maestro_py.paths import Layout
 from maestro_py.redact import MASK, Redactor
-from maestro_py.session.command import log_stamp
-from tests.fakes import SECRET, daemon_env, maestro, write_agent
+from tests.fakes import SECRET, claimed_tick, daemon_env, maestro, run_log, stream_json, write_agent
 
 HOSTILE = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202eevil"
-
-
-def stream(*objs: dict[str, Any]) -> bytes:
-    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
 
 
 def text(words: str) -> dict[str, Any]:
@@ -37,34 +31,14 @@ RESULT = {"type": "result", "subtype": "success", "is_error": False, "num_turns"
                                                       "cacheCreationInputTokens": 0, "costUSD": 0.5}}}
 
 
-def claimed(bus: Bus, cadence: str = "memo") -> Claim:
-    tick = bus.enqueue(cadence)
-    bus.index.promote(bus.clock.now())
-    claim = bus.claim(tick.filename)
-    assert claim is not None
-    return claim
-
-
-def log_of(layout: Layout, claim: Claim, data: bytes, *, when: datetime | None = None,
-           stderr: bytes | None = None) -> Path:
-    """The stdout (and stderr) log a run of `claim` would leave, named as the daemon names them."""
-    local = (when or datetime.now()).astimezone()
-    out, err = layout.subsession_logs(local, claim.tick.cadence, log_stamp(local, claim.attempt, claim.tick.id))
-    layout.subsessions_dir.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
-    if stderr is not None:
-        err.write_bytes(stderr)
-    return out
-
-
 def test_runs_pairs_each_runs_logs_and_picks_the_last_or_an_attempt(layout: Layout) -> None:
     bus = Bus(layout)
-    claim = claimed(bus)
-    first = log_of(layout, claim, b"a1\n", when=datetime(2030, 1, 1, 10, 0, 0), stderr=b"warn\n")
+    claim = claimed_tick(bus)
+    first = run_log(layout, claim, b"a1\n", when=datetime(2030, 1, 1, 10, 0, 0), stderr=b"warn\n")
     bus.retry(claim, "failed", max_attempts=3)
     bus.index.promote(bus.clock.now())
     claim = bus.claim(claim.tick.filename)
-    second = log_of(layout, claim, b"a2\n", when=datetime(2030, 1, 1, 10, 5, 0))
+    second = run_log(layout, claim, b"a2\n", when=datetime(2030, 1, 1, 10, 5, 0))
     found = runlogs.runs(layout, claim.tick)
     assert [(r.attempt, r.stdout, r.stderr is not None) for r in found] == [(1, first, True), (2, second, False)]
     assert runlogs.pick(found, None) == found[1] and runlogs.pick(found, 1) == found[0]
@@ -86,14 +60,14 @@ def test_a_followed_log_replaced_at_settle_goes_on_from_the_next_line(layout: La
     """The daemon redacts a log that held a secret into a new file when its run ends: the follower masks it on the
     way out meanwhile, and reads the new file from the first line it has not shown (no line twice, none lost)."""
     bus = Bus(layout)
-    claim = claimed(bus)
-    path = log_of(layout, claim, stream(text(f"key {SECRET}")))
+    claim = claimed_tick(bus)
+    path = run_log(layout, claim, stream_json(text(f"key {SECRET}")))
     shown: list[Entry] = []
     redactor = Redactor({"ANTHROPIC_API_KEY": SECRET})
     steps = [
-        lambda: _append(path, stream(text("two"))[:-10]),  # a line still being written
-        lambda: _append(path, stream(text("two"))[-10:] + stream(text("three"))),
-        lambda: _replace(path, path.read_bytes().replace(SECRET.encode(), MASK.encode()) + stream(RESULT)),
+        lambda: _append(path, stream_json(text("two"))[:-10]),  # a line still being written
+        lambda: _append(path, stream_json(text("two"))[-10:] + stream_json(text("three"))),
+        lambda: _replace(path, path.read_bytes().replace(SECRET.encode(), MASK.encode()) + stream_json(RESULT)),
         lambda: bus.complete(claim),
     ]
 
@@ -110,8 +84,8 @@ def test_a_followed_log_replaced_at_settle_goes_on_from_the_next_line(layout: La
 
 def test_following_switches_to_a_retry_and_ends_when_the_owner_is_gone(layout: Layout) -> None:
     bus = Bus(layout)
-    claim = claimed(bus)
-    log_of(layout, claim, stream(text("first try")), when=datetime(2030, 1, 1, 10, 0, 0))
+    claim = claimed_tick(bus)
+    run_log(layout, claim, stream_json(text("first try")), when=datetime(2030, 1, 1, 10, 0, 0))
     shown: list[str] = []
     heads: list[int] = []
 
@@ -120,7 +94,7 @@ def test_following_switches_to_a_retry_and_ends_when_the_owner_is_gone(layout: L
         bus.index.promote(bus.clock.now())
         again = bus.claim(claim.tick.filename)
         assert again is not None
-        log_of(layout, again, stream(text("second try")), when=datetime(2030, 1, 1, 10, 1, 0))
+        run_log(layout, again, stream_json(text("second try")), when=datetime(2030, 1, 1, 10, 1, 0))
         # a claim whose owner died (as if the daemon were SIGKILLed): the run is over for a follower
         dead = again.path.with_name(again.path.name.replace(bus.owner.token, "999999999-1"))
         os.rename(again.path, dead)
@@ -136,10 +110,10 @@ def test_following_switches_to_a_retry_and_ends_when_the_owner_is_gone(layout: L
 
 def test_the_run_page_reads_a_huge_log_in_a_bounded_window(layout: Layout) -> None:
     bus = Bus(layout)
-    claim = claimed(bus)
+    claim = claimed_tick(bus)
     line = json.dumps(text("x" * 1000)).encode() + b"\n"
     count = (runlogs.PAGE_HEAD + runlogs.PAGE_TAIL) // len(line) + 3000
-    path = log_of(layout, claim, line * count + stream(RESULT))
+    path = run_log(layout, claim, line * count + stream_json(RESULT))
     entries = runlogs.page_transcript(path, Redactor({}), settled=True)
     assert len(entries) == runlogs.PAGE_ENTRIES + 1
     (note,) = [e for e in entries if e.kind == "note"]
@@ -152,13 +126,13 @@ def test_the_run_page_reads_a_huge_log_in_a_bounded_window(layout: Layout) -> No
 def test_tick_log_through_the_entry_point_escapes_masks_and_says_why_when_there_is_no_log(tmp_path: Path) -> None:
     layout = write_agent(tmp_path / "agent", "", {"memo": "Do it."})
     bus = Bus(layout)
-    claim = claimed(bus)
-    data = stream({"type": "system", "subtype": "init", "model": "m", "tools": []},
+    claim = claimed_tick(bus)
+    data = stream_json({"type": "system", "subtype": "init", "model": "m", "tools": []},
                   text(f"{HOSTILE} and the key {SECRET}"),
                   {"type": "assistant", "message": {"content": [
                       {"type": "tool_use", "id": "t", "name": "Bash", "input": {"command": f"echo {HOSTILE}"}}]}},
                   RESULT) + b"not json \x1b[31m red\n"
-    log_of(layout, claim, data, stderr=f"warning {HOSTILE}\n".encode())
+    run_log(layout, claim, data, stderr=f"warning {HOSTILE}\n".encode())
     bus.complete(claim)
     queued = bus.enqueue("memo")
     env = daemon_env(tmp_path)
