@@ -81,7 +81,7 @@ def test_tick_log_follows_a_live_run_as_lines_arrive_until_it_settles(
     fake_api.register_calls("slow", [
         {"id": "toolu_key", "name": "Bash", "input": {"command": f"echo {key}"}},
         {"id": "toolu_cat", "name": "Bash", "input": {"command": f"cat {canary}"}},
-        {"id": "toolu_sleep", "name": "Bash", "input": {"command": "true && sleep 5"}},
+        {"id": "toolu_sleep", "name": "Bash", "input": {"command": "true && sleep 8"}},
     ])
     tick = agent.enqueue("memo")
     daemon = agent.start("--once")
@@ -109,7 +109,7 @@ def test_tick_log_follows_a_live_run_as_lines_arrive_until_it_settles(
     lines = [line for line, _ in received]
     live = dict(received)
 
-    assert live["→ Bash: true && sleep 5"] is True  # printed while the run was still going
+    assert live["→ Bash: true && sleep 8"] is True  # printed while the run was still going
     assert lines[-2].startswith("= result success, ") and lines[-1] == f"✗ 1 call denied: Bash: cat {canary}"
     assert f"→ Bash: echo {MASK}" in lines and f"← Bash ok: {MASK}" in lines
     assert key not in "\n".join(lines) and FAKE_KEY not in "\n".join(lines)
