@@ -132,13 +132,16 @@ class Plain:
         self.reader = LineReader()
 
     def feed(self, data: bytes) -> None:
+        """Show the lines `data` completes."""
         for line in self.reader.feed(data):
             self._show(line.data, line.size)
 
     def reset(self) -> None:
+        """Drop the line in progress."""
         self.reader.reset()
 
     def close(self, *, settled: bool) -> None:
+        """Show the last line, if it has no newline."""
         for line in self.reader.close():
             self._show(line.data, line.size)
 
@@ -161,15 +164,18 @@ class Raw:
         self.stream = StreamRedactor([redactor])
 
     def feed(self, data: bytes) -> None:
+        """Pass on what `data` lets go."""
         end = data.rfind(b"\n") + 1
         if end:  # a secret never spans a line: each line's end flushes what was held
             self._emit(self.stream.feed(data[:end]) + self.stream.close())
         self._emit(self.stream.feed(data[end:]))
 
     def reset(self) -> None:
+        """Drop what is held of the line in progress."""
         self.stream = StreamRedactor([self.redactor])
 
     def close(self, *, settled: bool) -> None:
+        """Pass on the rest."""
         self._emit(self.stream.close())
 
     def _emit(self, data: bytes) -> None:
