@@ -22,6 +22,7 @@ import psutil
 import pytest
 from click.testing import CliRunner, Result
 
+from maestro_py.bus.claim import Claim
 from maestro_py.bus.store import Bus
 from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.cli import cli
@@ -30,7 +31,7 @@ from maestro_py.daemon.loop import Daemon
 from maestro_py.paths import Folder, Layout
 from maestro_py.registry import Cadence
 from maestro_py.session.metering import CliResult, Usage
-from maestro_py.session.command import SpawnSpec
+from maestro_py.session.command import SpawnSpec, log_stamp
 from maestro_py.session.runner import RunOutcome
 
 REPO = Path(__file__).resolve().parent.parent
@@ -278,6 +279,34 @@ def daemon_env(tmp_path: Path, **extra: Any) -> dict[str, str]:
     })
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+# -- runs as the daemon leaves them ----------------------------------------------------------------------
+
+def claimed_tick(bus: Bus, cadence: str = "memo") -> Claim:
+    """A new tick of `cadence`, claimed by this process (alive: a running tick to every reader)."""
+    tick = bus.enqueue(cadence)
+    bus.index.promote(bus.clock.now())
+    claim = bus.claim(tick.filename)
+    assert claim is not None
+    return claim
+
+
+def run_log(layout: Layout, claim: Claim, data: bytes, *, when: datetime | None = None,
+            stderr: bytes | None = None) -> Path:
+    """The stdout log (and the stderr log, if given) a run of `claim` leaves, named as the daemon names them."""
+    local = (when or datetime.now()).astimezone()
+    out, err = layout.subsession_logs(local, claim.tick.cadence, log_stamp(local, claim.attempt, claim.tick.id))
+    layout.subsessions_dir.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    if stderr is not None:
+        err.write_bytes(stderr)
+    return out
+
+
+def stream_json(*objs: dict[str, Any]) -> bytes:
+    """Lines of stream-json, as the CLI prints them."""
+    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
 
 
 # -- the CLI in-process --------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ SUMMARIES: Mapping[str, str] = {
     "circuit": "List, reset or open the circuit breakers and the halts",
     "dlq": "List, show, replay or purge dead letters",
     "inbox": "List the queued ticks, oldest first, and why they wait",
-    "tick": "Show, cancel, kill or run now one tick (ids may be shortened)",
+    "tick": "Show, log, cancel, kill or run now one tick (ids may be shortened)",
     "cost": "What the runs cost, by cadence, model or day, with totals",
     "runs": "The runs, newest first: outcome, duration, tokens, cost, denials",
     "cadences": "Each cadence: schedule, next fire, last outcome, cost, holds",

@@ -1,14 +1,16 @@
-"""`maestro tick show|cancel|retry-now ID`: one tick, found by a shortened id if need be.
+"""`maestro tick show|log|cancel|retry-now ID`: one tick, found by a shortened id if need be.
 
 Ids may be shortened (`ops.ticks.resolve`). What a tick holds came partly from a run's output: it reaches the
 terminal through `logview.escape`, as in `maestro dlq show`. Cancel and retry-now move the tick through the bus
 (`Bus.cancel`, `Bus.release`), which takes it out of `inbox/` by a rename as a claim does, so a daemon claiming it
-at the same moment either runs it or does not see it, never both; a running (claimed) tick is never touched.
+at the same moment either runs it or does not see it, never both; a running (claimed) tick is never touched. `log`
+reads a run's log files (`ops.runlogs`, rendered by `ops.transcript`), never the whole of one at once.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -20,7 +22,8 @@ from maestro_py.bus.tickfile import read_tick_file
 from maestro_py.cli.common import CliError, Context, pass_ctx, tick_id_arg
 from maestro_py.clock import SystemClock, parse_iso
 from maestro_py.errors import TickInvalid, TickNotQueued
-from maestro_py.ops import ticks, when
+from maestro_py.ops import runlogs, ticks, when
+from maestro_py.paths import Folder
 from maestro_py.redact import Redactor
 
 if TYPE_CHECKING:
@@ -36,7 +39,7 @@ NOT_QUEUED_HINTS = {
 
 @click.group()
 def tick() -> None:
-    """Show, cancel or run now one tick (ids may be shortened, as in git)."""
+    """Show, log, cancel or run now one tick (ids may be shortened, as in git)."""
 
 
 @tick.command("show", short_help="Where a tick is: attempts, history, ledger rows, logs")
@@ -98,6 +101,84 @@ def show_lines(doc: dict[str, Any], now: Any) -> list[str]:
                         if (row.get("denials") or {}).get("count") else ""))
     lines += [f"log: {path}" for path in doc.get("logs") or []]
     return lines
+
+
+@tick.command("log", short_help="A run's output as a person reads it (--raw, --stderr, --follow)")
+@click.argument("tick_id")
+@click.option("--raw", is_flag=True, help="The log as the CLI wrote it (stream-json), secrets masked.")
+@click.option("--stderr", "on_stderr", is_flag=True, help="The run's stderr log instead of its stdout.")
+@click.option("-f", "--follow", is_flag=True,
+              help="Follow a running tick's run as its log grows, until the tick settles.")
+@click.option("--attempt", type=click.IntRange(min=1), default=None, help="This attempt's run (default: the last).")
+@pass_ctx
+def tick_log(c: Context, tick_id: str, raw: bool, on_stderr: bool, follow: bool, attempt: int | None) -> None:
+    """Print a run's output: the assistant's text, one line per tool call, result, denial and retry, and the
+    result's turns, tokens and cost (`--raw`: the stream as written; `--stderr`: the stderr log)."""
+    full = tick_id_arg(c, tick_id)
+    try:
+        found = runlogs.find(c.layout, full)
+    except TickInvalid as exc:
+        raise CliError(f"tick {full} cannot be read: {exc}") from None
+    if found is None:
+        raise CliError(f"tick {full} was settled and pruned while it was being read")
+    folder, current = found
+    redactor = Redactor(c.env)
+    which = "stderr" if on_stderr else "stdout"
+
+    def sink_for(run: runlogs.Run) -> runlogs.Sink:
+        path = run.stderr if on_stderr else run.stdout
+        click.echo(escape(f"==> attempt {run.attempt} of tick {full} ({current.cadence}): "
+                          + (str(path) if path else f"no {which} log (the run wrote nothing there)")), err=True)
+        if raw:
+            return runlogs.Raw(_raw_out, redactor)
+        return (runlogs.Plain if on_stderr else runlogs.Shown)(lambda entry: click.echo(escape(entry.text)), redactor)
+
+    runs = runlogs.runs(c.layout, current)
+    if not follow:
+        run = runlogs.pick(runs, attempt)
+        if run is None:
+            raise CliError(_no_log(full, folder, runs, attempt))
+        path = run.stderr if on_stderr else run.stdout
+        sink = sink_for(run)
+        settled = run != runs[-1] or not runlogs.running(Bus(c.layout), full)
+        if path is not None:
+            runlogs.show(path, sink, settled=settled)
+        elif not on_stderr and not raw:
+            sink.close(settled=settled)
+        return
+    try:
+        shown = runlogs.follow(c.layout, current, sink_for, attempt=attempt, stderr=on_stderr)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a follow ends early
+    if shown is None:
+        now = runlogs.find(c.layout, full)
+        raise CliError(_no_log(full, now[0] if now else folder, runlogs.runs(c.layout, current), attempt))
+    where = Bus(c.layout).whereis(full)
+    click.echo(f"==> tick {full} " + (f"is in {where[0].value}/" if where else "is gone (pruned)"), err=True)
+
+
+def _no_log(tick_id: str, folder: Folder, runs: list[runlogs.Run], attempt: int | None) -> str:
+    """One line saying why the tick has no log to show."""
+    if attempt is not None and runs:
+        return (f"tick {tick_id} has no log of attempt {attempt} (runs with a log: "
+                f"{', '.join(f'attempt {r.attempt}' for r in runs)})")
+    if folder is Folder.INBOX:
+        return f"tick {tick_id} has not run yet: it is queued in inbox/"
+    if folder is Folder.CLAIMED:
+        return f"tick {tick_id} is starting: its run has no log yet (`--follow` waits for it)"
+    return (f"tick {tick_id} has no run log: it never ran a sub-session (inline work, cancelled or dead-lettered "
+            f"before a run), or its logs were pruned ({folder.value}/)")
+
+
+def _raw_out(data: bytes) -> None:
+    """Bytes as written to a pipe or a file; to a terminal, each line escaped."""
+    out = click.get_binary_stream("stdout")
+    if sys.stdout.isatty():
+        text = data.decode("utf-8", errors="replace")
+        data = "\n".join(escape(part) for part in text.split("\n")).encode()
+    sys.stdout.flush()
+    out.write(data)
+    out.flush()
 
 
 @tick.command("cancel", short_help="Settle a queued tick in done/ as cancelled")

@@ -1,4 +1,4 @@
-"""The routes: triggers, tick status, health, metrics and the status page (a Starlette application).
+"""The routes: triggers, tick status, health, metrics, the status page and a run's page (a Starlette application).
 
 Blocking work (file I/O under the bus's enqueue lock, SQLite, reading the ledger) runs in Starlette's worker
 threads, so a slow disk delays one request, not the event loop that reads every other one.
@@ -25,7 +25,7 @@ from maestro_py.config import Settings
 from maestro_py.ops import kill
 from maestro_py.paths import Layout
 from maestro_py.redact import Redactor
-from maestro_py.serve import auth, page, snapshot, ticks, triggers
+from maestro_py.serve import auth, page, runpage, snapshot, ticks, triggers
 from maestro_py.serve.body import read_body
 from maestro_py.serve.http import SECURITY_HEADERS, HttpError, error_answer, json_answer, text_answer
 from maestro_py.serve.idempotency import KeyStore, check_key
@@ -151,8 +151,18 @@ def build(layout: Layout, settings: Settings, options: ServeOptions, env: dict[s
         return Response(page.render(snap), media_type="text/html; charset=utf-8",
                         headers={**SECURITY_HEADERS, "Content-Security-Policy": page.CSP})
 
+    @answering
+    async def run_page(request: Request) -> Response:
+        auth.read_access(request.headers, creds.current(), peer(request), page=True)
+        attempt = runpage.attempt_of(request.query_params.get("attempt"))
+        view = await run_in_threadpool(runpage.gather, layout, request.path_params["tick_id"], attempt,
+                                       intake.redactor)
+        return Response(runpage.render(view, SystemClock().now()), media_type="text/html; charset=utf-8",
+                        headers={**SECURITY_HEADERS, "Content-Security-Policy": runpage.CSP})
+
     routes = [
         Route("/", status_page, methods=["GET"]),
+        Route("/runs/{tick_id}", run_page, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/cadences/{name}/ticks", post_tick, methods=["POST"]),
