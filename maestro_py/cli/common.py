@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
-from maestro_py.config import Settings, load_env
+from maestro_py.config import Settings
+from maestro_py.envfile import load_env
 from maestro_py.errors import ConfigError, MaestroError
 from maestro_py.paths import Layout
 from maestro_py.registry import Registry, RegistryError

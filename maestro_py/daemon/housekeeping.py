@@ -11,7 +11,8 @@ from typing import Any
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.store import Bus
 from maestro_py.clock import Clock
-from maestro_py.config import Settings, load_env
+from maestro_py.config import Settings
+from maestro_py.envfile import load_env
 from maestro_py.errors import ConfigError
 from maestro_py.daemon import retention
 from maestro_py.daemon.live import LiveRuns
