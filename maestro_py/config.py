@@ -335,7 +335,13 @@ def setting(env: Mapping[str, str], name: str) -> Any:
     try:
         return VARS[name].parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name}={_shown(name, raw)!r}: {_why(exc)}") from None
+        shown = "…" if name in UNQUOTED else _shown(name, raw)  # a rejected secret is still a secret
+        raise ConfigError(f"{name}={shown!r}: {_why(exc)}") from None
+
+
+# Settings whose rejected value an error (and the `env_invalid` event and alert made of it) never quotes: secrets,
+# which the redactor knows only once they loaded, and the notification command, whose arguments may hold a token.
+UNQUOTED = frozenset({"MAESTRO_SERVE_TOKEN", "MAESTRO_WEBHOOK_SECRET", "MAESTRO_NOTIFY_COMMAND"})
 
 
 # MAESTRO_* names that are not settings: the sub-session mark, and the test suite's own switches.
