@@ -336,7 +336,7 @@ def setting(env: Mapping[str, str], name: str) -> Any:
         return VARS[name].parse(raw)
     except ValueError as exc:
         shown = "…" if name in UNQUOTED else _shown(name, raw)  # a rejected secret is still a secret
-        raise ConfigError(f"{name}={shown!r}: {_why(exc)}") from None
+        raise ConfigError(f"{name}={shown!r}: {_why(exc)}", setting=name) from None
 
 
 # Settings whose rejected value an error (and the `env_invalid` event and alert made of it) never quotes: secrets,

@@ -23,6 +23,7 @@ from maestro_py.policy.emergency import read_stop_file
 from maestro_py.daemon.settle import Settler
 from maestro_py.policy.guardrails import Guardrails
 from maestro_py.redact import Redactor
+from maestro_py import refused_edit
 from maestro_py.registry import Registry, RegistryError
 from maestro_py.session import command, proctree
 
@@ -107,7 +108,8 @@ class Housekeeping:
         except RegistryError as exc:
             self._emptied_at = None  # an invalid file is never applied: nothing left to wait for
             self.registry.settles_at = now + REGISTRY_GRACE  # half written, perhaps: its ticks wait too
-            self.events.emit("registry_invalid", level="error", error=str(exc), keeping="previous registry")
+            self.events.emit("registry_invalid", level="error", error=str(exc), keeping="previous registry",
+                             **refused_edit.registry_fields(exc))
             self._refused.add("registry")
             return
         self._fixed("registry", "cadences.toml is valid again: its cadences are in force")
@@ -148,7 +150,8 @@ class Housekeeping:
             env = load_env(self.layout)
             settings = Settings.from_env(env)
         except ConfigError as exc:  # a bad edit while running: say so, keep what runs now
-            self.events.emit("env_invalid", level="error", error=str(exc), keeping="previous environment")
+            self.events.emit("env_invalid", level="error", error=str(exc), keeping="previous environment",
+                             **refused_edit.env_fields(self.layout.env_file, exc))
             self._refused.add("env")
             return
         self._fixed("env", ".env is valid again: its settings are in force")

@@ -72,6 +72,17 @@ def _budget_warning(e: Mapping[str, Any]) -> Alert:
                   "limit_usd": e.get("limit_usd")})
 
 
+def _refused(e: Mapping[str, Any], name: str, kept: str) -> Alert:
+    """An edit of `.env` or `cadences.toml` the daemon refused: the file, the line where it is known, and why
+    (`refused_edit.py`). One per distinct error: the same mistake saved again within the window is not news."""
+    line, reason = e.get("line"), e.get("reason") or e.get("error")
+    where = f"{e.get('file') or name}" + (f", line {line}" if line else "")
+    return Alert(f"{'env' if name == '.env' else 'registry'}_invalid",
+                 f"{name} edit refused" + (f" (line {line})" if line else ""),
+                 f"{where}: {reason}; the daemon keeps its previous {kept} until it is fixed", "failure",
+                 str(e.get("error")), {"file": e.get("file"), "line": line, "reason": reason})
+
+
 RULES: dict[str, Callable[[Mapping[str, Any]], Alert]] = {
     "circuit_opened": _circuit_opened,
     "circuit_reopened": _circuit_opened,
@@ -121,13 +132,9 @@ RULES: dict[str, Callable[[Mapping[str, Any]], Alert]] = {
     "service_sync_failed": lambda e: Alert(
         "service_sync_failed", "service sync failed", f"the timers may not follow cadences.toml: {e.get('reason')}",
         "warning", "", {"reason": e.get("reason")}),
-    "env_invalid": lambda e: Alert(
-        "env_invalid", ".env edit refused", f"{e.get('error')}; the daemon keeps its previous settings until it is "
-        "fixed", "failure", str(e.get("error")), {"error": e.get("error")}),
+    "env_invalid": lambda e: _refused(e, ".env", "settings"),
     "env_fixed": lambda e: Alert("env_fixed", ".env fixed", str(e.get("reason")), "success", ""),
-    "registry_invalid": lambda e: Alert(
-        "registry_invalid", "cadences.toml edit refused", f"{e.get('error')}; the daemon keeps its previous "
-        "cadences until it is fixed", "failure", str(e.get("error")), {"error": e.get("error")}),
+    "registry_invalid": lambda e: _refused(e, "cadences.toml", "cadences"),
     "registry_fixed": lambda e: Alert("registry_fixed", "cadences.toml fixed", str(e.get("reason")), "success", ""),
     "crash_loop": lambda e: Alert(
         "crash_loop", "daemon crash loop",
@@ -135,7 +142,7 @@ RULES: dict[str, Callable[[Mapping[str, Any]], Alert]] = {
         {"starts": e.get("starts"), "window_s": e.get("window_s")}),
 }
 # An alert that ends a state forgets the dedupe of the one that began it (and back): opened, closed, opened
-# again within the window are three alerts.
+# again within the window are three alerts (`Alerts._forget`).
 PAIRS = {"circuit_opened": "circuit_closed", "auth_halt": "auth_halt_lifted", "quota_hold": "quota_hold_lifted",
          "claude_missing": "claude_found", "governor_unavailable": "governor_available", "env_invalid": "env_fixed",
          "registry_invalid": "registry_fixed"}
