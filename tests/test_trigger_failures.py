@@ -141,7 +141,8 @@ def on_failure_argv(layout: Layout, cadence: str) -> list[str]:
 
 
 def monitor(unit: str, invocation: str, result: str, code: str, status: str) -> dict[str, str]:
-    """The variables systemd (250+) gives an OnFailure= unit about the unit that failed."""
+    """The variables systemd gives an OnFailure= unit about the unit that failed (systemd.exec(5): one triggering
+    unit per handler, hence the template with one instance per cadence)."""
     return {"MONITOR_UNIT": unit, "MONITOR_INVOCATION_ID": invocation, "MONITOR_SERVICE_RESULT": result,
             "MONITOR_EXIT_CODE": code, "MONITOR_EXIT_STATUS": status}
 

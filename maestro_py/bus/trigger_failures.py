@@ -91,7 +91,7 @@ def take(layout: Layout, limit: int = MAX_PENDING) -> list[dict[str, Any]]:
 
 def recorded(layout: Layout, *, cadence: str, invocation: str | None, now: datetime) -> bool:
     """True if `maestro enqueue` already recorded this failure: the same systemd invocation, or, when systemd does
-    not say which (before v250), a failure of the cadence within SAME_FAILURE seconds. Reads the tail of today's
+    not say which (an older systemd), a failure of the cadence within SAME_FAILURE seconds. Reads the tail of today's
     (and yesterday's) event log only."""
     since = now - timedelta(seconds=SAME_FAILURE)
     for day in sorted({since.astimezone().date(), now.astimezone().date()}):
