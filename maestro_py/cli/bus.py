@@ -19,8 +19,8 @@ import click
 from maestro_py.bus.fsio import atomic_write_json
 from maestro_py.bus.store import MAX_DELAY_SECONDS, Bus
 from maestro_py.bus.tick import CADENCE_RE
-from maestro_py.cli.common import (EX_CONFIG, EX_TEMPFAIL, EX_USAGE, ROOT_KEY, CliError, Context, pass_ctx,
-                                   payload_arg, payload_option)
+from maestro_py.cli.common import (EX_CONFIG, EX_TEMPFAIL, EX_USAGE, ROOT_KEY, CliError, Context, complete_cadence,
+                                   pass_ctx, payload_arg, payload_option)
 from maestro_py.clock import SystemClock, iso
 from maestro_py.config import setting
 from maestro_py.errors import ConfigError, InboxFull, TickInvalid
@@ -143,7 +143,7 @@ def _at_terminal() -> bool:
 
 
 @click.command()
-@click.argument("cadence")
+@click.argument("cadence", shell_complete=complete_cadence)
 @click.option("--source", default="cli", show_default=True, help="Who enqueued it (cron, launchd, systemd…).")
 @payload_option
 @click.option("--delay", type=float, default=0.0, help="Seconds before the tick may run.")

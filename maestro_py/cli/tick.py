@@ -17,7 +17,8 @@ from maestro_py.bus.events import EventLog
 from maestro_py.bus.logview import escape
 from maestro_py.bus.store import Bus
 from maestro_py.bus.tickfile import read_tick_file
-from maestro_py.cli.common import CliError, Context, pass_ctx, tick_id_arg
+from maestro_py.cli.common import (CliError, Context, complete_queued_id, complete_tick_id, pass_ctx,
+                                   tick_id_arg)
 from maestro_py.clock import SystemClock, parse_iso
 from maestro_py.errors import TickInvalid, TickNotQueued
 from maestro_py.ops import ticks, when
@@ -40,7 +41,7 @@ def tick() -> None:
 
 
 @tick.command("show", short_help="Where a tick is: attempts, history, ledger rows, logs")
-@click.argument("tick_id")
+@click.argument("tick_id", shell_complete=complete_tick_id)
 @click.option("--json", "as_json", is_flag=True, help="Print the tick, its runs and log files as JSON.")
 @pass_ctx
 def tick_show(c: Context, tick_id: str, as_json: bool) -> None:
@@ -101,7 +102,7 @@ def show_lines(doc: dict[str, Any], now: Any) -> list[str]:
 
 
 @tick.command("cancel", short_help="Settle a queued tick in done/ as cancelled")
-@click.argument("tick_id")
+@click.argument("tick_id", shell_complete=complete_queued_id)
 @click.option("--reason", default=None, help="Why (recorded in the tick's history).")
 @pass_ctx
 def tick_cancel(c: Context, tick_id: str, reason: str | None) -> None:
@@ -118,7 +119,7 @@ def tick_cancel(c: Context, tick_id: str, reason: str | None) -> None:
 
 
 @tick.command("retry-now", short_help="Clear a queued tick's retry time: it runs at the next loop")
-@click.argument("tick_id")
+@click.argument("tick_id", shell_complete=complete_queued_id)
 @pass_ctx
 def tick_retry_now(c: Context, tick_id: str) -> None:
     """Clear a queued tick's retry time (not_before) so it runs at the daemon's next loop, with an audit entry."""
