@@ -13,7 +13,7 @@ from typing import Any
 
 from maestro_py.daemon.incidents import RULES
 from maestro_py.paths import Layout
-from tests.fakes import FakeReceiver, daemon_env, events, start_daemon, wait_for, write_agent
+from tests.fakes import FakeReceiver, daemon_env, events, maestro, start_daemon, wait_for, write_agent
 from tests.service_support import drop_schedule, example_agent, fake_tool
 
 NOOP = '[memo]\nmode = "inline"\nhandler = "noop"\n'
@@ -122,8 +122,7 @@ def test_a_failed_service_sync_alerts_once(tmp_path: Path, receiver: FakeReceive
     env = daemon_env(tmp_path, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
                      PATH=f"{bin_dir}:{os.environ['PATH']}", MAESTRO_NOTIFY_URLS=receiver.url(),
                      MAESTRO_SERVICE_AUTOSYNC="true")
-    installed = subprocess.run([*daemon_cmd(root), "service", "install", "--systemd", "--user",
-                                "--claude", "/bin/true"], env=env, capture_output=True, text=True, timeout=60)
+    installed = maestro(Layout(root), "service", "install", "--systemd", "--user", "--claude", "/bin/true", env=env)
     assert installed.returncode == 0, installed.stderr
     (bin_dir / "systemctl").write_text('#!/bin/sh\ncase "$*" in *daemon-reload*) echo "no bus" >&2; exit 3;; esac\n')
     layout = Layout(root)
@@ -138,8 +137,3 @@ def test_a_failed_service_sync_alerts_once(tmp_path: Path, receiver: FakeReceive
         stop(proc)
     assert len(receiver.alerts) == 1
 
-
-def daemon_cmd(root: Path) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "maestro_py", "--root", str(root)]
