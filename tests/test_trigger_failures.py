@@ -122,6 +122,9 @@ def test_pending_failures_are_bounded(tmp_path: Path) -> None:
     assert len(failures(layout)) == trigger_failures.MAX_PENDING + 5  # every one is in the event log
     taken = trigger_failures.take(layout)
     assert [t["reason"] for t in taken[:2]] == ["boom 0", "boom 1"] and not list(layout.trigger_failures_dir.iterdir())
+    layout.trigger_failures_dir.rmdir()
+    layout.trigger_failures_dir.write_text("not a folder")
+    assert trigger_failures.take(layout) == []  # the daemon's loop is never interrupted by it
 
 
 # -- systemd's OnFailure= ------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from maestro_py.bus.events import EventLog
 from maestro_py.bus.fsio import atomic_write, scan_dir
 from maestro_py.bus.logview import tail_lines
 from maestro_py.clock import Clock, SystemClock, iso, parse_iso
-from maestro_py.paths import Layout
+from maestro_py.paths import Folder, Layout
 from maestro_py.redact import Redactor
 
 MAX_PENDING = 100        # failure files waiting for a daemon; past it a failure is in the event log only
@@ -59,19 +59,25 @@ def record(layout: Layout, *, cadence: str | None, reason: str, exit_code: int |
 
 
 def _drop(layout: Layout, doc: dict[str, Any]) -> bool:
-    folder = layout.trigger_failures_dir
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder, tmp = layout.trigger_failures_dir, layout.folder(Folder.TMP)  # a writer's leftover in tmp/ is swept
+    for path in (folder, tmp):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if sum(1 for entry in scan_dir(folder) if entry.name.endswith(".json")) >= MAX_PENDING:
         return False
     name = f"{doc['at'].replace(':', '')}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
-    atomic_write(folder / name, (json.dumps(doc, ensure_ascii=False) + "\n").encode(), tmp_dir=folder)
+    atomic_write(folder / name, (json.dumps(doc, ensure_ascii=False) + "\n").encode(), tmp_dir=tmp)
     return True
 
 
 def take(layout: Layout, limit: int = MAX_PENDING) -> list[dict[str, Any]]:
-    """The recorded failures waiting for the daemon, oldest first, removed as they are read (at most `limit`)."""
-    entries = sorted((e for e in scan_dir(layout.trigger_failures_dir) if e.name.endswith(".json")),
-                     key=lambda e: e.name)
+    """The recorded failures waiting for the daemon, oldest first, removed as they are read (at most `limit`).
+    Never raises: a folder that cannot be listed has nothing to give (its alerts are a courtesy to the loop's work,
+    never a reason to interrupt it)."""
+    try:
+        entries = sorted((e for e in scan_dir(layout.trigger_failures_dir) if e.name.endswith(".json")),
+                         key=lambda e: e.name)
+    except OSError:
+        return []
     out: list[dict[str, Any]] = []
     for entry in entries[:limit]:
         try:
