@@ -15,8 +15,10 @@ trigger's own error is what its caller must see.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +34,7 @@ MAX_PENDING = 100        # failure files waiting for a daemon; past it a failure
 REASON_MAX = 500         # characters of the reason kept (one line)
 MAX_FILE_BYTES = 16384   # a failure file larger than this is not one of ours: removed unread
 SAME_FAILURE = 120.0     # without systemd's invocation id: a record of the cadence this recent is the same failure
+_SEQ = itertools.count()  # this process's failure files, in order (their names sort by time, then this)
 
 
 def record(layout: Layout, *, cadence: str | None, reason: str, exit_code: int | None, source: str | None,
@@ -64,7 +67,8 @@ def _drop(layout: Layout, doc: dict[str, Any]) -> bool:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if sum(1 for entry in scan_dir(folder) if entry.name.endswith(".json")) >= MAX_PENDING:
         return False
-    name = f"{doc['at'].replace(':', '')}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+    # Named by the time in ns, then this process's count: taken in the order they happened (`at` is in ms).
+    name = f"{time.time_ns():020d}-{os.getpid()}-{next(_SEQ):06d}-{uuid.uuid4().hex[:6]}.json"
     atomic_write(folder / name, (json.dumps(doc, ensure_ascii=False) + "\n").encode(), tmp_dir=tmp)
     return True
 
