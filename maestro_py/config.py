@@ -1,46 +1,22 @@
-"""Settings from the environment and the agent root's `.env` (real environment variables win)."""
+"""Settings from the environment and the agent root's `.env` (real environment variables win; `envfile.py` reads the
+file)."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Callable
 
-from dotenv import dotenv_values
-
 from maestro_py.policy.backoff import parse_backoff
 from maestro_py.clock import MAX_COUNT, MAX_NUMBER
 from maestro_py.errors import ConfigError
-from maestro_py.paths import Layout, launchd_prefix
+from maestro_py.paths import launchd_prefix
 
 if TYPE_CHECKING:  # the budget is built by `budget()`: `maestro enqueue` (from cron) never imports it
     from maestro_py.policy.budget import Budget, Limit
 
-MAX_ENV_BYTES = 1024 * 1024
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://\S+\Z")
-
-
-def load_env(layout: Layout, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment the daemon works with: `.env` under the root, overridden by the real environment.
-
-    ConfigError (one line naming the file) if `.env` is not UTF-8, unreadable or absurdly large.
-    """
-    env: dict[str, str] = {}
-    path = layout.env_file
-    if path.is_file():
-        try:
-            if path.stat().st_size > MAX_ENV_BYTES:
-                raise ConfigError(f"{path}: larger than {MAX_ENV_BYTES} bytes; is it the right file?")
-            values = dotenv_values(path, encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 (byte {exc.start}); save it as UTF-8") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-        env.update({k: v for k, v in values.items() if v is not None})
-    env.update(os.environ if base is None else base)
-    return env
 
 
 def _positive_int(text: str) -> int:
@@ -359,7 +335,13 @@ def setting(env: Mapping[str, str], name: str) -> Any:
     try:
         return VARS[name].parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name}={_shown(name, raw)!r}: {_why(exc)}") from None
+        shown = "…" if name in UNQUOTED else _shown(name, raw)  # a rejected secret is still a secret
+        raise ConfigError(f"{name}={shown!r}: {_why(exc)}", setting=name) from None
+
+
+# Settings whose rejected value an error (and the `env_invalid` event and alert made of it) never quotes: secrets,
+# which the redactor knows only once they loaded, and the notification command, whose arguments may hold a token.
+UNQUOTED = frozenset({"MAESTRO_SERVE_TOKEN", "MAESTRO_WEBHOOK_SECRET", "MAESTRO_NOTIFY_COMMAND"})
 
 
 # MAESTRO_* names that are not settings: the sub-session mark, and the test suite's own switches.

@@ -38,7 +38,15 @@ class AlreadyRunning(MaestroError):
 
 
 class ConfigError(MaestroError):
-    """A setting or the registry is invalid; the message names the file or variable, key and problem."""
+    """A setting or the registry is invalid; the message names the file or variable, key and problem. Where they
+    are known, `file`, `line` (from 1) and `setting` (the variable) say where (`refused_edit` finds the rest)."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 setting: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+        self.line = line
+        self.setting = setting
 
 
 class SpawnError(MaestroError):

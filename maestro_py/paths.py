@@ -125,6 +125,11 @@ class Layout:
         return self.bus_dir / "kill"
 
     @cached_property
+    def trigger_failures_dir(self) -> Path:
+        """Triggers that could not deliver their tick, one small file each, until the daemon alerts them."""
+        return self.bus_dir / "trigger-failures"
+
+    @cached_property
     def lock_file(self) -> Path:
         return self.bus_dir / "daemon.lock"
 

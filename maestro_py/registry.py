@@ -47,7 +47,7 @@ class RegistryError(ConfigError):
         where = f" [{_label(table)}]" if table is not None else ""
         if key is not None:
             where += f" {_label(key)}:"
-        super().__init__(f"{path}:{where} {problem}")
+        super().__init__(f"{path}:{where} {problem}", file=str(path))
 
 
 def _label(name: str) -> str:

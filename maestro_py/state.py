@@ -22,7 +22,8 @@ from typing import Any
 from maestro_py.bus.fsio import atomic_write
 from maestro_py.bus.owner import Owner
 from maestro_py.clock import parse_iso
-from maestro_py.config import VARS, Settings, load_env
+from maestro_py.config import VARS, Settings
+from maestro_py.envfile import load_env
 from maestro_py.errors import ConfigError
 from maestro_py.paths import Layout
 
@@ -186,7 +187,7 @@ class Health:
 def judge(layout: Layout, now: datetime, env: Mapping[str, str] | None = None) -> Health:
     """The one judgment of the root's daemon, as of `now`: EX_CONFIG (78) with the error when the root's settings
     cannot be used (`.env` unreadable, a setting invalid), else its condition judged against the stale limit its
-    MAESTRO_POLL_MS gives. `env` is the root's merged environment (`config.load_env`); None reads it now, as a
+    MAESTRO_POLL_MS gives. `env` is the root's merged environment (`envfile.load_env`); None reads it now, as a
     `maestro status` started now would (the server's way: `.env` may have changed since it started).
 
     An invalid cadences.toml is no configuration error here: a running daemon keeps its previous registry."""

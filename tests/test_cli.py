@@ -348,7 +348,7 @@ def claude_nowhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, project_cli:
 def test_init_records_the_cli_make_installed_when_no_claude_is_on_path(
         runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Issue 23, item 8: the README's walk-through on a machine whose only claude is the one `make` installed."""
-    from maestro_py.config import load_env
+    from maestro_py.envfile import load_env
     from maestro_py.session.command import resolve_claude
 
     local = claude_nowhere(monkeypatch, tmp_path, project_cli=True)

@@ -194,3 +194,18 @@ def test_a_refused_edit_alerts_once_and_again_when_fixed(layout: Layout, clock: 
     assert stages.count("registry_invalid") == 1 and stages.count("registry_fixed") == 1, stages
     alert = RULES["env_invalid"](next(e for e in events(layout) if e["stage"] == "env_invalid"))
     assert "MAESTRO_DAILY_USD_BUDGET" in alert.body and alert.level == "failure"
+
+
+@pytest.mark.parametrize("name, value", [
+    ("MAESTRO_NOTIFY_COMMAND", "page-me --token hunter2-x 'unclosed"),
+    ("MAESTRO_SERVE_TOKEN", "hunter2 x"),
+    ("MAESTRO_WEBHOOK_SECRET", "hunter2"),
+])
+def test_a_rejected_secret_is_not_quoted_back(name: str, value: str) -> None:
+    """The redactor knows only the values that loaded: a refused edit's error (and its event and alert) must not
+    carry the new secret."""
+    from maestro_py.config import setting
+
+    with pytest.raises(ConfigError) as caught:
+        setting({name: value}, name)
+    assert str(caught.value).startswith(f"{name}='\u2026': ") and "hunter2" not in str(caught.value)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from maestro_py.config import load_env
+from maestro_py.envfile import load_env
 from maestro_py.errors import ClaudeUnavailable
 from maestro_py.paths import Layout
 from maestro_py.session.command import PROJECT_CLAUDE, resolve_claude

@@ -38,7 +38,7 @@ def spec(root: Path, **changes: object) -> svc.ServiceSpec:
 def test_the_systemd_serve_unit(agent: Path) -> None:
     files = {f.name: f for f in svc.systemd_files(spec(agent))}
     assert set(files) == {"maestro-agent.service", "maestro-agent.serve.service", "maestro-agent-tidy.timer",
-                          "maestro-agent-tidy.service"}
+                          "maestro-agent-tidy.service", "maestro-agent.trigger-failed@.service"}
     unit = files["maestro-agent.serve.service"]
     assert unit.unit == "maestro-agent.serve.service"
     text = unit.content

@@ -140,6 +140,7 @@ def test_systemd_units(agent: Path) -> None:
         ("maestro-agent-inbox-processor.service", None),
         ("maestro-agent-weekly-strategic-memo.timer", "maestro-agent-weekly-strategic-memo.timer"),
         ("maestro-agent-weekly-strategic-memo.service", None),
+        ("maestro-agent.trigger-failed@.service", None),  # what a trigger's OnFailure= starts
     ]
     daemon = files[0].content.splitlines()
     for line in ["Type=notify", "NotifyAccess=main", "WatchdogSec=330", "Restart=on-failure", "KillMode=mixed",
@@ -248,10 +249,10 @@ def test_install_and_uninstall_with_dest(runner: CliRunner, agent: Path, tmp_pat
     removed = invoke(runner, agent, "service", "uninstall", "--systemd", "--user", "--dest", str(dest))
     assert removed.exit_code == 0, removed.output
     assert [p.name for p in dest.iterdir()] == ["someone-else.service"]
-    assert removed.stdout.count("removed ") == 7
+    assert removed.stdout.count("removed ") == 8
     assert "systemctl --user disable --now maestro-agent.service" in removed.stdout
     twice = invoke(runner, agent, "service", "uninstall", "--systemd", "--user", "--dest", str(dest))
-    assert twice.exit_code == 0 and twice.stdout.count("not installed: ") == 7
+    assert twice.exit_code == 0 and twice.stdout.count("not installed: ") == 8
 
 
 def test_install_launchd_with_dest(runner: CliRunner, agent: Path, tmp_path: Path) -> None:
@@ -332,15 +333,15 @@ def test_install_and_uninstall_now_run_systemctl(runner: CliRunner, agent: Path,
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
     result = invoke(runner, agent, "service", "install", "--systemd", "--user", "--now", env=env)
     assert result.exit_code == 0, result.output
-    assert len(list(dest.iterdir())) == 7
+    assert len(list(dest.iterdir())) == 8
     result = invoke(runner, agent, "service", "uninstall", "--systemd", "--user", "--now", env=env)
     assert result.exit_code == 0, result.output
     timers = ("maestro-agent-heartbeat.timer maestro-agent-inbox-processor.timer "
               "maestro-agent-weekly-strategic-memo.timer")
     assert log.read_text().splitlines() == [
-        "--user daemon-reload [7]",
-        f"--user enable --now maestro-agent.service {timers} [7]",
-        f"--user disable --now maestro-agent.service {timers} [7]",  # stopped while the files still exist
+        "--user daemon-reload [8]",
+        f"--user enable --now maestro-agent.service {timers} [8]",
+        f"--user disable --now maestro-agent.service {timers} [8]",  # stopped while the files still exist
         "--user daemon-reload [0]",
     ]
 
@@ -352,7 +353,7 @@ def test_now_without_the_tool_installs_and_says_so(runner: CliRunner, agent: Pat
     assert result.exit_code == 1
     assert "systemctl is not on PATH" in one_line_error(result)
     assert "systemctl --user enable --now maestro-agent.service" in result.stdout
-    assert len(list((tmp_path / "home" / ".config" / "systemd" / "user").iterdir())) == 7
+    assert len(list((tmp_path / "home" / ".config" / "systemd" / "user").iterdir())) == 8
 
 
 def test_launchd_now_tolerates_a_job_that_is_not_loaded(runner: CliRunner, agent: Path, tmp_path: Path) -> None:

@@ -47,13 +47,13 @@ def test_the_daemon_removes_the_timer_of_a_cadence_that_lost_its_schedule(
     reload_and_sync(daemon)
     assert not (dest / "maestro-agent-heartbeat.timer").exists()
     assert not (dest / "maestro-agent-heartbeat.service").exists()
-    assert len(list(dest.iterdir())) == 5
+    assert len(list(dest.iterdir())) == 6
     [event] = service_events(layout)
     assert event["stage"] == "service_synced" and event["level"] == "info"
     assert event["removed"] == ["maestro-agent-heartbeat.service", "maestro-agent-heartbeat.timer"]
     assert event["added"] == [] and event["commands_run"] is True
-    assert log.read_text().splitlines() == ["--user disable --now maestro-agent-heartbeat.timer [7]",
-                                            "--user daemon-reload [5]"]
+    assert log.read_text().splitlines() == ["--user disable --now maestro-agent-heartbeat.timer [8]",
+                                            "--user daemon-reload [6]"]
     before = snapshot(dest)
     layout.registry_file.write_text(layout.registry_file.read_text() + "\n# a comment only\n")
     reload_and_sync(daemon)  # reloaded again, nothing to change: no event, nothing rewritten, nothing run

@@ -40,7 +40,7 @@ def test_a_cadence_that_loses_its_schedule_loses_its_timer_and_uninstall_leaves_
     foreign = dest / "maestro-agent-backup.service"  # our name shape, but no header: someone else's
     foreign.write_text("[Service]\nExecStart=/bin/true\n")
     assert systemd(runner, agent, "install", "--dest", str(dest)).exit_code == 0
-    assert len(list(dest.iterdir())) == 8
+    assert len(list(dest.iterdir())) == 9
     drop_schedule(agent, "heartbeat")
     again = systemd(runner, agent, "install", "--dest", str(dest))
     assert again.exit_code == 0, again.output
@@ -53,7 +53,7 @@ def test_a_cadence_that_loses_its_schedule_loses_its_timer_and_uninstall_leaves_
     assert removed.exit_code == 0, removed.output
     assert sorted(p.name for p in dest.iterdir()) == ["maestro-agent-backup.service"]  # nothing of ours left
     assert foreign.read_text() == "[Service]\nExecStart=/bin/true\n"
-    assert removed.stdout.count("removed ") == 5  # daemon, inbox-processor and memo timer + service
+    assert removed.stdout.count("removed ") == 6  # daemon, inbox-processor and memo timer + service, OnFailure
     assert "disable --now maestro-agent.service maestro-agent-weekly-strategic-memo.timer " \
            "maestro-agent-inbox-processor.timer" in removed.stdout  # the stale timer is stopped too
 
@@ -68,9 +68,9 @@ def test_the_stale_timer_is_stopped_before_its_file_goes(runner: CliRunner, agen
     drop_schedule(agent, "heartbeat")
     result = systemd(runner, agent, "install", env=env)
     assert result.exit_code == 0, result.output
-    # the timer is disabled while its 2 files still exist (7 files), though --now was not given
-    assert log.read_text().splitlines() == ["--user disable --now maestro-agent-heartbeat.timer [7]"]
-    assert len(list(dest.iterdir())) == 5
+    # the timer is disabled while its 2 files still exist (8 files), though --now was not given
+    assert log.read_text().splitlines() == ["--user disable --now maestro-agent-heartbeat.timer [8]"]
+    assert len(list(dest.iterdir())) == 6
 
 
 def test_sync_is_idempotent(runner: CliRunner, agent: Path, tmp_path: Path) -> None:
@@ -80,13 +80,13 @@ def test_sync_is_idempotent(runner: CliRunner, agent: Path, tmp_path: Path) -> N
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
     first = systemd(runner, agent, "sync", env=env)
     assert first.exit_code == 0, first.output
-    assert first.stdout.count("added ") == 7
-    assert log.read_text().splitlines() == ["--user daemon-reload [7]",
-                                            f"--user enable --now maestro-agent.service {' '.join(TIMERS)} [7]"]
+    assert first.stdout.count("added ") == 8
+    assert log.read_text().splitlines() == ["--user daemon-reload [8]",
+                                            f"--user enable --now maestro-agent.service {' '.join(TIMERS)} [8]"]
     before = snapshot(dest)
     second = invoke(runner, agent, "service", "sync", env=env)  # the recorded options
     assert second.exit_code == 0, second.output
-    assert second.stdout == f"up to date: 7 file(s) in {dest}\n"
+    assert second.stdout == f"up to date: 8 file(s) in {dest}\n"
     assert snapshot(dest) == before  # nothing rewritten
     assert len(log.read_text().splitlines()) == 2  # and no daemon-reload
 
@@ -116,10 +116,10 @@ def test_sync_follows_cadences_toml(runner: CliRunner, agent: Path, tmp_path: Pa
     assert "OnCalendar=Mon *-*-* 09:00:00" in (dest / "maestro-agent-weekly-strategic-memo.timer").read_text()
     assert "WatchdogSec=1030" in (dest / "maestro-agent.service").read_text()
     assert log.read_text().splitlines() == [
-        "--user disable --now maestro-agent-heartbeat.timer [7]",
-        "--user daemon-reload [7]",
-        "--user enable --now maestro-agent-tidy.timer [7]",
-        "--user try-restart maestro-agent-weekly-strategic-memo.timer [7]",
+        "--user disable --now maestro-agent-heartbeat.timer [8]",
+        "--user daemon-reload [8]",
+        "--user enable --now maestro-agent-tidy.timer [8]",
+        "--user try-restart maestro-agent-weekly-strategic-memo.timer [8]",
     ]
     assert "maestro-agent.service changed: it applies at its next restart (systemctl --user restart " \
            "maestro-agent.service)" in lines
@@ -172,8 +172,8 @@ def test_a_file_that_is_not_ours_is_never_replaced(runner: CliRunner, agent: Pat
     assert clash.exit_code == 1 and "give this agent another --name" in one_line_error(clash)
     assert systemd(runner, agent, "install", "--dest", str(tmp_path / "shared"), "--name", "agent2").exit_code == 0
     gone = systemd(runner, agent, "uninstall", "--dest", str(tmp_path / "shared"), "--name", "agent2")
-    assert gone.exit_code == 0 and gone.stdout.count("removed ") == 7
-    assert len(list((tmp_path / "shared").iterdir())) == 7  # the other root's files
+    assert gone.exit_code == 0 and gone.stdout.count("removed ") == 8
+    assert len(list((tmp_path / "shared").iterdir())) == 8  # the other root's files
 
 
 def test_units_from_before_the_new_header_are_still_ours(runner: CliRunner, agent: Path, tmp_path: Path) -> None:
@@ -186,7 +186,7 @@ def test_units_from_before_the_new_header_are_still_ours(runner: CliRunner, agen
     result = invoke(runner, agent, "service", "sync")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert sum(line.startswith("changed ") for line in lines) == 5  # the new header
+    assert sum(line.startswith("changed ") for line in lines) == 6  # the new header
     assert sum(line.startswith("removed ") for line in lines) == 2
 
 
@@ -274,5 +274,5 @@ def test_a_root_without_state_gets_its_record(runner: CliRunner, tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert Layout(root).service_file.is_file()
     before = Layout(root).service_file.stat().st_ino
-    assert invoke(runner, root, "service", "sync").stdout == f"up to date: 3 file(s) in {tmp_path / 'units'}\n"
+    assert invoke(runner, root, "service", "sync").stdout == f"up to date: 4 file(s) in {tmp_path / 'units'}\n"
     assert Layout(root).service_file.stat().st_ino == before  # the same options: the record is not rewritten

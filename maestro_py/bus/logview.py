@@ -23,6 +23,7 @@ from maestro_py.paths import Layout
 POLL_SECONDS = 0.2
 LEVELS: Mapping[str, int] = {"debug": -1, "info": 0, "warn": 1, "warning": 1, "error": 2, "critical": 2}
 VALUE_WIDTH = 160   # a longer value (a stderr tail, the counters) is cut; --json shows it whole
+TAIL_BYTES = 1 << 20  # how much of a day's log `tail_lines` reads
 HEAD_KEYS = ("ts", "level", "stage", "cadence", "id")
 
 _FILE_RE = re.compile(r"^bus-(\d{4})-(\d{2})(?:-(\d{2}))?\.jsonl\Z")
@@ -116,6 +117,20 @@ def last(layout: Layout, flt: Filter, n: int | None, *, upto: Mapping[Path, int]
         if n is not None and len(picked) >= n:
             break
     return list(picked)
+
+
+def tail_lines(path: Path, max_bytes: int = TAIL_BYTES) -> list[str]:
+    """The complete lines of the last `max_bytes` of a file ([] if it is missing): recent events, read at a bounded
+    cost however large the day's log has grown (the crash-loop check, a trigger failure already recorded)."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[1:] if size > max_bytes else lines  # the first may be cut
 
 
 def _ends_before(path: Path, since: datetime) -> bool:

@@ -68,7 +68,7 @@ SUMMARIES: Mapping[str, str] = {
     "logs": "Show the event log (filters, --since, --follow, --json)",
     "prune": "Remove old done ticks and logs; rotate old event logs",
     "service": "launchd/systemd files for the daemon and scheduled cadences",
-    "notify": "Send a test alert to every configured target",
+    "notify": "Test the alert targets; record a failed trigger (systemd)",
     "serve": "Serve HTTP triggers, tick status, /healthz and /metrics",
 }
 

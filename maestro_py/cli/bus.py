@@ -6,18 +6,21 @@ no doctor, no service manager).
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
 from maestro_py.bus.fsio import atomic_write_json
 from maestro_py.bus.store import MAX_DELAY_SECONDS, Bus
 from maestro_py.bus.tick import CADENCE_RE
-from maestro_py.cli.common import (EX_CONFIG, EX_TEMPFAIL, EX_USAGE, CliError, Context, pass_ctx, payload_arg,
-                                   payload_option)
+from maestro_py.cli.common import (EX_CONFIG, EX_TEMPFAIL, EX_USAGE, ROOT_KEY, CliError, Context, complete_cadence,
+                                   pass_ctx, payload_arg, payload_option)
 from maestro_py.clock import SystemClock, iso
 from maestro_py.config import setting
 from maestro_py.errors import ConfigError, InboxFull, TickInvalid
@@ -88,12 +91,64 @@ def pin_claude(env_file: Path, env: Mapping[str, str]) -> str:
     return f"claude: none on PATH; CLAUDE_BIN={local} (the CLI `make` installed) written to {env_file}"
 
 
+def records_failure(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`maestro enqueue` that fails (inbox full, a bad name, payload or setting, an unknown cadence, an unreadable
+    `.env` …) records why in the root before it exits non-zero (`bus/trigger_failures.py`): a `trigger_failed` event,
+    and, unless it runs at a terminal (where a person reads the error there and then), the file the daemon alerts
+    from. Around `pass_ctx`, so a root that fails to load is recorded too, where it can be."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except Exception as exc:
+            _record_failure(exc, str(kwargs.get("cadence") or ""), kwargs.get("source"))
+            raise
+
+    return functools.update_wrapper(run, f)
+
+
+def _record_failure(exc: Exception, cadence: str, source: str | None) -> None:
+    from maestro_py.bus import trigger_failures
+    from maestro_py.errors import MaestroError
+    from maestro_py.paths import Layout
+    from maestro_py.redact import Redactor
+
+    if isinstance(exc, click.exceptions.Exit) and exc.exit_code == 0:
+        return
+    if isinstance(exc, click.ClickException):
+        code, reason = exc.exit_code, exc.format_message()
+    elif isinstance(exc, ConfigError):
+        code, reason = EX_CONFIG, str(exc)
+    elif isinstance(exc, MaestroError):
+        code, reason = 1, str(exc)
+    else:
+        code, reason = 1, f"internal error: {type(exc).__name__}: {exc}"
+    try:
+        top = click.get_current_context().find_root()
+        c = top.obj if isinstance(top.obj, Context) else None
+        layout = c.layout if c is not None else Layout.resolve(top.meta.get(ROOT_KEY))
+        redactor = Redactor(c.env) if c is not None else Redactor()
+    except Exception:  # noqa: BLE001 - recording must not replace the error the caller is about to see
+        return
+    trigger_failures.record(layout, cadence=cadence if CADENCE_RE.match(cadence) else None, reason=reason,
+                            exit_code=code, source=(source or "")[:200] or None,
+                            invocation=os.environ.get("INVOCATION_ID"), alert=not _at_terminal(),
+                            redactor=redactor)
+
+
+def _at_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 @click.command()
-@click.argument("cadence")
+@click.argument("cadence", shell_complete=complete_cadence)
 @click.option("--source", default="cli", show_default=True, help="Who enqueued it (cron, launchd, systemd…).")
 @payload_option
 @click.option("--delay", type=float, default=0.0, help="Seconds before the tick may run.")
 @click.option("--force", is_flag=True, help="Enqueue even if the cadence is unknown.")
+@records_failure
 @pass_ctx
 def enqueue(c: Context, cadence: str, source: str, payload: str | None, delay: float, force: bool) -> None:
     """Drop one tick for CADENCE into the inbox and print its id."""

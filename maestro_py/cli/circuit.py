@@ -10,8 +10,8 @@ import click
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.store import Bus
 from maestro_py.bus.tick import CADENCE_RE
-from maestro_py.cli.common import (EX_USAGE, CliError, Context, load_breakers, open_circuits, pass_ctx,
-                                   registry_or_none)
+from maestro_py.cli.common import (EX_USAGE, CliError, Context, complete_cadence, load_breakers, open_circuits,
+                                   pass_ctx, registry_or_none)
 from maestro_py.clock import MAX_NUMBER, SystemClock, iso
 from maestro_py.errors import TickInvalid, TickNotQueued
 from maestro_py.ops import when
@@ -53,7 +53,7 @@ def circuit_list(c: Context, as_json: bool) -> None:
 
 
 @circuit.command("reset", short_help="Close a circuit (or --all) and release the ticks it held")
-@click.argument("cadence", required=False)
+@click.argument("cadence", required=False, shell_complete=complete_cadence)
 @click.option("--all", "all_", is_flag=True, help="Close every circuit and lift the auth halt.")
 @click.option("--keep-backoff", is_flag=True,
               help="Leave the queued ticks the breaker or backoff held waiting until their retry times.")
@@ -98,7 +98,7 @@ def circuit_reset(c: Context, cadence: str | None, all_: bool, keep_backoff: boo
 
 
 @circuit.command("open", short_help="Open a cadence's circuit by hand (--for SECONDS)")
-@click.argument("cadence")
+@click.argument("cadence", shell_complete=complete_cadence)
 @click.option("--for", "seconds", type=click.FloatRange(min=0, min_open=True, max=MAX_NUMBER), default=None,
               help="Seconds to stay open (default: until reset).")
 @pass_ctx

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
-from maestro_py.config import Settings, load_env
+from maestro_py.config import Settings
+from maestro_py.envfile import load_env
 from maestro_py.errors import ConfigError, MaestroError
 from maestro_py.paths import Layout
 from maestro_py.registry import Registry, RegistryError
@@ -254,3 +255,106 @@ def tick_id_arg(c: Context, text: str, *, dead_letters: bool = False) -> str:
         raise CliError(str(exc), EX_USAGE) from None
     except ticks.NoSuchTick as exc:
         raise CliError(f"{exc}" + (" in dlq/ (see `maestro dlq list`)" if dead_letters else ""), 1) from None
+
+
+# -- shell completion -------------------------------------------------------------------------------------------
+# `shell_complete=` callbacks for click's completion (`_MAESTRO_COMPLETE=bash_complete` …): cadence names and tick ids
+# from the root's folder listings and registry only (no daemon, no tick file read), at most MAX_COMPLETIONS, and
+# never an error: a root that cannot be read completes nothing. A new option takes one by `shell_complete=
+# complete_cadence` (`runs --cadence`).
+
+MAX_COMPLETIONS = 500  # the newest ids (ids sort by enqueue time) when more match: type more to narrow
+
+
+def complete_cadence(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """The cadence names of the root (its registry's; from an invalid registry, its tables and prompt files)."""
+    try:
+        layout = _completion_layout(ctx)
+        try:
+            names = Registry.load(layout).names()
+        except Exception:  # noqa: BLE001 - an invalid registry still names its cadences
+            names = _cadence_names(layout)
+        return _items([n for n in names if n.startswith(incomplete)], {})
+    except Exception:  # noqa: BLE001 - completion must never fail the shell
+        return []
+
+
+def complete_tick_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Every tick id (`tick show`, `logs --id`), with the folder it is in."""
+    return _complete_ids(ctx, incomplete, None)
+
+
+def complete_queued_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """The ids of queued ticks, in `inbox/` (`tick cancel`, `tick retry-now`)."""
+    from maestro_py.paths import Folder
+
+    return _complete_ids(ctx, incomplete, Folder.INBOX)
+
+
+def complete_running_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """The ids of running ticks, in `claimed/` (`tick kill`)."""
+    from maestro_py.paths import Folder
+
+    return _complete_ids(ctx, incomplete, Folder.CLAIMED)
+
+
+def complete_dead_letter(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """What `dlq show`/`replay` take: dead letters' ids and quarantined files' names."""
+    try:
+        from maestro_py.ops.ticks import dlq_names
+
+        names = [n for n in dlq_names(_completion_layout(ctx)) if n.startswith(incomplete)]
+        return _items(names[-MAX_COMPLETIONS:], dict.fromkeys(names, "dlq"))
+    except Exception:  # noqa: BLE001 - completion must never fail the shell
+        return []
+
+
+def _complete_ids(ctx: click.Context, incomplete: str, folder: Any) -> list[Any]:
+    from maestro_py.bus.operator import STATES
+    from maestro_py.bus.store import Bus
+
+    try:
+        bus = Bus(_completion_layout(ctx))
+        found = bus.tick_ids() if folder is None else bus.tick_ids([folder])
+        ids = sorted(i for i in found if i.startswith(incomplete))[-MAX_COMPLETIONS:]
+        return _items(ids, {i: STATES[found[i]] for i in ids})
+    except Exception:  # noqa: BLE001 - completion must never fail the shell
+        return []
+
+
+def _completion_layout(ctx: click.Context) -> Layout:
+    """The root the command line names (`--root`, given before the command or after it), else as `Layout.resolve`."""
+    from click.shell_completion import split_arg_string
+
+    root = ctx.find_root().params.get("root")
+    words = split_arg_string(os.environ.get("COMP_WORDS", ""))  # after the command, click's parse does not see it
+    for i, word in enumerate(words[:-1]):
+        if word == "--root":
+            root = words[i + 1]
+        elif word.startswith("--root="):
+            root = word.split("=", 1)[1]
+    return Layout.resolve(root)
+
+
+def _cadence_names(layout: Layout) -> list[str]:
+    """Cadence names without validating the registry: the tables of `cadences.toml` if it parses, and the prompt
+    files in `cadences/`."""
+    import tomllib
+
+    from maestro_py.bus.fsio import scan_dir
+    from maestro_py.bus.tick import CADENCE_RE
+    from maestro_py.registry import DEFAULTS_TABLE
+
+    names = {e.name[:-3] for e in scan_dir(layout.cadences_dir) if e.name.endswith(".md")}
+    try:
+        names |= {k for k, v in tomllib.loads(layout.registry_file.read_text(encoding="utf-8")).items()
+                  if isinstance(v, dict)}
+    except (OSError, ValueError):
+        pass
+    return sorted(n for n in names if n != DEFAULTS_TABLE and CADENCE_RE.match(n))
+
+
+def _items(values: list[str], helps: dict[str, str]) -> list[Any]:
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(v, help=helps.get(v) or None) for v in values]

@@ -13,7 +13,7 @@ import click
 from maestro_py.bus.logview import escape
 from maestro_py.bus.store import Bus
 from maestro_py.bus.tickfile import read_tick_file
-from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx, tick_id_arg
+from maestro_py.cli.common import EX_USAGE, CliError, Context, complete_dead_letter, pass_ctx, tick_id_arg
 from maestro_py.errors import TickInvalid
 from maestro_py.paths import Folder
 
@@ -41,7 +41,7 @@ def dlq_list(c: Context, as_json: bool) -> None:
 
 
 @dlq.command("show", short_help="One dead letter with its whole history")
-@click.argument("tick_id")
+@click.argument("tick_id", shell_complete=complete_dead_letter)
 @pass_ctx
 def dlq_show(c: Context, tick_id: str) -> None:
     """Print one dead letter (its full history); the id may be shortened, as in git."""
@@ -64,7 +64,7 @@ def dlq_show(c: Context, tick_id: str) -> None:
 
 
 @dlq.command("replay", short_help="Move dead letters back to the inbox, audited")
-@click.argument("tick_ids", nargs=-1)
+@click.argument("tick_ids", nargs=-1, shell_complete=complete_dead_letter)
 @click.option("--all", "all_", is_flag=True, help="Replay every dead-lettered tick.")
 @click.option("--reset-attempts", is_flag=True, help="Give the ticks a fresh retry budget.")
 @pass_ctx

@@ -10,12 +10,12 @@ from typing import Any
 import click
 
 from maestro_py.bus.logview import escape
-from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx, payload_arg, payload_option
+from maestro_py.cli.common import EX_USAGE, CliError, Context, complete_cadence, pass_ctx, payload_arg, payload_option
 from maestro_py.clock import SystemClock
 
 
 @click.command("dry-run")
-@click.argument("cadence")
+@click.argument("cadence", shell_complete=complete_cadence)
 @payload_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @pass_ctx

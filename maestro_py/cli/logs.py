@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from maestro_py.bus import logview
-from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx
+from maestro_py.cli.common import EX_USAGE, CliError, Context, complete_cadence, complete_tick_id, pass_ctx
 from maestro_py.clock import SystemClock
 from maestro_py.daemon import retention
 from maestro_py.ops import when
@@ -16,8 +16,8 @@ from maestro_py.state import read_status
 
 
 @click.command("logs")
-@click.option("--cadence", default=None, help="Only this cadence's events.")
-@click.option("--id", "tick_id", default=None, help="Only this tick's events.")
+@click.option("--cadence", default=None, shell_complete=complete_cadence, help="Only this cadence's events.")
+@click.option("--id", "tick_id", default=None, shell_complete=complete_tick_id, help="Only this tick's events.")
 @click.option("--level", type=click.Choice(["info", "warn", "error"]), default=None,
               help="This level and above (info < warn < error).")
 @click.option("--since", default=None, metavar="WHEN",

@@ -23,7 +23,8 @@ import click
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.logview import escape
 from maestro_py.bus.store import Bus
-from maestro_py.cli.common import EX_TEMPFAIL, EX_USAGE, CliError, Context, pass_ctx, payload_arg, payload_option
+from maestro_py.cli.common import (EX_TEMPFAIL, EX_USAGE, CliError, Context, complete_cadence, pass_ctx, payload_arg,
+                                   payload_option)
 from maestro_py.clock import SystemClock, parse_iso
 from maestro_py.errors import InboxFull, TickInvalid
 from maestro_py.ops import follow, gates, when
@@ -36,7 +37,7 @@ POLL_SECONDS = 0.2
 
 
 @click.command("run-now")
-@click.argument("cadence")
+@click.argument("cadence", shell_complete=complete_cadence)
 @payload_option
 @click.option("--wait", is_flag=True, help="Follow the tick to its end; print the result text, tokens and cost.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",

@@ -11,14 +11,14 @@ import json
 import click
 
 from maestro_py.bus.logview import escape
-from maestro_py.cli.common import EX_USAGE, CliError, Context, pass_ctx
+from maestro_py.cli.common import EX_USAGE, CliError, Context, complete_cadence, pass_ctx
 from maestro_py.clock import SystemClock
 from maestro_py.ops import runs, when
 from maestro_py.redact import Redactor
 
 
 @click.command("runs")
-@click.option("--cadence", default=None, help="Only this cadence's runs.")
+@click.option("--cadence", default=None, shell_complete=complete_cadence, help="Only this cadence's runs.")
 @click.option("--since", default=None, metavar="WHEN",
               help="Only runs settled since then: 24h, 90m, 7d, 2w, a date (2026-12-01: local midnight) or an ISO "
                    "time; running ones are always listed.")

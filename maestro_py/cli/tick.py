@@ -19,7 +19,8 @@ from maestro_py.bus.events import EventLog
 from maestro_py.bus.logview import escape
 from maestro_py.bus.store import Bus
 from maestro_py.bus.tickfile import read_tick_file
-from maestro_py.cli.common import CliError, Context, pass_ctx, tick_id_arg
+from maestro_py.cli.common import (CliError, Context, complete_queued_id, complete_running_id, complete_tick_id,
+                                   pass_ctx, tick_id_arg)
 from maestro_py.clock import SystemClock, parse_iso
 from maestro_py.errors import TickInvalid, TickNotQueued
 from maestro_py.ops import runlogs, ticks, when
@@ -43,7 +44,7 @@ def tick() -> None:
 
 
 @tick.command("show", short_help="Where a tick is: attempts, history, ledger rows, logs")
-@click.argument("tick_id")
+@click.argument("tick_id", shell_complete=complete_tick_id)
 @click.option("--json", "as_json", is_flag=True, help="Print the tick, its runs and log files as JSON.")
 @pass_ctx
 def tick_show(c: Context, tick_id: str, as_json: bool) -> None:
@@ -104,7 +105,7 @@ def show_lines(doc: dict[str, Any], now: Any) -> list[str]:
 
 
 @tick.command("log", short_help="A run's output as a person reads it (--raw, --stderr, --follow)")
-@click.argument("tick_id")
+@click.argument("tick_id", shell_complete=complete_tick_id)
 @click.option("--raw", is_flag=True, help="The log as the CLI wrote it (stream-json), secrets masked.")
 @click.option("--stderr", "on_stderr", is_flag=True, help="The run's stderr log instead of its stdout.")
 @click.option("-f", "--follow", is_flag=True,
@@ -182,7 +183,7 @@ def _raw_out(data: bytes) -> None:
 
 
 @tick.command("cancel", short_help="Settle a queued tick in done/ as cancelled")
-@click.argument("tick_id")
+@click.argument("tick_id", shell_complete=complete_queued_id)
 @click.option("--reason", default=None, help="Why (recorded in the tick's history).")
 @pass_ctx
 def tick_cancel(c: Context, tick_id: str, reason: str | None) -> None:
@@ -199,7 +200,7 @@ def tick_cancel(c: Context, tick_id: str, reason: str | None) -> None:
 
 
 @tick.command("kill", short_help="End one running sub-session; the others go on")
-@click.argument("tick_id")
+@click.argument("tick_id", shell_complete=complete_running_id)
 @click.option("--requeue", is_flag=True, help="Put the tick back in inbox/ (its attempt not counted) instead of done/.")
 @click.option("--reason", default=None, help="Why (recorded in the tick's history).")
 @pass_ctx
@@ -223,7 +224,7 @@ def tick_kill(c: Context, tick_id: str, requeue: bool, reason: str | None) -> No
 
 
 @tick.command("retry-now", short_help="Clear a queued tick's retry time: it runs at the next loop")
-@click.argument("tick_id")
+@click.argument("tick_id", shell_complete=complete_queued_id)
 @pass_ctx
 def tick_retry_now(c: Context, tick_id: str) -> None:
     """Clear a queued tick's retry time (not_before) so it runs at the daemon's next loop, with an audit entry."""

@@ -115,11 +115,21 @@ class Alerts:
                 return False
             self._last[alert.key] = now
             if alert.kind in PAIRS:
-                self._last.pop(f"{PAIRS[alert.kind]}:{alert.subject}", None)
+                self._forget(PAIRS[alert.kind], alert.subject)
             if len(self._last) > 1000:  # forget keys whose window is over
                 self._last = {k: t for k, t in self._last.items() if now - t < DEDUPE_SECONDS}
             self._enqueue(alert)
         return True
+
+    def _forget(self, kind: str, subject: str) -> None:
+        """Forget the dedupe of `kind` (the other half of a pair) about `subject` and about nothing in particular; an
+        alert about nothing in particular (`.env fixed`) forgets every one of that kind (each refused edit's)."""
+        if subject:
+            self._last.pop(f"{kind}:{subject}", None)
+            self._last.pop(f"{kind}:", None)
+        else:
+            for key in [k for k in self._last if k.startswith(f"{kind}:")]:
+                del self._last[key]
 
     def _admit(self, now: float) -> bool:
         """The rate limit (call with the lock held)."""

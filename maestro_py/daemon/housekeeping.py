@@ -1,5 +1,6 @@
 """What the loop does besides claiming: follow edits of its files (registry, `.env`, circuits, STOP),
-let open circuits go half-open, and, now and then, reap stale claims and prune old output."""
+let open circuits go half-open, take the triggers that failed (for their alerts), and, now and then, reap stale
+claims and prune old output."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from maestro_py.bus import trigger_failures
 from maestro_py.bus.events import EventLog
 from maestro_py.bus.store import Bus
 from maestro_py.clock import Clock
-from maestro_py.config import Settings, load_env
+from maestro_py.config import Settings
+from maestro_py.envfile import load_env
 from maestro_py.errors import ConfigError
 from maestro_py.daemon import retention
 from maestro_py.daemon.live import LiveRuns
@@ -22,11 +25,13 @@ from maestro_py.policy.emergency import read_stop_file
 from maestro_py.daemon.settle import Settler
 from maestro_py.policy.guardrails import Guardrails
 from maestro_py.redact import Redactor
+from maestro_py import refused_edit
 from maestro_py.registry import Registry, RegistryError
 from maestro_py.session import command, proctree
 
 REGISTRY_GRACE = 10.0  # seconds an edit of the registry gets to finish: editors truncate, then write
 CLAUDE_RECHECK_SECONDS = 5.0  # while `claude` is missing, how often to look for it (a few stats each time)
+TRIGGER_LOOK_SECONDS = 1.0  # how often to look for triggers that failed (bus/trigger_failures.py): one listing
 
 
 class Housekeeping:
@@ -36,7 +41,8 @@ class Housekeeping:
                  guardrails: Guardrails, budget: Budget, live: LiveRuns, redactor: Redactor, events: EventLog,
                  counters: Counter[str], clock: Clock, settler: Settler,
                  on_settings: Callable[[Settings], None] = lambda settings: None,
-                 on_registry: Callable[[Registry], None] = lambda registry: None) -> None:
+                 on_registry: Callable[[Registry], None] = lambda registry: None,
+                 on_trigger_failed: Callable[[dict[str, Any]], None] = lambda failure: None) -> None:
         self.layout = layout
         self.settings = settings  # the settings in force (a reload hands out a new value)
         self.env = env
@@ -52,6 +58,7 @@ class Housekeeping:
         self.clock = clock
         self.on_settings = on_settings  # the daemon applies settings changed in `.env` (daemon/reconfigure.py)
         self.on_registry = on_registry  # and syncs the services to a new registry (daemon/autosync.py)
+        self.on_trigger_failed = on_trigger_failed  # and alerts a trigger that could not deliver its tick
         self._registry_version = _version(layout.registry_file)
         self._cadences_version = _version(layout.cadences_dir)
         self._emptied_at: float | None = None  # when cadences.toml lost every cadence (not applied yet)
@@ -61,6 +68,7 @@ class Housekeeping:
         self._next_reap = 0.0
         self._next_prune = 0.0
         self._next_claude_check = 0.0
+        self._next_trigger_look = 0.0
 
     def run(self, now_mono: float) -> None:
         """One step's housekeeping, cheapest first: each file check is one stat."""
@@ -70,6 +78,10 @@ class Housekeeping:
         self._check_claude(now_mono)
         self.guardrails.advance(self.clock.now())
         self._check_emergency_stop()
+        if now_mono >= self._next_trigger_look:
+            self._next_trigger_look = now_mono + TRIGGER_LOOK_SECONDS
+            for failure in trigger_failures.take(self.layout):
+                self.on_trigger_failed(failure)
         if self.guardrails.fleet is not None:  # renew leases, push the outbox, retry a store that was down
             self.guardrails.fleet.housekeep()
         if now_mono >= self._next_reap:
@@ -106,7 +118,8 @@ class Housekeeping:
         except RegistryError as exc:
             self._emptied_at = None  # an invalid file is never applied: nothing left to wait for
             self.registry.settles_at = now + REGISTRY_GRACE  # half written, perhaps: its ticks wait too
-            self.events.emit("registry_invalid", level="error", error=str(exc), keeping="previous registry")
+            self.events.emit("registry_invalid", level="error", error=str(exc), keeping="previous registry",
+                             **refused_edit.registry_fields(exc))
             self._refused.add("registry")
             return
         self._fixed("registry", "cadences.toml is valid again: its cadences are in force")
@@ -147,7 +160,8 @@ class Housekeeping:
             env = load_env(self.layout)
             settings = Settings.from_env(env)
         except ConfigError as exc:  # a bad edit while running: say so, keep what runs now
-            self.events.emit("env_invalid", level="error", error=str(exc), keeping="previous environment")
+            self.events.emit("env_invalid", level="error", error=str(exc), keeping="previous environment",
+                             **refused_edit.env_fields(self.layout.env_file, exc))
             self._refused.add("env")
             return
         self._fixed("env", ".env is valid again: its settings are in force")

@@ -4,18 +4,17 @@ no single event makes: a crash loop, read from the event log at start-up."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from maestro_py.bus.logview import tail_lines
 from maestro_py.clock import parse_iso
 from maestro_py.paths import Layout
 from maestro_py.policy.breaker import AUTH_HALT, CLAUDE_MISSING, QUOTA_HOLD
 
 CRASH_STARTS, CRASH_WINDOW = 3, 600.0  # starts without a clean stop within the window: a crash loop
-_TAIL_BYTES = 1 << 20    # how much of the event log the crash-loop check reads
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,17 @@ def _budget_warning(e: Mapping[str, Any]) -> Alert:
                   "limit_usd": e.get("limit_usd")})
 
 
+def _refused(e: Mapping[str, Any], name: str, kept: str) -> Alert:
+    """An edit of `.env` or `cadences.toml` the daemon refused: the file, the line where it is known, and why
+    (`refused_edit.py`). One per distinct error: the same mistake saved again within the window is not news."""
+    line, reason = e.get("line"), e.get("reason") or e.get("error")
+    where = f"{e.get('file') or name}" + (f", line {line}" if line else "")
+    return Alert(f"{'env' if name == '.env' else 'registry'}_invalid",
+                 f"{name} edit refused" + (f" (line {line})" if line else ""),
+                 f"{where}: {reason}; the daemon keeps its previous {kept} until it is fixed", "failure",
+                 str(e.get("error")), {"file": e.get("file"), "line": line, "reason": reason})
+
+
 RULES: dict[str, Callable[[Mapping[str, Any]], Alert]] = {
     "circuit_opened": _circuit_opened,
     "circuit_reopened": _circuit_opened,
@@ -121,21 +131,23 @@ RULES: dict[str, Callable[[Mapping[str, Any]], Alert]] = {
     "service_sync_failed": lambda e: Alert(
         "service_sync_failed", "service sync failed", f"the timers may not follow cadences.toml: {e.get('reason')}",
         "warning", "", {"reason": e.get("reason")}),
-    "env_invalid": lambda e: Alert(
-        "env_invalid", ".env edit refused", f"{e.get('error')}; the daemon keeps its previous settings until it is "
-        "fixed", "failure", str(e.get("error")), {"error": e.get("error")}),
+    "env_invalid": lambda e: _refused(e, ".env", "settings"),
     "env_fixed": lambda e: Alert("env_fixed", ".env fixed", str(e.get("reason")), "success", ""),
-    "registry_invalid": lambda e: Alert(
-        "registry_invalid", "cadences.toml edit refused", f"{e.get('error')}; the daemon keeps its previous "
-        "cadences until it is fixed", "failure", str(e.get("error")), {"error": e.get("error")}),
+    "registry_invalid": lambda e: _refused(e, "cadences.toml", "cadences"),
     "registry_fixed": lambda e: Alert("registry_fixed", "cadences.toml fixed", str(e.get("reason")), "success", ""),
+    "trigger_failed": lambda e: Alert(  # recorded by another process: the daemon takes it from a file (housekeeping)
+        "trigger_failed", f"trigger failed: {e.get('cadence') or 'no cadence'}",
+        f"a tick of {e.get('cadence') or 'a cadence'} was not delivered ({e.get('source') or 'trigger'}): "
+        f"{e.get('reason')}", "failure", f"{e.get('cadence')}:{e.get('exit_code')}",
+        {"cadence": e.get("cadence"), "reason": e.get("reason"), "exit_code": e.get("exit_code"),
+         "source": e.get("source"), "unit": e.get("unit"), "at": e.get("at")}),
     "crash_loop": lambda e: Alert(
         "crash_loop", "daemon crash loop",
         f"the daemon started {e.get('starts')} times in {e.get('window_s')} s without a clean stop", "failure", "",
         {"starts": e.get("starts"), "window_s": e.get("window_s")}),
 }
 # An alert that ends a state forgets the dedupe of the one that began it (and back): opened, closed, opened
-# again within the window are three alerts.
+# again within the window are three alerts (`Alerts._forget`).
 PAIRS = {"circuit_opened": "circuit_closed", "auth_halt": "auth_halt_lifted", "quota_hold": "quota_hold_lifted",
          "claude_missing": "claude_found", "governor_unavailable": "governor_available", "env_invalid": "env_fixed",
          "registry_invalid": "registry_fixed"}
@@ -173,7 +185,7 @@ def restarts(layout: Layout, now: datetime, window: float = CRASH_WINDOW) -> int
     since = now - timedelta(seconds=window)
     lines: list[str] = []
     for day in sorted({since.astimezone().date(), now.astimezone().date()}):
-        lines += _tail_lines(layout.event_log(datetime.combine(day, datetime.min.time())))
+        lines += tail_lines(layout.event_log(datetime.combine(day, datetime.min.time())))
     starts, reported = 0, False
     for line in lines:
         if '"daemon_st' not in line and '"crash_loop"' not in line:
@@ -192,16 +204,3 @@ def restarts(layout: Layout, now: datetime, window: float = CRASH_WINDOW) -> int
         elif stage == "crash_loop":
             reported = True
     return 0 if reported else starts
-
-
-def _tail_lines(path: Any) -> list[str]:
-    """The complete lines of the last _TAIL_BYTES of a file ([] if it is missing)."""
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - _TAIL_BYTES))
-            data = fh.read()
-    except OSError:
-        return []
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return lines[1:] if size > _TAIL_BYTES else lines  # the first may be cut

@@ -109,7 +109,8 @@ class Daemon:
             guardrails=self.guardrails, budget=self.budget, live=self.live, redactor=self.redactor,
             events=self.events, counters=self.counters, clock=clock, settler=self.settler,
             on_settings=self._settings_changed,
-            on_registry=self.autosync.registry_changed)
+            on_registry=self.autosync.registry_changed,
+            on_trigger_failed=self._trigger_failed)
         self.restart_required: list[str] = []  # settings changed in .env that only a restart applies
         self.dispatcher = Dispatcher(
             layout=self.layout, settings=current, bus=self.bus, guardrails=self.guardrails, live=self.live,
@@ -128,6 +129,12 @@ class Daemon:
         self._stop_deadline: float | None = None
         self._next_scan = 0.0
         self._watching = False
+
+    def _trigger_failed(self, failure: dict[str, Any]) -> None:
+        """A trigger another process recorded as failed (`maestro enqueue`, systemd's OnFailure= handler): its
+        `trigger_failed` event is in the log already, so it goes to the alerts only, as that event."""
+        if self.alerts is not None:
+            self.alerts.observe(self.redactor.data({**failure, "stage": "trigger_failed"}))
 
     def _reservation(self, name: str) -> Estimate:
         """What a run of cadence `name` reserves now (its registry entry's reservation, else the default)."""

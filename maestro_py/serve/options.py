@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from maestro_py.bus.fsio import file_stamp
-from maestro_py.config import VARS, Settings, load_env
+from maestro_py.config import VARS, Settings
+from maestro_py.envfile import load_env
 from maestro_py.errors import ConfigError
 from maestro_py.loopback import is_loopback
 from maestro_py.paths import Layout

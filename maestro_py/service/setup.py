@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from maestro_py.bus.fsio import atomic_write_json
-from maestro_py.config import Settings, load_env
+from maestro_py.config import Settings
+from maestro_py.envfile import load_env
 from maestro_py.errors import SpawnError
 from maestro_py.paths import Layout
 from maestro_py.registry import Registry

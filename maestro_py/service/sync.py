@@ -41,7 +41,7 @@ def _shape(manager: str, name: str) -> re.Pattern[str]:
     n = re.escape(name)
     if manager == LAUNCHD:
         return re.compile(rf"[A-Za-z0-9][A-Za-z0-9.-]*\.{n}\.(daemon|serve|enqueue\.[^/]+)\.plist")
-    return re.compile(rf"maestro-{n}(\.service|\.serve\.service|-[^/]+\.(timer|service))")
+    return re.compile(rf"maestro-{n}(\.service|\.serve\.service|\.trigger-failed@\.service|-[^/]+\.(timer|service))")
 
 
 def unit_of(manager: str, name: str, filename: str) -> str | None:
