@@ -63,6 +63,7 @@ def test_the_settings_file_enforces_the_policy_and_points_nowhere_relative(tmp_p
     rules = enforce.enforcement(p, root, root / "state" / "run-settings", home)
     doc = rules.settings
     deny = doc["permissions"]["deny"]
+    assert "Read(//home/op/.netrc)" in deny and "Read(//home/op/.claude/.credentials.json)" in deny  # files
     assert "Read(//home/op/.ssh/**)" in deny and f"Read(/{root}/.env)" in deny and f"Read(/{root}/state/**)" in deny
     assert f"Edit(/{root}/.claude/**)" in deny and f"Edit(/{root}/cadences.toml)" in deny
     assert "WebFetch" in deny and "mcp__*" in deny

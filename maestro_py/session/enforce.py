@@ -22,8 +22,9 @@ from typing import Any
 
 from maestro_py.permissions import Permissions
 
-# Read denials every run gets, relative to the home folder.
-HOME_SECRETS = (".ssh", ".aws", ".config/gh", ".gnupg", ".docker", ".kube", ".netrc", ".claude/.credentials.json")
+# Read denials every run gets, relative to the home folder: folders (all below them) and files.
+HOME_SECRET_DIRS = (".ssh", ".aws", ".config/gh", ".gnupg", ".docker", ".kube")
+HOME_SECRET_FILES = (".netrc", ".claude/.credentials.json")
 # What configures the agent: a run may not read the secrets among it, nor edit any of it.
 AGENT_SECRETS = (".env", "state")
 AGENT_CONFIG = (".claude", ".env", "cadences.toml", ".mcp.json", "state")
@@ -70,8 +71,8 @@ def _abs(path: Path) -> str:
 def settings_doc(permissions: Permissions, root: Path, home: Path) -> dict[str, Any]:
     """The CLI settings that enforce `permissions` for a run in `root` (the daemon's HOME is `home`)."""
     p = permissions
-    deny = [f"Read({_abs(home / name)}/**)" if not name.endswith(".json") else f"Read({_abs(home / name)})"
-            for name in HOME_SECRETS]
+    deny = [f"Read({_abs(home / name)}/**)" for name in HOME_SECRET_DIRS]
+    deny += [f"Read({_abs(home / name)})" for name in HOME_SECRET_FILES]
     deny += [f"Read({_abs(root / name)})" if name == ".env" else f"Read({_abs(root / name)}/**)"
              for name in AGENT_SECRETS]
     deny += [f"Edit({_abs(root / name)}/**)" if name in (".claude", "state") else f"Edit({_abs(root / name)})"
