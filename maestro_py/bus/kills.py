@@ -6,7 +6,6 @@ whether the tick goes back to `inbox/` (`requeue`, its attempt not burnt) or is 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -60,8 +59,3 @@ def take(layout: Layout) -> list[Kill]:
             out.append(Kill(stem, bool(doc.get("requeue")), str(doc.get("reason") or "")[:MAX_REASON],
                             str(doc.get("at") or "")))
     return out
-
-
-def pending(layout: Layout, tick_id: str) -> bool:
-    """Whether a request for `tick_id` waits for the daemon."""
-    return os.path.exists(layout.kill_dir / f"{tick_id}.json")

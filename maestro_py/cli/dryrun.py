@@ -59,9 +59,8 @@ def plan_lines(doc: dict[str, Any]) -> list[str]:
                   f"timeout: {doc['timeout_s']:g} s (then the process tree is ended, SIGKILL after {doc['kill_grace_s']:g} s)",
                   "environment: this shell's with .env merged in, as a daemon started here would have it, and:"]
         for change in doc["env_changes"]:
-            sign = {"added": "+", "changed": "~", "removed": "-"}[change["change"]]
-            value = f"={change['value']}" if change["value"] is not None else " (withheld from the sub-session)"
-            lines.append(f"  {sign} {change['name']}{value}")
+            sign = {"added": "+", "changed": "~"}[change["change"]]
+            lines.append(f"  {sign} {change['name']}={change['value']}")
         permissions = doc["permissions"]
         withheld = permissions["withheld_env"]
         lines.append(f"  withheld ({len(withheld)}, names only): {', '.join(withheld) or 'none'}")

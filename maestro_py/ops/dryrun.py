@@ -22,7 +22,7 @@ from maestro_py.paths import Layout
 from maestro_py.redact import Redactor
 from maestro_py.registry import Cadence, Registry
 from maestro_py.registry_keys import Mode
-from maestro_py.session import command
+from maestro_py.session import command, enforce
 from maestro_py.state import observe
 
 OWNER_PLACEHOLDER = "<daemon-owner>"  # the running daemon's token goes here; none runs now
@@ -58,12 +58,11 @@ def plan(layout: Layout, env: Mapping[str, str], settings: Settings, registry: R
         doc["start_error"] = f"the run would fail to start (an attempt burnt): {exc}"
     else:
         rules = command.enforcement_of(cadence, env, layout.root)
-        changes = env_changes(env, spec.env)
         doc["permissions"] = {"policy": cadence.permissions.line(), "settings_file": str(rules.settings_path),
                               "settings": rules.settings, "mcp_file": str(rules.mcp_path), "mcp": rules.mcp,
                               "flags": list(rules.flags),
-                              "withheld_env": [c["name"] for c in changes if c["change"] == "removed"]}
-        doc.update(argv=spec.argv, cwd=str(spec.cwd), env_changes=[c for c in changes if c["change"] != "removed"],
+                              "withheld_env": enforce.withheld(env, spec.env)}
+        doc.update(argv=spec.argv, cwd=str(spec.cwd), env_changes=env_changes(env, spec.env),
                    stdin=spec.stdin.decode("utf-8", errors="replace"), timeout_s=spec.timeout, kill_grace_s=spec.grace,
                    logs=[str(stdout_log), str(stderr_log)], owner_placeholder=not alive)
     answers = gates.evaluate(layout, env, settings, registry, cadence, now)
@@ -73,12 +72,11 @@ def plan(layout: Layout, env: Mapping[str, str], settings: Settings, registry: R
 
 
 def env_changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[dict[str, Any]]:
-    """What the sub-session's environment adds, changes or withholds, by name (values masked by the caller)."""
+    """What the sub-session's environment adds or changes, by name (values masked by the caller); what it withholds
+    is `enforce.withheld`."""
     out: list[dict[str, Any]] = []
-    for name in sorted(set(before) | set(after)):
-        if name not in after:
-            out.append({"name": name, "change": "removed", "value": None})
-        elif name not in before:
+    for name in sorted(after):
+        if name not in before:
             out.append({"name": name, "change": "added", "value": after[name]})
         elif before[name] != after[name]:
             out.append({"name": name, "change": "changed", "value": after[name]})

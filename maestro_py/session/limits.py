@@ -42,10 +42,6 @@ class Limits:
         if self.max_processes is not None:
             _lower(resource.RLIMIT_NPROC, self.nproc_base + self.max_processes)
 
-    def words(self) -> str:
-        return ", ".join(x for x in (f"memory_mb = {self.memory_mb}" if self.memory_mb else "",
-                                     f"max_processes = {self.max_processes}" if self.max_processes else "") if x)
-
     def breach(self, signal: int | None, tail: str) -> str | None:
         """Why a run that failed looks like it hit these limits (its signal, or its last words), else None."""
         text = tail.lower()
