@@ -173,3 +173,21 @@ def test_the_real_bwrap_runs_a_sandboxed_true_here() -> None:
     if not found.ready:
         pytest.skip(f"bwrap cannot run here: {found.problem}")
     assert "bwrap" in found.how
+
+
+def test_a_restarted_daemon_learns_the_denial_streaks_from_the_ledger(tmp_path: Path) -> None:
+    """One read of the ledger at start feeds the budget and the streaks: a hold survives a restart."""
+    from tests.fakes import FakeClock, FakeSpawner, make_daemon
+
+    layout = write_agent(tmp_path / "agent", "", {"memo": "hi"})
+    layout.ensure()
+    cadence = Registry.load(layout).get("memo")
+    assert cadence is not None
+    policy = command.policy_id(cadence, {}, layout.root)
+    rows = [{"ts": NOW.isoformat(), "tick": f"t{i}", "cadence": "memo", "attempt": 1, "ok": True, "policy": policy,
+             "denials": {"count": 1, "tools": ["Write"]}, "total_tokens": 100, "cost_usd": 0.01} for i in range(3)]
+    layout.ledger_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    daemon = make_daemon(layout, FakeClock(NOW), FakeSpawner())
+    streak = daemon.guardrails.denials.holding("memo", policy)
+    assert streak is not None and streak.runs == 3 and streak.tools == ("Write",)
+    assert daemon.budget.history  # the same read gave the budget its rows

@@ -80,7 +80,8 @@ class Daemon:
             self.spawner = ProcessSpawner(on_exit=self.wakeup.set, redactor=self.redactor)
         registry = Registry.load(self.layout)  # invalid at start-up: the caller reports it
         self.budget = settings.budget(cadence_limits(registry))
-        self.budget.load(self.ledger.rows(), clock.now())
+        denials = Denials()  # each cadence's streak of denied runs, learnt from the same one read of the ledger
+        self.budget.load(denials.passing(self.ledger.rows()), clock.now())
         # The parts read the settings in force through `current` at each use: a reload of `.env` hands out a new
         # value (`reconfigure`), it does not write figures into them.
         current = lambda: self.settings  # noqa: E731
@@ -95,7 +96,7 @@ class Daemon:
             circuits=circuits, backoff=Backoff(parse_backoff(settings.backoff)), budget=self.budget, live=self.live,
             settings=current, credential=command.credential_fingerprint(self.env), events=self.events, clock=clock,
             subscription=command.prefers_subscription(self.env), fleet=self.fleet,
-            sandbox=lambda: sandbox.available(self.housekeeping.env), denials=Denials().seed(self.ledger.rows()),
+            sandbox=lambda: sandbox.available(self.housekeeping.env), denials=denials,
             policy_of=lambda cadence: command.policy_id(cadence, self.housekeeping.env, self.layout.root))
         self.settler = Settler(bus=self.bus, guardrails=self.guardrails, budget=self.budget, ledger=self.ledger,
                                live=self.live, events=self.events, counters=self.counters, clock=clock,

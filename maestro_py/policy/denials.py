@@ -8,7 +8,7 @@ same rows the same way. A run with no result (its denials unknown) neither exten
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,11 +62,18 @@ class Denials:
 
     def seed(self, rows: Iterable[Mapping[str, Any]]) -> "Denials":
         """Learn from ledger rows, oldest first."""
+        for _ in self.passing(rows):
+            pass
+        return self
+
+    def passing(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+        """Each of `rows`, learnt from as it passes on to another reader (the daemon reads its ledger once at start,
+        for the budget and for this)."""
         for row in rows:
             cadence, policy = row.get("cadence"), row.get("policy")
             if isinstance(cadence, str) and isinstance(policy, str):
                 self.learn(cadence, policy, tools_of(row))
-        return self
+            yield row
 
     def holding(self, cadence: str, policy: str) -> Streak | None:
         """The streak that holds `cadence` under `policy` now, or None."""
